@@ -1,0 +1,298 @@
+"""Point-in-time feature math: the one implementation used offline and online.
+
+Everything is vectorized over "queries" (transactions to compute features for) and works the
+same for 1.85M offline rows and for the single row of a scoring request, so the two paths
+cannot drift apart. Aggregates are exact integers (amounts in cents), and the float formulas
+that turn them into features live in :func:`assemble_features` only.
+
+Offline, the history is every transaction and the queries are the same transactions; online,
+the history is what the Redis feature store returns for one card and the query is the request.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fraud_core import spec
+
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+_KEY_SHIFT = 1 << 36
+_T_OFFSET = 1 << 34
+_NEVER = np.iinfo(np.int64).max
+EARTH_RADIUS_KM = 6371.0088
+
+
+def compose(key: I64, t: I64) -> I64:
+    """One sortable int64 per (entity key, time): keys below 2**26, times within +-2**34 s."""
+    return key * _KEY_SHIFT + (t + _T_OFFSET)
+
+
+def haversine_km(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
+    """Great-circle distance in kilometres."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dphi = p2 - p1
+    dlmb = np.radians(lon2) - np.radians(lon1)
+    a = np.sin(dphi / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2.0) ** 2
+    result: F64 = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class CardEvents:
+    """Card transactions sorted by (key, t, trans_num); codes only need to compare equal."""
+
+    key: I64
+    t: I64
+    cents: I64
+    merchant: I64
+    category: I64
+    merch_lat: F64
+    merch_long: F64
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """The transactions to compute features for, in any order."""
+
+    card_key: I64
+    t: I64
+    cents: I64
+    category: I64
+    lat: F64
+    long: F64
+    merch_lat: F64
+    merch_long: F64
+    city_pop: F64
+    dob_t: F64  # date of birth as epoch seconds; NaN when unknown
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+@dataclass(frozen=True, slots=True)
+class CardAggregates:
+    """Exact per-window card aggregates; rows follow ``spec.CARD_WINDOWS``."""
+
+    count: I64  # (windows, queries)
+    sum_cents: I64
+    sumsq_cents: I64
+    max_cents: I64
+    prev_t: I64  # time of the latest event in the longest window, -1 if none
+    prev_merch_lat: F64
+    prev_merch_long: F64
+    distinct_merchants: I64
+    distinct_categories: I64
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantAggregates:
+    """Merchant counts; rows follow ``spec.MERCHANT_VOLUME_WINDOWS`` / ``MERCHANT_RISK_WINDOWS``."""
+
+    volume: I64  # transactions in [t - w, t)
+    risk_count: I64  # transactions in [t - delay - w, t - delay)
+    risk_frauds: I64  # of those, frauds whose label arrived before t
+
+
+def _pairs(lo: I64, hi: I64) -> tuple[I64, I64]:
+    """All (query index, history index) pairs with history index in [lo, hi)."""
+    lens = hi - lo
+    total = int(lens.sum())
+    query = np.repeat(np.arange(len(lo), dtype=np.int64), lens)
+    starts = np.repeat(lo - (np.cumsum(lens) - lens), lens)
+    return query, np.arange(total, dtype=np.int64) + starts
+
+
+def _next_same_time(key: I64, code: I64, t: I64) -> I64:
+    """For each event, the time of the next event with the same (key, code), or +inf."""
+    n = len(t)
+    order = np.lexsort((np.arange(n), code, key))
+    sk, sc, st = key[order], code[order], t[order]
+    nxt = np.full(n, _NEVER, dtype=np.int64)
+    if n > 1:
+        same = (sk[1:] == sk[:-1]) & (sc[1:] == sc[:-1])
+        nxt[:-1] = np.where(same, st[1:], _NEVER)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = nxt
+    return out
+
+
+class _RangeMax:
+    """Sparse table for range maxima over [lo, hi) of one int64 array."""
+
+    def __init__(self, values: I64, longest: int) -> None:
+        self.levels = [values]
+        span = 1
+        while span * 2 <= longest:
+            prev = self.levels[-1]
+            nxt = prev.copy()
+            if span < len(prev):
+                nxt[: len(prev) - span] = np.maximum(prev[:-span], prev[span:])
+            self.levels.append(nxt)
+            span *= 2
+
+    def query(self, lo: I64, hi: I64) -> I64:
+        out = np.zeros(len(lo), dtype=np.int64)
+        length = hi - lo
+        rows = np.flatnonzero(length > 0)
+        if len(rows) == 0:
+            return out
+        level = np.floor(np.log2(length[rows])).astype(np.int64)
+        for k in np.unique(level):
+            sel = rows[level == k]
+            table = self.levels[int(k)]
+            out[sel] = np.maximum(table[lo[sel]], table[hi[sel] - (1 << int(k))])
+        return out
+
+
+def _count_between(sorted_keys: I64, q_key: I64, start: I64, end: I64) -> tuple[I64, I64]:
+    lo = np.searchsorted(sorted_keys, compose(q_key, start), side="left").astype(np.int64)
+    hi = np.searchsorted(sorted_keys, compose(q_key, end), side="left").astype(np.int64)
+    return lo, hi
+
+
+def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
+    """Card window aggregates for each query over events with ``t - w <= t_e < t``."""
+    nq, nw = len(q_t), len(spec.CARD_WINDOWS)
+    ck = compose(events.key, events.t)
+    hi = np.searchsorted(ck, compose(q_key, q_t), side="left").astype(np.int64)
+    cents = events.cents
+    csum = np.concatenate(([0], np.cumsum(cents, dtype=np.int64)))
+    csq = np.concatenate(([0], np.cumsum(cents * cents, dtype=np.int64)))
+    count = np.empty((nw, nq), dtype=np.int64)
+    sum_cents = np.empty((nw, nq), dtype=np.int64)
+    sumsq = np.empty((nw, nq), dtype=np.int64)
+    max_cents = np.empty((nw, nq), dtype=np.int64)
+    los: list[I64] = []
+    for i, (_, seconds) in enumerate(spec.CARD_WINDOWS):
+        lo = np.searchsorted(ck, compose(q_key, q_t - seconds), side="left").astype(np.int64)
+        los.append(lo)
+        count[i] = hi - lo
+        sum_cents[i] = csum[hi] - csum[lo]
+        sumsq[i] = csq[hi] - csq[lo]
+    longest = int(count.max()) if count.size else 0
+    range_max = _RangeMax(cents, longest)
+    for i, lo in enumerate(los):
+        max_cents[i] = range_max.query(lo, hi)
+
+    widest = int(np.argmax([seconds for _, seconds in spec.CARD_WINDOWS]))
+    has_prev = count[widest] > 0
+    prev_idx = np.where(has_prev, hi - 1, 0)
+    if len(events) == 0:
+        prev_t = np.full(nq, -1, dtype=np.int64)
+        prev_lat = np.zeros(nq)
+        prev_long = np.zeros(nq)
+    else:
+        prev_t = np.where(has_prev, events.t[prev_idx], -1)
+        prev_lat = np.where(has_prev, events.merch_lat[prev_idx], 0.0)
+        prev_long = np.where(has_prev, events.merch_long[prev_idx], 0.0)
+
+    lo_d = np.searchsorted(ck, compose(q_key, q_t - spec.DISTINCT_WINDOW), side="left").astype(np.int64)
+    query, hist = _pairs(lo_d, hi)
+    distinct = []
+    for code in (events.merchant, events.category):
+        last_in_window = _next_same_time(events.key, code, events.t)[hist] >= q_t[query]
+        distinct.append(np.bincount(query, weights=last_in_window, minlength=nq).astype(np.int64))
+    return CardAggregates(
+        count=count,
+        sum_cents=sum_cents,
+        sumsq_cents=sumsq,
+        max_cents=max_cents,
+        prev_t=prev_t.astype(np.int64),
+        prev_merch_lat=prev_lat.astype(np.float64),
+        prev_merch_long=prev_long.astype(np.float64),
+        distinct_merchants=distinct[0],
+        distinct_categories=distinct[1],
+    )
+
+
+def merchant_volume(m_key: I64, m_t: I64, q_key: I64, q_t: I64, delay: int) -> tuple[I64, I64]:
+    """Volume and delayed-risk-window counts from merchant transactions sorted by (key, t)."""
+    ck = compose(m_key, m_t)
+    volume = np.empty((len(spec.MERCHANT_VOLUME_WINDOWS), len(q_t)), dtype=np.int64)
+    for i, (_, seconds) in enumerate(spec.MERCHANT_VOLUME_WINDOWS):
+        lo, hi = _count_between(ck, q_key, q_t - seconds, q_t)
+        volume[i] = hi - lo
+    risk = np.empty((len(spec.MERCHANT_RISK_WINDOWS), len(q_t)), dtype=np.int64)
+    for i, (_, seconds) in enumerate(spec.MERCHANT_RISK_WINDOWS):
+        lo, hi = _count_between(ck, q_key, q_t - delay - seconds, q_t - delay)
+        risk[i] = hi - lo
+    return volume, risk
+
+
+def merchant_frauds(l_key: I64, l_trans_t: I64, l_label_t: I64, q_key: I64, q_t: I64, delay: int) -> I64:
+    """Frauds per risk window: labels sorted by (key, trans_t), transaction in the delayed
+    window and label arrived strictly before the query time."""
+    ck = compose(l_key, l_trans_t)
+    lo, hi = _count_between(ck, q_key, q_t - delay - spec.MAX_MERCHANT_RISK_WINDOW, q_t - delay)
+    query, hist = _pairs(lo, hi)
+    arrived = l_label_t[hist] < q_t[query]
+    frauds = np.empty((len(spec.MERCHANT_RISK_WINDOWS), len(q_t)), dtype=np.int64)
+    for i, (_, seconds) in enumerate(spec.MERCHANT_RISK_WINDOWS):
+        inside = arrived & (l_trans_t[hist] >= q_t[query] - delay - seconds)
+        frauds[i] = np.bincount(query, weights=inside, minlength=len(q_t)).astype(np.int64)
+    return frauds
+
+
+def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggregates) -> F64:
+    """The feature matrix (queries x ``spec.FEATURE_NAMES``) from exact aggregates."""
+    empty = spec.EMPTY
+    amt = q.cents / 100.0
+    hour = (q.t // spec.HOUR) % 24
+    dow = (q.t // spec.DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    cols: dict[str, F64 | I64 | BoolArray] = {
+        "amt": amt,
+        "amt_log": np.log1p(amt),
+        "category_code": q.category,
+        "is_online_category": np.isin(
+            q.category, [spec.CATEGORY_CODE[c] for c in sorted(spec.ONLINE_CATEGORIES)]
+        ),
+        "hour": hour,
+        "is_night": (hour >= spec.NIGHT_START_HOUR) | (hour < spec.NIGHT_END_HOUR),
+        "day_of_week": dow,
+        "is_weekend": dow >= 5,
+        "age_years": np.where(np.isnan(q.dob_t), empty["age_years"], (q.t - q.dob_t) / spec.SECONDS_PER_YEAR),
+        "city_pop_log": np.log1p(q.city_pop),
+        "dist_home_km": haversine_km(q.lat, q.long, q.merch_lat, q.merch_long),
+    }
+    for i, (suffix, _) in enumerate(spec.CARD_WINDOWS):
+        n = card.count[i].astype(np.float64)
+        total = card.sum_cents[i].astype(np.float64)
+        safe_n = np.maximum(n, 1.0)
+        var_num = np.maximum(n * card.sumsq_cents[i].astype(np.float64) - total * total, 0.0)
+        cols[f"card_cnt_{suffix}"] = card.count[i]
+        cols[f"card_sum_{suffix}"] = total / 100.0
+        cols[f"card_mean_{suffix}"] = np.where(n > 0, total / safe_n / 100.0, empty["mean"])
+        cols[f"card_max_{suffix}"] = np.where(n > 0, card.max_cents[i] / 100.0, empty["max"])
+        cols[f"card_std_{suffix}"] = np.where(n > 1, np.sqrt(var_num) / safe_n / 100.0, empty["std"])
+    mean30, std30 = cols["card_mean_30d"], cols["card_std_30d"]
+    cols["card_amt_ratio_30d"] = np.where(
+        mean30 > 0, amt / np.where(mean30 > 0, mean30, 1.0), empty["amt_ratio"]
+    )
+    cols["card_amt_zscore_30d"] = np.where(
+        std30 > 0, (amt - mean30) / np.where(std30 > 0, std30, 1.0), empty["amt_zscore"]
+    )
+    has_prev = card.prev_t >= 0
+    gap = np.where(has_prev, q.t - card.prev_t, 1)
+    cols["card_secs_since_prev"] = np.where(has_prev, gap, empty["secs_since_prev"])
+    hop = haversine_km(card.prev_merch_lat, card.prev_merch_long, q.merch_lat, q.merch_long)
+    cols["card_speed_kmh"] = np.where(has_prev, hop / (gap / 3600.0), empty["speed_kmh"])
+    cols["card_distinct_merchants_24h"] = card.distinct_merchants
+    cols["card_distinct_categories_24h"] = card.distinct_categories
+    for i, (suffix, _) in enumerate(spec.MERCHANT_VOLUME_WINDOWS):
+        cols[f"merch_cnt_{suffix}"] = merchant.volume[i]
+    for i, (suffix, _) in enumerate(spec.MERCHANT_RISK_WINDOWS):
+        n = merchant.risk_count[i].astype(np.float64)
+        frauds = merchant.risk_frauds[i].astype(np.float64)
+        cols[f"merch_fraud_rate_{suffix}"] = np.where(n > 0, frauds / np.maximum(n, 1.0), empty["fraud_rate"])
+        cols[f"merch_fraud_cnt_{suffix}"] = merchant.risk_frauds[i]
+    matrix = np.empty((len(q), len(spec.FEATURE_NAMES)), dtype=np.float64)
+    for j, name in enumerate(spec.FEATURE_NAMES):
+        matrix[:, j] = cols[name]
+    return matrix

@@ -1,0 +1,207 @@
+"""Data entering or leaving FraudSys: scoring requests/responses, stream events, the model manifest."""
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from fraud_core import spec
+
+Category = Literal[
+    "entertainment",
+    "food_dining",
+    "gas_transport",
+    "grocery_net",
+    "grocery_pos",
+    "health_fitness",
+    "home",
+    "kids_pets",
+    "misc_net",
+    "misc_pos",
+    "personal_care",
+    "shopping_net",
+    "shopping_pos",
+    "travel",
+]
+assert tuple(Category.__args__) == spec.CATEGORIES  # type: ignore[attr-defined]
+
+TransactionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{8,19}$")]
+CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+# Names are free text but never control characters (the feature store uses \x1f as separator).
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Amount = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+# Event times: 1971-01-01 .. 2200-01-01, far inside the feature math's integer range.
+_MIN_EPOCH, _MAX_EPOCH = 31_536_000, 7_258_118_400
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive datetimes are UTC; aware ones are converted to UTC."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not _MIN_EPOCH <= value.timestamp() < _MAX_EPOCH:
+        raise ValueError("must be between 1971-01-01 and 2200-01-01")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def epoch_seconds(value: datetime) -> int:
+    """Whole epoch seconds (floor), the time unit of every feature."""
+    return int(value.timestamp() // 1)
+
+
+def to_cents(amount: float) -> int:
+    return round(amount * 100)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class PredictRequest(_Strict):
+    """A card transaction to score (``POST /predict``)."""
+
+    transaction_id: TransactionId = Field(
+        default_factory=lambda: uuid.uuid4().hex, description="Your id; generated when omitted."
+    )
+    cc_num: CardNumber | None = Field(default=None, description="Card number (or give customer_id).")
+    customer_id: CustomerId | None = Field(default=None, description="Card/customer id (or cc_num).")
+    merchant_name: Name
+    category: Category
+    amount_usd: Amount
+    transaction_time: UtcDatetime = Field(description="ISO 8601; naive times are UTC.")
+    lat: Latitude = Field(description="Cardholder home latitude.")
+    long: Longitude = Field(description="Cardholder home longitude.")
+    city_pop: int = Field(ge=0, le=100_000_000)
+    merch_lat: Latitude
+    merch_long: Longitude
+    dob: date | None = Field(default=None, description="Cardholder date of birth, if known.")
+
+    @model_validator(mode="after")
+    def _one_card_id(self) -> Self:
+        if (self.cc_num is None) == (self.customer_id is None):
+            raise ValueError("give exactly one of cc_num or customer_id")
+        return self
+
+    @property
+    def card_id(self) -> str:
+        return self.cc_num if self.cc_num is not None else f"cust:{self.customer_id}"
+
+    def to_event(self) -> "TransactionEvent":
+        return TransactionEvent(
+            trans_num=self.transaction_id,
+            cc_num=self.card_id,
+            merchant=self.merchant_name,
+            category=self.category,
+            amt=self.amount_usd,
+            transaction_time=self.transaction_time,
+            lat=self.lat,
+            long=self.long,
+            city_pop=self.city_pop,
+            merch_lat=self.merch_lat,
+            merch_long=self.merch_long,
+            dob=self.dob,
+        )
+
+
+class Reason(BaseModel):
+    feature: str
+    value: float
+    contribution: float = Field(description="SHAP contribution to the log-odds (XGBoost pred_contribs).")
+
+
+class PredictResponse(BaseModel):
+    transaction_id: str
+    is_fraud: bool
+    fraud_probability: float
+    threshold: float
+    model_version: str
+    reasons: list[Reason]
+    timestamp: datetime
+    degraded: bool = Field(
+        default=False, description="True when the feature store was unreachable: request-only features."
+    )
+
+
+class DependencyStatus(BaseModel):
+    ok: bool
+    detail: str = ""
+    latency_ms: float | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    model_version: str | None
+    feature_spec_version: str
+    dependencies: dict[str, DependencyStatus]
+
+
+class TransactionEvent(_Strict):
+    """A scored transaction on the stream (topic ``fraudsys.transactions``)."""
+
+    kind: Literal["transaction"] = "transaction"
+    trans_num: TransactionId
+    cc_num: Annotated[str, StringConstraints(pattern=r"^(cust:)?[A-Za-z0-9_.:-]{1,64}$")]
+    merchant: Name
+    category: Category
+    amt: Amount
+    transaction_time: UtcDatetime
+    lat: Latitude
+    long: Longitude
+    city_pop: int = Field(ge=0, le=100_000_000)
+    merch_lat: Latitude
+    merch_long: Longitude
+    dob: date | None = None
+
+    @property
+    def event_time(self) -> int:
+        return epoch_seconds(self.transaction_time)
+
+
+class LabelEvent(_Strict):
+    """A chargeback (fraud label) on the stream (topic ``fraudsys.labels``)."""
+
+    kind: Literal["label"] = "label"
+    trans_num: TransactionId
+    cc_num: Annotated[str, StringConstraints(pattern=r"^(cust:)?[A-Za-z0-9_.:-]{1,64}$")] | None = None
+    merchant: Name
+    transaction_time: UtcDatetime
+    label_time: UtcDatetime = Field(description="When the label arrived.")
+    is_fraud: bool = True
+
+    @property
+    def event_time(self) -> int:
+        return epoch_seconds(self.transaction_time)
+
+    @property
+    def arrival_time(self) -> int:
+        return epoch_seconds(self.label_time)
+
+
+class ModelManifest(BaseModel):
+    """Everything the scorer needs besides the booster file."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    version: str
+    model_file: str = "model.ubj"
+    feature_names: list[str]
+    feature_spec_version: str
+    threshold: float = Field(ge=0, le=1)
+    label_delay_seconds: int = Field(ge=0)
+    created_at: datetime
+    metrics: dict[str, float] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    baseline: bool = Field(default=False, description="A request-only model (no rolling features).")

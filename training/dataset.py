@@ -1,0 +1,93 @@
+"""Point-in-time feature rows for a transaction table (the offline side of the feature spec).
+
+Every row's features use only events strictly before it (``fraud_core.spec``); fraud labels
+count only once they would have arrived, at ``event_time + label_delay``.
+"""
+
+import numpy as np
+import pandas as pd
+
+from fraud_core import spec
+from fraud_core.features import (
+    CardEvents,
+    MerchantAggregates,
+    Queries,
+    assemble_features,
+    card_aggregates,
+    merchant_frauds,
+    merchant_volume,
+)
+
+ID_COLUMNS = ("trans_num", "cc_num", "merchant", "event_time")
+LABEL_COLUMN = "is_fraud"
+
+
+def dob_seconds(dob: pd.Series) -> np.ndarray:
+    """Dates of birth (``YYYY-MM-DD`` or dates) as epoch seconds; NaN where unknown."""
+    parsed = pd.to_datetime(dob, errors="coerce", format="%Y-%m-%d")
+    days = (parsed - pd.Timestamp("1970-01-01")).dt.days
+    return (days.astype("float64") * spec.DAY).to_numpy()
+
+
+def cents(amount: pd.Series | np.ndarray) -> np.ndarray:
+    """Amounts in USD to integer cents, rounding exactly like ``fraud_core.schemas.to_cents``."""
+    return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
+
+
+def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY) -> pd.DataFrame:
+    """Feature rows for every transaction of ``df`` (canonical frame, any order).
+
+    Returns ``ID_COLUMNS``, ``is_fraud`` (when present) and ``spec.FEATURE_NAMES``, in the
+    order of ``df``.
+    """
+    n = len(df)
+    t = df["event_time"].to_numpy(dtype=np.int64)
+    card_code = pd.factorize(df["cc_num"].astype(str))[0].astype(np.int64)
+    merchant_code = pd.factorize(df["merchant"].astype(str))[0].astype(np.int64)
+    category = df["category"].map(spec.CATEGORY_CODE)
+    if category.isna().any():
+        bad = df.loc[category.isna(), "category"].iloc[0]
+        raise ValueError(f"unknown category {bad!r}; expected one of {spec.CATEGORIES}")
+    category_code: np.ndarray[tuple[int], np.dtype[np.int64]] = np.asarray(category, dtype=np.int64)
+    amount_cents = cents(df["amt"])
+
+    order = (
+        pd.DataFrame({"card": card_code, "t": t, "trans_num": df["trans_num"].astype(str).to_numpy()})
+        .sort_values(["card", "t", "trans_num"], kind="stable")
+        .index.to_numpy()
+    )
+    events = CardEvents(
+        key=card_code[order],
+        t=t[order],
+        cents=amount_cents[order],
+        merchant=merchant_code[order],
+        category=category_code[order],
+        merch_lat=df["merch_lat"].to_numpy(dtype=np.float64)[order],
+        merch_long=df["merch_long"].to_numpy(dtype=np.float64)[order],
+    )
+    queries = Queries(
+        card_key=card_code,
+        t=t,
+        cents=amount_cents,
+        category=category_code,
+        lat=df["lat"].to_numpy(dtype=np.float64),
+        long=df["long"].to_numpy(dtype=np.float64),
+        merch_lat=df["merch_lat"].to_numpy(dtype=np.float64),
+        merch_long=df["merch_long"].to_numpy(dtype=np.float64),
+        city_pop=df["city_pop"].to_numpy(dtype=np.float64),
+        dob_t=dob_seconds(df["dob"]) if "dob" in df else np.full(n, np.nan),
+    )
+    card = card_aggregates(events, card_code, t)
+
+    m_order = np.lexsort((t, merchant_code))
+    volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
+    fraud = df[LABEL_COLUMN].to_numpy() == 1 if LABEL_COLUMN in df else np.zeros(n, dtype=bool)
+    l_order = m_order[fraud[m_order]]
+    frauds = merchant_frauds(
+        merchant_code[l_order], t[l_order], t[l_order] + label_delay, merchant_code, t, label_delay
+    )
+    matrix = assemble_features(queries, card, MerchantAggregates(volume, risk, frauds))
+
+    out = pd.DataFrame(matrix, columns=list(spec.FEATURE_NAMES), index=df.index)
+    ids = df.loc[:, [c for c in (*ID_COLUMNS, LABEL_COLUMN) if c in df]].copy()
+    return pd.concat([ids, out], axis=1)
