@@ -1,0 +1,77 @@
+"""Wires adapters from settings, lazily and once per container (no work at import time)."""
+
+from functools import lru_cache
+
+import redis
+
+from fraud_adapters.blobs import open_blob_store
+from fraud_adapters.dead_letters import DeadLetterStore
+from fraud_adapters.model_store import ModelStore
+from fraud_adapters.publisher import (
+    KafkaPublisher,
+    KinesisPublisher,
+    NullPublisher,
+    Publisher,
+    kafka_security_config,
+)
+from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
+from handlers.settings import Settings, secret_value, settings
+
+
+def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
+    timeout = (timeout_ms or cfg.redis_timeout_ms) / 1000.0
+    password = secret_value(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None
+    client: redis.Redis = redis.Redis.from_url(
+        cfg.redis_url,
+        password=password,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return client
+
+
+def card_hasher(cfg: Settings) -> CardHasher:
+    key = secret_value(cfg.card_hash_key_secret_arn) if cfg.card_hash_key_secret_arn else cfg.card_hash_key
+    return CardHasher(key.encode())
+
+
+@lru_cache(maxsize=2)
+def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
+    cfg = settings()
+    return RedisFeatureStore(redis_client(cfg, timeout_ms), card_hasher(cfg), cfg.label_delay_seconds)
+
+
+@lru_cache(maxsize=1)
+def model_store() -> ModelStore:
+    cfg = settings()
+    return ModelStore(open_blob_store(cfg.model_store_uri), cfg.model_name)
+
+
+@lru_cache(maxsize=1)
+def dead_letter_store() -> DeadLetterStore:
+    return DeadLetterStore(open_blob_store(settings().dead_letter_uri))
+
+
+@lru_cache(maxsize=1)
+def publisher() -> Publisher:
+    cfg = settings()
+    if cfg.stream_kind == "kafka":
+        if not cfg.kafka_bootstrap_servers:
+            raise ValueError("STREAM_KIND=kafka needs KAFKA_BOOTSTRAP_SERVERS")
+        return KafkaPublisher(
+            cfg.kafka_bootstrap_servers, cfg.transactions_topic, cfg.labels_topic, **kafka_security_config()
+        )
+    if cfg.stream_kind == "kinesis":
+        if not cfg.kinesis_stream_name:
+            raise ValueError("STREAM_KIND=kinesis needs KINESIS_STREAM_NAME")
+        return KinesisPublisher(cfg.kinesis_stream_name)
+    return NullPublisher()
+
+
+def reset() -> None:
+    """Forget every wired adapter (tests and local runs that change the environment)."""
+    settings.cache_clear()
+    for factory in (feature_store, model_store, dead_letter_store, publisher):
+        factory.cache_clear()

@@ -1,0 +1,59 @@
+"""Handler configuration from the environment (see docs/architecture.md)."""
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fraud_core import spec
+
+DEV_CARD_HASH_KEY = "fraudsys-local-development-key"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_auth_secret_arn: str | None = None
+    redis_timeout_ms: int = Field(default=50, gt=0)
+    card_hash_key: str = DEV_CARD_HASH_KEY
+    card_hash_key_secret_arn: str | None = None
+    model_store_uri: str = "data/model_store"
+    model_name: str = "fraudsys"
+    model_pointer_ttl_seconds: float = Field(default=30.0, ge=0)
+    stream_kind: Literal["kafka", "kinesis", "none"] = "none"
+    kafka_bootstrap_servers: str | None = None
+    transactions_topic: str = "fraudsys.transactions"
+    labels_topic: str = "fraudsys.labels"
+    kinesis_stream_name: str | None = None
+    dead_letter_uri: str = "data/dead_letters"
+    label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        fields = cls.model_fields
+        values = {name: os.environ[name.upper()] for name in fields if name.upper() in os.environ}
+        return cls.model_validate(values)
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def secret_value(arn: str) -> str:
+    """A Secrets Manager secret (plain string, or JSON with a ``password``/``token``/``key`` field)."""
+    import json
+
+    import boto3
+
+    raw = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return str(raw)
+    for name in ("password", "token", "key"):
+        if isinstance(data, dict) and name in data:
+            return str(data[name])
+    return str(raw)

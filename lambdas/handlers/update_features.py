@@ -1,0 +1,126 @@
+"""MSK (Kafka) or Kinesis -> Lambda: apply transactions and labels to the Redis feature store.
+
+Each record is parsed on its own: a poison record (not JSON, not a valid event) goes to the
+dead-letter store with the reason and counts as handled, so the batch goes on. The valid
+events of the batch are then applied in one round trip (Lua script: idempotent on redelivery,
+order-independent). If Redis fails, the whole batch is reported failed and redelivered.
+"""
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
+from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter, ValidationError
+
+from fraud_adapters.dead_letters import DeadLetter
+from fraud_core.schemas import LabelEvent, TransactionEvent
+from handlers import bootstrap
+from handlers.observability import logger, metrics, tracer
+from handlers.settings import settings
+
+UPDATER_REDIS_TIMEOUT_MS = 1000
+_EVENT = TypeAdapter[TransactionEvent | LabelEvent](TransactionEvent | LabelEvent)
+
+
+class PoisonRecordError(ValueError):
+    pass
+
+
+def parse_event(raw: bytes, label_topic: bool = False) -> TransactionEvent | LabelEvent:
+    """One stream payload to an event; raises ``PoisonRecordError`` naming the bad field."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonRecordError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PoisonRecordError("payload is not a JSON object")
+    data.setdefault("kind", "label" if label_topic else "transaction")
+    model = LabelEvent if data["kind"] == "label" else TransactionEvent
+    try:
+        event: TransactionEvent | LabelEvent = model.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PoisonRecordError(f"invalid {data['kind']} event: {fields}") from exc
+    return event
+
+
+class BatchCollector:
+    """Record handler for the Powertools batch processor: collects valid events, dead-letters poison."""
+
+    def __init__(self) -> None:
+        self.transactions: list[TransactionEvent] = []
+        self.labels: list[LabelEvent] = []
+        self.dead_lettered = 0
+
+    def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
+        if isinstance(record, KafkaEventRecord):
+            raw = record.decoded_value
+            source = f"kafka:{record.topic}-{record.partition}@{record.offset}"
+            label_topic = record.topic == settings().labels_topic
+        else:
+            raw = record.kinesis.data_as_bytes()
+            source = f"kinesis:{record.event_id}"
+            label_topic = False
+        try:
+            event = parse_event(raw, label_topic)
+        except PoisonRecordError as exc:
+            where = bootstrap.dead_letter_store().put(DeadLetter.of(source, str(exc), raw))
+            logger.warning("dead-lettered record", extra={"source": source, "reason": str(exc), "at": where})
+            self.dead_lettered += 1
+            return
+        if isinstance(event, LabelEvent):
+            self.labels.append(event)
+        else:
+            self.transactions.append(event)
+
+
+def _event_type(event: dict[str, Any]) -> EventType:
+    if isinstance(event.get("records"), dict):
+        return EventType.Kafka
+    records = event.get("Records") or []
+    if records and records[0].get("eventSource") == "aws:kinesis":
+        return EventType.KinesisDataStreams
+    raise ValueError("unsupported event: expected an MSK/Kafka or Kinesis event")
+
+
+@tracer.capture_method
+def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
+    event_type = _event_type(event)
+    processor = BatchProcessor(event_type=event_type)
+    records = (
+        [r for batch in event["records"].values() for r in batch]
+        if event_type is EventType.Kafka
+        else event["Records"]
+    )
+    collector = BatchCollector()
+    with processor(records, collector.handle, context):
+        processor.process()
+    store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
+    result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
+    metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
+    metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
+    metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=collector.dead_lettered)
+    metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(records))
+    logger.info(
+        "batch applied",
+        extra={
+            "records": len(records),
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "dead_lettered": collector.dead_lettered,
+            "failed": len(processor.fail_messages),
+        },
+    )
+    response: dict[str, Any] = dict(processor.response())
+    return response
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process(event, context)

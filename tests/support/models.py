@@ -1,0 +1,38 @@
+"""A tiny but real XGBoost champion for handler tests (the training pipeline makes real ones)."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import xgboost as xgb
+
+from fraud_adapters.blobs import LocalBlobStore
+from fraud_adapters.model_store import ModelStore
+from fraud_core import spec
+from fraud_core.schemas import ModelManifest
+
+
+def _booster(names: list[str], seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, len(names)))
+    y = (x[:, 0] + rng.normal(size=400) > 1).astype(int)
+    data = xgb.DMatrix(x, label=y, feature_names=names)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "seed": seed}, data, 10)
+    return bytes(booster.save_raw("ubj"))
+
+
+def publish_test_model(root: str, version: str = "1", threshold: float = 0.5, seed: int = 0) -> ModelManifest:
+    manifest = ModelManifest(
+        model_name="fraudsys",
+        version=version,
+        feature_names=list(spec.FEATURE_NAMES),
+        feature_spec_version=spec.FEATURE_SPEC_VERSION,
+        threshold=threshold,
+        label_delay_seconds=spec.DEFAULT_LABEL_DELAY,
+        created_at=datetime.now(UTC),
+    )
+    ModelStore(LocalBlobStore(root)).publish(
+        manifest,
+        _booster(list(spec.FEATURE_NAMES), seed),
+        _booster(list(spec.REQUEST_ONLY_FEATURES), seed),
+    )
+    return manifest
