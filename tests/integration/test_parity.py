@@ -3,7 +3,9 @@ score every transaction through the real scorer, compare with the offline pipeli
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.integration
 LABEL_DELAY = 2 * spec.DAY  # short, so that the 60-day stream exercises the merchant risk windows
 
 
-def _transaction_payload(row: pd.Series) -> bytes:
+def _transaction_payload(row: Any) -> bytes:
     return json.dumps(
         {
             "kind": "transaction",
@@ -43,7 +45,7 @@ def _transaction_payload(row: pd.Series) -> bytes:
     ).encode()
 
 
-def _label_payload(row: pd.Series) -> bytes:
+def _label_payload(row: Any) -> bytes:
     return json.dumps(
         {
             "kind": "label",
@@ -55,7 +57,7 @@ def _label_payload(row: pd.Series) -> bytes:
     ).encode()
 
 
-def _request(row: pd.Series) -> PredictRequest:
+def _request(row: Any) -> PredictRequest:
     return PredictRequest(
         transaction_id=row.trans_num,
         cc_num=row.cc_num,
@@ -73,7 +75,7 @@ def _request(row: pd.Series) -> PredictRequest:
 
 
 @pytest.fixture
-def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_service: Service) -> Path:
+def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_service: Service) -> Iterator[Path]:
     import redis
 
     redis.Redis(port=redis_service.port).flushall()
@@ -95,12 +97,14 @@ def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
     # Given a stream with ties, bursts, window-edge gaps and frauds, and its offline rows
     df = synthetic_stream(n=1500)
     offline = build_features(df, label_delay=LABEL_DELAY).set_index("trans_num")
+    rows: list[Any] = list(df.itertuples())
     events: list[tuple[int, str, bytes]] = [
-        (int(r.event_time), "fraudsys.transactions", _transaction_payload(r)) for r in df.itertuples()
+        (int(r.event_time), "fraudsys.transactions", _transaction_payload(r)) for r in rows
     ]
     events += [
         (int(r.event_time) + LABEL_DELAY, "fraudsys.labels", _label_payload(r))
-        for r in df[df.is_fraud == 1].itertuples()
+        for r in rows
+        if r.is_fraud == 1
     ]
     events.sort(key=lambda e: e[0])
     rng = np.random.default_rng(3)
@@ -112,7 +116,8 @@ def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
     applied = 0
     mismatches: list[str] = []
     poison = 0
-    for batch_no, (t, group) in enumerate(df.groupby("event_time", sort=True)):
+    groups: list[tuple[Any, pd.DataFrame]] = list(df.groupby("event_time", sort=True))
+    for batch_no, (t, group) in enumerate(groups):
         lookahead = int(t) + int(rng.integers(0, 3600))  # out of order: some later events arrive early
         end = applied
         while end < len(events) and events[end][0] < lookahead:
@@ -134,7 +139,7 @@ def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
             assert response == {"batchItemFailures": []}
         for row in group.itertuples():
             online = scorer.score(_request(row)).features[0]
-            expected = offline.loc[row.trans_num, list(spec.FEATURE_NAMES)].to_numpy(dtype=float)
+            expected = offline.loc[str(row.trans_num), list(spec.FEATURE_NAMES)].to_numpy(dtype=float)
             for name, got, want in zip(spec.FEATURE_NAMES, online, expected, strict=True):
                 if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
                     mismatches.append(f"{row.trans_num} {name}: online {got!r} offline {want!r}")
