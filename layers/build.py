@@ -1,0 +1,254 @@
+"""Build the slim XGBoost Lambda layer into ``build/layers/xgboost/<arch>/python``.
+
+Usage (from the repo root)::
+
+    uv run python layers/build.py --arch x86_64          # cached: no-op when inputs are unchanged
+    uv run python layers/build.py --arch arm64 --force --zip build/layers/xgboost-arm64.zip
+
+Steps: install the pinned wheels of ``layers/requirements.txt`` for the Lambda platform (manylinux,
+CPython 3.13, binary wheels only, no dependency resolution), add the SciPy stand-in of
+``layers/scipy_shim``, prune what Lambda never imports (tests, type stubs, headers, f2py, xgboost's
+dask/spark/testing helpers, installer metadata), precompile bytecode with hash-based ``.pyc`` (the
+layer is read-only at ``/opt``, so without them every cold start recompiles), then record the sizes in
+``build-info.json``. The result is reused while ``requirements.txt``, the shim and this file are
+unchanged; the CDK app calls ``build_layer`` from its local bundling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import hashlib
+import json
+import os
+import py_compile
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+Arch = Literal["x86_64", "arm64"]
+Installer = Literal["uv", "pip"]
+
+LAYERS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = LAYERS_DIR.parent
+REQUIREMENTS = LAYERS_DIR / "requirements.txt"
+SHIM_DIR = LAYERS_DIR / "scipy_shim"
+DEFAULT_OUT_ROOT = REPO_ROOT / "build" / "layers" / "xgboost"
+BUILD_INFO = "build-info.json"
+PYTHON_VERSION = "3.13"
+# Lambda's python3.13 runtime is Amazon Linux 2023 (glibc 2.34): any manylinux wheel up to 2_34 runs.
+MANYLINUX = "2_34"
+_MACHINE: dict[Arch, str] = {"x86_64": "x86_64", "arm64": "aarch64"}
+
+# Relative to site-packages. Directories named like PRUNE_DIR_NAMES are removed wherever they are.
+PRUNE_PATHS = (
+    "bin",
+    "numpy/f2py",
+    "numpy/_pyinstaller",
+    "numpy/_core/include",
+    "numpy/random/_examples",
+    "xgboost/dask",
+    "xgboost/spark",
+    "xgboost/testing",
+)
+PRUNE_DIR_NAMES = frozenset({"tests", "__pycache__"})
+PRUNE_DIR_SUFFIXES = ("-stubs",)  # type-stub-only distributions, e.g. wrapt-stubs
+PRUNE_SUFFIXES = (".pyi", ".pyx", ".pxd", ".c", ".h")
+# Installer bookkeeping nobody reads at run time; METADATA (importlib.metadata) and licenses stay.
+PRUNE_DIST_INFO = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+@dataclass(frozen=True)
+class LayerBuild:
+    """Where a built layer is and what it weighs."""
+
+    arch: str
+    fingerprint: str
+    layer_dir: str  # contains python/
+    unzipped_bytes: int
+    zipped_bytes: int
+    files: int
+
+    @property
+    def python_dir(self) -> Path:
+        return Path(self.layer_dir) / "python"
+
+
+def fingerprint(arch: Arch) -> str:
+    """Hash of every input that changes the layer's content."""
+    digest = hashlib.sha256(f"{arch}|{PYTHON_VERSION}|{MANYLINUX}|{sys.version_info[:2]}".encode())
+    inputs = [REQUIREMENTS, Path(__file__).resolve(), *sorted(SHIM_DIR.rglob("*.py"))]
+    for path in inputs:
+        digest.update(path.relative_to(LAYERS_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def layer_dir_for(arch: Arch, out_root: Path = DEFAULT_OUT_ROOT) -> Path:
+    return out_root / arch
+
+
+def read_build_info(layer_dir: Path) -> LayerBuild | None:
+    info = layer_dir / BUILD_INFO
+    if not info.is_file() or not (layer_dir / "python").is_dir():
+        return None
+    return LayerBuild(**json.loads(info.read_text(encoding="utf-8")))
+
+
+def build_layer(
+    arch: Arch = "x86_64",
+    out_root: Path = DEFAULT_OUT_ROOT,
+    *,
+    force: bool = False,
+    installer: Installer = "uv",
+) -> LayerBuild:
+    """Build (or reuse) the layer for ``arch``; returns its location and sizes."""
+    target = layer_dir_for(arch, out_root)
+    wanted = fingerprint(arch)
+    cached = None if force else read_build_info(target)
+    if cached is not None and cached.fingerprint == wanted:
+        return cached
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=out_root))
+    try:
+        site = staging / "python"
+        _install(site, arch, installer)
+        shutil.copytree(SHIM_DIR, site, dirs_exist_ok=True)
+        prune(site)
+        _compile(site)
+        unzipped, files = _tree_size(site)
+        build = LayerBuild(
+            arch=arch,
+            fingerprint=wanted,
+            layer_dir=str(target),
+            unzipped_bytes=unzipped,
+            zipped_bytes=zip_layer(site, None),
+            files=files,
+        )
+        (staging / BUILD_INFO).write_text(json.dumps(asdict(build), indent=2) + "\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return build
+
+
+def pip_command(site: Path, arch: Arch, installer: Installer) -> list[str]:
+    """The install command; both installers get the same platform and binary-only constraints."""
+    machine = _MACHINE[arch]
+    if installer == "uv":
+        uv = shutil.which("uv")
+        if uv is None:
+            raise RuntimeError("uv is not on PATH; install it or use --installer pip")
+        return [
+            uv, "pip", "install", "--quiet", "--no-deps", "--no-build", "--no-installer-metadata",
+            "--no-compile-bytecode", "--python-version", PYTHON_VERSION,
+            "--python-platform", f"{machine}-manylinux_{MANYLINUX}",
+            "--target", str(site), "--requirement", str(REQUIREMENTS),
+        ]  # fmt: skip
+    platforms = [f"manylinux2014_{machine}", f"manylinux_2_28_{machine}", f"manylinux_{MANYLINUX}_{machine}"]
+    return [
+        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
+        "--implementation", "cp", "--python-version", PYTHON_VERSION,
+        *(arg for platform in platforms for arg in ("--platform", platform)),
+        "--no-compile", "--target", str(site), "--requirement", str(REQUIREMENTS),
+    ]  # fmt: skip
+
+
+def _install(site: Path, arch: Arch, installer: Installer) -> None:
+    subprocess.run(pip_command(site, arch, installer), check=True, cwd=REPO_ROOT)
+
+
+def prune(site: Path) -> None:
+    """Remove from an installed site-packages what a Lambda never imports."""
+    for rel in PRUNE_PATHS:
+        path = site / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for path in sorted(site.rglob("*"), reverse=True):  # children before parents
+        if path.is_dir() and (path.name in PRUNE_DIR_NAMES or path.name.endswith(PRUNE_DIR_SUFFIXES)):
+            shutil.rmtree(path)
+        elif path.is_file() and (
+            path.suffix in PRUNE_SUFFIXES
+            or (path.parent.name.endswith(".dist-info") and path.name in PRUNE_DIST_INFO)
+        ):
+            path.unlink()
+
+
+def _compile(site: Path) -> None:
+    """Unchecked-hash ``.pyc`` for CPython 3.13 (no mtime checks on the read-only ``/opt``).
+
+    Skipped when this interpreter is not 3.13: its bytecode would be ignored by the runtime.
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
+        print(f"layer: skip bytecode, running Python {sys.version_info[:2]} not {PYTHON_VERSION}")
+        return
+    ok = compileall.compile_dir(
+        site,
+        quiet=1,
+        workers=0,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    if not ok:
+        raise RuntimeError(f"compileall failed under {site}")
+
+
+def _tree_size(root: Path) -> tuple[int, int]:
+    sizes = [p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    return sum(sizes), len(sizes)
+
+
+def zip_layer(site: Path, destination: Path | None) -> int:
+    """Zip ``site`` as ``python/...`` (the layer layout); returns the zip size in bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = destination or Path(tmp) / "layer.zip"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+            for file in sorted(p for p in site.rglob("*") if p.is_file()):
+                archive.write(file, Path("python") / file.relative_to(site))
+        return path.stat().st_size
+
+
+def copy_tree(source: Path, destination: Path) -> None:
+    """Hard-link ``source`` into ``destination`` when on one filesystem, else copy."""
+    try:
+        shutil.copytree(source, destination, copy_function=os.link, dirs_exist_ok=True)
+    except OSError:
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=sorted(_MACHINE), default="x86_64")
+    parser.add_argument("--out-root", type=Path, default=DEFAULT_OUT_ROOT)
+    parser.add_argument("--installer", choices=["uv", "pip"], default="uv")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
+    parser.add_argument("--zip", type=Path, help="also write the layer zip here")
+    args = parser.parse_args(argv)
+    build = build_layer(args.arch, args.out_root, force=args.force, installer=args.installer)
+    if args.zip:
+        zip_layer(build.python_dir, args.zip)
+    mib = 1024 * 1024
+    summary = {
+        **asdict(build),
+        "unzipped_mib": round(build.unzipped_bytes / mib, 1),
+        "zipped_mib": round(build.zipped_bytes / mib, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
