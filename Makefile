@@ -1,0 +1,31 @@
+# FraudSys: `make demo` runs the whole system locally; `make test` runs every check.
+.PHONY: setup demo test lint typecheck unit bench synth clean
+
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
+export CDK_DISABLE_CLI_TELEMETRY ?= true
+
+setup:
+	bash scripts/bootstrap.sh --node
+
+demo:
+	bash scripts/bootstrap.sh
+	uv run fraudsys demo
+
+lint:
+	uv run ruff check .
+	uv run ruff format --check .
+
+typecheck:
+	uv run mypy .
+
+test: setup lint typecheck
+	uv run pytest
+
+bench:
+	uv run python -m bench.run_all
+
+synth:
+	CDK_OUTDIR=cdk.out uv run python app.py
+
+clean:
+	rm -rf cdk.out build .pytest_cache .mypy_cache .ruff_cache

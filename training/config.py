@@ -1,0 +1,116 @@
+"""Pipeline configuration: YAML files validated by pydantic (frozen, ``kind``-discriminated sources)."""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from fraud_core import spec
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SimulatedSource(_Frozen):
+    kind: Literal["simulate"] = "simulate"
+    seed: int = 42
+    n_cards: int | None = Field(default=None, description="None: the simulator's default size")
+    n_merchants: int | None = None
+    n_days: int | None = None
+    scale: Literal["demo", "kaggle"] = "demo"
+
+
+class CsvSource(_Frozen):
+    kind: Literal["csv"] = "csv"
+    path: Path
+
+
+class ParquetSource(_Frozen):
+    kind: Literal["parquet"] = "parquet"
+    path: Path
+
+
+DataSource = Annotated[SimulatedSource | CsvSource | ParquetSource, Field(discriminator="kind")]
+
+
+class SplitConfig(_Frozen):
+    """Time-ordered splits: train | gap (label delay) | validation | test, sized in days from the end."""
+
+    validation_days: int = Field(default=14, gt=0)
+    test_days: int = Field(default=14, gt=0)
+    gap_days: int | None = Field(default=None, description="None: the label delay")
+
+
+class TuningConfig(_Frozen):
+    n_trials: int = Field(default=8, ge=1)
+    n_folds: int = Field(default=3, ge=2)
+    max_rounds: int = Field(default=400, ge=10)
+    early_stopping_rounds: int = Field(default=30, ge=1)
+    seed: int = 7
+    nthread: int = 2
+
+
+class ThresholdConfig(_Frozen):
+    """How the decision threshold is chosen on the validation set."""
+
+    strategy: Literal["max_f1", "target_fpr"] = "max_f1"
+    target_fpr: float = Field(default=0.01, gt=0, lt=1)
+
+
+class RegistryConfig(_Frozen):
+    tracking_uri: str | None = Field(
+        default=None, description="None: MLFLOW_TRACKING_URI or sqlite in data_dir"
+    )
+    experiment: str = "fraudsys"
+    model_name: str = "fraudsys"
+    gate_metric: Literal["average_precision", "roc_auc", "recall_at_1pct_fpr"] = "average_precision"
+    min_improvement: float = 0.0
+
+
+class PipelineConfig(_Frozen):
+    source: DataSource = SimulatedSource()
+    data_dir: Path = Path("data")
+    model_store_uri: str | None = Field(default=None, description="None: <data_dir>/model_store")
+    label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
+    split: SplitConfig = SplitConfig()
+    tuning: TuningConfig = TuningConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @property
+    def store_uri(self) -> str:
+        return self.model_store_uri or str(self.data_dir / "model_store")
+
+    def tracking_uri(self) -> str:
+        import os
+
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            return uri
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def load_config(*paths: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Merge YAML files in order (later wins), then ``overrides``, then validate."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = _merge(data, loaded)
+    return PipelineConfig.model_validate(_merge(data, overrides or {}))

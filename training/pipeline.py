@@ -1,0 +1,194 @@
+"""The offline job: data -> point-in-time features -> tuned XGBoost -> evaluation -> MLflow
+registry -> champion gate -> model store."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fraud_core import spec
+from training.config import CsvSource, ParquetSource, PipelineConfig, SimulatedSource
+from training.dataset import build_features
+from training.evaluate import choose_threshold, evaluate, save_plots
+from training.registry import Candidate, GateDecision, Registry, publish, write_json
+from training.train import Splits, fit, importance, predict, time_splits, tune
+
+Step = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    rows: int
+    frauds: int
+    seconds: dict[str, float]
+    version: str
+    run_id: str
+    decision: GateDecision
+    promoted: bool
+    metrics: dict[str, float]
+    published_to: str | None
+    report: Path
+    boundaries: dict[str, int] = field(default_factory=dict)
+
+
+def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
+    """The canonical transaction frame from the configured source."""
+    source = cfg.source
+    if isinstance(source, SimulatedSource):
+        from training.data.simulator import SimulatorConfig, kaggle_scale, simulate
+
+        base = kaggle_scale() if source.scale == "kaggle" else SimulatorConfig()
+        updates = {
+            k: v
+            for k, v in source.model_dump().items()
+            if k in SimulatorConfig.model_fields and v is not None
+        }
+        return simulate(base.model_copy(update=updates))
+    if isinstance(source, CsvSource):
+        from training.data.kaggle import read_transactions_csv
+
+        return read_transactions_csv(source.path)
+    if isinstance(source, ParquetSource):
+        from training.data.kaggle import read_parquet_dataset
+
+        return read_parquet_dataset(source.path)
+    raise TypeError(f"unknown source {source!r}")
+
+
+def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step = _quiet) -> Candidate:
+    gap = cfg.split.gap_days * spec.DAY if cfg.split.gap_days is not None else cfg.label_delay_seconds
+    step(f"tuning: {cfg.tuning.n_trials} trials x {cfg.tuning.n_folds} time-series folds")
+    params, cv_score = tune(splits.train, cfg.tuning, gap, lambda n, s: step(f"trial {n}: cv aucpr {s:.4f}"))
+    step("fitting the model and the request-only baseline")
+    booster, _ = fit(splits.train, splits.validation, params, cfg.tuning)
+    baseline, _ = fit(splits.train, splits.validation, params, cfg.tuning, spec.REQUEST_ONLY_FEATURES)
+
+    p_val = predict(booster, splits.validation)
+    y_val = splits.validation["is_fraud"].to_numpy().astype(int)
+    threshold = choose_threshold(y_val, p_val, cfg.threshold.strategy, cfg.threshold.target_fpr)
+    p_test = predict(booster, splits.test)
+    pb_val = predict(baseline, splits.validation, spec.REQUEST_ONLY_FEATURES)
+    pb_test = predict(baseline, splits.test, spec.REQUEST_ONLY_FEATURES)
+    b_threshold = choose_threshold(y_val, pb_val, cfg.threshold.strategy, cfg.threshold.target_fpr)
+    metrics = {
+        "cv_aucpr": cv_score,
+        "best_iteration": float(booster.num_boosted_rounds()),
+        **evaluate(splits.validation, p_val, threshold).as_dict("validation_"),
+        **evaluate(splits.test, p_test, threshold).as_dict("test_"),
+        **evaluate(splits.test, pb_test, b_threshold).as_dict("baseline_test_"),
+    }
+    y_test = splits.test["is_fraud"].to_numpy().astype(int)
+    artifacts = save_plots(y_test, p_test, importance(booster), threshold, out)
+    return Candidate(
+        booster=booster,
+        baseline=baseline,
+        params=params,
+        threshold=threshold,
+        metrics=metrics,
+        artifacts=artifacts,
+        tags={k: str(v) for k, v in splits.boundaries.items()},
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, auto_promote: bool = True, step: Step = _quiet) -> PipelineResult:
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    step(f"loading transactions ({cfg.source.kind})")
+    df = load_transactions(cfg)
+    seconds["load"] = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    step(f"point-in-time features for {len(df):,} transactions")
+    rows = build_features(df, cfg.label_delay_seconds)
+    seconds["features"] = time.perf_counter() - t0
+
+    splits = time_splits(rows, cfg.split, cfg.label_delay_seconds)
+    t0 = time.perf_counter()
+    report_dir = cfg.data_dir / "reports"
+    candidate = train_candidate(cfg, splits, report_dir, step)
+    seconds["train"] = time.perf_counter() - t0
+
+    step("registering in MLflow")
+    registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
+    decision = registry.gate(
+        candidate, splits.validation, cfg.registry.gate_metric, cfg.registry.min_improvement
+    )
+    version, run_id = registry.register(candidate, splits.validation)
+    registry.client.set_model_version_tag(cfg.registry.model_name, version, "gate", decision.reason)
+    promoted = auto_promote and decision.promote
+    if promoted:
+        registry.promote(version)
+    step(f"publishing version {version} to {cfg.store_uri}" + (" as champion" if promoted else ""))
+    published = publish(
+        cfg.store_uri,
+        cfg.registry.model_name,
+        version,
+        candidate.booster,
+        candidate.baseline,
+        candidate.threshold,
+        cfg.label_delay_seconds,
+        candidate.metrics,
+        run_id,
+        champion=promoted,
+    )
+    seconds["total"] = time.perf_counter() - started
+    report = write_json(
+        report_dir / f"metrics-v{version}.json",
+        {
+            "version": version,
+            "run_id": run_id,
+            "promoted": promoted,
+            "gate": decision.reason,
+            "rows": len(df),
+            "frauds": int(np.sum(df["is_fraud"])),
+            "seconds": seconds,
+            "metrics": candidate.metrics,
+            "params": candidate.params,
+            "boundaries": splits.boundaries,
+        },
+    )
+    return PipelineResult(
+        rows=len(df),
+        frauds=int(np.sum(df["is_fraud"])),
+        seconds=seconds,
+        version=version,
+        run_id=run_id,
+        decision=decision,
+        promoted=promoted,
+        metrics=candidate.metrics,
+        published_to=published,
+        report=report,
+        boundaries=splits.boundaries,
+    )
+
+
+def score_file(frame: pd.DataFrame, store_uri: str, model_name: str) -> pd.DataFrame:
+    """Batch scoring / backtest with the published champion and point-in-time features."""
+    import xgboost as xgb
+
+    from fraud_adapters.blobs import open_blob_store
+    from fraud_adapters.model_store import ModelNotFoundError, ModelStore
+
+    store = ModelStore(open_blob_store(store_uri), model_name)
+    version = store.champion_version()
+    if version is None:
+        raise ModelNotFoundError(f"no champion published in {store_uri}: run `fraudsys pipeline` first")
+    files = store.load(version)
+    booster = xgb.Booster()
+    booster.load_model(bytearray(files.model))
+    rows = build_features(frame, files.manifest.label_delay_seconds)
+    p = predict(booster, rows, files.manifest.feature_names)
+    return pd.DataFrame(
+        {
+            "trans_num": rows["trans_num"].to_numpy(),
+            "fraud_probability": p,
+            "is_fraud": (p >= files.manifest.threshold).astype(np.int8),
+        }
+    )
