@@ -63,9 +63,14 @@ def edge_offsets(delay: int) -> list[int]:
 
 
 def _event_time(draw: Draw, earlier: list[int], edges: list[int]) -> int:
-    mode = draw(st.sampled_from(("fresh", "tie", "burst", "edge")) if earlier else st.just("fresh"))
+    modes = ("fresh", "clock", "tie", "burst", "edge")
+    mode = draw(st.sampled_from(modes if earlier else modes[:2]))
     if mode == "fresh":
         return BASE_T + int(draw(st.integers(0, 45 * DAY)))
+    if mode == "clock":  # on or just before an hour that starts or ends the night, or a day
+        hour = int(draw(st.sampled_from((0, spec.NIGHT_END_HOUR, spec.NIGHT_START_HOUR, 12))))
+        day = int(draw(st.integers(0, 45)))
+        return BASE_T + day * DAY + hour * HOUR - int(draw(st.sampled_from((0, 1))))
     anchor = int(draw(st.sampled_from(earlier)))
     if mode == "tie":
         return anchor
@@ -162,8 +167,8 @@ def assert_matches_reference(stream: Stream) -> None:
     assert list(out.columns) == [c for c in (*ID_COLUMNS, LABEL_COLUMN) if c in df] + FEATURES
     assert list(out["trans_num"]) == list(df["trans_num"])
     problems = mismatches(out, df, stream.label_delay)
-    assert not problems, (
-        f"label_delay={stream.label_delay}, {len(problems)} mismatches:\n" + "\n".join(problems[:20])
+    assert not problems, f"label_delay={stream.label_delay}, {len(problems)} mismatches:\n" + "\n".join(
+        problems[:20]
     )
 
 

@@ -51,8 +51,18 @@ def test_alias_moves_only_for_a_better_candidate(rows: pd.DataFrame, tmp_path: P
         version, run_id = registry.register(candidate, validation)
         if decision.promote:
             registry.promote(version)
-        publish(store_uri, "fraudsys", version, candidate.booster, candidate.baseline, 0.5, spec.DAY,
-                candidate.metrics, run_id, champion=decision.promote)
+        publish(
+            store_uri,
+            "fraudsys",
+            version,
+            candidate.booster,
+            candidate.baseline,
+            0.5,
+            spec.DAY,
+            candidate.metrics,
+            run_id,
+            champion=decision.promote,
+        )
         return version, decision.promote
 
     # Given no champion, a weak candidate becomes champion
@@ -75,7 +85,9 @@ def test_published_artifact_is_self_contained(rows: pd.DataFrame, tmp_path: Path
     import xgboost as xgb
 
     candidate, validation = _candidate(rows, informative=True)
-    publish(str(tmp_path), "fraudsys", "7", candidate.booster, candidate.baseline, 0.42, spec.DAY, {}, None, True)
+    publish(
+        str(tmp_path), "fraudsys", "7", candidate.booster, candidate.baseline, 0.42, spec.DAY, {}, None, True
+    )
     files = ModelStore(LocalBlobStore(tmp_path)).load("7")
     assert files.manifest.threshold == 0.42
     assert files.manifest.feature_names == list(spec.FEATURE_NAMES)
