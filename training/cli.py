@@ -3,7 +3,7 @@
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -11,6 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from training.config import PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from local_stack.stack import StackConfig
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="FraudSys: real-time card fraud detection."
@@ -258,6 +261,172 @@ def score(
     output.parent.mkdir(parents=True, exist_ok=True)
     scores.to_csv(output, index=False)
     console.print(f"{len(scores):,} scored, {int(scores['is_fraud'].sum()):,} flagged -> {output}")
+
+
+local_app = typer.Typer(no_args_is_help=True, help="The local stack on 127.0.0.1 (no Docker, no cloud).")
+app.add_typer(local_app, name="local")
+
+
+def _stack_config(
+    run_dir: Path,
+    api_port: int,
+    redis_port: int,
+    kafka_port: int,
+    s3_port: int,
+    mlflow_port: int,
+    mlflow: bool,
+) -> "StackConfig":
+    from local_stack.stack import StackConfig
+
+    return StackConfig(
+        run_dir=run_dir,
+        api_port=api_port,
+        redis_port=redis_port,
+        kafka_port=kafka_port,
+        s3_port=s3_port,
+        mlflow_port=mlflow_port,
+        with_mlflow=mlflow,
+    )
+
+
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def raise_interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+RunDir = Annotated[Path, typer.Option(help="logs and local state")]
+
+
+@local_app.command("up")
+def local_up(
+    run_dir: RunDir = Path("data/local"),
+    api_port: int = 8080,
+    redis_port: int = 6380,
+    kafka_port: int = 19092,
+    s3_port: int = 5055,
+    mlflow_port: int = 5050,
+    mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
+) -> None:
+    """Start redis, the Kafka broker, S3 (moto), MLflow, the local API and the updater poller."""
+    from local_stack.demo import serve_forever
+    from local_stack.services import ServiceError
+    from local_stack.stack import LocalStack
+
+    _sigterm_as_interrupt()
+    stack = LocalStack(_stack_config(run_dir, api_port, redis_port, kafka_port, s3_port, mlflow_port, mlflow))
+    try:
+        with console.status("starting the local stack"):
+            stack.up()
+    except ServiceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    try:
+        for name, url in stack.endpoints().items():
+            console.print(f"{name:>7}: {url}")
+        console.print(
+            "models: publish with `fraudsys pipeline --set model_store_uri=s3://fraudsys-models/models` "
+            "and AWS_ENDPOINT_URL_S3 set as above; Ctrl-C stops everything"
+        )
+        serve_forever(stack)
+    finally:
+        with console.status("stopping"):
+            stack.down()
+
+
+@local_app.command("replay")
+def local_replay(
+    input_csv: Annotated[
+        Path | None, typer.Option("--input", help="CSV in the Kaggle schema (default: simulate)")
+    ] = None,
+    bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "127.0.0.1:19092",
+    rate: Annotated[float, typer.Option(help="transactions per second")] = 1000.0,
+    label_delay: Annotated[int, typer.Option(help="seconds from a fraud to its label")] = 7 * 86400,
+    limit: Annotated[int | None, typer.Option(help="send at most this many transactions")] = None,
+    seed: int = 42,
+) -> None:
+    """Produce a transaction stream (and delayed labels) into the broker at a given rate."""
+    from rich.progress import Progress
+
+    from fraud_adapters.publisher import KafkaPublisher
+    from local_stack.replay import replay
+
+    if input_csv is not None:
+        from training.data.kaggle import read_transactions_csv
+
+        frame = read_transactions_csv(input_csv)
+    else:
+        from training.data.simulator import SimulatorConfig
+        from training.data.simulator import simulate as run
+
+        frame = run(SimulatorConfig(seed=seed))
+    if limit is not None:
+        frame = frame.sort_values(["event_time", "trans_num"]).head(limit)
+    publisher = KafkaPublisher(bootstrap)
+    with Progress(console=console) as progress:
+        task = progress.add_task("replaying", total=len(frame))
+        stats = replay(
+            frame,
+            lambda events: publisher.publish(events, timeout=10),
+            rate,
+            label_delay,
+            on_progress=lambda tx, _labels: progress.update(task, completed=tx),
+        )
+    publisher.close()
+    console.print(
+        f"{stats.transactions:,} transactions and {stats.labels:,} labels in {stats.seconds:.1f} s "
+        f"({stats.rate:,.0f}/s)"
+    )
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where data, MLflow and reports go")] = Path("data/demo"),
+    requests: Annotated[int, typer.Option(help="live POST /predict requests to send")] = 1000,
+    replay_rate: Annotated[float, typer.Option(help="history replay rate, transactions/s")] = 5000.0,
+    keep_running: Annotated[bool, typer.Option(help="leave the API running after the summary")] = False,
+    api_port: int = 8080,
+    redis_port: int = 6380,
+    kafka_port: int = 19092,
+    s3_port: int = 5055,
+    mlflow_port: int = 5050,
+) -> None:
+    """The whole system end to end: simulate, train, promote, serve, stream, score, summarize."""
+    from local_stack.demo import run_demo
+    from local_stack.services import ServiceError
+
+    _sigterm_as_interrupt()
+    cfg = _stack_config(data_dir / "local", api_port, redis_port, kafka_port, s3_port, mlflow_port, True)
+    try:
+        summary = run_demo(data_dir, cfg, requests, replay_rate, keep_running, step=_step)
+    except ServiceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"live scoring through the local API (model {summary.model_version})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("requests", f"{summary.requests:,}"),
+        ("errors", f"{summary.errors:,}"),
+        ("flagged as fraud", f"{summary.flagged:,}"),
+        ("frauds among requests", f"{summary.frauds:,}"),
+        ("frauds caught", f"{summary.caught:,}"),
+        ("precision / recall", f"{summary.precision:.2f} / {summary.recall:.2f}"),
+        ("degraded answers", f"{summary.degraded:,}"),
+        (
+            "HTTP latency p50 / p99 / max",
+            f"{summary.p50_ms:.2f} / {summary.p99_ms:.2f} / {summary.max_ms:.2f} ms",
+        ),
+        ("history replayed", f"{summary.replayed:,} tx in {summary.replay_seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if summary.errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

