@@ -17,11 +17,9 @@ unchanged; the CDK app calls ``build_layer`` from its local bundling.
 from __future__ import annotations
 
 import argparse
-import compileall
 import hashlib
 import json
 import os
-import py_compile
 import shutil
 import subprocess
 import sys
@@ -193,14 +191,22 @@ def _compile(site: Path) -> None:
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
         print(f"layer: skip bytecode, running Python {sys.version_info[:2]} not {PYTHON_VERSION}")
         return
-    ok = compileall.compile_dir(
-        site,
-        quiet=1,
-        workers=0,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    # A subprocess, not compileall.compile_dir(workers=0): its process pool must not fork the CDK
+    # app (jsii kernel pipes) when this runs inside local bundling.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            str(site),
+        ],
+        check=True,
     )
-    if not ok:
-        raise RuntimeError(f"compileall failed under {site}")
 
 
 def _tree_size(root: Path) -> tuple[int, int]:

@@ -1,0 +1,220 @@
+"""Stage configuration: one frozen, validated model per deployment stage.
+
+The values live in ``cdk.json`` under ``context.fraudsys.stages.<name>``; anything a stage does not set
+falls back to the defaults below. ``load_stage_configs`` turns that context into ``StageConfig``
+objects and fails synth early (with pydantic's message) on a typo or an inconsistent value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTEXT_KEY = "fraudsys"
+STAGE_SELECT_KEY = "fraudsys:stages"
+
+StreamKind = Literal["msk", "kinesis"]
+Architecture = Literal["x86_64", "arm64"]
+StartingPosition = Literal["LATEST", "TRIM_HORIZON"]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+LambdaMemory = Annotated[int, Field(ge=128, le=10240)]
+RetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
+]
+
+_SCHEDULE = re.compile(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$")
+_AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VpcConfig(_Frozen):
+    cidr: str = "10.40.0.0/16"
+    max_azs: Annotated[int, Field(ge=2, le=3)] = 2
+    nat_gateways: Annotated[int, Field(ge=1, le=3)] = 1
+    # Explicit AZ names keep synth offline when account and region are set (no context lookup).
+    availability_zones: tuple[str, ...] | None = None
+    flow_log_retention_days: RetentionDays = 30
+
+    @model_validator(mode="after")
+    def _azs_match(self) -> VpcConfig:
+        if self.availability_zones is not None:
+            bad = [az for az in self.availability_zones if not _AZ.match(az)]
+            if bad:
+                raise ValueError(f"not availability zone names: {bad}")
+            if len(self.availability_zones) != self.max_azs:
+                raise ValueError("availability_zones must list exactly max_azs zones")
+        return self
+
+
+class RedisConfig(_Frozen):
+    node_type: str = "cache.t4g.small"
+    engine_version: str = "7.1"
+    # Not the default 6379 (cdk-nag AwsSolutions-AEC5); REDIS_URL carries the port.
+    port: Annotated[int, Field(ge=1024, le=65535)] = 6380
+    # Primary plus replicas, cluster mode disabled. Two or more for Multi-AZ automatic failover.
+    num_cache_clusters: Annotated[int, Field(ge=2, le=6)] = 2
+    snapshot_retention_days: Annotated[int, Field(ge=0, le=35)] = 1
+    slow_log_retention_days: RetentionDays = 14
+
+
+class MskConfig(_Frozen):
+    kafka_version: str = "3.6.0"
+    broker_instance_type: str = "kafka.t3.small"
+    # Must be a multiple of the number of AZs (one broker per client subnet at least).
+    broker_count: PositiveInt = 2
+    broker_volume_gib: Annotated[int, Field(ge=1, le=16384)] = 100
+    partitions: PositiveInt = 6
+    log_retention_days: RetentionDays = 14
+
+
+class KinesisConfig(_Frozen):
+    # None: on-demand capacity mode; a number: provisioned with that many shards.
+    shard_count: PositiveInt | None = None
+    retention_hours: Annotated[int, Field(ge=24, le=8760)] = 24
+
+
+class ScorerConfig(_Frozen):
+    memory_mb: LambdaMemory = 1024
+    timeout_seconds: Annotated[int, Field(ge=1, le=29)] = 5
+    reserved_concurrency: PositiveInt | None = None
+    provisioned_concurrency: Annotated[int, Field(ge=0)] = 0
+    redis_timeout_ms: PositiveInt = 50
+    model_pointer_ttl_seconds: PositiveInt = 30
+    log_retention_days: RetentionDays = 30
+    throttle_rate_limit: PositiveInt = 200
+    throttle_burst_limit: PositiveInt = 400
+    usage_plan_quota_per_day: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _concurrency(self) -> ScorerConfig:
+        if self.reserved_concurrency is not None and self.provisioned_concurrency > self.reserved_concurrency:
+            raise ValueError("provisioned_concurrency cannot exceed reserved_concurrency")
+        return self
+
+
+class UpdaterConfig(_Frozen):
+    memory_mb: LambdaMemory = 512
+    timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 60
+    reserved_concurrency: PositiveInt | None = None
+    redis_timeout_ms: PositiveInt = 1000
+    log_retention_days: RetentionDays = 30
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
+    max_batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 1
+    starting_position: StartingPosition = "TRIM_HORIZON"
+    retry_attempts: Annotated[int, Field(ge=0, le=10000)] = 5
+    max_record_age_seconds: Annotated[int, Field(ge=60, le=604800)] = 86400
+    # Kinesis only: concurrent batches per shard (ordering is per partition key = card).
+    parallelization_factor: Annotated[int, Field(ge=1, le=10)] = 1
+    # MSK only: provisioned event pollers (needed for the Kafka error-handling controls).
+    min_pollers: Annotated[int, Field(ge=1, le=200)] = 1
+    max_pollers: Annotated[int, Field(ge=1, le=2000)] = 2
+
+    @model_validator(mode="after")
+    def _pollers(self) -> UpdaterConfig:
+        if self.min_pollers > self.max_pollers:
+            raise ValueError("min_pollers cannot exceed max_pollers")
+        if self.timeout_seconds < self.max_batching_window_seconds:
+            raise ValueError("timeout_seconds must not be shorter than the batching window")
+        return self
+
+
+class TrainingConfig(_Frozen):
+    schedule: str = "cron(0 3 ? * MON *)"
+    cpu: Literal[256, 512, 1024, 2048, 4096, 8192, 16384] = 2048
+    memory_mib: Annotated[int, Field(ge=512, le=122880)] = 8192
+    ephemeral_storage_gib: Annotated[int, Field(ge=21, le=200)] = 50
+    log_retention_days: RetentionDays = 90
+    mlflow_server_size: Literal["Small", "Medium", "Large"] = "Small"
+    mlflow_version: str | None = None
+    # Container arguments after the image's ENTRYPOINT ("fraudsys"): the training CLI command.
+    command: tuple[str, ...] = ("pipeline",)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainingConfig:
+        if not _SCHEDULE.match(self.schedule):
+            raise ValueError(f"schedule must be an EventBridge cron(...) or rate(...): {self.schedule}")
+        return self
+
+
+class AlarmConfig(_Frozen):
+    scorer_p99_latency_ms: PositiveInt = 150
+    api_5xx_per_minute: PositiveInt = 5
+    throttles_per_minute: PositiveInt = 1
+    updater_errors_per_minute: PositiveInt = 5
+    iterator_age_ms: PositiveInt = 60_000
+    offset_lag_records: PositiveInt = 10_000
+    dead_letters_per_5_minutes: PositiveInt = 1
+    fraud_rate_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
+    min_predictions_for_fraud_rate: PositiveInt = 100
+    email: str | None = None
+
+
+class StageConfig(_Frozen):
+    """Everything that differs between deployments of FraudSys."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,15}$")]
+    account: Annotated[str, Field(pattern=r"^\d{12}$")] | None = None
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")] | None = None
+    stream_kind: StreamKind = "msk"
+    architecture: Architecture = "x86_64"
+    service_name: str = "fraudsys"
+    model_name: str = "fraudsys"
+    label_delay_seconds: Annotated[int, Field(ge=0)] = 604_800
+    transactions_topic: str = "fraudsys.transactions"
+    labels_topic: str = "fraudsys.labels"
+    # prod keeps buckets, keys and the Redis snapshot on stack deletion; dev cleans up.
+    retain_data: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    vpc: VpcConfig = VpcConfig()
+    redis: RedisConfig = RedisConfig()
+    msk: MskConfig = MskConfig()
+    kinesis: KinesisConfig = KinesisConfig()
+    scorer: ScorerConfig = ScorerConfig()
+    updater: UpdaterConfig = UpdaterConfig()
+    training: TrainingConfig = TrainingConfig()
+    alarms: AlarmConfig = AlarmConfig()
+    tags: Mapping[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageConfig:
+        if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
+            raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
+        if self.account and self.region and self.vpc.availability_zones is None:
+            raise ValueError("set vpc.availability_zones when account and region are set (offline synth)")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        """Name prefix for physical names, e.g. ``fraudsys-dev``."""
+        return f"fraudsys-{self.name}"
+
+
+def load_stage_configs(context: Mapping[str, Any] | None, selected: str | None = None) -> list[StageConfig]:
+    """Validate ``context['fraudsys']['stages']``; ``selected`` is a comma list of stage names."""
+    stages = dict((context or {}).get("stages", {}))
+    if not stages:
+        raise ValueError(f"cdk.json context '{CONTEXT_KEY}.stages' is empty")
+    names = [s.strip() for s in selected.split(",") if s.strip()] if selected else list(stages)
+    unknown = sorted(set(names) - set(stages))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(stages)}")
+    return [StageConfig.model_validate({"name": name, **stages[name]}) for name in names]
+
+
+def read_cdk_json_context(path: Path = REPO_ROOT / "cdk.json") -> dict[str, Any]:
+    """The ``context`` of cdk.json, so ``python app.py`` sees what ``cdk synth`` sees."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    context = data.get("context", {})
+    if not isinstance(context, dict):
+        raise TypeError("cdk.json 'context' must be an object")
+    return context

@@ -1,0 +1,1 @@
+"""One construct per FraudSys component; each exposes typed attributes for the stacks to wire."""

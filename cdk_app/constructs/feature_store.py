@@ -1,0 +1,121 @@
+"""ElastiCache Redis feature store: one shard (cluster mode disabled), Multi-AZ, TLS, AUTH from a secret."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import aws_elasticache as elasticache
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from cdk_app.config import StageConfig
+from cdk_app.constructs.common import log_group, removal_policy
+from cdk_app.constructs.network import Network
+from cdk_app.nag import acknowledge
+
+
+class RedisFeatureStore(Construct):
+    """Primary + replica(s) in different AZs with automatic failover.
+
+    Cluster mode stays disabled: the scorer reads all of one card's windows (and the merchant's) in
+    one round trip and the updater applies a batch with one Lua script, which on a sharded cluster
+    would need every key of a call in one hash slot. One primary (r7g.large: ~100k ops/s) is far
+    above the expected rate; scale up (node type) before scaling out.
+    """
+
+    auth_secret: secretsmanager.Secret
+    card_hash_key: secretsmanager.Secret
+    replication_group: elasticache.CfnReplicationGroup
+    url: str
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: StageConfig, network: Network, key: kms.IKey
+    ) -> None:
+        super().__init__(scope, construct_id)
+        redis = config.redis
+        policy = removal_policy(config)
+
+        def generated(name: str, field: str, description: str) -> secretsmanager.Secret:
+            return secretsmanager.Secret(
+                self,
+                name,
+                description=description,
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=json.dumps({}),
+                    generate_string_key=field,
+                    # Redis AUTH tokens: 16-128 printable characters without @ " / (no punctuation).
+                    exclude_punctuation=True,
+                    password_length=64,
+                ),
+                removal_policy=policy,
+            )
+
+        self.auth_secret = generated("AuthToken", "token", f"{config.prefix}: Redis AUTH token")
+        acknowledge(
+            self.auth_secret,
+            "AwsSolutions-SMG4",
+            "Rotating the Redis AUTH token needs ElastiCache's two-step ROTATE/SET update done in step "
+            "with the clients; it is an operator runbook step (docs/infra.md), not a rotation Lambda.",
+        )
+        self.card_hash_key = generated(
+            "CardHashKey", "key", f"{config.prefix}: HMAC key for card ids in Redis"
+        )
+        acknowledge(
+            self.card_hash_key,
+            "AwsSolutions-SMG4",
+            "The HMAC key is part of every Redis key: rotating it orphans all feature state, so it is "
+            "changed only together with a feature-store rebuild, never on a timer.",
+        )
+
+        subnets = elasticache.CfnSubnetGroup(
+            self,
+            "Subnets",
+            description=f"{config.prefix} Redis private subnets",
+            subnet_ids=network.private_subnet_ids,
+        )
+        slow_log = log_group(self, "SlowLog", config, redis.slow_log_retention_days)
+        self.replication_group = elasticache.CfnReplicationGroup(
+            self,
+            "Redis",
+            replication_group_description=f"{config.prefix} online feature store",
+            engine="redis",
+            engine_version=redis.engine_version,
+            cache_node_type=redis.node_type,
+            num_cache_clusters=redis.num_cache_clusters,
+            automatic_failover_enabled=True,
+            multi_az_enabled=True,
+            port=redis.port,
+            cache_subnet_group_name=subnets.ref,
+            security_group_ids=[network.redis_sg.security_group_id],
+            transit_encryption_enabled=True,
+            transit_encryption_mode="required",
+            at_rest_encryption_enabled=True,
+            kms_key_id=key.key_arn,
+            auth_token=self.auth_secret.secret_value_from_json("token").unsafe_unwrap(),
+            auto_minor_version_upgrade=True,
+            snapshot_retention_limit=redis.snapshot_retention_days,
+            log_delivery_configurations=[
+                elasticache.CfnReplicationGroup.LogDeliveryConfigurationRequestProperty(
+                    destination_type="cloudwatch-logs",
+                    log_format="json",
+                    log_type="slow-log",
+                    destination_details=elasticache.CfnReplicationGroup.DestinationDetailsProperty(
+                        cloud_watch_logs_details=elasticache.CfnReplicationGroup.CloudWatchLogsDestinationDetailsProperty(
+                            log_group=slow_log.log_group_name
+                        )
+                    ),
+                )
+            ],
+        )
+        self.replication_group.apply_removal_policy(policy)
+        self.url = (
+            f"rediss://{self.replication_group.attr_primary_end_point_address}:"
+            f"{self.replication_group.attr_primary_end_point_port}/0"
+        )
+
+    def grant_connect(self, grantee: iam.IGrantable) -> None:
+        """What a client needs besides the network path: the AUTH token and the card HMAC key."""
+        self.auth_secret.grant_read(grantee)
+        self.card_hash_key.grant_read(grantee)

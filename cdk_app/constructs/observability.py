@@ -1,0 +1,256 @@
+"""CloudWatch alarms, the alarm topic (SNS, KMS) and one dashboard for the whole stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk_app.config import StageConfig
+from cdk_app.constructs.storage import DEAD_LETTER_METRICS_ID
+from cdk_app.constructs.stream import EventStream
+
+NAMESPACE = "FraudSys"
+ONE_MINUTE = cdk.Duration.minutes(1)
+FIVE_MINUTES = cdk.Duration.minutes(5)
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """The resources whose health the alarms watch."""
+
+    scorer: lambda_.IFunction
+    updater: lambda_.IFunction
+    api: apigw.RestApi
+    api_stage: str
+    stream: EventStream
+    failed_batches: sqs.IQueue
+    dead_letter_bucket_name: str
+
+
+class Observability(Construct):
+    """Alarms to an encrypted SNS topic; ``alarms`` maps a short name to each alarm."""
+
+    topic: sns.Topic
+    alarms: dict[str, cloudwatch.Alarm]
+    dashboard: cloudwatch.Dashboard
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: StageConfig, monitored: Monitored
+    ) -> None:
+        super().__init__(scope, construct_id)
+        limits = config.alarms
+        key = kms.Key(
+            self,
+            "AlarmKey",
+            description=f"{config.prefix}: alarm topic",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        # CloudWatch publishes to the encrypted topic: it needs the key (AWS-documented statement).
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": cdk.Aws.ACCOUNT_ID}},
+            )
+        )
+        self.topic = sns.Topic(
+            self, "AlarmTopic", display_name=f"{config.prefix} alarms", master_key=key, enforce_ssl=True
+        )
+        if limits.email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(limits.email))
+
+        m = monitored
+        service = {"service": config.service_name}
+
+        def custom(name: str, statistic: str = "Sum", period: cdk.Duration = ONE_MINUTE) -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace=NAMESPACE,
+                metric_name=name,
+                dimensions_map=service,
+                statistic=statistic,
+                period=period,
+            )
+
+        api_dims = {"ApiName": m.api.rest_api_name, "Stage": m.api_stage}
+        api_latency = cloudwatch.Metric(
+            namespace="AWS/ApiGateway",
+            metric_name="Latency",
+            dimensions_map=api_dims,
+            statistic="p99",
+            period=ONE_MINUTE,
+        )
+        api_5xx = cloudwatch.Metric(
+            namespace="AWS/ApiGateway",
+            metric_name="5XXError",
+            dimensions_map=api_dims,
+            statistic="Sum",
+            period=ONE_MINUTE,
+        )
+        fraud_rate = cloudwatch.MathExpression(
+            expression=(
+                f"IF(predictions >= {limits.min_predictions_for_fraud_rate}, 100 * frauds / predictions, 0)"
+            ),
+            using_metrics={
+                "frauds": custom("FraudDecisions", period=FIVE_MINUTES),
+                "predictions": custom("Predictions", period=FIVE_MINUTES),
+            },
+            label="Fraud decisions (% of predictions)",
+            period=FIVE_MINUTES,
+        )
+        dead_letters = cloudwatch.MathExpression(
+            expression="FILL(queued, 0) + FILL(poison, 0) + FILL(puts, 0)",
+            using_metrics={
+                "queued": m.failed_batches.metric_approximate_number_of_messages_visible(
+                    statistic="Maximum", period=FIVE_MINUTES
+                ),
+                "poison": custom("DeadLetters", period=FIVE_MINUTES),
+                "puts": cloudwatch.Metric(
+                    namespace="AWS/S3",
+                    metric_name="PutRequests",
+                    dimensions_map={
+                        "BucketName": m.dead_letter_bucket_name,
+                        "FilterId": DEAD_LETTER_METRICS_ID,
+                    },
+                    statistic="Sum",
+                    period=FIVE_MINUTES,
+                ),
+            },
+            label="Dead letters (failed batches queued + poison records)",
+            period=FIVE_MINUTES,
+        )
+        lag = m.stream.lag_metric(m.updater)
+        lag_threshold = limits.offset_lag_records if m.stream.kind == "msk" else limits.iterator_age_ms
+        throttles = cloudwatch.MathExpression(
+            expression="FILL(scorer, 0) + FILL(updater, 0)",
+            using_metrics={
+                "scorer": m.scorer.metric_throttles(statistic="Sum", period=ONE_MINUTE),
+                "updater": m.updater.metric_throttles(statistic="Sum", period=ONE_MINUTE),
+            },
+            label="Lambda throttles",
+            period=ONE_MINUTE,
+        )
+        self.alarms = {}
+
+        def alarm(
+            name: str,
+            metric: cloudwatch.IMetric,
+            threshold: float,
+            description: str,
+            *,
+            periods: int = 3,
+            datapoints: int = 2,
+        ) -> None:
+            created = cloudwatch.Alarm(
+                self,
+                name,
+                alarm_name=f"{config.prefix}-{name}",
+                alarm_description=description,
+                metric=metric,
+                threshold=threshold,
+                evaluation_periods=periods,
+                datapoints_to_alarm=datapoints,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
+            created.add_alarm_action(actions.SnsAction(self.topic))
+            created.add_ok_action(actions.SnsAction(self.topic))
+            self.alarms[name] = created
+
+        alarm("scorer-p99-latency", api_latency, limits.scorer_p99_latency_ms, "Scorer API p99 latency (ms)")
+        alarm("api-5xx", api_5xx, limits.api_5xx_per_minute, "Scorer API 5xx responses per minute")
+        alarm(
+            "lambda-throttles",
+            throttles,
+            limits.throttles_per_minute,
+            "Scorer + updater throttles per minute",
+        )
+        alarm(
+            "updater-errors",
+            m.updater.metric_errors(statistic="Sum", period=ONE_MINUTE),
+            limits.updater_errors_per_minute,
+            "Feature updater invocation errors per minute",
+        )
+        alarm(
+            "updater-lag",
+            lag,
+            lag_threshold,
+            "Feature updater behind the stream: "
+            + ("MSK OffsetLag (records)" if m.stream.kind == "msk" else "Kinesis IteratorAge (ms)"),
+            periods=5,
+            datapoints=5,
+        )
+        alarm(
+            "dead-letters",
+            dead_letters,
+            limits.dead_letters_per_5_minutes,
+            "Failed batches queued or poison records dead-lettered",
+            periods=1,
+            datapoints=1,
+        )
+        alarm(
+            "fraud-rate-spike",
+            fraud_rate,
+            limits.fraud_rate_percent,
+            "Share of predictions decided fraud (FraudSys FraudDecisions / Predictions)",
+            periods=3,
+            datapoints=3,
+        )
+
+        self.dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{config.prefix}-overview")
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Scorer API latency (p99, ms)", left=[api_latency], width=8),
+            cloudwatch.GraphWidget(
+                title="Scorer API requests and 5xx",
+                left=[
+                    cloudwatch.Metric(
+                        namespace="AWS/ApiGateway",
+                        metric_name="Count",
+                        dimensions_map=api_dims,
+                        statistic="Sum",
+                    ),
+                    api_5xx,
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Scorer Lambda duration (p50/p99, ms)",
+                left=[m.scorer.metric_duration(statistic="p50"), m.scorer.metric_duration(statistic="p99")],
+                width=8,
+            ),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Predictions and fraud decisions",
+                left=[custom("Predictions"), custom("FraudDecisions")],
+                right=[fraud_rate],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Feature updater errors and lag",
+                left=[
+                    m.updater.metric_errors(statistic="Sum"),
+                    m.updater.metric_invocations(statistic="Sum"),
+                ],
+                right=[lag],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Throttles and dead letters", left=[throttles], right=[dead_letters], width=8
+            ),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms.values()), width=24)
+        )

@@ -1,0 +1,276 @@
+"""The scorer: ``handlers.predict.handler`` behind an API Gateway REST API (IAM auth + API key)."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from cdk_app.config import StageConfig
+from cdk_app.constructs.common import log_group
+from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.function import powertools_environment, vpc_function
+from cdk_app.constructs.network import Network
+from cdk_app.constructs.storage import MODEL_STORE_PREFIX, Storage
+from cdk_app.constructs.stream import EventStream
+from cdk_app.nag import acknowledge
+
+API_STAGE = "v1"
+ALIAS = "live"
+
+# A coarse gate at the edge (types, required fields, sizes); fraud_core.schemas.PredictRequest stays
+# the authority and answers 422 with field details. tests/infra checks the two agree on fields.
+PREDICT_REQUEST_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    title="PredictRequest",
+    type=apigw.JsonSchemaType.OBJECT,
+    additional_properties=False,
+    required=[
+        "merchant_name",
+        "category",
+        "amount_usd",
+        "transaction_time",
+        "lat",
+        "long",
+        "city_pop",
+        "merch_lat",
+        "merch_long",
+    ],
+    properties={
+        "transaction_id": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
+        "cc_num": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
+        "customer_id": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
+        "merchant_name": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=256),
+        "category": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
+        "amount_usd": apigw.JsonSchema(type=apigw.JsonSchemaType.NUMBER, minimum=0),
+        "transaction_time": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=10, max_length=40),
+        "lat": apigw.JsonSchema(type=apigw.JsonSchemaType.NUMBER, minimum=-90, maximum=90),
+        "long": apigw.JsonSchema(type=apigw.JsonSchemaType.NUMBER, minimum=-180, maximum=180),
+        "city_pop": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=0),
+        "merch_lat": apigw.JsonSchema(type=apigw.JsonSchemaType.NUMBER, minimum=-90, maximum=90),
+        "merch_long": apigw.JsonSchema(type=apigw.JsonSchemaType.NUMBER, minimum=-180, maximum=180),
+        "dob": apigw.JsonSchema(type=[apigw.JsonSchemaType.STRING, apigw.JsonSchemaType.NULL]),
+    },
+)
+
+
+class ScorerApi(Construct):
+    """Scorer Lambda (alias ``live``, optional provisioned concurrency) and its REST API."""
+
+    function: lambda_.Function
+    alias: lambda_.Alias
+    api: apigw.RestApi
+    api_key: apigw.IApiKey
+    usage_plan: apigw.UsagePlan
+    invoke_policy: iam.ManagedPolicy
+    access_logs: logs.LogGroup
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        network: Network,
+        layer: lambda_.ILayerVersion,
+        storage: Storage,
+        feature_store: RedisFeatureStore,
+        stream: EventStream,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        cfg = config.scorer
+        environment = {
+            "REDIS_URL": feature_store.url,
+            "REDIS_AUTH_SECRET_ARN": feature_store.auth_secret.secret_arn,
+            "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
+            "CARD_HASH_KEY_SECRET_ARN": feature_store.card_hash_key.secret_arn,
+            "MODEL_STORE_URI": storage.model_store_uri,
+            "MODEL_NAME": config.model_name,
+            "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
+            "TRANSACTIONS_TOPIC": config.transactions_topic,
+            "LABELS_TOPIC": config.labels_topic,
+            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+            **stream.scorer_environment(),
+            **powertools_environment(config),
+        }
+        self.function = vpc_function(
+            self,
+            "Function",
+            config=config,
+            handler="handlers.predict.handler",
+            description="scorer (POST /predict, GET /health)",
+            memory_mb=cfg.memory_mb,
+            timeout_seconds=cfg.timeout_seconds,
+            reserved_concurrency=cfg.reserved_concurrency,
+            layer=layer,
+            network=network,
+            security_group=network.scorer_sg,
+            log_group=log_group(self, "Logs", config, cfg.log_retention_days),
+            environment=environment,
+        )
+        feature_store.grant_connect(self.function)
+        storage.grant_objects(self.function, "Models", MODEL_STORE_PREFIX, read=True)
+        stream.grant_publish(self.function)
+        self.alias = lambda_.Alias(
+            self,
+            "Live",
+            alias_name=ALIAS,
+            version=self.function.current_version,
+            provisioned_concurrent_executions=cfg.provisioned_concurrency or None,
+        )
+
+        self.access_logs = log_group(self, "AccessLogs", config, cfg.log_retention_days)
+        self.api = apigw.RestApi(
+            self,
+            "Api",
+            rest_api_name=f"{config.prefix}-scorer",
+            description="FraudSys real-time scoring",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
+            deploy_options=apigw.StageOptions(
+                stage_name=API_STAGE,
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.INFO,
+                data_trace_enabled=False,  # request bodies carry card data: never log them
+                throttling_rate_limit=cfg.throttle_rate_limit,
+                throttling_burst_limit=cfg.throttle_burst_limit,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=True,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+            ),
+        )
+        acknowledge(
+            self.api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+            "The account-level API Gateway logging role must use AWS's push-to-CloudWatch policy.",
+        )
+        validator = self.api.add_request_validator(
+            "Validator", validate_request_body=True, validate_request_parameters=True
+        )
+        model = self.api.add_model(
+            "PredictRequestModel",
+            content_type="application/json",
+            model_name="PredictRequest",
+            schema=PREDICT_REQUEST_SCHEMA,
+        )
+        integration = apigw.LambdaIntegration(self.alias, proxy=True)
+        method_options: dict[str, object] = {
+            "authorization_type": apigw.AuthorizationType.IAM,
+            "api_key_required": True,
+            "request_validator": validator,
+        }
+        predict = self.api.root.add_resource("predict")
+        predict.add_method(
+            "POST",
+            integration,
+            request_models={"application/json": model},
+            **method_options,  # type: ignore[arg-type]
+        )
+        health = self.api.root.add_resource("health")
+        health.add_method("GET", integration, **method_options)  # type: ignore[arg-type]
+        acknowledge(
+            self.api,
+            "AwsSolutions-COG4",
+            "Callers are services (the payment gateway), not end users: IAM SigV4 authorization plus "
+            "an API key per client; there is no Cognito user pool.",
+        )
+
+        self.usage_plan = self.api.add_usage_plan(
+            "UsagePlan",
+            name=f"{config.prefix}-scorer",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=cfg.throttle_rate_limit, burst_limit=cfg.throttle_burst_limit
+            ),
+            quota=(
+                apigw.QuotaSettings(limit=cfg.usage_plan_quota_per_day, period=apigw.Period.DAY)
+                if cfg.usage_plan_quota_per_day
+                else None
+            ),
+        )
+        self.usage_plan.add_api_stage(stage=self.api.deployment_stage)
+        self.api_key = self.api.add_api_key("ApiKey", description=f"{config.prefix} scorer client key")
+        self.usage_plan.add_api_key(self.api_key)
+
+        self.invoke_policy = iam.ManagedPolicy(
+            self,
+            "InvokePolicy",
+            description=f"Attach to a client role to call the {config.prefix} scorer API",
+            statements=[
+                iam.PolicyStatement(
+                    actions=["execute-api:Invoke"],
+                    resources=[
+                        self.api.arn_for_execute_api("POST", "/predict", API_STAGE),
+                        self.api.arn_for_execute_api("GET", "/health", API_STAGE),
+                    ],
+                )
+            ],
+        )
+        self._web_acl(config)
+
+    def _web_acl(self, config: StageConfig) -> None:
+        def managed(name: str, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+            return wafv2.CfnWebACL.RuleProperty(
+                name=name,
+                priority=priority,
+                override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                statement=wafv2.CfnWebACL.StatementProperty(
+                    managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                        vendor_name="AWS", name=name
+                    )
+                ),
+                visibility_config=visibility(name),
+            )
+
+        def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+            return wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=False
+            )
+
+        rate_limit = wafv2.CfnWebACL.RuleProperty(
+            name="RatePerIp",
+            priority=0,
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            statement=wafv2.CfnWebACL.StatementProperty(
+                rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                    aggregate_key_type="IP", limit=max(100, config.scorer.throttle_rate_limit * 300)
+                )
+            ),
+            visibility_config=visibility("RatePerIp"),
+        )
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=visibility(f"{config.prefix}-scorer"),
+            rules=[
+                rate_limit,
+                managed("AWSManagedRulesCommonRuleSet", 1),
+                managed("AWSManagedRulesKnownBadInputsRuleSet", 2),
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self,
+            "WebAclAssociation",
+            resource_arn=self.api.deployment_stage.stage_arn,
+            web_acl_arn=acl.attr_arn,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.api.url

@@ -1,0 +1,175 @@
+"""The training job: ``training/Dockerfile`` on ECS Fargate, on a schedule and on demand."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from constructs import Construct
+
+from cdk_app.config import REPO_ROOT, StageConfig
+from cdk_app.constructs.common import log_group
+from cdk_app.constructs.mlflow import MlflowTracking
+from cdk_app.constructs.network import Network
+from cdk_app.constructs.storage import (
+    FEATURES_PREFIX,
+    MLFLOW_ARTIFACT_PREFIX,
+    MODEL_STORE_PREFIX,
+    RAW_DATA_PREFIX,
+    Storage,
+)
+from cdk_app.nag import acknowledge
+
+# Kept out of the Docker build context (besides .dockerignore): caches, local data, other assets.
+IMAGE_EXCLUDES = [
+    ".git",
+    ".venv",
+    "node_modules",
+    "cdk.out",
+    "build",
+    "data",
+    "mlruns",
+    "**/__pycache__",
+    "**/.mypy_cache",
+    "**/.pytest_cache",
+    "**/.ruff_cache",
+    "**/.hypothesis",
+]
+ON_DEMAND_SOURCE = "fraudsys.training"
+ON_DEMAND_DETAIL_TYPE = "TrainingRequested"
+CONTAINER_NAME = "training"
+
+
+class TrainingJob(Construct):
+    """Fargate task definition plus two EventBridge rules (cron schedule, on-demand event)."""
+
+    cluster: ecs.Cluster
+    image: ecr_assets.DockerImageAsset
+    task_definition: ecs.FargateTaskDefinition
+    schedule_rule: events.Rule
+    on_demand_rule: events.Rule
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        network: Network,
+        storage: Storage,
+        mlflow: MlflowTracking,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        cfg = config.training
+        arm = config.architecture == "arm64"
+        cluster_name = f"{config.prefix}-training"
+        self.cluster = ecs.Cluster(
+            self,
+            "Cluster",
+            cluster_name=cluster_name,
+            vpc=network.vpc,
+            container_insights_v2=ecs.ContainerInsights.ENHANCED,
+        )
+        self.image = ecr_assets.DockerImageAsset(
+            self,
+            "Image",
+            directory=str(REPO_ROOT),
+            file="training/Dockerfile",
+            platform=ecr_assets.Platform.LINUX_ARM64 if arm else ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_EXCLUDES,
+        )
+        self.task_definition = ecs.FargateTaskDefinition(
+            self,
+            "Task",
+            cpu=cfg.cpu,
+            memory_limit_mib=cfg.memory_mib,
+            ephemeral_storage_gib=cfg.ephemeral_storage_gib,
+            runtime_platform=ecs.RuntimePlatform(
+                cpu_architecture=ecs.CpuArchitecture.ARM64 if arm else ecs.CpuArchitecture.X86_64,
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+            ),
+        )
+        task_role = self.task_definition.task_role
+        storage.grant_objects(task_role, "RawData", RAW_DATA_PREFIX, read=True)
+        storage.grant_objects(task_role, "Features", FEATURES_PREFIX, read=True, write=True)
+        storage.grant_objects(task_role, "Models", MODEL_STORE_PREFIX, read=True, write=True)
+        mlflow.grant_tracking(task_role)
+        # The sagemaker-mlflow client writes run artifacts straight to the artifact store.
+        storage.grant_objects(task_role, "Models", MLFLOW_ARTIFACT_PREFIX, read=True, write=True)
+
+        self.task_definition.add_container(
+            CONTAINER_NAME,
+            image=ecs.ContainerImage.from_docker_image_asset(self.image),
+            command=list(cfg.command),
+            logging=ecs.LogDrivers.aws_logs(
+                stream_prefix="training", log_group=log_group(self, "Logs", config, cfg.log_retention_days)
+            ),
+            environment={
+                "RAW_DATA_URI": storage.uri("RawData", RAW_DATA_PREFIX),
+                "FEATURES_URI": storage.uri("Features", FEATURES_PREFIX),
+                "MODEL_STORE_URI": storage.model_store_uri,
+                "MODEL_NAME": config.model_name,
+                "MLFLOW_TRACKING_URI": mlflow.tracking_server_arn,
+                "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+            },
+        )
+        acknowledge(
+            self.task_definition,
+            "AwsSolutions-ECS2",
+            "The environment holds only bucket URIs, the MLflow server ARN and tuning numbers; the job "
+            "has no secrets (it reaches S3 and MLflow with its task role).",
+        )
+
+        acknowledge(
+            self.task_definition,
+            "AwsSolutions-IAM5[Resource::*]",
+            "The execution role's ecr:GetAuthorizationToken has no resource-level permissions (the image "
+            "pull itself is scoped to the asset repository).",
+        )
+        cluster_ref = cdk.Stack.of(self).get_logical_id(cast(cdk.CfnElement, self.cluster.node.default_child))
+        acknowledge(
+            self.task_definition,
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:*:task/<{cluster_ref}>/*]",
+            "EventBridge's role may tag only the tasks it starts in this one cluster (task ids are unknown "
+            "before RunTask).",
+        )
+
+        def target() -> targets.EcsTask:
+            return targets.EcsTask(
+                cluster=self.cluster,
+                task_definition=self.task_definition,
+                launch_type=ecs.LaunchType.FARGATE,
+                platform_version=ecs.FargatePlatformVersion.LATEST,
+                subnet_selection=network.app_subnets,
+                security_groups=[network.training_sg],
+                assign_public_ip=False,
+            )
+
+        self.schedule_rule = events.Rule(
+            self,
+            "Schedule",
+            description=f"{config.prefix}: retrain on schedule",
+            schedule=events.Schedule.expression(cfg.schedule),
+            targets=[target()],
+        )
+        self.on_demand_rule = events.Rule(
+            self,
+            "OnDemand",
+            description=f"{config.prefix}: retrain when a {ON_DEMAND_DETAIL_TYPE} event arrives",
+            event_pattern=events.EventPattern(source=[ON_DEMAND_SOURCE], detail_type=[ON_DEMAND_DETAIL_TYPE]),
+            targets=[target()],
+        )
+
+    def run_task_command(self, network: Network) -> str:
+        """The ``aws ecs run-task`` line for an operator (also printed as a stack output)."""
+        subnets = ",".join(network.private_subnet_ids)
+        return (
+            f"aws ecs run-task --cluster {self.cluster.cluster_name} --launch-type FARGATE "
+            f"--task-definition {self.task_definition.task_definition_arn} "
+            f"--network-configuration awsvpcConfiguration={{subnets=[{subnets}],"
+            f"securityGroups=[{network.training_sg.security_group_id}],assignPublicIp=DISABLED}}"
+        )

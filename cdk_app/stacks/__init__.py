@@ -1,0 +1,1 @@
+"""Wiring stacks: each creates constructs, passes attributes between them and grants access."""

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk_app.config import StageConfig
+from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.feature_updater import FeatureUpdater
+from cdk_app.constructs.layer import SlimXGBoostLayer
+from cdk_app.constructs.network import Network
+from cdk_app.constructs.scorer_api import ScorerApi
+from cdk_app.constructs.storage import Storage
+from cdk_app.constructs.stream import EventStream
+
+
+class ServingStack(cdk.Stack):
+    """The online path: layer, scorer API, feature updater and its event source mappings."""
+
+    scorer: ScorerApi
+    updater: FeatureUpdater
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        network: Network,
+        storage: Storage,
+        feature_store: RedisFeatureStore,
+        stream: EventStream,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        layer = SlimXGBoostLayer(self, "Layer", arch=config.architecture).layer
+        shared = {
+            "config": config,
+            "network": network,
+            "layer": layer,
+            "storage": storage,
+            "feature_store": feature_store,
+            "stream": stream,
+        }
+        self.scorer = ScorerApi(self, "Scorer", **shared)  # type: ignore[arg-type]
+        self.updater = FeatureUpdater(self, "Updater", **shared)  # type: ignore[arg-type]
+        cdk.CfnOutput(self, "ApiUrl", value=self.scorer.url)
+        cdk.CfnOutput(self, "ApiKeyId", value=self.scorer.api_key.key_id)
+        cdk.CfnOutput(self, "InvokePolicyArn", value=self.scorer.invoke_policy.managed_policy_arn)
