@@ -167,9 +167,7 @@ def run_demo(
             model_version=version,
         )
         if keep_running:
-            step(
-                f"the API stays up at {stack.api.url} (POST /predict, GET /health, GET /metrics); Ctrl-C"
-            )
+            step(f"the API stays up at {stack.api.url} (POST /predict, GET /health, GET /metrics); Ctrl-C")
             serve_forever(stack)
         return summary
     finally:

@@ -131,7 +131,10 @@ def start_redis(
     return _start("redis", argv, port, log_dir, 20)
 
 
-def start_kafka(port: int, log_dir: Path | None = None) -> Service:
+def start_kafka(
+    port: int, log_dir: Path | None = None, storage: str = "memory://tansu/", s3_endpoint: str | None = None
+) -> Service:
+    """The tansu broker. ``storage`` ``s3://bucket/`` (on the local S3) survives broker restarts."""
     url = f"tcp://127.0.0.1:{port}"
     argv = [
         tansu_binary(),
@@ -141,9 +144,18 @@ def start_kafka(port: int, log_dir: Path | None = None) -> Service:
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
-    return _start("kafka", argv, port, log_dir, 30)
+    env = {}
+    if s3_endpoint is not None:
+        env = {
+            "AWS_ENDPOINT": s3_endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        }
+    return _start("kafka", argv, port, log_dir, 30, env)
 
 
 def start_moto(port: int, log_dir: Path | None = None) -> Service:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MODELS_BUCKET = "fraudsys-models"
 DEAD_LETTER_BUCKET = "fraudsys-dead-letters"
+BROKER_BUCKET = "fraudsys-broker"
 TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
 
@@ -50,6 +51,7 @@ class StackConfig:
     batching_window: float | None = None
     max_retries: int = 5
     session_timeout_ms: int = 6000
+    durable_broker: bool = True  # broker log in the local S3: survives broker restarts
 
     @property
     def model_store_uri(self) -> str:
@@ -118,7 +120,7 @@ def create_buckets() -> None:
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    for bucket in (MODELS_BUCKET, DEAD_LETTER_BUCKET):
+    for bucket in (MODELS_BUCKET, DEAD_LETTER_BUCKET, BROKER_BUCKET):
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
 
@@ -155,6 +157,17 @@ class LocalStack:
             raise
         return self
 
+    def _start_kafka(self) -> Service:
+        cfg = self.cfg
+        if cfg.durable_broker:
+            return start_kafka(
+                cfg.kafka_port,
+                cfg.run_dir / "logs",
+                f"s3://{BROKER_BUCKET}/",
+                f"http://127.0.0.1:{cfg.s3_port}",
+            )
+        return start_kafka(cfg.kafka_port, cfg.run_dir / "logs")
+
     def _start_poller(self) -> KafkaPoller:
         from handlers.update_features import handler
 
@@ -184,7 +197,7 @@ class LocalStack:
             "redis": lambda: start_redis(
                 self.cfg.redis_port, self.cfg.run_dir / "redis", self.cfg.run_dir / "logs"
             ),
-            "kafka": lambda: start_kafka(self.cfg.kafka_port, self.cfg.run_dir / "logs"),
+            "kafka": self._start_kafka,
         }
         fresh = starters[name]()
         self.supervisor.services[self.supervisor.services.index(service)] = fresh

@@ -46,8 +46,8 @@ class SplitConfig(_Frozen):
 class TuningConfig(_Frozen):
     n_trials: int = Field(default=8, ge=1)
     n_folds: int = Field(default=3, ge=2)
-    max_rounds: int = Field(default=400, ge=10)
-    early_stopping_rounds: int = Field(default=30, ge=1)
+    max_rounds: int = Field(default=300, ge=10)
+    early_stopping_rounds: int = Field(default=20, ge=1)
     seed: int = 7
     nthread: int = 2
 

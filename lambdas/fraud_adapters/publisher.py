@@ -1,6 +1,7 @@
 """Stream publisher: scored transactions (and labels) to Kafka/MSK, Kinesis, or nowhere."""
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fraud_core.schemas import LabelEvent, TransactionEvent
@@ -15,7 +16,7 @@ Event = TransactionEvent | LabelEvent
 
 
 class Publisher(Protocol):
-    def publish(self, events: list[Event], timeout: float = 2.0) -> None:
+    def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Deliver ``events`` (keyed by card) or raise."""
 
     def close(self) -> None: ...
@@ -31,7 +32,7 @@ def _key(event: Event) -> bytes:
 
 
 class NullPublisher:
-    def publish(self, events: list[Event], timeout: float = 2.0) -> None:
+    def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         return None
 
     def close(self) -> None:
@@ -59,7 +60,7 @@ class KafkaPublisher:
             **config,
         )
 
-    def publish(self, events: list[Event], timeout: float = 2.0) -> None:
+    def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         futures = [
             self.producer.send(self.topics[type(event)], value=_payload(event), key=_key(event))
             for event in events
@@ -81,7 +82,7 @@ class KinesisPublisher:
             "kinesis", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_KINESIS")
         )
 
-    def publish(self, events: list[Event], timeout: float = 2.0) -> None:
+    def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         if not events:
             return
         response = self.client.put_records(

@@ -36,3 +36,18 @@ def publish_test_model(root: str, version: str = "1", threshold: float = 0.5, se
         _booster(list(spec.REQUEST_ONLY_FEATURES), seed),
     )
     return manifest
+
+
+def publish_test_model_to(store: ModelStore, version: str, threshold: float = 0.5, seed: int = 0) -> None:
+    manifest = ModelManifest(
+        model_name=store.model_name,
+        version=version,
+        feature_names=list(spec.FEATURE_NAMES),
+        feature_spec_version=spec.FEATURE_SPEC_VERSION,
+        threshold=threshold,
+        label_delay_seconds=spec.DEFAULT_LABEL_DELAY,
+        created_at=datetime.now(UTC),
+    )
+    store.publish(
+        manifest, _booster(list(spec.FEATURE_NAMES), seed), _booster(list(spec.REQUEST_ONLY_FEATURES), seed)
+    )
