@@ -1,0 +1,144 @@
+"""The scorer handler through API Gateway REST proxy events."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers import predict
+from tests.support.events import FakeContext, api_gateway_event
+from tests.support.models import publish_test_model
+
+pytestmark = pytest.mark.integration
+
+VALID: dict[str, Any] = {
+    "transaction_id": "tx-1",
+    "cc_num": "4111111111111111",
+    "merchant_name": "fraud_Rippin, Kub and Mann",
+    "category": "misc_net",
+    "amount_usd": 42.5,
+    "transaction_time": "2020-06-21T12:14:25Z",
+    "lat": 36.08,
+    "long": -81.18,
+    "city_pop": 3495,
+    "merch_lat": 36.01,
+    "merch_long": -82.05,
+}
+
+
+def call(method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, dict[str, Any]]:
+    response = predict.handler(api_gateway_event(method, path, body, raw), FakeContext())
+    return int(response["statusCode"]), json.loads(response["body"] or "{}")
+
+
+def test_scores_a_valid_transaction(lambda_env: Path) -> None:
+    publish_test_model(str(lambda_env / "models"), version="3", threshold=0.4)
+    status, body = call("POST", "/predict", VALID)
+    assert status == 200, body
+    assert set(body) >= {
+        "transaction_id",
+        "is_fraud",
+        "fraud_probability",
+        "threshold",
+        "model_version",
+        "reasons",
+        "timestamp",
+    }
+    assert body["transaction_id"] == "tx-1"
+    assert body["model_version"] == "3"
+    assert body["threshold"] == 0.4
+    assert body["is_fraud"] == (body["fraud_probability"] >= 0.4)
+    assert body["degraded"] is False
+    assert [r["feature"] for r in body["reasons"]]
+    assert all({"feature", "value", "contribution"} <= set(r) for r in body["reasons"])
+
+
+def test_transaction_id_is_generated_when_omitted(lambda_env: Path) -> None:
+    publish_test_model(str(lambda_env / "models"))
+    status, body = call("POST", "/predict", {k: v for k, v in VALID.items() if k != "transaction_id"})
+    assert status == 200
+    assert len(body["transaction_id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount_usd": -1}, "amount_usd"),
+        ({"amount_usd": "lots"}, "amount_usd"),
+        ({"category": "casino"}, "category"),
+        ({"lat": 123.0}, "lat"),
+        ({"transaction_time": "yesterday"}, "transaction_time"),
+        ({"merchant_name": "a\x1fb"}, "merchant_name"),
+        ({"cc_num": None}, "cc_num"),  # neither card id
+        ({"customer_id": "c-1"}, "cc_num"),  # both card ids
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(lambda_env: Path, change: dict[str, Any], field: str) -> None:
+    publish_test_model(str(lambda_env / "models"))
+    body = {**VALID, **change}
+    if change.get("cc_num", "") is None:
+        del body["cc_num"]
+    status, answer = call("POST", "/predict", body)
+    assert status == 422, answer
+    assert field in answer["message"] or any(field in ".".join(d["loc"]) for d in answer["detail"])
+    assert all("input" not in d for d in answer["detail"])  # values are not echoed back (PII)
+
+
+def test_missing_field_is_named(lambda_env: Path) -> None:
+    status, answer = call("POST", "/predict", {k: v for k, v in VALID.items() if k != "merchant_name"})
+    assert status == 422
+    assert "merchant_name" in answer["message"]
+
+
+def test_malformed_json_is_a_422(lambda_env: Path) -> None:
+    status, answer = call("POST", "/predict", raw="{not json")
+    assert status == 422
+    assert answer["message"]
+
+
+def test_no_champion_is_a_503_with_a_reason(lambda_env: Path) -> None:
+    status, answer = call("POST", "/predict", VALID)
+    assert status == 503
+    assert "no champion" in answer["message"]
+
+
+def test_unknown_route_is_a_404(lambda_env: Path) -> None:
+    status, _ = call("GET", "/nope")
+    assert status == 404
+
+
+def test_redis_unreachable_gives_a_degraded_answer(lambda_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers import bootstrap
+
+    publish_test_model(str(lambda_env / "models"))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    bootstrap.reset()
+    predict.scorer.cache_clear()
+    status, body = call("POST", "/predict", VALID)
+    assert status == 200
+    assert body["degraded"] is True
+    assert body["model_version"].endswith("-baseline")
+    status, health = call("GET", "/health")
+    assert status == 200
+    assert health["status"] == "degraded"
+    assert health["dependencies"]["redis"]["ok"] is False
+
+
+def test_health_ok_and_openapi_document(lambda_env: Path) -> None:
+    publish_test_model(str(lambda_env / "models"), version="5")
+    status, health = call("GET", "/health")
+    assert status == 200
+    assert health["status"] == "ok"
+    assert health["model_version"] == "5"
+    schema = predict.app.get_openapi_schema().model_dump(by_alias=True, exclude_none=True)
+    assert "/predict" in schema["paths"]
+    assert "PredictRequest" in json.dumps(schema)
+
+
+def test_champion_reload_without_restart(lambda_env: Path) -> None:
+    publish_test_model(str(lambda_env / "models"), version="1")
+    assert call("POST", "/predict", VALID)[1]["model_version"] == "1"
+    publish_test_model(str(lambda_env / "models"), version="2", seed=1)
+    assert call("POST", "/predict", VALID)[1]["model_version"] == "2"

@@ -1,0 +1,108 @@
+"""The feature updater handler: MSK and Kinesis events, poison records, redelivery, Redis down."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from handlers import bootstrap, update_features
+from tests.support.events import FakeContext, kinesis_event, msk_event
+
+pytestmark = pytest.mark.integration
+
+TX = {
+    "kind": "transaction",
+    "trans_num": "t-1",
+    "cc_num": "4111111111111111",
+    "merchant": "m",
+    "category": "travel",
+    "amt": 12.5,
+    "transaction_time": "2020-01-01T00:00:00Z",
+    "lat": 1.0,
+    "long": 2.0,
+    "city_pop": 10,
+    "merch_lat": 1.1,
+    "merch_long": 2.1,
+}
+
+
+def _card_events(t: int = 1_577_836_900) -> int:
+    return len(bootstrap.feature_store().read("4111111111111111", "m", t).card_events)
+
+
+def test_msk_batch_applies_and_poison_goes_to_dead_letters(lambda_env: Path) -> None:
+    records = [
+        ("fraudsys.transactions", json.dumps(TX).encode()),
+        ("fraudsys.transactions", b"\xff\xfe not json"),
+        ("fraudsys.transactions", json.dumps({**TX, "trans_num": "t-2", "amt": "x"}).encode()),
+        (
+            "fraudsys.transactions",
+            json.dumps({**TX, "trans_num": "t-3", "transaction_time": "2020-01-01T00:00:30Z"}).encode(),
+        ),
+    ]
+    response = update_features.handler(msk_event(records), FakeContext())
+    assert response == {"batchItemFailures": []}
+    assert _card_events() == 2
+    letters = [json.loads(p.read_text()) for p in (lambda_env / "dead").rglob("*.json")]
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(reasons) == 2
+    assert any("not JSON" in r for r in reasons)
+    assert any("amt" in r for r in reasons)
+    assert all(letter["source"].startswith("kafka:fraudsys.transactions-0@") for letter in letters)
+
+
+def test_redelivery_changes_nothing(lambda_env: Path) -> None:
+    event = kinesis_event([json.dumps(TX).encode()])
+    update_features.handler(event, FakeContext())
+    state = bootstrap.feature_store().read("4111111111111111", "m", 1_577_836_900)
+    update_features.handler(event, FakeContext())
+    assert bootstrap.feature_store().read("4111111111111111", "m", 1_577_836_900) == state
+
+
+def test_label_topic_without_kind_is_a_label(lambda_env: Path) -> None:
+    label = {
+        "trans_num": "t-1",
+        "merchant": "m",
+        "transaction_time": "2020-01-01T00:00:00Z",
+        "label_time": "2020-01-02T00:00:00Z",
+    }
+    update_features.handler(msk_event([("fraudsys.labels", json.dumps(label).encode())]), FakeContext())
+    state = bootstrap.feature_store().read("4111111111111111", "m", 1_577_836_800 + 8 * 86400)
+    assert state.label_trans_t == [1_577_836_800]
+    assert state.label_arrival_t == [1_577_836_800 + 86400]
+
+
+def test_redis_down_fails_the_whole_batch_for_redelivery(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    bootstrap.reset()
+    with pytest.raises(redis.ConnectionError):
+        update_features.handler(
+            msk_event([("fraudsys.transactions", json.dumps(TX).encode())]), FakeContext()
+        )
+
+
+def test_dead_letter_store_down_reports_the_record_failed(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = lambda_env / "blocked"
+    blocker.write_text("a file where the dead-letter folder should be")
+    monkeypatch.setenv("DEAD_LETTER_URI", str(blocker))
+    bootstrap.reset()
+    event = msk_event(
+        [("fraudsys.transactions", json.dumps(TX).encode()), ("fraudsys.transactions", b"poison")]
+    )
+    response = update_features.handler(event, FakeContext())
+    # the poison record could not be parked: it is reported failed (retried), the good one is applied
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": {"partition": "fraudsys.transactions-0", "offset": 1}}]
+    }
+    assert _card_events() == 1
+
+
+def test_unknown_event_shape_is_rejected(lambda_env: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported event"):
+        update_features.handler({"Records": [{"eventSource": "aws:sqs"}]}, FakeContext())
