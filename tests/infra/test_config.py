@@ -1,0 +1,80 @@
+"""Stage configuration: cdk.json validates, and inconsistent values fail before any synth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from cdk_app.config import StageConfig, load_stage_configs, read_cdk_json_context
+
+from .conftest import REPO_ROOT, stage_config
+
+
+def test_cdk_json_stages_validate_and_cover_both_stream_kinds() -> None:
+    # given the checked-in cdk.json
+    context = read_cdk_json_context(REPO_ROOT / "cdk.json")
+
+    # when its stages are loaded
+    configs = load_stage_configs(context["fraudsys"])
+
+    # then dev and prod are valid, and the two stream kinds are both deployed somewhere
+    assert {c.name for c in configs} == {"dev", "prod"}
+    assert {c.stream_kind for c in configs} == {"msk", "kinesis"}
+    prod = next(c for c in configs if c.name == "prod")
+    assert prod.retain_data
+    assert prod.scorer.provisioned_concurrency > 0
+
+
+def test_cdk_json_disables_notices_and_telemetry() -> None:
+    import json
+
+    cdk_json = json.loads((REPO_ROOT / "cdk.json").read_text())
+    assert cdk_json["notices"] is False
+    assert cdk_json["context"]["cli-telemetry"] is False
+
+
+def test_stage_selection_by_name_and_unknown_names() -> None:
+    context = {"stages": {"dev": {}, "prod": {"stream_kind": "kinesis"}}}
+
+    assert [c.name for c in load_stage_configs(context, "prod")] == ["prod"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        load_stage_configs(context, "staging")
+
+
+def test_config_is_frozen() -> None:
+    config = stage_config("dev")
+    with pytest.raises(ValidationError):
+        config.name = "prod"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stream_kind": "rabbitmq"}, "stream_kind"),
+        ({"scorer": {"reserved_concurrency": 5, "provisioned_concurrency": 10}}, "provisioned_concurrency"),
+        ({"msk": {"broker_count": 3}}, "multiple of vpc.max_azs"),
+        ({"updater": {"min_pollers": 5, "max_pollers": 2}}, "min_pollers"),
+        ({"training": {"schedule": "every day"}}, "cron"),
+        ({"scorer": {"memory_mb": 64}}, "memory_mb"),
+        ({"account": "123456789012", "region": "eu-west-1"}, "availability_zones"),
+        ({"vpc": {"max_azs": 2, "availability_zones": ["eu-west-1a"]}}, "exactly max_azs"),
+        ({"redis": {"num_cache_clusters": 1}}, "num_cache_clusters"),
+        ({"scorer": {"log_retention_days": 10}}, "log_retention_days"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_invalid_config_is_rejected(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StageConfig.model_validate({"name": "dev", **overrides})
+
+
+def test_explicit_environment_with_zones_is_accepted() -> None:
+    config = stage_config(
+        "prod",
+        account="123456789012",
+        region="eu-west-1",
+        vpc={"max_azs": 2, "availability_zones": ["eu-west-1a", "eu-west-1b"]},
+    )
+    assert config.prefix == "fraudsys-prod"

@@ -1,0 +1,184 @@
+"""Network and data stacks: VPC, endpoints, buckets, Redis, and the two stream kinds."""
+
+from __future__ import annotations
+
+from aws_cdk.assertions import Match
+
+from .conftest import Synthesized
+
+
+def test_vpc_has_private_subnets_flow_logs_and_nat(msk: Synthesized) -> None:
+    network = msk.template("network")
+
+    network.resource_count_is("AWS::EC2::VPC", 1)
+    network.has_resource_properties("AWS::EC2::Subnet", {"MapPublicIpOnLaunch": False})
+    network.resource_count_is("AWS::EC2::NatGateway", 1)
+    network.has_resource_properties(
+        "AWS::EC2::FlowLog", {"TrafficType": "ALL", "LogDestinationType": "cloud-watch-logs"}
+    )
+
+
+def test_endpoints_s3_gateway_and_interfaces_the_lambdas_need(msk: Synthesized, kinesis: Synthesized) -> None:
+    def services(template_props: dict[str, dict[str, object]]) -> set[str]:
+        names = set()
+        for resource in template_props.values():
+            name = resource["Properties"]["ServiceName"]  # type: ignore[index]
+            names.add(str(name).rsplit(".", 1)[-1] if isinstance(name, str) else str(name))
+        return names
+
+    for synthesized, expect_kinesis in ((msk, False), (kinesis, True)):
+        network = synthesized.template("network")
+        network.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
+        interfaces = network.find_resources(
+            "AWS::EC2::VPCEndpoint",
+            {"Properties": {"VpcEndpointType": "Interface", "PrivateDnsEnabled": True}},
+        )
+        rendered = str(interfaces)
+        assert "secretsmanager" in rendered
+        assert ".logs" in rendered
+        assert ("kinesis-streams" in rendered) is expect_kinesis
+
+
+def test_redis_accepts_only_the_lambda_security_groups(msk: Synthesized) -> None:
+    network = msk.template("network")
+
+    ingress = network.find_resources("AWS::EC2::SecurityGroupIngress", {"Properties": {"FromPort": 6380}})
+    assert len(ingress) == 2  # scorer and updater, nothing else
+    for rule in ingress.values():
+        assert "SourceSecurityGroupId" in rule["Properties"]
+        assert "CidrIp" not in rule["Properties"]
+    network.has_resource_properties(
+        "AWS::EC2::SecurityGroupIngress", {"FromPort": 9098, "ToPort": 9098, "IpProtocol": "tcp"}
+    )
+
+
+def test_data_buckets_are_encrypted_versioned_private_tls_only_and_logged(msk: Synthesized) -> None:
+    data = msk.template("data")
+
+    data.resource_count_is("AWS::S3::Bucket", 5)  # raw, features, models, dead letters + access logs
+    data.resource_count_is("AWS::KMS::Key", 1)
+    data.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    kms_buckets = data.find_resources(
+        "AWS::S3::Bucket",
+        {
+            "Properties": {
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [
+                        Match.object_like(
+                            {
+                                "BucketKeyEnabled": True,
+                                "ServerSideEncryptionByDefault": Match.object_like(
+                                    {"SSEAlgorithm": "aws:kms"}
+                                ),
+                            }
+                        )
+                    ]
+                },
+                "VersioningConfiguration": {"Status": "Enabled"},
+                "PublicAccessBlockConfiguration": {
+                    "BlockPublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "IgnorePublicAcls": True,
+                    "RestrictPublicBuckets": True,
+                },
+                "LoggingConfiguration": Match.object_like({"LogFilePrefix": Match.any_value()}),
+            }
+        },
+    )
+    names = {str(b["Properties"]["BucketName"]) for b in kms_buckets.values()}
+    assert len(kms_buckets) == 4, names
+    for kind in ("rawdata", "features", "models", "deadletters"):
+        assert any(f"fraudsys-tmsk-{kind}-" in n for n in names), (kind, names)
+    # enforceSSL: every bucket policy denies aws:SecureTransport=false
+    policies = data.find_resources("AWS::S3::BucketPolicy")
+    assert len(policies) == 5
+    for policy in policies.values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny"
+            and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in statements
+        )
+
+
+def test_redis_replication_group_multi_az_encrypted_with_auth_from_secret(msk: Synthesized) -> None:
+    data = msk.template("data")
+
+    data.has_resource_properties(
+        "AWS::ElastiCache::ReplicationGroup",
+        {
+            "Engine": "redis",
+            "NumCacheClusters": 2,
+            "AutomaticFailoverEnabled": True,
+            "MultiAZEnabled": True,
+            "TransitEncryptionEnabled": True,
+            "TransitEncryptionMode": "required",
+            "AtRestEncryptionEnabled": True,
+            "KmsKeyId": Match.any_value(),
+            "Port": 6380,
+            "AuthToken": Match.object_like(
+                {"Fn::Join": ["", Match.array_with([Match.string_like_regexp("resolve:secretsmanager")])]}
+            ),
+            "LogDeliveryConfigurations": [Match.object_like({"LogType": "slow-log"})],
+        },
+    )
+    # cluster mode disabled: no node groups / shards
+    group = next(iter(data.find_resources("AWS::ElastiCache::ReplicationGroup").values()))
+    assert "NumNodeGroups" not in group["Properties"]
+    data.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {
+            "GenerateSecretString": Match.object_like(
+                {"GenerateStringKey": "token", "ExcludePunctuation": True}
+            )
+        },
+    )
+    data.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {"GenerateSecretString": Match.object_like({"GenerateStringKey": "key"})},
+    )
+
+
+def test_msk_cluster_iam_auth_tls_kms_and_declared_topics(msk: Synthesized) -> None:
+    data = msk.template("data")
+
+    data.has_resource_properties(
+        "AWS::MSK::Cluster",
+        {
+            "NumberOfBrokerNodes": 2,
+            "ClientAuthentication": {
+                "Sasl": {"Iam": {"Enabled": True}},
+                "Unauthenticated": {"Enabled": False},
+            },
+            "EncryptionInfo": {
+                "EncryptionAtRest": {"DataVolumeKMSKeyId": Match.any_value()},
+                "EncryptionInTransit": {"ClientBroker": "TLS", "InCluster": True},
+            },
+            "LoggingInfo": {"BrokerLogs": {"CloudWatchLogs": Match.object_like({"Enabled": True})}},
+        },
+    )
+    data.has_resource_properties(
+        "AWS::MSK::Configuration",
+        {"ServerProperties": Match.string_like_regexp("auto.create.topics.enable=false")},
+    )
+    for topic in ("fraudsys.transactions", "fraudsys.labels"):
+        data.has_resource_properties(
+            "AWS::MSK::Topic", {"TopicName": topic, "PartitionCount": 6, "ReplicationFactor": 2}
+        )
+    data.resource_count_is("AWS::Kinesis::Stream", 0)
+
+
+def test_kinesis_stage_has_an_encrypted_stream_and_no_msk(kinesis: Synthesized) -> None:
+    data = kinesis.template("data")
+
+    data.has_resource_properties(
+        "AWS::Kinesis::Stream",
+        {
+            "ShardCount": 2,
+            "StreamEncryption": {"EncryptionType": "KMS", "KeyId": Match.any_value()},
+            "RetentionPeriodHours": 24,
+        },
+    )
+    data.resource_count_is("AWS::MSK::Cluster", 0)
+    data.resource_count_is("AWS::MSK::Topic", 0)
+    kinesis.template("network").resource_count_is("AWS::EC2::NatGateway", 1)

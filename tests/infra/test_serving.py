@@ -1,0 +1,262 @@
+"""Serving stack: the two Lambdas, the layer, event source mappings for both stream kinds, the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from cdk_app.constructs.scorer_api import PREDICT_REQUEST_SCHEMA
+from fraud_core.schemas import PredictRequest
+
+from .conftest import Synthesized
+
+SCORER_ENV = {
+    "REDIS_URL",
+    "REDIS_AUTH_SECRET_ARN",
+    "REDIS_TIMEOUT_MS",
+    "CARD_HASH_KEY_SECRET_ARN",
+    "MODEL_STORE_URI",
+    "MODEL_NAME",
+    "MODEL_POINTER_TTL_SECONDS",
+    "STREAM_KIND",
+    "TRANSACTIONS_TOPIC",
+    "LABELS_TOPIC",
+    "LABEL_DELAY_SECONDS",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+UPDATER_ENV = {
+    "REDIS_URL",
+    "REDIS_AUTH_SECRET_ARN",
+    "REDIS_TIMEOUT_MS",
+    "CARD_HASH_KEY_SECRET_ARN",
+    "TRANSACTIONS_TOPIC",
+    "LABELS_TOPIC",
+    "DEAD_LETTER_URI",
+    "LABEL_DELAY_SECONDS",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+
+
+def _function(template: Template, handler: str) -> dict[str, Any]:
+    found = template.find_resources("AWS::Lambda::Function", {"Properties": {"Handler": handler}})
+    assert len(found) == 1, found.keys()
+    return dict(next(iter(found.values()))["Properties"])
+
+
+@pytest.mark.parametrize(("kind", "arch"), [("msk", "x86_64"), ("kinesis", "arm64")])
+def test_both_functions_python313_in_vpc_traced_with_layer(
+    stages: dict[str, Synthesized], kind: str, arch: str
+) -> None:
+    serving = stages[kind].template("serving")
+
+    serving.has_resource_properties(
+        "AWS::Lambda::LayerVersion",
+        {"CompatibleRuntimes": ["python3.13"], "CompatibleArchitectures": [arch]},
+    )
+    for handler in ("handlers.predict.handler", "handlers.update_features.handler"):
+        serving.has_resource_properties(
+            "AWS::Lambda::Function",
+            {
+                "Handler": handler,
+                "Runtime": "python3.13",
+                "Architectures": [arch],
+                "TracingConfig": {"Mode": "Active"},
+                "Layers": [Match.any_value()],
+                "VpcConfig": Match.object_like(
+                    {"SubnetIds": Match.any_value(), "SecurityGroupIds": [Match.any_value()]}
+                ),
+                "LoggingConfig": Match.object_like({"LogGroup": Match.any_value()}),
+            },
+        )
+    serving.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 30})
+
+
+def test_scorer_environment_and_concurrency(msk: Synthesized) -> None:
+    scorer = _function(msk.template("serving"), "handlers.predict.handler")
+    env = scorer["Environment"]["Variables"]
+
+    assert set(env) >= SCORER_ENV | {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SASL_MECHANISM",
+    }
+    assert env["STREAM_KIND"] == "kafka"
+    assert env["KAFKA_SASL_MECHANISM"] == "AWS_MSK_IAM"
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["REDIS_TIMEOUT_MS"] == "50"
+    assert env["MODEL_NAME"] == "fraudsys"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "FraudSys"
+    assert env["TRANSACTIONS_TOPIC"] == "fraudsys.transactions"
+    assert "rediss://" in str(env["REDIS_URL"])
+    assert "/registry" in str(env["MODEL_STORE_URI"])
+    assert scorer["ReservedConcurrentExecutions"] == 50
+    msk.template("serving").has_resource_properties(
+        "AWS::Lambda::Alias",
+        {"Name": "live", "ProvisionedConcurrencyConfig": {"ProvisionedConcurrentExecutions": 5}},
+    )
+
+
+def test_scorer_environment_for_kinesis(kinesis: Synthesized) -> None:
+    env = _function(kinesis.template("serving"), "handlers.predict.handler")["Environment"]["Variables"]
+
+    assert set(env) >= SCORER_ENV | {"KINESIS_STREAM_NAME"}
+    assert env["STREAM_KIND"] == "kinesis"
+    assert "KAFKA_BOOTSTRAP_SERVERS" not in env
+    kinesis.template("serving").has_resource_properties(
+        "AWS::Lambda::Alias", {"Name": "live", "ProvisionedConcurrencyConfig": Match.absent()}
+    )
+
+
+def test_updater_environment(msk: Synthesized, kinesis: Synthesized) -> None:
+    for synthesized in (msk, kinesis):
+        env = _function(synthesized.template("serving"), "handlers.update_features.handler")["Environment"][
+            "Variables"
+        ]
+        assert set(env) >= UPDATER_ENV
+        assert env["REDIS_TIMEOUT_MS"] == "1000"
+        assert "/updater" in str(env["DEAD_LETTER_URI"])
+
+
+def test_msk_event_source_mappings_one_per_topic_with_error_handling(msk: Synthesized) -> None:
+    serving = msk.template("serving")
+
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
+    for topic in ("fraudsys.transactions", "fraudsys.labels"):
+        serving.has_resource_properties(
+            "AWS::Lambda::EventSourceMapping",
+            {
+                "Topics": [topic],
+                "BatchSize": 250,
+                "MaximumBatchingWindowInSeconds": 2,
+                "StartingPosition": "TRIM_HORIZON",
+                "BisectBatchOnFunctionError": True,
+                "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                "MaximumRetryAttempts": 5,
+                "ProvisionedPollerConfig": {"MinimumPollers": 2, "MaximumPollers": 4},
+                "AmazonManagedKafkaEventSourceConfig": {
+                    "ConsumerGroupId": f"fraudsys-tmsk-updater-{topic.replace('.', '-')}"
+                },
+                "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+            },
+        )
+    serving.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
+
+
+def test_kinesis_event_source_mapping_with_error_handling(kinesis: Synthesized) -> None:
+    serving = kinesis.template("serving")
+
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+    serving.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "BatchSize": 50,
+            "MaximumBatchingWindowInSeconds": 0,
+            "ParallelizationFactor": 2,
+            "BisectBatchOnFunctionError": True,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "MaximumRecordAgeInSeconds": 86400,
+            "StartingPosition": "TRIM_HORIZON",
+            "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+        },
+    )
+
+
+def _policy_statements(template: Template) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+@pytest.mark.parametrize("kind", ["msk", "kinesis"])
+def test_serving_grants_have_no_wildcard_actions(stages: dict[str, Synthesized], kind: str) -> None:
+    statements = _policy_statements(stages[kind].template("serving"))
+
+    wildcard = sorted({a for s in statements for a in _actions(s) if "*" in a})
+    assert wildcard == []
+    assert any(a == "kafka-cluster:WriteData" for s in statements for a in _actions(s)) is (kind == "msk")
+    assert any(a == "kinesis:PutRecords" for s in statements for a in _actions(s)) is (kind == "kinesis")
+
+
+def test_rest_api_methods_auth_validation_key_plan_logs_tracing(msk: Synthesized) -> None:
+    serving = msk.template("serving")
+
+    serving.has_resource_properties(
+        "AWS::ApiGateway::Method",
+        {
+            "HttpMethod": "POST",
+            "AuthorizationType": "AWS_IAM",
+            "ApiKeyRequired": True,
+            "RequestValidatorId": Match.any_value(),
+            "RequestModels": {"application/json": Match.any_value()},
+            "Integration": Match.object_like({"Type": "AWS_PROXY"}),
+        },
+    )
+    serving.has_resource_properties(
+        "AWS::ApiGateway::Method",
+        {"HttpMethod": "GET", "AuthorizationType": "AWS_IAM", "ApiKeyRequired": True},
+    )
+    serving.has_resource_properties("AWS::ApiGateway::Resource", {"PathPart": "predict"})
+    serving.has_resource_properties("AWS::ApiGateway::Resource", {"PathPart": "health"})
+    serving.has_resource_properties(
+        "AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True, "ValidateRequestParameters": True}
+    )
+    serving.has_resource_properties(
+        "AWS::ApiGateway::Model", {"ContentType": "application/json", "Name": "PredictRequest"}
+    )
+    serving.has_resource_properties(
+        "AWS::ApiGateway::Stage",
+        {
+            "StageName": "v1",
+            "TracingEnabled": True,
+            "AccessLogSetting": Match.object_like({"DestinationArn": Match.any_value()}),
+            "MethodSettings": [
+                Match.object_like(
+                    {
+                        "DataTraceEnabled": False,
+                        "LoggingLevel": "INFO",
+                        "ThrottlingRateLimit": 200,
+                        "ThrottlingBurstLimit": 400,
+                    }
+                )
+            ],
+        },
+    )
+    serving.resource_count_is("AWS::ApiGateway::ApiKey", 1)
+    serving.has_resource_properties(
+        "AWS::ApiGateway::UsagePlan",
+        {"Throttle": {"RateLimit": 200, "BurstLimit": 400}, "Quota": {"Limit": 1000, "Period": "DAY"}},
+    )
+    serving.resource_count_is("AWS::ApiGateway::UsagePlanKey", 1)
+    serving.has_resource_properties("AWS::WAFv2::WebACL", {"Scope": "REGIONAL"})
+    serving.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
+    serving.has_resource_properties(
+        "AWS::IAM::ManagedPolicy",
+        {
+            "PolicyDocument": {
+                "Statement": [Match.object_like({"Action": "execute-api:Invoke"})],
+                "Version": Match.any_value(),
+            }
+        },
+    )
+
+
+def test_api_model_agrees_with_the_pydantic_request() -> None:
+    # given the edge schema and the handler's model
+    pydantic_schema = PredictRequest.model_json_schema()
+    edge = PREDICT_REQUEST_SCHEMA
+
+    # then they accept the same fields and require the same ones
+    assert set(edge.properties or {}) == set(pydantic_schema["properties"])
+    assert set(edge.required or []) == set(pydantic_schema.get("required", []))
