@@ -1,0 +1,97 @@
+"""The `fraudsys` command line: the pipeline end to end on tiny data, and bad input."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fraud_adapters.blobs import LocalBlobStore
+from fraud_adapters.model_store import ModelStore
+from training.cli import app
+
+runner = CliRunner()
+TINY = [
+    "--set",
+    "source.n_cards=60",
+    "--set",
+    "source.n_days=60",
+    "--set",
+    "tuning.n_trials=1",
+    "--set",
+    "tuning.n_folds=2",
+    "--set",
+    "tuning.max_rounds=30",
+]
+
+
+@pytest.mark.slow
+def test_pipeline_then_score_end_to_end(tmp_path: Path) -> None:
+    # Given the default config on a tiny simulated data set
+    result = runner.invoke(app, ["pipeline", "--set", f"data_dir={tmp_path}", *TINY])
+    assert result.exit_code == 0, result.output
+    # Then the champion's metrics are printed, logged as JSON, and the model is published
+    assert "average_precision" in result.output
+    assert "champion" in result.output
+    report = json.loads(next((tmp_path / "reports").glob("metrics-v*.json")).read_text())
+    assert report["promoted"] is True
+    assert 0.0 <= report["metrics"]["test_roc_auc"] <= 1.0
+    assert (tmp_path / "reports" / "pr_curve.png").stat().st_size > 1000
+    store = ModelStore(LocalBlobStore(tmp_path / "model_store"))
+    assert store.champion_version() == report["version"]
+
+    # A second run registers version 2 and moves the alias only if it is better
+    second = runner.invoke(
+        app, ["pipeline", "--set", f"data_dir={tmp_path}", *TINY, "--set", "source.seed=5"]
+    )
+    assert second.exit_code == 0, second.output
+    assert "version 2" in second.output
+
+    # And batch scoring writes one row per transaction with the champion's decisions
+    csv = tmp_path / "sim.csv"
+    assert (
+        runner.invoke(app, ["simulate", "-o", str(csv), "--n-cards", "30", "--n-days", "20"]).exit_code == 0
+    )
+    out = tmp_path / "scores.csv"
+    scored = runner.invoke(app, ["score", str(csv), "-o", str(out), "--set", f"data_dir={tmp_path}"])
+    assert scored.exit_code == 0, scored.output
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["trans_num", "fraud_probability", "is_fraud"]
+    assert len(scores) == len(pd.read_csv(csv))
+    assert scores["fraud_probability"].between(0, 1).all()
+
+
+def test_invalid_config_is_reported_with_the_field(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "--set", f"data_dir={tmp_path}", "--set", "tuning.n_trials=0"])
+    assert result.exit_code == 2
+    assert "n_trials" in result.output
+
+
+def test_malformed_csv_names_the_row_and_column(tmp_path: Path) -> None:
+    from training.data.kaggle import write_transactions_csv
+    from training.data.simulator import SimulatorConfig, simulate
+
+    csv = tmp_path / "bad.csv"
+    write_transactions_csv(simulate(SimulatorConfig(n_cards=5, n_days=3)), csv)
+    lines = csv.read_text().splitlines()
+    cells = lines[3].split(",")
+    amt = lines[0].split(",").index("amt")
+    cells[amt] = "abc"
+    lines[3] = ",".join(cells)
+    csv.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["score", str(csv), "--set", f"data_dir={tmp_path}"])
+    assert result.exit_code == 1
+    assert "amt" in result.output
+    assert "row" in result.output
+
+
+def test_score_without_champion_is_a_clear_error(tmp_path: Path) -> None:
+    from training.data.kaggle import write_transactions_csv
+    from training.data.simulator import SimulatorConfig, simulate
+
+    csv = tmp_path / "ok.csv"
+    write_transactions_csv(simulate(SimulatorConfig(n_cards=5, n_days=3)), csv)
+    result = runner.invoke(app, ["score", str(csv), "--set", f"data_dir={tmp_path}"])
+    assert result.exit_code != 0
+    assert "no champion" in str(result.exception) + result.output
