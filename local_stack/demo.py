@@ -110,7 +110,7 @@ def run_demo(
         )
         frame = load_transactions(cfg)
         step(f"simulated {len(frame):,} transactions ({int(frame['is_fraud'].sum()):,} frauds)")
-        result = run_pipeline(cfg, step=step)
+        result = run_pipeline(cfg, step=step, frame=frame)
         step(
             f"model version {result.version}: {'champion' if result.promoted else 'not promoted'} "
             f"({result.decision.reason}); test AP {result.metrics.get('test_average_precision', 0.0):.3f}"

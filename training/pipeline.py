@@ -97,11 +97,17 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
     )
 
 
-def run_pipeline(cfg: PipelineConfig, auto_promote: bool = True, step: Step = _quiet) -> PipelineResult:
+def run_pipeline(
+    cfg: PipelineConfig, auto_promote: bool = True, step: Step = _quiet, frame: pd.DataFrame | None = None
+) -> PipelineResult:
+    """The whole job; ``frame`` (canonical transactions) replaces the configured source if given."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    step(f"loading transactions ({cfg.source.kind})")
-    df = load_transactions(cfg)
+    if frame is None:
+        step(f"loading transactions ({cfg.source.kind})")
+        df = load_transactions(cfg)
+    else:
+        df = frame
     seconds["load"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
