@@ -175,7 +175,7 @@ def canonical_rows(draw: st.DrawFn) -> pd.DataFrame:
     )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=canonical_rows())
 def test_write_then_read_is_lossless(tmp_path: Path, rows: pd.DataFrame) -> None:
     # when
