@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from local_stack import metrics
-from local_stack.events import LocalContext, api_gateway_event
+from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics
 
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health")}
 MAX_BODY_BYTES = 256 * 1024
@@ -89,6 +89,7 @@ class LocalApi:
         started = time.perf_counter()
         with self.lock:
             result = handler(event, self.context)
+            quiet_lambda_metrics()
         elapsed = time.perf_counter() - started
         status = int(result.get("statusCode", 500))
         payload = (result.get("body") or "").encode()

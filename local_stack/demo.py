@@ -19,6 +19,8 @@ import numpy as np
 from fraud_core import spec
 from local_stack.stack import LocalStack, StackConfig
 
+LIVE_DAYS = 5  # the last days of the simulated stream are sent as live requests, the rest replayed
+
 
 @dataclass(frozen=True)
 class DemoSummary:
@@ -85,7 +87,7 @@ def wait_for_updates(stack: LocalStack, expected: int, timeout: float = 120.0) -
 def run_demo(
     data_dir: Path,
     stack_cfg: StackConfig,
-    n_requests: int = 1000,
+    n_requests: int = 3000,
     replay_rate: float = 5000.0,
     keep_running: bool = False,
     step: Callable[[str], None] = print,
@@ -116,7 +118,7 @@ def run_demo(
             f"({result.decision.reason}); test AP {result.metrics.get('test_average_precision', 0.0):.3f}"
         )
 
-        live_start = int(frame["event_time"].max()) - 2 * spec.DAY
+        live_start = int(frame["event_time"].max()) - LIVE_DAYS * spec.DAY
         history = frame[
             (frame["event_time"] < live_start)
             & (frame["event_time"] >= live_start - spec.MAX_CARD_WINDOW - cfg.label_delay_seconds)

@@ -95,3 +95,11 @@ def msk_event(records: Iterable[StreamRecord], bootstrap_servers: str = "127.0.0
         "bootstrapServers": bootstrap_servers,
         "records": grouped,
     }
+
+
+def quiet_lambda_metrics() -> None:
+    """Locally, metrics go to Prometheus (``/metrics``), not to EMF lines on stdout: Powertools
+    with POWERTOOLS_METRICS_DISABLED still prints when 100 values pile up, so drop them."""
+    from handlers.observability import metrics
+
+    metrics.clear_metrics()

@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from local_stack import metrics
-from local_stack.events import LocalContext, StreamRecord, msk_event
+from local_stack.events import LocalContext, StreamRecord, msk_event, quiet_lambda_metrics
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -97,6 +97,7 @@ class KafkaPoller:
                 time.sleep(min(self.cfg.retry_backoff * 2 ** (attempt - 1), 10.0))
             try:
                 response = self.handler(event, self.context)
+                quiet_lambda_metrics()
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 metrics.BATCHES.labels(outcome="error").inc()

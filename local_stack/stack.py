@@ -8,6 +8,7 @@ handler, and the local MSK event source mapping in front of the real updater han
 import contextlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class LocalStack:
 
     def up(self) -> "LocalStack":
         cfg = self.cfg
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         logs = cfg.run_dir / "logs"
         try:
             self.services["redis"] = self.supervisor.add(

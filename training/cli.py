@@ -382,10 +382,59 @@ def local_replay(
     )
 
 
+@local_app.command("localstack-deploy")
+def local_localstack_deploy(
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="LocalStack URL (default: $LOCALSTACK_ENDPOINT, $AWS_ENDPOINT_URL, localhost:4566)"
+        ),
+    ] = None,
+    model_store: Annotated[
+        Path | None,
+        typer.Option(help="local model store root whose champion is published to the models bucket"),
+    ] = None,
+    layer_zip: Annotated[
+        Path | None, typer.Option(help="prebuilt layer zip (default: build it with layers/build.py)")
+    ] = None,
+    redis_url: Annotated[str, typer.Option(help="Redis as the Lambdas see it")] = "redis://redis:6379/0",
+    destroy: Annotated[bool, typer.Option("--destroy", help="remove the deployed resources instead")] = False,
+) -> None:
+    """Deploy buckets, Kinesis, layer, both Lambdas, the REST API and the event source into LocalStack."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from local_stack.localstack import LocalStackConfig, LocalStackDeployer, LocalStackError, default_endpoint
+
+    cfg = LocalStackConfig(
+        endpoint=endpoint or default_endpoint(),
+        layer_zip=layer_zip,
+        model_store=model_store,
+        redis_url=redis_url,
+    )
+    deployer = LocalStackDeployer(cfg, step=_step)
+    try:
+        if destroy:
+            for removed in deployer.destroy():
+                console.print(f"removed {removed}")
+            return
+        deployment = deployer.deploy()
+    except (LocalStackError, BotoCoreError, ClientError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"FraudSys on {cfg.endpoint}")
+    table.add_column("resource")
+    table.add_column("value")
+    for name, value in deployment.resources().items():
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"invoke URL: {deployment.invoke_url}")
+    console.print(f"health:     {deployment.health_url}")
+
+
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="where data, MLflow and reports go")] = Path("data/demo"),
-    requests: Annotated[int, typer.Option(help="live POST /predict requests to send")] = 1000,
+    requests: Annotated[int, typer.Option(help="live POST /predict requests to send")] = 3000,
     replay_rate: Annotated[float, typer.Option(help="history replay rate, transactions/s")] = 5000.0,
     keep_running: Annotated[bool, typer.Option(help="leave the API running after the summary")] = False,
     api_port: int = 8080,
