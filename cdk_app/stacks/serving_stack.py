@@ -35,16 +35,26 @@ class ServingStack(cdk.Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         layer = SlimXGBoostLayer(self, "Layer", arch=config.architecture).layer
-        shared = {
-            "config": config,
-            "network": network,
-            "layer": layer,
-            "storage": storage,
-            "feature_store": feature_store,
-            "stream": stream,
-        }
-        self.scorer = ScorerApi(self, "Scorer", **shared)  # type: ignore[arg-type]
-        self.updater = FeatureUpdater(self, "Updater", **shared)  # type: ignore[arg-type]
+        self.scorer = ScorerApi(
+            self,
+            "Scorer",
+            config=config,
+            network=network,
+            layer=layer,
+            storage=storage,
+            feature_store=feature_store,
+            stream=stream,
+        )
+        self.updater = FeatureUpdater(
+            self,
+            "Updater",
+            config=config,
+            network=network,
+            layer=layer,
+            storage=storage,
+            feature_store=feature_store,
+            stream=stream,
+        )
         cdk.CfnOutput(self, "ApiUrl", value=self.scorer.url)
         cdk.CfnOutput(self, "ApiKeyId", value=self.scorer.api_key.key_id)
         cdk.CfnOutput(self, "InvokePolicyArn", value=self.scorer.invoke_policy.managed_policy_arn)
