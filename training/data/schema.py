@@ -251,11 +251,77 @@ def timestamp_strings(epoch_seconds: npt.NDArray[np.int64]) -> pa.StringArray:
 def _parse_datetimes(
     values: pd.Series, column: str, source: str, row_offset: int, pattern: str, fmt: str
 ) -> npt.NDArray[np.int64]:
+    fast = _parse_fixed_width(values, with_time=fmt == TIMESTAMP_FORMAT)
+    if fast is not None:
+        return fast
     ok = values.str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
     parsed = pd.to_datetime(values.where(ok), format=fmt, errors="coerce")
     bad = ~ok | parsed.isna().to_numpy()
+    seconds = np.where(bad, 0, parsed.to_numpy(dtype="datetime64[s]").astype(np.int64))
+    # pandas normalises some impossible stamps (a 60th second): insist on an exact round trip
+    width = 19 if fmt == TIMESTAMP_FORMAT else 10
+    again = pc.utf8_slice_codeunits(timestamp_strings(seconds), 0, width)
+    bad |= ~pc.equal(again, _arrow(values).combine_chunks()).fill_null(False).to_numpy(zero_copy_only=False)
     _fail_first(bad, values, source, row_offset, column, "could not parse {value!r} as " + _describe(fmt))
-    return parsed.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    return seconds
+
+
+def _parse_fixed_width(values: pd.Series, *, with_time: bool) -> npt.NDArray[np.int64] | None:
+    """Epoch seconds straight from the character bytes when every cell is a valid
+    'YYYY-MM-DD[ HH:MM:SS]'; None when any is not (the caller then finds and reports it)."""
+    width = 19 if with_time else 10
+    array = _arrow(values).combine_chunks()
+    n = len(array)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if array.null_count or not bool(np.all(pc.binary_length(array).to_numpy(zero_copy_only=False) == width)):
+        return None
+    offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    offsets = np.frombuffer(array.buffers()[1], dtype=offset_type)[array.offset : array.offset + n + 1]
+    chars = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(n, width)
+    layout = "0000-00-00 00:00:00"[:width]
+    separators = [i for i, c in enumerate(layout) if c != "0"]
+    expected = np.frombuffer(layout.replace("0", "").encode(), dtype=np.uint8)
+    digits = chars[:, [i for i, c in enumerate(layout) if c == "0"]].astype(np.int64) - ord("0")
+    valid = np.all(chars[:, separators] == expected, axis=1) & np.all((digits >= 0) & (digits <= 9), axis=1)
+    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+    month = digits[:, 4] * 10 + digits[:, 5]
+    day = digits[:, 6] * 10 + digits[:, 7]
+    valid &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
+    month_start = np.where(valid, (year - 1970) * 12 + month - 1, 0).astype("datetime64[M]")
+    first_day = month_start.astype("datetime64[D]").astype(np.int64)
+    valid &= (
+        day <= (month_start + np.timedelta64(1, "M")).astype("datetime64[D]").astype(np.int64) - first_day
+    )
+    seconds = (first_day + day - 1) * 86_400
+    if with_time:
+        hour = digits[:, 8] * 10 + digits[:, 9]
+        minute = digits[:, 10] * 10 + digits[:, 11]
+        second = digits[:, 12] * 10 + digits[:, 13]
+        valid &= (hour < 24) & (minute < 60) & (second < 60)
+        seconds += hour * 3_600 + minute * 60 + second
+    if not valid.all():
+        return None
+    result: npt.NDArray[np.int64] = seconds.astype(np.int64)
+    return result
+
+
+def _is_empty(text: pd.Series) -> npt.NDArray[np.bool_]:
+    empty: npt.NDArray[np.bool_] = (
+        pc.binary_length(_arrow(text)).to_numpy(zero_copy_only=False) == 0
+    ).astype(bool)
+    return empty
+
+
+def _arrow(values: pd.Series) -> pa.ChunkedArray:
+    return pa.chunked_array(pa.array(values))
+
+
+def _matches(values: pd.Series, pattern: str) -> npt.NDArray[np.bool_]:
+    """Whole-cell regex match (RE2) as a numpy mask; missing cells do not match."""
+    found = pc.fill_null(pc.match_substring_regex(_arrow(values), f"^(?:{pattern})$"), False)
+    mask: npt.NDArray[np.bool_] = found.to_numpy(zero_copy_only=False).astype(bool)
+    return mask
 
 
 def _describe(fmt: str) -> str:
@@ -273,7 +339,7 @@ def _coerce(values: pd.Series, column: str, kind: ColumnKind, source: str, row_o
         if pd.api.types.is_bool_dtype(values.dtype):
             raise DataFormatError(source, "must be text, got booleans", column=column)
         text = values if str(values.dtype) == "str" else values.astype("str")
-        _fail_first((text.str.len() == 0).to_numpy(), text, source, row_offset, column, "missing value")
+        _fail_first(_is_empty(text), text, source, row_offset, column, "missing value")
         return text
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.astype(kind)
@@ -305,7 +371,7 @@ def _parse_numbers(
 ) -> pd.Series:
     """Text to numbers: one pyarrow cast when every cell is fine, else locate the first bad cell."""
     text = values if str(values.dtype) == "str" else values.astype("str")
-    _fail_first((text.str.len() == 0).to_numpy(), text, source, row_offset, column, "missing value")
+    _fail_first(_is_empty(text), text, source, row_offset, column, "missing value")
     target = pa.float64() if kind == "float64" else pa.int64()
     try:
         return pd.Series(pa.array(text).cast(target).to_numpy(zero_copy_only=False))
@@ -339,7 +405,7 @@ def _check_values(frame: pd.DataFrame, source: str, row_offset: int) -> None:
     fail(~frame["is_fraud"].isin([0, 1]).to_numpy(), "is_fraud", "expected 0 or 1, got {value!r}")
     fail(~frame["category"].isin(CATEGORIES).to_numpy(), "category", "unknown category {value!r}")
     fail(
-        ~frame["cc_num"].str.fullmatch(CC_NUM_PATTERN).to_numpy(dtype=bool),
+        ~_matches(frame["cc_num"], CC_NUM_PATTERN),
         "cc_num",
         "card number must be 8 to 19 digits, got {value!r}",
     )
@@ -356,7 +422,7 @@ def _check_values(frame: pd.DataFrame, source: str, row_offset: int) -> None:
     fail((zips < 0) | (zips > 99999), "zip", "zip code {value!r} out of range [0, 99999]")
     fail(frame["city_pop"].to_numpy() < 0, "city_pop", "negative population {value!r}")
     fail(
-        ~frame["state"].str.fullmatch(r"[A-Z]{2}").to_numpy(dtype=bool),
+        ~_matches(frame["state"], r"[A-Z]{2}"),
         "state",
         "state must be two capital letters, got {value!r}",
     )
@@ -369,8 +435,8 @@ def _may_hold_line_breaks(text: pd.Series) -> bool:
     for chunk in pa.chunked_array(pa.array(text)).chunks:
         data = chunk.buffers()[2]
         if data is not None:
-            raw = np.frombuffer(data, dtype=np.uint8)
-            if bool(((raw == 10) | (raw == 13)).any()):
+            raw = data.to_pybytes()
+            if b"\n" in raw or b"\r" in raw:
                 return True
     return False
 

@@ -104,3 +104,35 @@ def test_format_timestamps_is_utc() -> None:
         "1970-01-01 00:00:00",
         "2019-01-01 00:00:18",
     ]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ok"),
+    [
+        ("2020-02-29 23:59:59", True),
+        ("2019-02-29 10:00:00", False),
+        ("2019-04-31 10:00:00", False),
+        ("2019-01-01 24:00:00", False),
+        ("2019-01-01 23:60:00", False),
+        ("2019-01-01 23:59:60", False),
+        ("2019-00-10 10:00:00", False),
+        ("2019-1-01 10:00:00", False),
+        ("2019-01-01T10:00:00", False),
+        ("2019-01-01 10:00:00 ", False),
+    ],
+)
+def test_timestamps_are_parsed_strictly(canonical: pd.DataFrame, stamp: str, ok: bool) -> None:
+    # given: the stamp on the second row, event_time recomputed
+    frame = canonical.drop(columns="event_time")
+    frame["trans_date_trans_time"] = frame["trans_date_trans_time"].where(frame.index != 1, stamp)
+    # then
+    if ok:
+        parsed = validate_frame(frame)
+        assert stamp in set(parsed["trans_date_trans_time"])
+        assert (
+            format_timestamps(parsed["event_time"].to_numpy()).tolist()
+            == parsed["trans_date_trans_time"].tolist()
+        )
+    else:
+        with pytest.raises(DataFormatError, match="row 2, column 'trans_date_trans_time': could not parse"):
+            validate_frame(frame)
