@@ -1,0 +1,185 @@
+"""Feature-updater throughput per process: batches of 500 stream records.
+
+Three passes over the same time-ordered synthetic stream (transactions, plus fraud labels as
+they arrive), each on an empty redis-server and each followed by a redelivery of every batch
+(all duplicates):
+
+* the real handler, ``handlers.update_features.handler(msk_event(...))``: base64, Powertools
+  batch processor, JSON + pydantic validation, one Lua ``store.apply``, logging and metrics;
+* parsing alone (``parse_event`` per record: JSON + pydantic), no Redis;
+* ``RedisFeatureStore.apply`` alone on parsed events, with the Redis server's own time for the
+  Lua script (``INFO commandstats``) and the client-side argument building (HMAC, members).
+
+    uv run python -m bench.updater --batches 200 [--json out.json] [--profile]
+"""
+
+import cProfile
+import io
+import os
+import pstats
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import Report, finish, lambda_env, parser, quiet_stdout, time_each
+from bench.synthetic import batches, encode, kaggle_like_frame, stream_payloads, to_events
+from fraud_core import spec
+from tests.support.services import redis_server
+
+TARGET_TX_PER_S = 20_000.0
+
+
+def _server_cpu(client: Any) -> float:
+    """CPU seconds the redis-server process has used so far (user + system, all threads)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _evalsha_usec(client: Any) -> tuple[int, int]:
+    """(calls, total microseconds) of EVALSHA on the server since the last CONFIG RESETSTAT."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = parser("Feature updater throughput: handler vs parsing vs store.apply, and redelivery.")
+    p.add_argument("--batches", type=int, default=200, help="batches per pass")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--cards", type=int, default=1000)
+    p.add_argument("--merchants", type=int, default=700)
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--profile", action="store_true", help="cProfile 20 handler batches, print the top")
+    args = p.parse_args(argv)
+    from fraud_adapters.redis_store import encode_card_member
+    from handlers import bootstrap, update_features
+    from tests.support.events import FakeContext, msk_event
+
+    report = Report("Feature updater throughput (per process)")
+    one, five, fifteen = os.getloadavg()
+    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    n_events = args.batches * args.batch_size
+    label_delay = spec.DEFAULT_LABEL_DELAY
+    df = kaggle_like_frame(n_events, args.cards, args.merchants, args.days, seed=args.seed)
+    stream = stream_payloads(df, label_delay)[:n_events]
+    chunks = list(batches([(topic, payload) for _, topic, payload in stream], args.batch_size))
+    raw = [[(topic, encode(payload)) for topic, payload in chunk] for chunk in chunks]
+    msk = [msk_event(records, first_offset=k * args.batch_size) for k, records in enumerate(raw)]
+    parsed = [to_events([payload for _, payload in chunk]) for chunk in chunks]
+    n_labels = sum(len(labels) for _, labels in parsed)
+    report.values["events per pass (transactions + fraud labels)"] = f"{n_events - n_labels} + {n_labels}"
+    report.values["batch size"] = args.batch_size
+    report.values["mean record size (bytes)"] = round(float(np.mean([len(v) for r in raw for _, v in r])))
+    ctx = FakeContext()
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        redis_server() as service,
+        lambda_env(service.port, Path(tmp), label_delay, timeout_ms=1000),
+    ):
+        store = bootstrap.feature_store(update_features.UPDATER_REDIS_TIMEOUT_MS)
+        client = store.client
+        labels_topic = "fraudsys.labels"
+
+        def fresh() -> None:
+            client.flushall()
+            client.config_resetstat()
+
+        def handler(k: int) -> None:
+            response = update_features.handler(msk[k], ctx)
+            assert response == {"batchItemFailures": []}, response
+
+        def parse(k: int) -> None:
+            for topic, value in raw[k]:
+                update_features.parse_event(value, topic == labels_topic)
+
+        def apply(k: int) -> None:
+            store.apply(*parsed[k])
+
+        def client_args(k: int) -> None:
+            for tx in parsed[k][0]:
+                store.hasher(tx.cc_num)
+                encode_card_member(tx)
+
+        with quiet_stdout():
+            for k in range(min(5, len(msk))):  # warm: imports, script cache, connections
+                handler(k)
+            fresh()
+            cpu0 = _server_cpu(client)
+            report.add("handler: batch (first delivery)", time_each(handler, range(len(msk))))
+            cpu1 = _server_cpu(client)
+            report.add("handler: batch (redelivery, all duplicates)", time_each(handler, range(len(msk))))
+            cpu2 = _server_cpu(client)
+        server_cpu_ms = {
+            "first": (cpu1 - cpu0) / len(msk) * 1000,
+            "redelivery": (cpu2 - cpu1) / len(msk) * 1000,
+        }
+        fresh()
+        report.add("parse_event x batch (JSON + pydantic)", time_each(parse, range(len(msk))))
+        report.add("store.apply: batch (first delivery)", time_each(apply, range(len(msk))))
+        calls, usec = _evalsha_usec(client)
+        report.values["redis server time per Lua batch, first delivery (ms)"] = round(usec / calls / 1000, 3)
+        info = client.info("memory")
+        report.values["redis used_memory after one pass (MB)"] = round(int(info["used_memory"]) / 2**20, 1)
+        report.values["redis keys after one pass"] = int(client.dbsize())
+        client.config_resetstat()
+        report.add("store.apply: batch (redelivery, all duplicates)", time_each(apply, range(len(msk))))
+        calls, usec = _evalsha_usec(client)
+        report.values["redis server time per Lua batch, redelivery (ms)"] = round(usec / calls / 1000, 3)
+        report.add(
+            "store.apply client-side args (HMAC + member) x batch",
+            time_each(client_args, range(len(msk))),
+        )
+        if args.profile:
+            fresh()
+            report.values["profile"] = _profile(lambda: time_each(handler, range(min(20, len(msk)))))
+
+    p50 = {t.name: t.p50 for t in report.timings}
+    cpu = {t.name: t.cpu_p50 or 0.0 for t in report.timings}
+    size = args.batch_size
+    for name in list(p50):
+        if name.startswith(("handler", "store.apply: batch")):
+            report.values[f"throughput, {name} (events/s, from wall p50)"] = round(size / p50[name] * 1000)
+    for kind, label in (("first", "first delivery"), ("redelivery", "redelivery, all duplicates")):
+        client_ms = cpu[f"handler: batch ({label})"]
+        report.values[f"handler CPU per batch, {label}: python + redis-server (ms)"] = (
+            f"{client_ms:.2f} + {server_cpu_ms[kind]:.2f}"
+        )
+        report.values[f"throughput from CPU time, handler, {label} (events/s)"] = round(
+            size / (client_ms + server_cpu_ms[kind]) * 1000
+        )
+    parse_ms, apply_ms = (
+        p50["parse_event x batch (JSON + pydantic)"],
+        p50["store.apply: batch (first delivery)"],
+    )
+    handler_ms = p50["handler: batch (first delivery)"]
+    report.values["handler p50 split (ms): parse / store.apply / rest (Powertools, base64, logging)"] = (
+        f"{parse_ms:.2f} / {apply_ms:.2f} / {handler_ms - parse_ms - apply_ms:.2f}"
+    )
+    report.target(
+        "updater handler throughput per process",
+        round(size / handler_ms * 1000),
+        TARGET_TX_PER_S,
+        "events/s",
+        higher_is_better=True,
+    )
+    return finish(report, args.json)
+
+
+def _profile(fn: Callable[[], object], top: int = 30) -> str:
+    profiler = cProfile.Profile()
+    with quiet_stdout():
+        profiler.runcall(fn)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return "\n" + out.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
