@@ -6,7 +6,8 @@
 - S3 buckets for the model store and the dead letters (the same names as ``fraudsys local up``),
 - a Kinesis stream (LocalStack community has no MSK event-source mapping, so ``STREAM_KIND=kinesis``),
 - an IAM role for both functions, the slim XGBoost layer (``layers/build.py``, x86_64) and the code
-  zip of ``lambdas/``,
+  zip of ``lambdas/`` (on LocalStack community, which stores layers but does not mount them when it
+  runs a function, the layer's packages are bundled into the code zip as well),
 - the scorer (``handlers.predict.handler``) and the feature updater
   (``handlers.update_features.handler``) on python3.13, with the environment of
   docs/architecture.md pointed at the compose services,
@@ -18,7 +19,7 @@
 
 Every step looks up what exists first, so running it again updates in place. ``destroy`` removes
 it all. Nothing here needs Docker by itself: against a moto server the same calls create the same
-resources (they just cannot be invoked), which is what the always-run tests do.
+resources (moto cannot invoke them without Docker), which is what the always-run tests check.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
+BUNDLE_CACHE = REPO_ROOT / "build" / "localstack"
+PRO_EDITIONS = frozenset({"pro", "team", "enterprise", "ultimate"})
 DEFAULT_ENDPOINT = "http://localhost:4566"
 # Containers that LocalStack starts (the Lambdas) resolve this name and all its subdomains to
 # LocalStack itself, so S3 virtual-hosted addressing works from inside a function too.
@@ -142,6 +145,11 @@ class LocalStackConfig:
     lambda_aws_endpoint: str = LAMBDA_AWS_ENDPOINT
     # A prebuilt layer zip (tests pass a tiny one); None builds it with layers/build.py.
     layer_zip: Path | None = None
+    # LocalStack community stores layers but does not mount them at /opt when it runs a function
+    # (that is a Pro feature), so there the layer's packages also go into the code zip.
+    # None: bundle when the endpoint is LocalStack and not a Pro edition.
+    bundle_layer: bool | None = None
+    bundle_cache: Path | None = BUNDLE_CACHE
     # A local model store root whose champion is published into the models bucket.
     model_store: Path | None = None
     model_name: str = "fraudsys"
@@ -208,6 +216,7 @@ class Deployment:
     buckets: tuple[str, ...]
     model_store_uri: str
     dead_letter_uri: str
+    layer_bundled: bool = False
     champion_version: str | None = None
 
     def resources(self) -> dict[str, str]:
@@ -254,6 +263,50 @@ def code_sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
+def bundle_with_layer(code: bytes, layer_zip: Path, cache_dir: Path | None = BUNDLE_CACHE) -> bytes:
+    """The code zip plus the layer's ``python/`` tree at the zip root (``/var/task`` is on sys.path).
+
+    For runtimes that do not apply layers (LocalStack community). Cached in ``cache_dir`` by
+    content (the layer is ~100 MB unzipped); only the newest bundle is kept."""
+    layer = layer_zip.read_bytes()
+    key = hashlib.sha256(hashlib.sha256(code).digest() + hashlib.sha256(layer).digest()).hexdigest()[:16]
+    cached = cache_dir / f"code-with-layer-{key}.zip" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        return cached.read_bytes()
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as out,
+        zipfile.ZipFile(io.BytesIO(code)) as code_archive,
+        zipfile.ZipFile(io.BytesIO(layer)) as layer_archive,
+    ):
+        names = set(code_archive.namelist())
+        for info in code_archive.infolist():
+            out.writestr(info, code_archive.read(info))
+        for info in sorted(layer_archive.infolist(), key=lambda i: i.filename):
+            if info.is_dir() or not info.filename.startswith("python/"):
+                continue
+            name = info.filename.removeprefix("python/")
+            if name in names:  # the function's own code wins, as /var/task precedes /opt/python
+                continue
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = info.external_attr or 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            out.writestr(entry, layer_archive.read(info))
+    data = buffer.getvalue()
+    if cached is None:
+        return data
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        for old in cached.parent.glob("code-with-layer-*.zip"):  # keep only the newest bundle
+            old.unlink(missing_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(cached)
+    except OSError as exc:  # a read-only checkout: no cache, same result
+        log.debug("bundle cache not written: %s", exc)
+    return data
+
+
 def build_layer_zip() -> Path:
     """The slim XGBoost layer for x86_64, built (or reused) by ``layers/build.py``, zipped once."""
     from layers import build
@@ -287,6 +340,7 @@ class LocalStackDeployer:
         self._session: boto3.Session | None = None
         self._account: str | None = None
         self._stage = stage
+        self._clients: dict[str, Any] = {}
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -303,15 +357,17 @@ class LocalStackDeployer:
         return self._session
 
     def _client(self, service: str) -> Any:
-        from botocore.config import Config
+        if service not in self._clients:
+            from botocore.config import Config
 
-        return self.session.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.cfg.endpoint,
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=120
-            ),
-        )
+            self._clients[service] = self.session.client(
+                service,  # type: ignore[call-overload]
+                endpoint_url=self.cfg.endpoint,
+                config=Config(
+                    retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=120
+                ),
+            )
+        return self._clients[service]
 
     @property
     def s3(self) -> S3Client:
@@ -356,8 +412,10 @@ class LocalStackDeployer:
         self.step(f"IAM role {cfg.role_name}")
         role_arn = self._ensure_role(stream_arn)
         self.step(f"layer {cfg.layer_name}")
-        layer_arn = self._ensure_layer(cfg.layer_zip or build_layer_zip())
-        code = code_zip()
+        layer_zip = cfg.layer_zip or build_layer_zip()
+        layer_arn = self._ensure_layer(layer_zip)
+        bundled = self.bundles_layer()
+        code = bundle_with_layer(code_zip(), layer_zip, cfg.bundle_cache) if bundled else code_zip()
         self.step(f"functions {cfg.scorer_name}, {cfg.updater_name}")
         stage = self.stage
         scorer_arn = self._ensure_function(
@@ -407,8 +465,22 @@ class LocalStackDeployer:
             buckets=(cfg.models_bucket, cfg.dead_letter_bucket),
             model_store_uri=cfg.model_store_uri,
             dead_letter_uri=cfg.dead_letter_uri,
+            layer_bundled=bundled,
             champion_version=champion,
         )
+
+    def bundles_layer(self) -> bool:
+        """Whether the layer's packages go into the code zip (see ``LocalStackConfig.bundle_layer``)."""
+        if self.cfg.bundle_layer is not None:
+            return self.cfg.bundle_layer
+        health = localstack_health(self.cfg.endpoint)
+        if health is None:  # not LocalStack (moto, AWS): layers are what they are
+            return False
+        edition = str(health.get("edition", "")).lower()
+        bundle = edition not in PRO_EDITIONS
+        if bundle:
+            self.step(f"LocalStack {edition or 'edition unknown'}: the layer is bundled into the code zip")
+        return bundle
 
     def _common_environment(self) -> dict[str, str]:
         cfg, stage = self.cfg, self.stage
@@ -556,6 +628,13 @@ class LocalStackDeployer:
         )
         return str(published["LayerVersionArn"])
 
+    def _code_content(self, name: str, code: bytes) -> dict[str, Any]:
+        if len(code) > INLINE_ZIP_LIMIT:
+            return self._upload_artifact(
+                f"functions/{name}-{hashlib.sha256(code).hexdigest()[:16]}.zip", code
+            )
+        return {"ZipFile": code}
+
     def _upload_artifact(self, key: str, data: bytes) -> dict[str, Any]:
         bucket = self.cfg.artifacts_bucket
         self._ensure_bucket(bucket)
@@ -590,7 +669,7 @@ class LocalStackDeployer:
         except lam.exceptions.ResourceNotFoundException:
             created = lam.create_function(
                 FunctionName=name,
-                Code={"ZipFile": code},
+                Code=self._code_content(name, code),
                 Architectures=[ARCHITECTURE],
                 Publish=False,
                 **settings,
@@ -599,7 +678,9 @@ class LocalStackDeployer:
             return str(created["FunctionArn"])
         self._wait_function(name)
         if existing.get("CodeSha256") != code_sha256(code):
-            lam.update_function_code(FunctionName=name, ZipFile=code, Architectures=[ARCHITECTURE])
+            lam.update_function_code(
+                FunctionName=name, Architectures=[ARCHITECTURE], **self._code_content(name, code)
+            )
             self._wait_function(name)
         lam.update_function_configuration(FunctionName=name, **settings)
         self._wait_function(name)
