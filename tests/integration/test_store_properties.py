@@ -46,7 +46,7 @@ DELAYS = (0, HOUR, DAY, spec.DEFAULT_LABEL_DELAY, 30 * DAY)
 HASHER = CardHasher(b"property-test-card-hash-key")
 MAX_ROWS = 24
 PROPERTY_SETTINGS = settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -155,7 +155,7 @@ def edge_offsets(delay: int) -> list[int]:
 
 
 def _event_time(draw: Draw, earlier: list[int], edges: list[int], days: int) -> int:
-    modes = ("fresh", "tie", "burst", "edge")
+    modes = ("fresh", "tie", "burst", "later", "edge")
     mode = draw(st.sampled_from(modes if earlier else modes[:1]))
     if mode == "fresh":
         return BASE_T + int(draw(st.integers(0, days * DAY)))
@@ -164,6 +164,8 @@ def _event_time(draw: Draw, earlier: list[int], edges: list[int], days: int) -> 
         return anchor
     if mode == "burst":
         return anchor + int(draw(st.integers(1, 600)))
+    if mode == "later":  # within the out-of-order tolerance: may be applied before the anchor is scored
+        return anchor + int(draw(st.integers(HOUR, spec.HISTORY_SLACK)))
     return anchor + int(draw(st.sampled_from(edges))) * int(draw(st.sampled_from((1, -1))))
 
 
@@ -362,13 +364,13 @@ def replay_and_compare(
 
 
 @settings(
-    max_examples=80,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     stream=streams(days=45),
-    lookahead=st.sampled_from((0, 1, 60, HOUR, spec.HISTORY_SLACK)),
+    lookahead=st.sampled_from((0, 1, HOUR, spec.HISTORY_SLACK, spec.HISTORY_SLACK)),
     data=st.data(),
 )
 def test_online_features_equal_offline_rows(
@@ -383,8 +385,32 @@ def test_online_features_equal_offline_rows(
     assert problems == [], f"label_delay={stream.label_delay}, {len(problems)} mismatches: {problems[:10]}"
 
 
-def _row(trans_num: str, t: int, dob: str | None) -> Row:
-    return Row(trans_num, CARDS[0], MERCHANTS[0], "home", 1000, t, 40.0, -75.0, 40.5, -75.5, 1000, dob, False)
+def _row(
+    trans_num: str, t: int, dob: str | None = "1980-05-17", card: str = CARDS[0], fraud: bool = False
+) -> Row:
+    return Row(trans_num, card, MERCHANTS[0], "home", 1000, t, 40.0, -75.0, 40.5, -75.5, 1000, dob, fraud)
+
+
+def test_events_applied_up_to_the_history_slack_early_shorten_no_window(redis_client: "redis.Redis") -> None:
+    # given a transaction at t with a card event and a merchant fraud on the first second of its
+    # longest windows, and events of the same card and merchant one second short of the slack later
+    t, delay = BASE_T + 40 * DAY, DAY
+    stream = Stream(
+        [
+            _row("card-edge", t - spec.MAX_CARD_WINDOW),
+            _row("merchant-edge", t - delay - spec.MAX_MERCHANT_RISK_WINDOW, card=CARDS[1], fraud=True),
+            _row("query", t),
+            _row("late-card", t + spec.HISTORY_SLACK - 1),
+            _row("late-merchant", t + spec.HISTORY_SLACK - 1, card=CARDS[1]),
+        ],
+        delay,
+    )
+
+    # when the late events reach the store before the transaction is scored
+    problems = replay_and_compare(redis_client, stream, None, lookahead=spec.HISTORY_SLACK)
+
+    # then retention trimmed nothing that a window of the transaction needs
+    assert problems == []
 
 
 @pytest.mark.xfail(
