@@ -231,19 +231,21 @@ def timestamp_strings(epoch_seconds: npt.NDArray[np.int64]) -> pa.StringArray:
     days = (seconds // 86_400).astype("datetime64[D]")
     months = days.astype("datetime64[M]")
     in_day = seconds % 86_400
+    year = months.astype(np.int64) // 12 + 1970
     fields = (
-        (0, 4, months.astype(np.int64) // 12 + 1970),
-        (5, 2, months.astype(np.int64) % 12 + 1),
-        (8, 2, (days - months).astype(np.int64) + 1),
-        (11, 2, in_day // 3_600),
-        (14, 2, in_day % 3_600 // 60),
-        (17, 2, in_day % 60),
+        (0, year // 100),
+        (2, year % 100),
+        (5, months.astype(np.int64) % 12 + 1),
+        (8, (days - months).astype(np.int64) + 1),
+        (11, in_day // 3_600),
+        (14, in_day % 3_600 // 60),
+        (17, in_day % 60),
     )
+    pairs = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), dtype=np.uint8).reshape(100, 2)
     text = np.empty((len(seconds), 19), dtype=np.uint8)
     text[:] = np.frombuffer(b"0000-00-00 00:00:00", dtype=np.uint8)
-    for start, width, value in fields:
-        for digit in range(width):
-            text[:, start + width - 1 - digit] = ord("0") + value // 10**digit % 10
+    for start, value in fields:
+        text[:, start : start + 2] = pairs[value]
     offsets = np.arange(0, 19 * (len(seconds) + 1), 19, dtype=np.int32)
     return pa.StringArray.from_buffers(len(seconds), pa.py_buffer(offsets), pa.py_buffer(text))
 
@@ -282,11 +284,18 @@ def _parse_fixed_width(values: pd.Series, *, with_time: bool) -> npt.NDArray[np.
     layout = "0000-00-00 00:00:00"[:width]
     separators = [i for i, c in enumerate(layout) if c != "0"]
     expected = np.frombuffer(layout.replace("0", "").encode(), dtype=np.uint8)
-    digits = chars[:, [i for i, c in enumerate(layout) if c == "0"]].astype(np.int64) - ord("0")
-    valid = np.all(chars[:, separators] == expected, axis=1) & np.all((digits >= 0) & (digits <= 9), axis=1)
-    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
-    month = digits[:, 4] * 10 + digits[:, 5]
-    day = digits[:, 6] * 10 + digits[:, 7]
+    digit_at = [i for i, c in enumerate(layout) if c == "0"]
+    valid = np.all(chars[:, separators] == expected, axis=1) & np.all(
+        chars[:, digit_at] - ord("0") <= 9, axis=1
+    )
+
+    def number(first: int, width: int) -> npt.NDArray[np.int64]:
+        value = np.zeros(n, dtype=np.int64)
+        for position in range(first, first + width):
+            value = value * 10 + (chars[:, position].astype(np.int64) - ord("0"))
+        return value
+
+    year, month, day = number(0, 4), number(5, 2), number(8, 2)
     valid &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
     month_start = np.where(valid, (year - 1970) * 12 + month - 1, 0).astype("datetime64[M]")
     first_day = month_start.astype("datetime64[D]").astype(np.int64)
@@ -295,9 +304,7 @@ def _parse_fixed_width(values: pd.Series, *, with_time: bool) -> npt.NDArray[np.
     )
     seconds = (first_day + day - 1) * 86_400
     if with_time:
-        hour = digits[:, 8] * 10 + digits[:, 9]
-        minute = digits[:, 10] * 10 + digits[:, 11]
-        second = digits[:, 12] * 10 + digits[:, 13]
+        hour, minute, second = number(11, 2), number(14, 2), number(17, 2)
         valid &= (hour < 24) & (minute < 60) & (second < 60)
         seconds += hour * 3_600 + minute * 60 + second
     if not valid.all():

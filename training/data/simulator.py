@@ -896,7 +896,10 @@ def _to_frame(
     tx: _Tx, cards: _Cards, merchants: _Merchants, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, pd.Series]:
     trans_num, high, low = _trans_nums(len(tx), rng)
-    order = np.lexsort((low, high, tx.time))
+    order = np.lexsort((high, tx.time))
+    same = (np.diff(tx.time[order]) == 0) & (np.diff(high[order]) == 0)
+    if same.any():  # two ids sharing their first 64 bits in the same second: practically never
+        order = np.lexsort((low, high, tx.time))
     tx = tx.take(order)
     card = pa.array(tx.card)
     columns = {
