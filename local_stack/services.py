@@ -109,14 +109,28 @@ def _start(
     return service
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """PEM files for redis-server's TLS listener (clients are not asked for certificates)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 def start_redis(
-    port: int, workdir: Path, log_dir: Path | None = None, password: str | None = None
+    port: int,
+    workdir: Path,
+    log_dir: Path | None = None,
+    password: str | None = None,
+    tls: RedisTls | None = None,
 ) -> Service:
+    """redis-server on 127.0.0.1:``port``; with ``tls`` that port speaks TLS only (plain port off)."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_binary(),
         "--port",
-        str(port),
+        "0" if tls is not None else str(port),
         "--bind",
         "127.0.0.1",
         "--save",
@@ -128,6 +142,19 @@ def start_redis(
     ]
     if password:
         argv += ["--requirepass", password]
+    if tls is not None:
+        argv += [
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(tls.cert_file),
+            "--tls-key-file",
+            str(tls.key_file),
+            "--tls-ca-cert-file",
+            str(tls.ca_file),
+            "--tls-auth-clients",
+            "no",
+        ]
     return _start("redis", argv, port, log_dir, 20)
 
 

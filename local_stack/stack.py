@@ -11,11 +11,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from local_stack.api import LocalApi
 from local_stack.events import StreamRecord
 from local_stack.poller import KafkaPoller, PollerConfig
 from local_stack.services import (
+    RedisTls,
     Service,
     ServiceError,
     Supervisor,
@@ -53,6 +55,8 @@ class StackConfig:
     max_retries: int = 5
     session_timeout_ms: int = 6000
     durable_broker: bool = True  # broker log in the local S3: survives broker restarts
+    redis_password: str | None = None  # redis-server --requirepass; in REDIS_URL (local only)
+    redis_tls: RedisTls | None = None  # TLS-only redis-server; rediss:// with the CA in REDIS_URL
 
     @property
     def model_store_uri(self) -> str:
@@ -66,13 +70,22 @@ class StackConfig:
     def kafka(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
+    @property
+    def redis_url(self) -> str:
+        """``redis://`` or ``rediss://`` (then ``ssl_ca_certs`` in the query: redis-py reads it)."""
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        if self.redis_tls is None:
+            return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+        ca = quote(str(self.redis_tls.ca_file.resolve()), safe="/")
+        return f"rediss://{auth}127.0.0.1:{self.redis_port}/0?ssl_ca_certs={ca}"
+
 
 def cdk_updater_settings() -> tuple[int, float]:
     """Batch size and batching window of the deployed updater (cdk.json, stage dev)."""
     try:
-        from cdk_app.config import load_stage_configs, read_cdk_json_context
+        from cdk_app.config import CONTEXT_KEY, load_stage_configs, read_cdk_json_context
 
-        updater = load_stage_configs(read_cdk_json_context(), "dev")[0].updater
+        updater = load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0].updater
         return updater.batch_size, float(updater.max_batching_window_seconds)
     except Exception as exc:  # cdk.json missing or invalid: Lambda's MSK defaults
         log.debug("cdk.json not read (%s); using defaults", exc)
@@ -82,7 +95,7 @@ def cdk_updater_settings() -> tuple[int, float]:
 def handler_environment(cfg: StackConfig) -> dict[str, str]:
     """The Lambda environment of both handlers, pointed at the local parts."""
     return {
-        "REDIS_URL": f"redis://127.0.0.1:{cfg.redis_port}/0",
+        "REDIS_URL": cfg.redis_url,
         "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
         "MODEL_STORE_URI": cfg.model_store_uri,
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
@@ -104,12 +117,16 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
 
 
 def create_topics(bootstrap: str, partitions: int) -> None:
+    """Create the topics that do not exist yet (a durable broker keeps them across restarts)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
+        existing = set(admin.list_topics())
         for topic in (TRANSACTIONS_TOPIC, LABELS_TOPIC):
+            if topic in existing:
+                continue
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     finally:
@@ -140,7 +157,7 @@ class LocalStack:
         logs = cfg.run_dir / "logs"
         try:
             self.services["redis"] = self.supervisor.add(
-                start_redis(cfg.redis_port, cfg.run_dir / "redis", logs)
+                start_redis(cfg.redis_port, cfg.run_dir / "redis", logs, cfg.redis_password, cfg.redis_tls)
             )
             self.services["kafka"] = self.supervisor.add(start_kafka(cfg.kafka_port, logs))
             self.services["s3"] = self.supervisor.add(start_moto(cfg.s3_port, logs))
@@ -205,8 +222,8 @@ class LocalStack:
         self.supervisor.services[self.supervisor.services.index(service)] = fresh
         self.services[name] = fresh
         wait_for_port(fresh.port)
-        if name == "kafka":
-            create_topics(self.cfg.kafka, self.cfg.partitions)
+        if name == "kafka" and not self.cfg.durable_broker:
+            create_topics(self.cfg.kafka, self.cfg.partitions)  # an in-memory broker lost them
 
     def check(self) -> None:
         dead = self.supervisor.check()

@@ -1,0 +1,199 @@
+"""Fuzzing the scoring API from its own OpenAPI document (schemathesis), over HTTP.
+
+A ``LocalApi`` on a free port in front of the real scorer handler, a real redis-server and a
+published test champion. Schemathesis generates schema-valid and schema-violating requests for
+every operation of ``GET /openapi.json``; hand-written junk covers what a schema cannot describe
+(bodies that are not JSON, wrong methods and paths, oversized bodies). Every answer must be a
+non-5xx; every rejection a 4xx JSON object with a non-empty ``message``.
+"""
+
+import json
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from handlers import bootstrap, predict
+from local_stack.api import MAX_BODY_BYTES, LocalApi
+from local_stack.services import free_port
+from tests.support.models import publish_test_model
+from tests.support.services import Service
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+MAX_EXAMPLES = 150  # per operation and generation mode: the module runs in well under 2 minutes
+
+
+@pytest.fixture(scope="module")
+def api(redis_service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
+    models = tmp_path_factory.mktemp("fuzz-models")
+    publish_test_model(str(models), version="7")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_service.port}/0")
+        env.setenv("MODEL_STORE_URI", str(models))
+        env.setenv("DEAD_LETTER_URI", str(tmp_path_factory.mktemp("fuzz-dead")))
+        env.setenv("STREAM_KIND", "none")
+        env.setenv("POWERTOOLS_LOG_LEVEL", os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"))
+        bootstrap.reset()
+        predict.scorer.cache_clear()
+        local = LocalApi(port=free_port()).start()
+        try:
+            yield local
+        finally:
+            local.stop()
+            bootstrap.reset()
+            predict.scorer.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def api_schema(api: LocalApi) -> "schemathesis.BaseSchema":
+    return schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+
+
+def rejection_is_json_with_message(
+    ctx: Any, response: schemathesis.Response, case: "schemathesis.Case[Any]"
+) -> None:
+    """Every 4xx is a JSON object with a non-empty string ``message``."""
+    if 400 <= response.status_code < 500:
+        content_type = response.headers.get("content-type", [""])[0]
+        assert content_type.startswith("application/json"), f"{response.status_code} with {content_type!r}"
+        body = json.loads(response.content)
+        assert isinstance(body, dict), body
+        assert isinstance(body.get("message"), str), body
+        assert body["message"].strip(), body
+
+
+def test_the_openapi_document_lists_the_lambda_routes(api_schema: "schemathesis.BaseSchema") -> None:
+    assert len(list(api_schema.get_all_operations())) == 2
+    assert api_schema["/predict"]["POST"].label == "POST /predict"
+    assert api_schema["/health"]["GET"].label == "GET /health"
+
+
+def one_card_id(case: "schemathesis.Case[Any]") -> "schemathesis.Case[Any]":
+    body = case.body
+    if isinstance(body, dict):
+        if body.get("cc_num") is not None:
+            body.pop("customer_id", None)
+        elif body.get("customer_id") is None:
+            body["cc_num"] = "4111111111111111"
+    return case
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "mode"),
+    [
+        ("POST", "/predict", GenerationMode.POSITIVE),
+        ("POST", "/predict", GenerationMode.NEGATIVE),
+        ("GET", "/health", GenerationMode.POSITIVE),  # no parameters: nothing to negate
+    ],
+    ids=["predict-valid", "predict-invalid", "health"],
+)
+def test_openapi_fuzz_no_server_errors_and_json_rejections(
+    api_schema: "schemathesis.BaseSchema", method: str, path: str, mode: GenerationMode
+) -> None:
+    statuses: Counter[int] = Counter()
+    strategy = api_schema[path][method].as_strategy(generation_mode=mode)
+    if mode is GenerationMode.POSITIVE and path == "/predict":
+        # The document cannot say "exactly one of cc_num and customer_id": keep one, so that
+        # most valid examples get past the model validator and are scored.
+        strategy = strategy.map(one_card_id)
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def fuzz(case: "schemathesis.Case[Any]") -> None:
+        response = case.call(timeout=10)
+        statuses[response.status_code] += 1
+        case.validate_response(response, checks=[not_a_server_error, rejection_is_json_with_message])
+
+    fuzz()
+    print(f"{method} {path} {mode}: statuses {dict(statuses)}")
+    assert sum(statuses.values()) >= 1
+    assert all(code < 500 for code in statuses)
+
+
+def raw_request(api: LocalApi, request: bytes) -> tuple[int, bytes]:
+    """One raw HTTP/1.1 exchange (``Connection: close``): status and body."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def post(path: str, body: bytes, content_type: str = "application/json", method: str = "POST") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+VALID = {
+    "cc_num": "4111111111111111",
+    "merchant_name": "fraud_Kirlin and Sons",
+    "category": "shopping_net",
+    "amount_usd": 912.4,
+    "transaction_time": "2020-06-21T02:14:25Z",
+    "lat": 40.7,
+    "long": -74.0,
+    "city_pop": 8000000,
+    "merch_lat": 41.2,
+    "merch_long": -75.1,
+}
+
+JUNK: dict[str, bytes] = {
+    "empty body": post("/predict", b""),
+    "not json": post("/predict", b"{not json"),
+    "json array": post("/predict", b"[1, 2, 3]"),
+    "json string": post("/predict", b'"hello"'),
+    "json null": post("/predict", b"null"),
+    "nan amount": post("/predict", json.dumps({**VALID, "amount_usd": float("nan")}).encode()),
+    "infinite amount": post("/predict", json.dumps({**VALID, "amount_usd": float("inf")}).encode()),
+    "huge integer": post("/predict", json.dumps({**VALID, "city_pop": 10**400}).encode()),
+    "deep nesting": post("/predict", b"[" * 5000 + b"]" * 5000),
+    "invalid utf-8": post("/predict", b'{"cc_num": "\xff\xfe"}'),
+    "nul in merchant": post("/predict", json.dumps({**VALID, "merchant_name": "a\x00b"}).encode()),
+    "unit separator in merchant": post("/predict", json.dumps({**VALID, "merchant_name": "a\x1fb"}).encode()),
+    "year 9999": post("/predict", json.dumps({**VALID, "transaction_time": "9999-12-31T23:59:59Z"}).encode()),
+    "both card ids": post("/predict", json.dumps({**VALID, "customer_id": "c-1"}).encode()),
+    "extra field": post("/predict", json.dumps({**VALID, "admin": True}).encode()),
+    "form content type": post("/predict", b"cc_num=4111111111111111", "application/x-www-form-urlencoded"),
+    "body too large": post("/predict", b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}"),
+    "unknown path": post("/admin", b"{}"),
+    "wrong method on predict": post("/predict", b"", method="DELETE"),
+    "wrong method on health": post("/health", b"{}", method="PUT"),
+    "path traversal": post("/../../etc/passwd", b"", method="GET"),
+}
+
+
+@pytest.mark.parametrize("name", list(JUNK))
+def test_junk_requests_get_json_4xx_with_message(api: LocalApi, name: str) -> None:
+    status, body = raw_request(api, JUNK[name])
+
+    assert 400 <= status < 500, (status, body[:300])
+    answer = json.loads(body)
+    assert isinstance(answer, dict)
+    assert isinstance(answer.get("message"), str)
+    assert answer["message"].strip()
+
+
+def test_a_valid_request_still_scores_after_the_fuzzing(api: LocalApi, tmp_path: Path) -> None:
+    status, body = raw_request(api, post("/predict", json.dumps(VALID).encode()))
+
+    assert status == 200, body[:300]
+    assert json.loads(body)["model_version"] == "7"
