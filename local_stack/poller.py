@@ -58,18 +58,27 @@ class KafkaPoller:
         self.thread.join(15)
 
     def _consumer_or_new(self) -> KafkaConsumer:
+        """One consumer owning every partition of the topics (assigned, not subscribed: a single
+        local poller needs no group membership, so a broker restart leaves no stale member
+        holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
         if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                *self.cfg.topics,
+            consumer = KafkaConsumer(
                 bootstrap_servers=self.cfg.bootstrap_servers.split(","),
                 group_id=self.cfg.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                session_timeout_ms=self.cfg.session_timeout_ms,
-                heartbeat_interval_ms=max(self.cfg.session_timeout_ms // 4, 100),
                 max_poll_records=self.cfg.batch_size,
-                request_timeout_ms=max(self.cfg.session_timeout_ms + 5000, 30_000),
+                request_timeout_ms=30_000,
             )
+            partitions = []
+            for topic in self.cfg.topics:
+                ids = consumer.partitions_for_topic(topic)
+                if not ids:
+                    consumer.close(autocommit=False)
+                    raise RuntimeError(f"topic {topic} has no partitions yet")
+                partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+            consumer.assign(partitions)
+            self._consumer = consumer
         return self._consumer
 
     def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:

@@ -240,6 +240,23 @@ def merchant_frauds(l_key: I64, l_trans_t: I64, l_label_t: I64, q_key: I64, q_t:
     return frauds
 
 
+_EXACT_FLOAT = float(2**53)
+
+
+def _scaled_variance(count: I64, total: I64, sumsq: I64) -> F64:
+    """``n * sumsq - total**2`` (n**2 times the variance, in cents**2), exact before rounding.
+
+    Where the products stay below 2**53 float64 is exact; the few rows above it (large amounts
+    in busy windows) are computed with Python integers.
+    """
+    n = count.astype(np.float64)
+    out = n * sumsq.astype(np.float64) - total.astype(np.float64) ** 2
+    big = np.flatnonzero(n * sumsq.astype(np.float64) >= _EXACT_FLOAT)
+    for j in big:
+        out[j] = float(int(count[j]) * int(sumsq[j]) - int(total[j]) ** 2)
+    return np.maximum(out, 0.0)
+
+
 def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggregates) -> F64:
     """The feature matrix (queries x ``spec.FEATURE_NAMES``) from exact aggregates."""
     empty = spec.EMPTY
@@ -261,22 +278,28 @@ def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggreg
         "city_pop_log": np.log1p(q.city_pop),
         "dist_home_km": haversine_km(q.lat, q.long, q.merch_lat, q.merch_long),
     }
+    var_nums: list[F64] = []
     for i, (suffix, _) in enumerate(spec.CARD_WINDOWS):
         n = card.count[i].astype(np.float64)
         total = card.sum_cents[i].astype(np.float64)
         safe_n = np.maximum(n, 1.0)
-        var_num = np.maximum(n * card.sumsq_cents[i].astype(np.float64) - total * total, 0.0)
+        var_num = _scaled_variance(card.count[i], card.sum_cents[i], card.sumsq_cents[i])
+        var_nums.append(var_num)
         cols[f"card_cnt_{suffix}"] = card.count[i]
         cols[f"card_sum_{suffix}"] = total / 100.0
         cols[f"card_mean_{suffix}"] = np.where(n > 0, total / safe_n / 100.0, empty["mean"])
         cols[f"card_max_{suffix}"] = np.where(n > 0, card.max_cents[i] / 100.0, empty["max"])
         cols[f"card_std_{suffix}"] = np.where(n > 1, np.sqrt(var_num) / safe_n / 100.0, empty["std"])
-    mean30, std30 = cols["card_mean_30d"], cols["card_std_30d"]
+    mean30 = cols["card_mean_30d"]
     cols["card_amt_ratio_30d"] = np.where(
         mean30 > 0, amt / np.where(mean30 > 0, mean30, 1.0), empty["amt_ratio"]
     )
+    # (amount - mean) / std = (n * amount - sum) / sqrt(n * sumsq - sum**2), all exact integers but the root
+    widest = len(spec.CARD_WINDOWS) - 1
+    var30 = var_nums[widest]
+    deviation = (card.count[widest] * q.cents - card.sum_cents[widest]).astype(np.float64)
     cols["card_amt_zscore_30d"] = np.where(
-        std30 > 0, (amt - mean30) / np.where(std30 > 0, std30, 1.0), empty["amt_zscore"]
+        var30 > 0, deviation / np.sqrt(np.where(var30 > 0, var30, 1.0)), empty["amt_zscore"]
     )
     has_prev = card.prev_t >= 0
     gap = np.where(has_prev, q.t - card.prev_t, 1)

@@ -220,11 +220,6 @@ def test_build_features_matches_reference(stream: Stream) -> None:
     assert_matches_reference(stream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: card std/zscore lose precision when n * sum(cents**2) exceeds 2**53 "
-    "(fraud_core/features.py, assemble_features var_num)",
-)
 @settings(max_examples=50, deadline=None)
 @given(streams(max_cents=SCHEMA_MAX_CENTS))
 @example(LARGE_AMOUNTS)
@@ -449,10 +444,6 @@ def test_first_transaction_gets_the_empty_constants() -> None:
         assert row[f"merch_fraud_rate_{suffix}"] == spec.EMPTY["fraud_rate"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: fraud_core/features.py assemble_features computes n*sumsq - sum**2 in float64",
-)
 def test_std_of_large_nearly_equal_amounts() -> None:
     # $1,000,000.00 then $999,999.99: population std 0.005, z-score of a $5 purchase about -2e8
     df = LARGE_AMOUNTS.frame()
