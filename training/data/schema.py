@@ -17,8 +17,8 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow as pa
+import pyarrow.compute as pc
 
 type ColumnKind = Literal["str", "float64", "int64", "int8"]
 

@@ -25,7 +25,7 @@ from typing import Final, NamedTuple, Self
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from training.data import reference as ref
