@@ -10,7 +10,8 @@ the stream goes on.
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class PollerConfig:
     max_retries: int = 5
     retry_backoff: float = 0.5
     session_timeout_ms: int = 6000
+    stall_seconds: float = 10.0  # a consumer call running longer than this is aborted
+    idle_rebuild_seconds: float = 10.0
 
 
 class KafkaPoller:
@@ -48,14 +51,50 @@ class KafkaPoller:
         self.processed = 0
         self.error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
+        self._idle_since: float | None = None
+        self._busy_since: float | None = None
+        self.watchdog = threading.Thread(target=self._watch, name="kafka-poller-watchdog", daemon=True)
 
     def start(self) -> "KafkaPoller":
         self.thread.start()
+        self.watchdog.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        consumer = self._consumer
+        if consumer is not None and self._busy_since is not None:
+            self._abort(consumer)
         self.thread.join(15)
+        self.watchdog.join(5)
+
+    @contextmanager
+    def _consumer_call(self) -> Iterator[None]:
+        """Marks a consumer call for the watchdog."""
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
+
+    def _watch(self) -> None:
+        """kafka-python can block in a consumer call forever after a broker restart; closing the
+        consumer from here makes that call raise, and the poller builds a new consumer."""
+        limit = self.cfg.batching_window + self.cfg.stall_seconds
+        while not self._stop.wait(1.0):
+            started, consumer = self._busy_since, self._consumer
+            if started is not None and consumer is not None and time.monotonic() - started > limit:
+                log.warning(
+                    "poller: poll() stuck for %.0f s; closing the consumer", time.monotonic() - started
+                )
+                self._abort(consumer)
+
+    @staticmethod
+    def _abort(consumer: KafkaConsumer) -> None:
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:
+            log.debug("poller abort: %s", exc)
 
     def _consumer_or_new(self) -> KafkaConsumer:
         """One consumer owning every partition of the topics (assigned, not subscribed: a single
@@ -88,9 +127,10 @@ class KafkaPoller:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            polled = consumer.poll(
-                timeout_ms=int(remaining * 1000), max_records=self.cfg.batch_size - len(batch)
-            )
+            with self._consumer_call():
+                polled = consumer.poll(
+                    timeout_ms=int(remaining * 1000), max_records=self.cfg.batch_size - len(batch)
+                )
             for records in polled.values():
                 batch += [
                     StreamRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records
@@ -125,17 +165,38 @@ class KafkaPoller:
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-        consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        with self._consumer_call():
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
 
-    def _lag(self, consumer: KafkaConsumer) -> None:
+    def _lag(self, consumer: KafkaConsumer) -> int:
+        """Records behind the end of the assigned partitions (also exported to /metrics)."""
         assigned = consumer.assignment()
         if not assigned:
-            return
-        ends = consumer.end_offsets(list(assigned))
+            return 0
+        with self._consumer_call():
+            ends = consumer.end_offsets(list(assigned), timeout_ms=2000)
+            positions = {tp: consumer.position(tp) for tp in assigned}
+        total = 0
         for tp in assigned:
-            metrics.CONSUMER_LAG.labels(partition=f"{tp.topic}-{tp.partition}").set(
-                max(ends.get(tp, 0) - consumer.position(tp), 0)
-            )
+            lag = max(ends.get(tp, 0) - positions[tp], 0)
+            metrics.CONSUMER_LAG.labels(partition=f"{tp.topic}-{tp.partition}").set(lag)
+            total += lag
+        return total
+
+    def _when_idle(self, consumer: KafkaConsumer) -> None:
+        """Export the lag; after ``idle_rebuild_seconds`` without records, rebuild the consumer.
+        kafka-python can keep polling a restarted broker without ever fetching again (topic ids
+        change); a fresh consumer resumes from the committed offsets. Cheap: no group join."""
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        try:
+            self._lag(consumer)
+        except Exception as exc:
+            log.debug("poller lag: %s", exc)
+        if now - self._idle_since > self.cfg.idle_rebuild_seconds:
+            self._idle_since = None
+            self._close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -143,8 +204,9 @@ class KafkaPoller:
                 consumer = self._consumer_or_new()
                 batch = self._gather(consumer)
                 if not batch:
-                    self._lag(consumer)
+                    self._when_idle(consumer)
                     continue
+                self._idle_since = None
                 metrics.RECORDS.inc(len(batch))
                 reason = self._invoke(batch)
                 if reason is not None:
