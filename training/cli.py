@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,7 +46,7 @@ def _config(paths: list[Path] | None, pairs: list[str] | None) -> PipelineConfig
     from pydantic import ValidationError
 
     try:
-        return load_config(*(paths or [DEFAULT_CONFIG]), overrides=_overrides(pairs))
+        return load_config(*(paths or [DEFAULT_CONFIG]), overrides=_overrides(pairs), env=os.environ)
     except ValidationError as exc:
         console.print(f"[red]invalid configuration:[/red]\n{exc}")
         raise typer.Exit(2) from exc

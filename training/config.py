@@ -1,5 +1,6 @@
 """Pipeline configuration: YAML files validated by pydantic (frozen, ``kind``-discriminated sources)."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,22 +96,44 @@ class PipelineConfig(_Frozen):
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a mapping with another ``kind`` replaces the old one instead of merging."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (
-            _merge(merged[key], value)
-            if isinstance(value, dict) and isinstance(merged.get(key), dict)
-            else value
-        )
+        old = merged.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("kind", old.get("kind")) == old.get("kind")
+        ):
+            merged[key] = _merge(old, value)
+        else:
+            merged[key] = value
     return merged
 
 
-def load_config(*paths: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Merge YAML files in order (later wins), then ``overrides``, then validate."""
+def environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings the deployed training task passes as environment (see docs/infra.md)."""
+    out: dict[str, Any] = {}
+    if uri := env.get("MODEL_STORE_URI"):
+        out["model_store_uri"] = uri
+    if delay := env.get("LABEL_DELAY_SECONDS"):
+        out["label_delay_seconds"] = int(delay)
+    if name := env.get("MODEL_NAME"):
+        out["registry"] = {"model_name": name}
+    if raw := env.get("RAW_DATA_URI"):
+        out["source"] = {"kind": "csv" if raw.endswith(".csv") else "parquet", "path": raw}
+    return out
+
+
+def load_config(
+    *paths: Path, overrides: dict[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> PipelineConfig:
+    """Merge YAML files in order (later wins), then ``env`` settings, then ``overrides``; validate."""
     data: dict[str, Any] = {}
     for path in paths:
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         data = _merge(data, loaded)
+    data = _merge(data, environment_overrides(env or {}))
     return PipelineConfig.model_validate(_merge(data, overrides or {}))

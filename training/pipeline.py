@@ -54,12 +54,37 @@ def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
     if isinstance(source, CsvSource):
         from training.data.kaggle import read_transactions_csv
 
-        return read_transactions_csv(source.path)
+        return read_transactions_csv(materialize(str(source.path), cfg.data_dir / "raw"))
     if isinstance(source, ParquetSource):
         from training.data.kaggle import read_parquet_dataset
 
-        return read_parquet_dataset(source.path)
+        return read_parquet_dataset(materialize(str(source.path), cfg.data_dir / "raw"))
     raise TypeError(f"unknown source {source!r}")
+
+
+def materialize(uri: str, local_dir: Path) -> Path:
+    """A local path for ``uri``: S3 objects (a file or a prefix) are downloaded first."""
+    if not uri.startswith("s3:/"):
+        return Path(uri)
+    import os
+
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").removeprefix("s3:/").partition("/")
+    s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3"))
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    ]
+    if not keys:
+        raise FileNotFoundError(f"nothing at {uri}")
+    target = local_dir / bucket / prefix
+    for key in keys:
+        path = target / key.removeprefix(prefix).lstrip("/") if key != prefix else target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(path))
+    return target
 
 
 def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step = _quiet) -> Candidate:
