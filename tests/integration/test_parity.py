@@ -1,7 +1,6 @@
 """Training/serving parity: replay a stream through the real updater into a real redis-server,
 score every transaction through the real scorer, compare with the offline pipeline's rows."""
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 from fraud_core import spec
 from fraud_core.schemas import PredictRequest
 from handlers import bootstrap, predict, update_features
+from local_stack.demo import predict_body
+from local_stack.replay import label_event, transaction_event
 from tests.support.events import FakeContext, kinesis_event, msk_event
 from tests.support.models import publish_test_model
 from tests.support.services import Service
@@ -25,53 +26,16 @@ pytestmark = pytest.mark.integration
 LABEL_DELAY = 2 * spec.DAY  # short, so that the 60-day stream exercises the merchant risk windows
 
 
-def _transaction_payload(row: Any) -> bytes:
-    return json.dumps(
-        {
-            "kind": "transaction",
-            "trans_num": row.trans_num,
-            "cc_num": row.cc_num,
-            "merchant": row.merchant,
-            "category": row.category,
-            "amt": float(row.amt),
-            "transaction_time": pd.Timestamp(int(row.event_time), unit="s", tz="UTC").isoformat(),
-            "lat": float(row.lat),
-            "long": float(row.long),
-            "city_pop": int(row.city_pop),
-            "merch_lat": float(row.merch_lat),
-            "merch_long": float(row.merch_long),
-            "dob": row.dob,
-        }
-    ).encode()
+def _transaction_payload(row: dict[Any, Any]) -> bytes:
+    return transaction_event(row).model_dump_json().encode()
 
 
-def _label_payload(row: Any) -> bytes:
-    return json.dumps(
-        {
-            "kind": "label",
-            "trans_num": row.trans_num,
-            "merchant": row.merchant,
-            "transaction_time": pd.Timestamp(int(row.event_time), unit="s", tz="UTC").isoformat(),
-            "label_time": pd.Timestamp(int(row.event_time) + LABEL_DELAY, unit="s", tz="UTC").isoformat(),
-        }
-    ).encode()
+def _label_payload(row: dict[Any, Any]) -> bytes:
+    return label_event(row, LABEL_DELAY).model_dump_json().encode()
 
 
-def _request(row: Any) -> PredictRequest:
-    return PredictRequest(
-        transaction_id=row.trans_num,
-        cc_num=row.cc_num,
-        merchant_name=row.merchant,
-        category=row.category,
-        amount_usd=float(row.amt),
-        transaction_time=pd.Timestamp(int(row.event_time), unit="s", tz="UTC").to_pydatetime(),
-        lat=float(row.lat),
-        long=float(row.long),
-        city_pop=int(row.city_pop),
-        merch_lat=float(row.merch_lat),
-        merch_long=float(row.merch_long),
-        dob=row.dob,
-    )
+def _request(row: dict[Any, Any]) -> PredictRequest:
+    return PredictRequest.model_validate(predict_body(row))
 
 
 @pytest.fixture
@@ -97,14 +61,14 @@ def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
     # Given a stream with ties, bursts, window-edge gaps and frauds, and its offline rows
     df = synthetic_stream(n=1500)
     offline = build_features(df, label_delay=LABEL_DELAY).set_index("trans_num")
-    rows: list[Any] = list(df.itertuples())
+    rows = df.to_dict("records")
     events: list[tuple[int, str, bytes]] = [
-        (int(r.event_time), "fraudsys.transactions", _transaction_payload(r)) for r in rows
+        (int(r["event_time"]), "fraudsys.transactions", _transaction_payload(r)) for r in rows
     ]
     events += [
-        (int(r.event_time) + LABEL_DELAY, "fraudsys.labels", _label_payload(r))
+        (int(r["event_time"]) + LABEL_DELAY, "fraudsys.labels", _label_payload(r))
         for r in rows
-        if r.is_fraud == 1
+        if r["is_fraud"] == 1
     ]
     events.sort(key=lambda e: e[0])
     rng = np.random.default_rng(3)
@@ -137,12 +101,12 @@ def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
             else:
                 response = update_features.handler(kinesis_event(v for _, v in records), context)
             assert response == {"batchItemFailures": []}
-        for row in group.itertuples():
+        for row in group.to_dict("records"):
             online = scorer.score(_request(row)).features[0]
-            expected = offline.loc[str(row.trans_num), list(spec.FEATURE_NAMES)].to_numpy(dtype=float)
+            expected = offline.loc[str(row["trans_num"]), list(spec.FEATURE_NAMES)].to_numpy(dtype=float)
             for name, got, want in zip(spec.FEATURE_NAMES, online, expected, strict=True):
                 if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
-                    mismatches.append(f"{row.trans_num} {name}: online {got!r} offline {want!r}")
+                    mismatches.append(f"{row['trans_num']} {name}: online {got!r} offline {want!r}")
 
     # Then every feature of every transaction matches, and the poison records were dead-lettered
     assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"

@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fraud_core import spec
+
 type ColumnKind = Literal["str", "float64", "int64", "int8"]
 
 KAGGLE_INDEX_ALIASES: Final[tuple[str, ...]] = ("", "Unnamed: 0")
@@ -52,25 +54,10 @@ KAGGLE_COLUMNS: Final[tuple[str, ...]] = (
 )
 """Exact header of fraudTrain.csv / fraudTest.csv (first cell empty: the pandas row index)."""
 
-CATEGORIES: Final[tuple[str, ...]] = (
-    "entertainment",
-    "food_dining",
-    "gas_transport",
-    "grocery_net",
-    "grocery_pos",
-    "health_fitness",
-    "home",
-    "kids_pets",
-    "misc_net",
-    "misc_pos",
-    "personal_care",
-    "shopping_net",
-    "shopping_pos",
-    "travel",
-)
-"""The 14 Sparkov merchant categories, in a fixed order (use the position as a category code)."""
+CATEGORIES: Final[tuple[str, ...]] = spec.CATEGORIES
+"""The 14 Sparkov merchant categories, in a fixed order (the feature spec's category codes)."""
 
-ONLINE_CATEGORIES: Final[tuple[str, ...]] = ("grocery_net", "misc_net", "shopping_net")
+ONLINE_CATEGORIES: Final[tuple[str, ...]] = tuple(sorted(spec.ONLINE_CATEGORIES))
 """Card-not-present categories: merchant coordinates are the merchant's seat, not a store."""
 
 TIMESTAMP_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
