@@ -142,6 +142,8 @@ class LocalStackConfig:
     dead_letter_prefix: str = "updater"
     # What the Lambdas use, seen from their containers on the compose network.
     redis_url: str = COMPOSE_REDIS_URL
+    # HMAC key for card ids in Redis: emulated Lambdas look like AWS, where the dev default is refused.
+    card_hash_key: str = "fraudsys-localstack-card-hash-key"
     lambda_aws_endpoint: str = LAMBDA_AWS_ENDPOINT
     # A prebuilt layer zip (tests pass a tiny one); None builds it with layers/build.py.
     layer_zip: Path | None = None
@@ -486,6 +488,7 @@ class LocalStackDeployer:
         cfg, stage = self.cfg, self.stage
         return {
             "REDIS_URL": cfg.redis_url,
+            "CARD_HASH_KEY": cfg.card_hash_key,
             "TRANSACTIONS_TOPIC": TRANSACTIONS_TOPIC,
             "LABELS_TOPIC": LABELS_TOPIC,
             "LABEL_DELAY_SECONDS": str(stage.label_delay_seconds),

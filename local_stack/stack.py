@@ -214,7 +214,11 @@ class LocalStack:
         service.stop()
         starters = {
             "redis": lambda: start_redis(
-                self.cfg.redis_port, self.cfg.run_dir / "redis", self.cfg.run_dir / "logs"
+                self.cfg.redis_port,
+                self.cfg.run_dir / "redis",
+                self.cfg.run_dir / "logs",
+                self.cfg.redis_password,
+                self.cfg.redis_tls,
             ),
             "kafka": self._start_kafka,
         }

@@ -1,5 +1,6 @@
 """Wires adapters from settings, lazily and once per container (no work at import time)."""
 
+import os
 from functools import lru_cache
 
 import redis
@@ -15,7 +16,7 @@ from fraud_adapters.publisher import (
     kafka_security_config,
 )
 from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
-from handlers.settings import Settings, secret_value, settings
+from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
 
 def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
@@ -34,6 +35,8 @@ def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
 
 def card_hasher(cfg: Settings) -> CardHasher:
     key = secret_value(cfg.card_hash_key_secret_arn) if cfg.card_hash_key_secret_arn else cfg.card_hash_key
+    if key == DEV_CARD_HASH_KEY and os.environ.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda"):
+        raise RuntimeError("set CARD_HASH_KEY_SECRET_ARN (or CARD_HASH_KEY) in AWS: the dev key is public")
     return CardHasher(key.encode())
 
 
