@@ -150,6 +150,21 @@ class LocalStack:
     api: LocalApi | None = None
     poller: KafkaPoller | None = None
     services: dict[str, Service] = field(default_factory=dict)
+    saved_environment: dict[str, str | None] = field(default_factory=dict)
+
+    def _set_environment(self, env: dict[str, str]) -> None:
+        """The handlers read their settings from the process environment; ``down`` restores it."""
+        for key, value in env.items():
+            self.saved_environment.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_environment(self) -> None:
+        for key, value in self.saved_environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved_environment.clear()
 
     def up(self) -> "LocalStack":
         cfg = self.cfg
@@ -165,7 +180,7 @@ class LocalStack:
                 self.services["mlflow"] = self.supervisor.add(
                     start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs)
                 )
-            os.environ.update(handler_environment(cfg))
+            self._set_environment(handler_environment(cfg))
             create_topics(cfg.kafka, cfg.partitions)
             create_buckets()
             self._reset_handlers()
@@ -260,8 +275,9 @@ class LocalStack:
             bootstrap.publisher().close()
         except Exception as exc:
             log.debug("publisher close: %s", exc)
-        bootstrap.reset()
         self.supervisor.stop()
+        self._restore_environment()
+        self._reset_handlers()
 
 
 def dead_letter_batch(batch: list[StreamRecord], reason: str) -> None:

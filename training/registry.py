@@ -56,8 +56,16 @@ class Registry:
         import mlflow
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # mlflow.set_*_uri also export MLFLOW_*_URI; keep the caller's environment as it was, so
+        # a later config in the same process does not silently inherit this registry.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment)
         mlflow.set_experiment(experiment)
