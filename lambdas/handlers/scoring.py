@@ -59,7 +59,9 @@ class LoadedModel:
             booster, names = self.baseline, list(spec.REQUEST_ONLY_FEATURES)
             values = row[:, self.baseline_columns]
         probability = float(booster.inplace_predict(values)[0])
-        contributions = booster.predict(xgb.DMatrix(values, feature_names=names), pred_contribs=True)[0]
+        # nthread=1: one row; the default fans out to every core and waits on OpenMP workers
+        matrix = xgb.DMatrix(values, feature_names=names, nthread=1)
+        contributions = booster.predict(matrix, pred_contribs=True)[0]
         return probability, np.asarray(contributions, dtype=np.float64), names, values[0]
 
 
