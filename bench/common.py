@@ -147,6 +147,12 @@ def _argv() -> list[str]:
     return [name, *sys.argv[1:]]
 
 
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces a run: ``argv`` when given (run_all), else this process's."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["uv run python -m", module, *args])
+
+
 def environment() -> dict[str, Any]:
     try:
         commit = subprocess.run(

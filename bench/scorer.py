@@ -33,8 +33,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis
 
-from bench.common import REPO_ROOT, Report, Samples, finish, lambda_env, parser, quiet_stdout, time_each
+from bench.common import (
+    REPO_ROOT,
+    Report,
+    Samples,
+    command_line,
+    finish,
+    lambda_env,
+    parser,
+    quiet_stdout,
+    time_each,
+)
 from bench.synthetic import (
     batches,
     kaggle_like_frame,
@@ -55,6 +66,7 @@ FEATURES = "request_features (state -> row)"
 INPLACE = "xgboost inplace_predict (1 row)"
 CONTRIBS = "xgboost pred_contribs: DMatrix() + predict"
 CONTRIBS_1T = "xgboost pred_contribs: DMatrix(nthread=1) + predict"
+APPROX = "xgboost pred_contribs approx_contribs=True: DMatrix(nthread=1) + predict"
 PREDICT = "LoadedModel.predict (inplace + contribs)"
 SCORE = "Scorer.score (read + features + inference)"
 VALIDATE = "PredictRequest.model_validate_json"
@@ -152,6 +164,37 @@ def proposed_fix() -> Iterator[None]:
         yield
     finally:
         LoadedModel.predict = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def step_timers(scorer: Any) -> Iterator[dict[str, Samples]]:
+    """Time the steps of the real ``Scorer.score`` in sequence (wrappers cost ~1 us each)."""
+    from handlers import scoring
+
+    steps = {name: Samples() for name in ("store.read", "request_features", "LoadedModel.predict")}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                steps[name].cpu.append(time.thread_time_ns() - cpu)
+                steps[name].wall.append(time.perf_counter_ns() - wall)
+
+        return wrapper
+
+    features: Callable[..., Any] = vars(scoring)["request_features"]
+    read, predict = scorer.store.read, scoring.LoadedModel.predict
+    scorer.store.read = timed("store.read", read)
+    setattr(scoring, "request_features", timed("request_features", features))  # noqa: B010
+    setattr(scoring.LoadedModel, "predict", timed("LoadedModel.predict", predict))  # noqa: B010
+    try:
+        yield steps
+    finally:
+        del scorer.store.read
+        setattr(scoring, "request_features", features)  # noqa: B010
+        setattr(scoring.LoadedModel, "predict", predict)  # noqa: B010
 
 
 _PROBE = """
@@ -264,6 +307,11 @@ def _interleaved(ops: dict[str, Callable[[int], object]], n: int, rounds: int) -
     return samples
 
 
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
 def _t(request: PredictRequest) -> int:
     return int(request.transaction_time.timestamp() // 1)
 
@@ -293,7 +341,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from handlers.update_features import UPDATER_REDIS_TIMEOUT_MS
     from tests.support.events import FakeContext, api_gateway_event
 
-    report = Report("Scorer latency (warm) and cold start")
+    report = Report("Scorer latency (warm) and cold start", command=command_line("bench.scorer", argv))
     report.values["load average at start (1/5/15 min)"] = _loadavg()
     label_delay = spec.DEFAULT_LABEL_DELAY
     df = kaggle_like_frame(args.stream, args.cards, args.merchants, args.days, seed=args.seed)
@@ -342,13 +390,24 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{max(len(s.card_events) for s in states)}"
             )
 
+            timeouts = {PING: 0, READ: 0}
+
+            def guarded(name: str, fn: Callable[[], object]) -> None:
+                """A direct store call may time out (REDIS_TIMEOUT_MS) on a busy machine: count it."""
+                try:
+                    fn()
+                except redis.TimeoutError:
+                    timeouts[name] += 1
+
             def resolve(i: int) -> None:
                 predict.app.resolve(timed_events[i], ctx)
                 metrics.clear_metrics()  # no log_metrics decorator here: drop what the route added
 
             ops: dict[str, Callable[[int], object]] = {
-                PING: lambda i: store.ping(),
-                READ: lambda i: store.read(timed[i].card_id, timed[i].merchant_name, _t(timed[i])),
+                PING: lambda i: guarded(PING, store.ping),
+                READ: lambda i: guarded(
+                    READ, lambda: store.read(timed[i].card_id, timed[i].merchant_name, _t(timed[i]))
+                ),
                 FEATURES: lambda i: request_features(timed[i], states[i], label_delay),
                 INPLACE: lambda i: booster.inplace_predict(rows[i]),
                 CONTRIBS: lambda i: booster.predict(
@@ -356,6 +415,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 ),
                 CONTRIBS_1T: lambda i: booster.predict(
                     xgb.DMatrix(rows[i], feature_names=names, nthread=1), pred_contribs=True
+                ),
+                APPROX: lambda i: booster.predict(
+                    xgb.DMatrix(rows[i], feature_names=names, nthread=1),
+                    pred_contribs=True,
+                    approx_contribs=True,
                 ),
                 PREDICT: lambda i: model.predict(rows[i], False),
                 SCORE: lambda i: scorer.score(timed[i]),
@@ -372,6 +436,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     samples |= _interleaved(fixed_ops, n, args.rounds)
             for name, values in samples.items():
                 report.add(name, values)
+            report.values["Redis timeouts (> REDIS_TIMEOUT_MS) in the PING / read loops"] = (
+                f"{timeouts[PING]} / {timeouts[READ]}"
+            )
             report.values["non-200 / degraded responses in 500 handler calls"] = (
                 f"{sum(a['statusCode'] != 200 for a in answers)} / "
                 f"{sum(bool(json.loads(a['body']).get('degraded')) for a in answers)}"
@@ -382,6 +449,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.values["xgboost inplace_predict of all rows in one call, per row (us)"] = round(
                 (time.perf_counter_ns() - started) / n / 1000, 2
             )
+            for suffix, context in (("", _nothing), (FIXED, proposed_fix)):
+                with context(), step_timers(scorer) as steps:
+                    total = time_each(scorer.score, timed)
+                for name, values in steps.items():
+                    report.add(f"in Scorer.score{suffix}: {name}", values)
+                rest = [t - sum(s.wall[i] for s in steps.values()) for i, t in enumerate(total.wall)]
+                report.add(f"in Scorer.score{suffix}: the rest (model pointer, reasons, response)", rest)
+                report.add(f"Scorer.score{suffix}, timed by steps", total)
             _heavy_cards(report, df, scorer, now, args.seed)
             _worst_case_model(report, rows, names)
             _breakdown(report)
@@ -450,26 +525,37 @@ def _worst_case_model(report: Report, rows: list[F64], names: list[str]) -> None
             lambda r: big.predict(xgb.DMatrix(r, feature_names=names, nthread=1), pred_contribs=True), sample
         ),
     )
+    report.add(
+        "worst-case model (400 trees, depth 8): " + APPROX,
+        time_each(
+            lambda r: big.predict(
+                xgb.DMatrix(r, feature_names=names, nthread=1), pred_contribs=True, approx_contribs=True
+            ),
+            sample,
+        ),
+    )
 
 
 def _breakdown(report: Report) -> None:
+    """Shares of the in-sequence steps in ``Scorer.score`` (isolated loops run on warm caches)."""
     p50 = {t.name: t.p50 for t in report.timings}
     for suffix in ("", FIXED):
-        total = p50[SCORE + suffix]
-        parts = {"read": p50[READ], "features": p50[FEATURES], "inference": p50[PREDICT + suffix]}
-        parts["rest"] = total - sum(parts.values())
-        report.values[f"Scorer.score p50 breakdown{suffix} (ms, share)"] = ", ".join(
-            f"{k} {v:.3f} ({v / total:.0%})" for k, v in parts.items()
+        total = p50[f"Scorer.score{suffix}, timed by steps"]
+        prefix = f"in Scorer.score{suffix}: "
+        parts = {t.name.removeprefix(prefix): t.p50 for t in report.timings if t.name.startswith(prefix)}
+        report.values[f"Scorer.score{suffix} p50 {total:.3f} ms, steps in sequence (p50 ms, share)"] = (
+            ", ".join(f"{k} {v:.3f} ({v / total:.0%})" for k, v in parts.items())
         )
-        handler, resolve = p50[HANDLER + suffix], p50[RESOLVE] if not suffix else None
-        report.values[f"handler p50 minus Scorer.score p50{suffix} (ms)"] = round(handler - total, 3)
-        if resolve is not None:
-            report.values["  Powertools logger/metrics/tracer decorators: handler - resolve (ms)"] = round(
-                handler - resolve, 3
-            )
-            report.values["  resolver + validation + publish + JSON: resolve - Scorer.score (ms)"] = round(
-                resolve - total, 3
-            )
+        handler = p50[HANDLER + suffix]
+        report.values[f"handler p50 minus Scorer.score p50{suffix} (ms)"] = round(
+            handler - p50[SCORE + suffix], 3
+        )
+    report.values["  Powertools logger/metrics/tracer decorators: handler - resolve (ms)"] = round(
+        p50[HANDLER] - p50[RESOLVE], 3
+    )
+    report.values["  resolver + validation + publish + JSON: resolve - Scorer.score (ms)"] = round(
+        p50[RESOLVE] - p50[SCORE], 3
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

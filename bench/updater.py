@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Report, finish, lambda_env, parser, quiet_stdout, time_each
+from bench.common import Report, command_line, finish, lambda_env, parser, quiet_stdout, time_each
 from bench.synthetic import batches, encode, kaggle_like_frame, stream_payloads, to_events
 from fraud_core import spec
 from tests.support.services import redis_server
@@ -36,6 +36,23 @@ def _server_cpu(client: Any) -> float:
     """CPU seconds the redis-server process has used so far (user + system, all threads)."""
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def memory_by_kind(client: Any) -> dict[str, tuple[int, int]]:
+    """(keys, bytes of MEMORY USAGE) per key kind: c, cp, m, mf, seen:t, seen:l."""
+    out: dict[str, tuple[int, int]] = {}
+    keys = list(client.scan_iter(count=5000))
+    for start in range(0, len(keys), 2000):
+        chunk = keys[start : start + 2000]
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            pipe.memory_usage(key, samples=0)
+        for key, size in zip(chunk, pipe.execute(), strict=True):
+            parts = key.split(":")
+            kind = ":".join(parts[1:3]) if parts[1] == "seen" else parts[1]
+            count, total = out.get(kind, (0, 0))
+            out[kind] = (count + 1, total + int(size or 0))
+    return out
 
 
 def _evalsha_usec(client: Any) -> tuple[int, int]:
@@ -57,7 +74,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from handlers import bootstrap, update_features
     from tests.support.events import FakeContext, msk_event
 
-    report = Report("Feature updater throughput (per process)")
+    report = Report("Feature updater throughput (per process)", command=command_line("bench.updater", argv))
     one, five, fifteen = os.getloadavg()
     report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
     n_events = args.batches * args.batch_size
@@ -124,6 +141,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         info = client.info("memory")
         report.values["redis used_memory after one pass (MB)"] = round(int(info["used_memory"]) / 2**20, 1)
         report.values["redis keys after one pass"] = int(client.dbsize())
+        for kind, (count, size) in sorted(memory_by_kind(client).items()):
+            report.values[f"  keys {kind}: count, MEMORY USAGE (MB)"] = f"{count:,}, {size / 2**20:.1f}"
         client.config_resetstat()
         report.add("store.apply: batch (redelivery, all duplicates)", time_each(apply, range(len(msk))))
         calls, usec = _evalsha_usec(client)

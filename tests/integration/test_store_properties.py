@@ -413,12 +413,6 @@ def test_events_applied_up_to_the_history_slack_early_shorten_no_window(redis_cl
     assert problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known parity bug: online, a request without dob falls back to the card profile's dob "
-    "(fraud_core/online.py request_features: `request.dob if ... else state.dob`); offline "
-    "(training/dataset.py build_features) uses only the row's own dob, so age_years differs",
-)
 def test_a_transaction_without_dob_after_one_with_dob(redis_client: "redis.Redis") -> None:
     # given a card whose first transaction carries its date of birth and whose second does not
     stream = Stream([_row("a", BASE_T, "1980-05-17"), _row("b", BASE_T + 60, None)], spec.DEFAULT_LABEL_DELAY)
