@@ -34,6 +34,17 @@ def cents(amount: pd.Series | np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
 
 
+def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:
+    """The row's date of birth, else the card's from its earlier transactions (as the online
+    card profile holds it); epoch seconds, NaN when unknown."""
+    own = dob_seconds(df["dob"])
+    ordered = pd.Series(own[order])
+    card = df["cc_num"].astype(str).to_numpy()[order]
+    filled = np.empty_like(own)
+    filled[order] = ordered.groupby(card, sort=False).ffill().to_numpy()
+    return filled
+
+
 def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY) -> pd.DataFrame:
     """Feature rows for every transaction of ``df`` (canonical frame, any order).
 
@@ -41,6 +52,9 @@ def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY
     order of ``df``.
     """
     n = len(df)
+    if n == 0:
+        label = [LABEL_COLUMN] if LABEL_COLUMN in df else []
+        return pd.DataFrame(columns=[*ID_COLUMNS, *label, *spec.FEATURE_NAMES], index=df.index)
     t = df["event_time"].to_numpy(dtype=np.int64)
     card_code = pd.factorize(df["cc_num"].astype(str))[0].astype(np.int64)
     merchant_code = pd.factorize(df["merchant"].astype(str))[0].astype(np.int64)
@@ -75,7 +89,7 @@ def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY
         merch_lat=df["merch_lat"].to_numpy(dtype=np.float64),
         merch_long=df["merch_long"].to_numpy(dtype=np.float64),
         city_pop=df["city_pop"].to_numpy(dtype=np.float64),
-        dob_t=dob_seconds(df["dob"]) if "dob" in df else np.full(n, np.nan),
+        dob_t=_known_dob(df, order) if "dob" in df else np.full(n, np.nan),
     )
     card = card_aggregates(events, card_code, t)
 
