@@ -420,5 +420,22 @@ def test_a_transaction_without_dob_after_one_with_dob(redis_client: "redis.Redis
     # when both are scored online after the earlier events were applied
     problems = replay_and_compare(redis_client, stream, None)
 
-    # then the online age equals the offline one (it does not: -1.0 offline, ~39.6 online)
+    # then the online age equals the offline one (the card profile's dob on both paths)
+    assert problems == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known parity bug: offline, a missing dob is forward-filled from the card's earlier rows "
+    "in (t, trans_num) order, same-second ties included (training/dataset.py _known_dob); online, "
+    "only events strictly before t have been applied, so the card profile does not have it yet",
+)
+def test_a_transaction_without_dob_tied_with_one_with_dob(redis_client: "redis.Redis") -> None:
+    # given two transactions of a card in the same second, only the first (by trans_num) with a dob
+    stream = Stream([_row("a", BASE_T, "1980-05-17"), _row("b", BASE_T, None)], spec.DEFAULT_LABEL_DELAY)
+
+    # when both are scored online after every strictly earlier event was applied
+    problems = replay_and_compare(redis_client, stream, None)
+
+    # then the online age equals the offline one (it does not: -1.0 online, ~39.6 offline)
     assert problems == []
