@@ -35,13 +35,21 @@ def cents(amount: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:
-    """The row's date of birth, else the card's from its earlier transactions (as the online
-    card profile holds it); epoch seconds, NaN when unknown."""
+    """The row's date of birth, else the latest one of the card's transactions in earlier
+    seconds (what the online card profile holds when the scorer runs); epoch seconds or NaN."""
     own = dob_seconds(df["dob"])
-    ordered = pd.Series(own[order])
-    card = df["cc_num"].astype(str).to_numpy()[order]
+    card = pd.factorize(df["cc_num"].astype(str))[0][order]
+    t = df["event_time"].to_numpy(dtype=np.int64)[order]
+    known = pd.Series(own[order]).groupby(card, sort=False).ffill().to_numpy()
+    position = np.arange(len(order))
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (card[1:] != card[:-1]) | (t[1:] != t[:-1])
+    first_of_second = np.maximum.accumulate(np.where(starts, position, 0))
+    before = first_of_second - 1
+    same_card = (before >= 0) & (card[np.maximum(before, 0)] == card)
+    earlier = np.where(same_card, known[np.maximum(before, 0)], np.nan)
     filled = np.empty_like(own)
-    filled[order] = ordered.groupby(card, sort=False).ffill().to_numpy()
+    filled[order] = np.where(np.isnan(own[order]), earlier, own[order])
     return filled
 
 

@@ -424,12 +424,6 @@ def test_a_transaction_without_dob_after_one_with_dob(redis_client: "redis.Redis
     assert problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known parity bug: offline, a missing dob is forward-filled from the card's earlier rows "
-    "in (t, trans_num) order, same-second ties included (training/dataset.py _known_dob); online, "
-    "only events strictly before t have been applied, so the card profile does not have it yet",
-)
 def test_a_transaction_without_dob_tied_with_one_with_dob(redis_client: "redis.Redis") -> None:
     # given two transactions of a card in the same second, only the first (by trans_num) with a dob
     stream = Stream([_row("a", BASE_T, "1980-05-17"), _row("b", BASE_T, None)], spec.DEFAULT_LABEL_DELAY)

@@ -130,15 +130,11 @@ def features_for(q: Txn, stream: Sequence[Txn], label_delay: int) -> dict[str, f
     f["is_night"] = float(moment.hour >= 22 or moment.hour < 6)
     f["day_of_week"] = float(moment.weekday())
     f["is_weekend"] = float(moment.weekday() in (5, 6))
-    # The row's dob, else the latest earlier (by time, then trans_num) dob of the card: what the
-    # online card profile holds.
+    # The row's dob, else the card's latest dob from earlier seconds: what the online card
+    # profile holds when the scorer runs.
     dob = q.dob
     if dob is None:
-        earlier = [
-            e
-            for e in stream
-            if e.cc_num == q.cc_num and e.dob is not None and (e.t, e.trans_num) < (q.t, q.trans_num)
-        ]
+        earlier = [e for e in stream if e.cc_num == q.cc_num and e.dob is not None and e.t < q.t]
         dob = max(earlier, key=lambda e: (e.t, e.trans_num)).dob if earlier else None
     born = dob_epoch_seconds(dob)
     f["age_years"] = spec.EMPTY["age_years"] if born is None else (t - born) / (365.2425 * 86400)
