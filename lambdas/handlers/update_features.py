@@ -32,6 +32,10 @@ class PoisonRecordError(ValueError):
 
 def parse_event(raw: bytes, label_topic: bool = False) -> TransactionEvent | LabelEvent:
     """One stream payload to an event; raises ``PoisonRecordError`` naming the bad field."""
+    try:  # the usual case, in one pydantic-core pass: the topic's kind of event
+        return (LabelEvent if label_topic else TransactionEvent).model_validate_json(raw)
+    except ValidationError:
+        pass  # another kind, or poison: the path below names the bad field
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
