@@ -12,6 +12,7 @@ from constructs import Construct
 
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import log_group, removal_policy
+from cdk_app.constructs.function import powertools_environment
 from cdk_app.constructs.network import Network
 from cdk_app.nag import acknowledge
 
@@ -114,6 +115,19 @@ class RedisFeatureStore(Construct):
             f"rediss://{self.replication_group.attr_primary_end_point_address}:"
             f"{self.replication_group.attr_primary_end_point_port}/0"
         )
+
+    def handler_environment(self, config: StageConfig, redis_timeout_ms: int) -> dict[str, str]:
+        """What both handlers need to reach the feature store and read the stream's topics."""
+        return {
+            "REDIS_URL": self.url,
+            "REDIS_AUTH_SECRET_ARN": self.auth_secret.secret_arn,
+            "REDIS_TIMEOUT_MS": str(redis_timeout_ms),
+            "CARD_HASH_KEY_SECRET_ARN": self.card_hash_key.secret_arn,
+            "TRANSACTIONS_TOPIC": config.transactions_topic,
+            "LABELS_TOPIC": config.labels_topic,
+            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+            **powertools_environment(config),
+        }
 
     def grant_connect(self, grantee: iam.IGrantable) -> None:
         """What a client needs besides the network path: the AUTH token and the card HMAC key."""

@@ -11,7 +11,7 @@ from constructs import Construct
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import log_group
 from cdk_app.constructs.feature_store import RedisFeatureStore
-from cdk_app.constructs.function import powertools_environment, vpc_function
+from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, Storage
 from cdk_app.constructs.stream import EventStream
@@ -39,15 +39,8 @@ class FeatureUpdater(Construct):
         super().__init__(scope, construct_id)
         cfg = config.updater
         environment = {
-            "REDIS_URL": feature_store.url,
-            "REDIS_AUTH_SECRET_ARN": feature_store.auth_secret.secret_arn,
-            "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
-            "CARD_HASH_KEY_SECRET_ARN": feature_store.card_hash_key.secret_arn,
-            "TRANSACTIONS_TOPIC": config.transactions_topic,
-            "LABELS_TOPIC": config.labels_topic,
+            **feature_store.handler_environment(config, cfg.redis_timeout_ms),
             "DEAD_LETTER_URI": storage.dead_letter_uri,
-            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
-            **powertools_environment(config),
         }
         self.function = vpc_function(
             self,

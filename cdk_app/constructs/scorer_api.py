@@ -13,7 +13,7 @@ from constructs import Construct
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import log_group
 from cdk_app.constructs.feature_store import RedisFeatureStore
-from cdk_app.constructs.function import powertools_environment, vpc_function
+from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import MODEL_STORE_PREFIX, Storage
 from cdk_app.constructs.stream import EventStream
@@ -84,18 +84,11 @@ class ScorerApi(Construct):
         super().__init__(scope, construct_id)
         cfg = config.scorer
         environment = {
-            "REDIS_URL": feature_store.url,
-            "REDIS_AUTH_SECRET_ARN": feature_store.auth_secret.secret_arn,
-            "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
-            "CARD_HASH_KEY_SECRET_ARN": feature_store.card_hash_key.secret_arn,
+            **feature_store.handler_environment(config, cfg.redis_timeout_ms),
             "MODEL_STORE_URI": storage.model_store_uri,
             "MODEL_NAME": config.model_name,
             "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
-            "TRANSACTIONS_TOPIC": config.transactions_topic,
-            "LABELS_TOPIC": config.labels_topic,
-            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
             **stream.scorer_environment(),
-            **powertools_environment(config),
         }
         self.function = vpc_function(
             self,
