@@ -73,7 +73,6 @@ VALIDATE = "PredictRequest.model_validate_json"
 DUMP = "PredictResponse.model_dump_json"
 RESOLVE = "APIGatewayRestResolver.resolve (no decorators)"
 HANDLER = "handlers.predict.handler (full Lambda handler)"
-FIXED = " [DMatrix nthread=1 patch]"
 LAYER_DIR = REPO_ROOT / "build" / "layers" / "xgboost" / "x86_64" / "python"
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "dateutil", "urllib3", "six.py")
 
@@ -136,34 +135,6 @@ def fill_store(store: Any, df: pd.DataFrame, label_delay: int, until: int, batch
     for transactions, labels in parsed:
         store.apply(transactions, labels)
     return time.perf_counter() - started
-
-
-def predict_with_single_thread_dmatrix(
-    self: Any, row: F64, degraded: bool
-) -> tuple[float, F64, list[str], F64]:
-    """``handlers.scoring.LoadedModel.predict`` with the proposed fix: ``DMatrix(..., nthread=1)``."""
-    import xgboost as xgb
-
-    booster, names, values = self.booster, self.manifest.feature_names, row
-    if degraded:
-        booster, names = self.baseline, list(spec.REQUEST_ONLY_FEATURES)
-        values = row[:, self.baseline_columns]
-    probability = float(booster.inplace_predict(values)[0])
-    matrix = xgb.DMatrix(values, feature_names=names, nthread=1)
-    contributions = booster.predict(matrix, pred_contribs=True)[0]
-    return probability, np.asarray(contributions, dtype=np.float64), names, values[0]
-
-
-@contextmanager
-def proposed_fix() -> Iterator[None]:
-    from handlers.scoring import LoadedModel
-
-    original = LoadedModel.predict
-    LoadedModel.predict = predict_with_single_thread_dmatrix  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        LoadedModel.predict = original  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -307,11 +278,6 @@ def _interleaved(ops: dict[str, Callable[[int], object]], n: int, rounds: int) -
     return samples
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 def _t(request: PredictRequest) -> int:
     return int(request.transaction_time.timestamp() // 1)
 
@@ -431,9 +397,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             with quiet_stdout():
                 samples = _interleaved(ops, n, args.rounds)
                 answers = [predict.handler(e, ctx) for e in timed_events[:500]]
-                with proposed_fix():
-                    fixed_ops = {name + FIXED: ops[name] for name in (PREDICT, SCORE, HANDLER)}
-                    samples |= _interleaved(fixed_ops, n, args.rounds)
             for name, values in samples.items():
                 report.add(name, values)
             report.values["Redis timeouts (> REDIS_TIMEOUT_MS) in the PING / read loops"] = (
@@ -449,14 +412,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.values["xgboost inplace_predict of all rows in one call, per row (us)"] = round(
                 (time.perf_counter_ns() - started) / n / 1000, 2
             )
-            for suffix, context in (("", _nothing), (FIXED, proposed_fix)):
-                with context(), step_timers(scorer) as steps:
-                    total = time_each(scorer.score, timed)
-                for name, values in steps.items():
-                    report.add(f"in Scorer.score{suffix}: {name}", values)
-                rest = [t - sum(s.wall[i] for s in steps.values()) for i, t in enumerate(total.wall)]
-                report.add(f"in Scorer.score{suffix}: the rest (model pointer, reasons, response)", rest)
-                report.add(f"Scorer.score{suffix}, timed by steps", total)
+            with step_timers(scorer) as steps:
+                total = time_each(scorer.score, timed)
+            for name, values in steps.items():
+                report.add(f"in Scorer.score: {name}", values)
+            rest = [t - sum(s.wall[i] for s in steps.values()) for i, t in enumerate(total.wall)]
+            report.add("in Scorer.score: the rest (model pointer, reasons, response)", rest)
+            report.add("Scorer.score, timed by steps", total)
             _heavy_cards(report, df, scorer, now, args.seed)
             _worst_case_model(report, rows, names)
             _breakdown(report)
@@ -469,10 +431,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.values.update(cold_start(env, event, args.cold_runs, workdir))
     scorer_p99 = next(t for t in report.timings if t.name == SCORE).p99
     report.target("Scorer.score p99 warm", scorer_p99, TARGET_P99_MS, "ms", higher_is_better=False)
-    fixed_p99 = next(t for t in report.timings if t.name == SCORE + FIXED).p99
-    report.target(
-        "Scorer.score p99 warm with the patch", fixed_p99, TARGET_P99_MS, "ms", higher_is_better=False
-    )
     return finish(report, args.json)
 
 
@@ -539,17 +497,13 @@ def _worst_case_model(report: Report, rows: list[F64], names: list[str]) -> None
 def _breakdown(report: Report) -> None:
     """Shares of the in-sequence steps in ``Scorer.score`` (isolated loops run on warm caches)."""
     p50 = {t.name: t.p50 for t in report.timings}
-    for suffix in ("", FIXED):
-        total = p50[f"Scorer.score{suffix}, timed by steps"]
-        prefix = f"in Scorer.score{suffix}: "
-        parts = {t.name.removeprefix(prefix): t.p50 for t in report.timings if t.name.startswith(prefix)}
-        report.values[f"Scorer.score{suffix} p50 {total:.3f} ms, steps in sequence (p50 ms, share)"] = (
-            ", ".join(f"{k} {v:.3f} ({v / total:.0%})" for k, v in parts.items())
-        )
-        handler = p50[HANDLER + suffix]
-        report.values[f"handler p50 minus Scorer.score p50{suffix} (ms)"] = round(
-            handler - p50[SCORE + suffix], 3
-        )
+    total = p50["Scorer.score, timed by steps"]
+    prefix = "in Scorer.score: "
+    parts = {t.name.removeprefix(prefix): t.p50 for t in report.timings if t.name.startswith(prefix)}
+    report.values[f"Scorer.score p50 {total:.3f} ms, steps in sequence (p50 ms, share)"] = ", ".join(
+        f"{k} {v:.3f} ({v / total:.0%})" for k, v in parts.items()
+    )
+    report.values["handler p50 minus Scorer.score p50 (ms)"] = round(p50[HANDLER] - p50[SCORE], 3)
     report.values["  Powertools logger/metrics/tracer decorators: handler - resolve (ms)"] = round(
         p50[HANDLER] - p50[RESOLVE], 3
     )
