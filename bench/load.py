@@ -60,7 +60,7 @@ PROFILE_GROUPS = (
     ("  predict route body", "predict (handlers/predict.py)"),
     ("    Scorer.score", "Scorer.score"),
     ("      RedisFeatureStore.read (round trip + decode)", "RedisFeatureStore.read"),
-    ("        decode_card_member", "decode_card_member"),
+    ("        decode_card_events", "decode_card_events"),
     ("      request_features (feature math)", "request_features"),
     ("      LoadedModel.predict (XGBoost)", "LoadedModel.predict"),
     ("        xgboost.DMatrix for pred_contribs", "DMatrix.__init__"),

@@ -157,43 +157,41 @@ def _count_between(sorted_keys: I64, q_key: I64, start: I64, end: I64) -> tuple[
     return lo, hi
 
 
+_CARD_SECONDS = np.array([seconds for _, seconds in spec.CARD_WINDOWS], dtype=np.int64)
+_WIDEST = int(np.argmax(_CARD_SECONDS))
+#: Offsets searched in one call: the query time, every window start, the distinct-count start.
+_CARD_OFFSETS = np.concatenate(([0], _CARD_SECONDS, [spec.DISTINCT_WINDOW])).astype(np.int64)[:, None]
+
+
 def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
-    """Card window aggregates for each query over events with ``t - w <= t_e < t``."""
-    nq, nw = len(q_t), len(spec.CARD_WINDOWS)
+    """Card window aggregates for each query over events with ``t - w <= t_e < t``.
+
+    Every window is computed at once ((windows, queries) arrays): the cost is a fixed number
+    of numpy calls whether there is one query (online) or millions (offline).
+    """
+    nq = len(q_t)
     ck = compose(events.key, events.t)
-    hi = np.searchsorted(ck, compose(q_key, q_t), side="left").astype(np.int64)
+    bounds = np.searchsorted(ck, compose(q_key, q_t - _CARD_OFFSETS), side="left").astype(np.int64)
+    hi, lo, lo_d = bounds[0], bounds[1:-1], bounds[-1]
     cents = events.cents
     csum = np.concatenate(([0], np.cumsum(cents, dtype=np.int64)))
     csq = np.concatenate(([0], np.cumsum(cents * cents, dtype=np.int64)))
-    count = np.empty((nw, nq), dtype=np.int64)
-    sum_cents = np.empty((nw, nq), dtype=np.int64)
-    sumsq = np.empty((nw, nq), dtype=np.int64)
-    max_cents = np.empty((nw, nq), dtype=np.int64)
-    los: list[I64] = []
-    for i, (_, seconds) in enumerate(spec.CARD_WINDOWS):
-        lo = np.searchsorted(ck, compose(q_key, q_t - seconds), side="left").astype(np.int64)
-        los.append(lo)
-        count[i] = hi - lo
-        sum_cents[i] = csum[hi] - csum[lo]
-        sumsq[i] = csq[hi] - csq[lo]
+    count = hi - lo
     longest = int(count.max()) if count.size else 0
-    range_max = _RangeMax(cents, longest)
-    for i, lo in enumerate(los):
-        max_cents[i] = range_max.query(lo, hi)
+    his = np.broadcast_to(hi, lo.shape)
+    max_cents = _RangeMax(cents, longest).query(lo.ravel(), his.ravel()).reshape(lo.shape)
 
-    widest = int(np.argmax([seconds for _, seconds in spec.CARD_WINDOWS]))
-    has_prev = count[widest] > 0
-    prev_idx = np.where(has_prev, hi - 1, 0)
+    has_prev = count[_WIDEST] > 0
     if len(events) == 0:
         prev_t = np.full(nq, -1, dtype=np.int64)
         prev_lat = np.zeros(nq)
         prev_long = np.zeros(nq)
     else:
+        prev_idx = np.where(has_prev, hi - 1, 0)
         prev_t = np.where(has_prev, events.t[prev_idx], -1)
         prev_lat = np.where(has_prev, events.merch_lat[prev_idx], 0.0)
         prev_long = np.where(has_prev, events.merch_long[prev_idx], 0.0)
 
-    lo_d = np.searchsorted(ck, compose(q_key, q_t - spec.DISTINCT_WINDOW), side="left").astype(np.int64)
     query, hist = _pairs(lo_d, hi)
     distinct = []
     for code in (events.merchant, events.category):
@@ -201,8 +199,8 @@ def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
         distinct.append(np.bincount(query, weights=last_in_window, minlength=nq).astype(np.int64))
     return CardAggregates(
         count=count,
-        sum_cents=sum_cents,
-        sumsq_cents=sumsq,
+        sum_cents=csum[hi] - csum[lo],
+        sumsq_cents=csq[hi] - csq[lo],
         max_cents=max_cents,
         prev_t=prev_t.astype(np.int64),
         prev_merch_lat=prev_lat.astype(np.float64),
@@ -246,76 +244,100 @@ _EXACT_FLOAT = float(2**53)
 def _scaled_variance(count: I64, total: I64, sumsq: I64) -> F64:
     """``n * sumsq - total**2`` (n**2 times the variance, in cents**2), exact before rounding.
 
-    Where the products stay below 2**53 float64 is exact; the few rows above it (large amounts
-    in busy windows) are computed with Python integers.
+    Where the products stay below 2**53 float64 is exact; the few cells above it (large amounts
+    in busy windows) are computed with Python integers. Any array shape.
     """
     n = count.astype(np.float64)
-    out = n * sumsq.astype(np.float64) - total.astype(np.float64) ** 2
-    big = np.flatnonzero(n * sumsq.astype(np.float64) >= _EXACT_FLOAT)
-    for j in big:
-        out[j] = float(int(count[j]) * int(sumsq[j]) - int(total[j]) ** 2)
+    product = n * sumsq.astype(np.float64)
+    out = product - total.astype(np.float64) ** 2
+    big = np.flatnonzero(product >= _EXACT_FLOAT)
+    if len(big):
+        flat = out.reshape(-1)
+        c, t, q = count.reshape(-1), total.reshape(-1), sumsq.reshape(-1)
+        for j in big:
+            flat[j] = float(int(c[j]) * int(q[j]) - int(t[j]) ** 2)
     return np.maximum(out, 0.0)
 
 
+_COLUMN = {name: j for j, name in enumerate(spec.FEATURE_NAMES)}
+_CARD_STATS = ("cnt", "sum", "mean", "max", "std")
+#: Matrix columns of the card block, as (windows, stats).
+_CARD_COLUMNS = np.array(
+    [[_COLUMN[f"card_{stat}_{suffix}"] for stat in _CARD_STATS] for suffix, _ in spec.CARD_WINDOWS]
+)
+_VOLUME_COLUMNS = [_COLUMN[f"merch_cnt_{suffix}"] for suffix, _ in spec.MERCHANT_VOLUME_WINDOWS]
+_RATE_COLUMNS = [_COLUMN[f"merch_fraud_rate_{suffix}"] for suffix, _ in spec.MERCHANT_RISK_WINDOWS]
+_FRAUD_COLUMNS = [_COLUMN[f"merch_fraud_cnt_{suffix}"] for suffix, _ in spec.MERCHANT_RISK_WINDOWS]
+_IS_ONLINE = np.array([c in spec.ONLINE_CATEGORIES for c in spec.CATEGORIES])
+
+
 def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggregates) -> F64:
-    """The feature matrix (queries x ``spec.FEATURE_NAMES``) from exact aggregates."""
+    """The feature matrix (queries x ``spec.FEATURE_NAMES``) from exact aggregates.
+
+    Window families are computed as (windows, queries) blocks, so one request costs the same
+    number of numpy calls as a million rows.
+    """
     empty = spec.EMPTY
+    out = np.empty((len(q), len(spec.FEATURE_NAMES)), dtype=np.float64)
+
+    def put(name: str, values: F64 | I64 | BoolArray) -> None:
+        out[:, _COLUMN[name]] = values
+
     amt = q.cents / 100.0
     hour = (q.t // spec.HOUR) % 24
     dow = (q.t // spec.DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    cols: dict[str, F64 | I64 | BoolArray] = {
-        "amt": amt,
-        "amt_log": np.log1p(amt),
-        "category_code": q.category,
-        "is_online_category": np.isin(
-            q.category, [spec.CATEGORY_CODE[c] for c in sorted(spec.ONLINE_CATEGORIES)]
+    put("amt", amt)
+    put("amt_log", np.log1p(amt))
+    put("category_code", q.category)
+    put("is_online_category", _IS_ONLINE[q.category])
+    put("hour", hour)
+    put("is_night", (hour >= spec.NIGHT_START_HOUR) | (hour < spec.NIGHT_END_HOUR))
+    put("day_of_week", dow)
+    put("is_weekend", dow >= 5)
+    put("age_years", np.where(np.isnan(q.dob_t), empty["age_years"], (q.t - q.dob_t) / spec.SECONDS_PER_YEAR))
+    put("city_pop_log", np.log1p(q.city_pop))
+    put("dist_home_km", haversine_km(q.lat, q.long, q.merch_lat, q.merch_long))
+
+    # card windows: (windows, queries) blocks, stacked as (queries, windows, stats)
+    n = card.count.astype(np.float64)
+    total = card.sum_cents.astype(np.float64)
+    safe_n = np.maximum(n, 1.0)
+    var_num = _scaled_variance(card.count, card.sum_cents, card.sumsq_cents)
+    mean = np.where(n > 0, total / safe_n / 100.0, empty["mean"])
+    block = np.stack(
+        (
+            n,
+            total / 100.0,
+            mean,
+            np.where(n > 0, card.max_cents / 100.0, empty["max"]),
+            np.where(n > 1, np.sqrt(var_num) / safe_n / 100.0, empty["std"]),
         ),
-        "hour": hour,
-        "is_night": (hour >= spec.NIGHT_START_HOUR) | (hour < spec.NIGHT_END_HOUR),
-        "day_of_week": dow,
-        "is_weekend": dow >= 5,
-        "age_years": np.where(np.isnan(q.dob_t), empty["age_years"], (q.t - q.dob_t) / spec.SECONDS_PER_YEAR),
-        "city_pop_log": np.log1p(q.city_pop),
-        "dist_home_km": haversine_km(q.lat, q.long, q.merch_lat, q.merch_long),
-    }
-    var_nums: list[F64] = []
-    for i, (suffix, _) in enumerate(spec.CARD_WINDOWS):
-        n = card.count[i].astype(np.float64)
-        total = card.sum_cents[i].astype(np.float64)
-        safe_n = np.maximum(n, 1.0)
-        var_num = _scaled_variance(card.count[i], card.sum_cents[i], card.sumsq_cents[i])
-        var_nums.append(var_num)
-        cols[f"card_cnt_{suffix}"] = card.count[i]
-        cols[f"card_sum_{suffix}"] = total / 100.0
-        cols[f"card_mean_{suffix}"] = np.where(n > 0, total / safe_n / 100.0, empty["mean"])
-        cols[f"card_max_{suffix}"] = np.where(n > 0, card.max_cents[i] / 100.0, empty["max"])
-        cols[f"card_std_{suffix}"] = np.where(n > 1, np.sqrt(var_num) / safe_n / 100.0, empty["std"])
-    mean30 = cols["card_mean_30d"]
-    cols["card_amt_ratio_30d"] = np.where(
-        mean30 > 0, amt / np.where(mean30 > 0, mean30, 1.0), empty["amt_ratio"]
+        axis=-1,
+    )
+    out[:, _CARD_COLUMNS] = block.transpose(1, 0, 2)
+    mean30 = mean[_WIDEST]
+    put(
+        "card_amt_ratio_30d",
+        np.where(mean30 > 0, amt / np.where(mean30 > 0, mean30, 1.0), empty["amt_ratio"]),
     )
     # (amount - mean) / std = (n * amount - sum) / sqrt(n * sumsq - sum**2), all exact integers but the root
-    widest = len(spec.CARD_WINDOWS) - 1
-    var30 = var_nums[widest]
-    deviation = (card.count[widest] * q.cents - card.sum_cents[widest]).astype(np.float64)
-    cols["card_amt_zscore_30d"] = np.where(
-        var30 > 0, deviation / np.sqrt(np.where(var30 > 0, var30, 1.0)), empty["amt_zscore"]
+    var30 = var_num[_WIDEST]
+    deviation = (card.count[_WIDEST] * q.cents - card.sum_cents[_WIDEST]).astype(np.float64)
+    put(
+        "card_amt_zscore_30d",
+        np.where(var30 > 0, deviation / np.sqrt(np.where(var30 > 0, var30, 1.0)), empty["amt_zscore"]),
     )
     has_prev = card.prev_t >= 0
     gap = np.where(has_prev, q.t - card.prev_t, 1)
-    cols["card_secs_since_prev"] = np.where(has_prev, gap, empty["secs_since_prev"])
+    put("card_secs_since_prev", np.where(has_prev, gap, empty["secs_since_prev"]))
     hop = haversine_km(card.prev_merch_lat, card.prev_merch_long, q.merch_lat, q.merch_long)
-    cols["card_speed_kmh"] = np.where(has_prev, hop / (gap / 3600.0), empty["speed_kmh"])
-    cols["card_distinct_merchants_24h"] = card.distinct_merchants
-    cols["card_distinct_categories_24h"] = card.distinct_categories
-    for i, (suffix, _) in enumerate(spec.MERCHANT_VOLUME_WINDOWS):
-        cols[f"merch_cnt_{suffix}"] = merchant.volume[i]
-    for i, (suffix, _) in enumerate(spec.MERCHANT_RISK_WINDOWS):
-        n = merchant.risk_count[i].astype(np.float64)
-        frauds = merchant.risk_frauds[i].astype(np.float64)
-        cols[f"merch_fraud_rate_{suffix}"] = np.where(n > 0, frauds / np.maximum(n, 1.0), empty["fraud_rate"])
-        cols[f"merch_fraud_cnt_{suffix}"] = merchant.risk_frauds[i]
-    matrix = np.empty((len(q), len(spec.FEATURE_NAMES)), dtype=np.float64)
-    for j, name in enumerate(spec.FEATURE_NAMES):
-        matrix[:, j] = cols[name]
-    return matrix
+    put("card_speed_kmh", np.where(has_prev, hop / (gap / 3600.0), empty["speed_kmh"]))
+    put("card_distinct_merchants_24h", card.distinct_merchants)
+    put("card_distinct_categories_24h", card.distinct_categories)
+
+    out[:, _VOLUME_COLUMNS] = merchant.volume.T
+    risk_n = merchant.risk_count.astype(np.float64)
+    frauds = merchant.risk_frauds.astype(np.float64)
+    out[:, _RATE_COLUMNS] = np.where(risk_n > 0, frauds / np.maximum(risk_n, 1.0), empty["fraud_rate"]).T
+    out[:, _FRAUD_COLUMNS] = merchant.risk_frauds.T
+    return out

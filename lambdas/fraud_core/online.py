@@ -12,6 +12,7 @@ import numpy as np
 from fraud_core import spec
 from fraud_core.features import (
     F64,
+    I64,
     CardEvents,
     MerchantAggregates,
     Queries,
@@ -21,34 +22,72 @@ from fraud_core.features import (
 )
 from fraud_core.schemas import PredictRequest, epoch_seconds, to_cents
 
-
-@dataclass(frozen=True, slots=True)
-class CardEvent:
-    """One earlier card transaction as stored online."""
-
-    t: int
-    trans_num: str
-    cents: int
-    merchant: str
-    category: int
-    merch_lat: float
-    merch_long: float
+_NO_INTS: I64 = np.zeros(0, dtype=np.int64)
+_NO_FLOATS: F64 = np.zeros(0, dtype=np.float64)
 
 
-@dataclass(frozen=True, slots=True)
+def card_events(
+    t: I64, cents: I64, merchant: I64, category: I64, merch_lat: F64, merch_long: F64
+) -> CardEvents:
+    """One card's earlier transactions, sorted by (t, trans_num); merchant codes compare equal."""
+    return CardEvents(
+        key=np.zeros(len(t), dtype=np.int64),
+        t=t,
+        cents=cents,
+        merchant=merchant,
+        category=category,
+        merch_lat=merch_lat,
+        merch_long=merch_long,
+    )
+
+
+NO_CARD_EVENTS = card_events(_NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_FLOATS, _NO_FLOATS)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class OnlineState:
-    """Everything the scorer reads for one request (one Redis round trip)."""
+    """Everything the scorer reads for one request (one Redis round trip), as columns."""
 
-    card_events: list[CardEvent] = field(default_factory=list)  # sorted by (t, trans_num)
+    card_events: CardEvents = NO_CARD_EVENTS
     dob: date | None = None
     merchant_volume: tuple[int, ...] = (0,) * len(spec.MERCHANT_VOLUME_WINDOWS)
     merchant_risk: tuple[int, ...] = (0,) * len(spec.MERCHANT_RISK_WINDOWS)
-    label_trans_t: list[int] = field(default_factory=list)  # fraud labels, by transaction time
-    label_arrival_t: list[int] = field(default_factory=list)
+    label_trans_t: I64 = field(default_factory=lambda: _NO_INTS)  # fraud labels, by transaction time
+    label_arrival_t: I64 = field(default_factory=lambda: _NO_INTS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OnlineState) and self.plain() == other.plain()
+
+    __hash__ = object.__hash__
+
+    def plain(self) -> dict[str, object]:
+        """The state as plain Python values (numpy arrays do not compare with ``==``)."""
+        events = self.card_events
+        return {
+            "card_events": [
+                (int(t), int(c), int(m), int(k), float(la), float(lo))
+                for t, c, m, k, la, lo in zip(
+                    events.t,
+                    events.cents,
+                    events.merchant,
+                    events.category,
+                    events.merch_lat,
+                    events.merch_long,
+                    strict=True,
+                )
+            ],
+            "dob": self.dob,
+            "merchant_volume": self.merchant_volume,
+            "merchant_risk": self.merchant_risk,
+            "labels": list(zip(self.label_trans_t.tolist(), self.label_arrival_t.tolist(), strict=True)),
+        }
 
 
 def dob_epoch(dob: date | None) -> float:
     return float("nan") if dob is None else float((dob - date(1970, 1, 1)).days * spec.DAY)
+
+
+_ONE_KEY = np.zeros(1, dtype=np.int64)
 
 
 def request_features(
@@ -56,48 +95,37 @@ def request_features(
 ) -> F64:
     """The (1 x features) row for ``request`` as of its ``transaction_time``."""
     t = np.array([epoch_seconds(request.transaction_time)], dtype=np.int64)
-    key = np.zeros(1, dtype=np.int64)
-    events = state.card_events
-    n = len(events)
-    merchants = {name: code for code, name in enumerate({e.merchant for e in events})}
-    card = card_aggregates(
-        CardEvents(
-            key=np.zeros(n, dtype=np.int64),
-            t=np.fromiter((e.t for e in events), dtype=np.int64, count=n),
-            cents=np.fromiter((e.cents for e in events), dtype=np.int64, count=n),
-            merchant=np.fromiter((merchants[e.merchant] for e in events), dtype=np.int64, count=n),
-            category=np.fromiter((e.category for e in events), dtype=np.int64, count=n),
-            merch_lat=np.fromiter((e.merch_lat for e in events), dtype=np.float64, count=n),
-            merch_long=np.fromiter((e.merch_long for e in events), dtype=np.float64, count=n),
-        ),
-        key,
-        t,
-    )
-    n_labels = len(state.label_trans_t)
+    card = card_aggregates(state.card_events, _ONE_KEY, t)
+    labels_t = state.label_trans_t
     frauds = merchant_frauds(
-        np.zeros(n_labels, dtype=np.int64),
-        np.asarray(state.label_trans_t, dtype=np.int64),
-        np.asarray(state.label_arrival_t, dtype=np.int64),
-        key,
-        t,
-        label_delay,
+        np.zeros(len(labels_t), dtype=np.int64), labels_t, state.label_arrival_t, _ONE_KEY, t, label_delay
     )
     merchant = MerchantAggregates(
-        volume=np.asarray(state.merchant_volume, dtype=np.int64).reshape(-1, 1),
-        risk_count=np.asarray(state.merchant_risk, dtype=np.int64).reshape(-1, 1),
+        volume=np.array(state.merchant_volume, dtype=np.int64).reshape(-1, 1),
+        risk_count=np.array(state.merchant_risk, dtype=np.int64).reshape(-1, 1),
         risk_frauds=frauds,
     )
     dob = request.dob if request.dob is not None else state.dob
+    floats = np.array(
+        [
+            request.lat,
+            request.long,
+            request.merch_lat,
+            request.merch_long,
+            float(request.city_pop),
+            dob_epoch(dob),
+        ]
+    ).reshape(-1, 1)
     queries = Queries(
-        card_key=key,
+        card_key=_ONE_KEY,
         t=t,
         cents=np.array([to_cents(request.amount_usd)], dtype=np.int64),
         category=np.array([spec.CATEGORY_CODE[request.category]], dtype=np.int64),
-        lat=np.array([request.lat]),
-        long=np.array([request.long]),
-        merch_lat=np.array([request.merch_lat]),
-        merch_long=np.array([request.merch_long]),
-        city_pop=np.array([float(request.city_pop)]),
-        dob_t=np.array([dob_epoch(dob)]),
+        lat=floats[0],
+        long=floats[1],
+        merch_lat=floats[2],
+        merch_long=floats[3],
+        city_pop=floats[4],
+        dob_t=floats[5],
     )
     return assemble_features(queries, card, merchant)

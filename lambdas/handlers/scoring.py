@@ -1,5 +1,6 @@
 """The scorer behind ``POST /predict``: champion model cache, feature read, inference."""
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,33 +37,49 @@ class LoadedModel:
     def from_files(cls, files: ModelFiles) -> "LoadedModel":
         import xgboost as xgb
 
-        def load(raw: bytes) -> Any:
+        names = list(spec.FEATURE_NAMES)
+        version = files.manifest.version
+
+        def load(raw: bytes, expected: list[str], what: str) -> Any:
             booster = xgb.Booster()
             booster.load_model(bytearray(raw))
             booster.set_param({"nthread": 1})
+            # predict() skips XGBoost's per-call name check: the columns are checked once, here
+            if booster.feature_names is not None and list(booster.feature_names) != expected:
+                raise ModelNotFoundError(f"{what} of version {version} expects other feature columns")
             return booster
 
-        names = list(spec.FEATURE_NAMES)
+        if files.manifest.feature_names != names:
+            raise ModelNotFoundError(f"manifest of version {version} lists other feature columns")
         return cls(
             manifest=files.manifest,
-            booster=load(files.model),
-            baseline=load(files.baseline) if files.baseline else None,
+            booster=load(files.model, names, "model"),
+            baseline=load(files.baseline, list(spec.REQUEST_ONLY_FEATURES), "baseline")
+            if files.baseline
+            else None,
             baseline_columns=[names.index(n) for n in spec.REQUEST_ONLY_FEATURES],
         )
 
     def predict(self, row: F64, degraded: bool) -> tuple[float, F64, list[str], F64]:
-        """Probability, per-feature contributions, feature names and values used."""
+        """Probability, per-feature contributions, feature names and values used.
+
+        One XGBoost call: TreeSHAP contributions (``pred_contribs``) sum to the raw margin, so the
+        probability is their sigmoid (equal to ``Booster.predict`` within float32 rounding, ~1e-7).
+        The columns were checked against the model's feature names when it was loaded.
+        """
         import xgboost as xgb
 
         booster, names, values = self.booster, self.manifest.feature_names, row
         if degraded:
             booster, names = self.baseline, list(spec.REQUEST_ONLY_FEATURES)
             values = row[:, self.baseline_columns]
-        probability = float(booster.inplace_predict(values)[0])
         # nthread=1: one row; the default fans out to every core and waits on OpenMP workers
-        matrix = xgb.DMatrix(values, feature_names=names, nthread=1)
-        contributions = booster.predict(matrix, pred_contribs=True)[0]
-        return probability, np.asarray(contributions, dtype=np.float64), names, values[0]
+        matrix = xgb.DMatrix(values, nthread=1)
+        contributions = np.asarray(
+            booster.predict(matrix, pred_contribs=True, validate_features=False)[0], dtype=np.float64
+        )
+        probability = 1.0 / (1.0 + math.exp(-float(contributions.sum())))
+        return probability, contributions, names, values[0]
 
 
 class ModelCache:

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
 from fraud_core import spec
-from fraud_core.online import OnlineState, request_features
+from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
 from training.dataset import build_features
 
@@ -259,8 +259,8 @@ def probes(stream: Stream) -> list[tuple[str, str, int]]:
     return sorted(points)
 
 
-def read_all(store: RedisFeatureStore, points: list[tuple[str, str, int]]) -> list[OnlineState]:
-    return [store.read(card, merchant, t) for card, merchant, t in points]
+def read_all(store: RedisFeatureStore, points: list[tuple[str, str, int]]) -> list[dict[str, object]]:
+    return [store.read(card, merchant, t).plain() for card, merchant, t in points]
 
 
 @PROPERTY_SETTINGS
