@@ -90,6 +90,7 @@ class ScorerConfig(_Frozen):
     provisioned_concurrency: Annotated[int, Field(ge=0)] = 0
     redis_timeout_ms: PositiveInt = 50
     model_pointer_ttl_seconds: PositiveInt = 30
+    reasons_method: Literal["shap", "approx"] = "shap"
     log_retention_days: RetentionDays = 30
     throttle_rate_limit: PositiveInt = 200
     throttle_burst_limit: PositiveInt = 400

@@ -88,6 +88,7 @@ class ScorerApi(Construct):
             "MODEL_STORE_URI": storage.model_store_uri,
             "MODEL_NAME": config.model_name,
             "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
+            "REASONS_METHOD": cfg.reasons_method,
             **stream.scorer_environment(),
         }
         self.function = vpc_function(

@@ -37,7 +37,7 @@ def haversine_km(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
     dphi = p2 - p1
     dlmb = np.radians(lon2) - np.radians(lon1)
     a = np.sin(dphi / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2.0) ** 2
-    result: F64 = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    result: F64 = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(np.maximum(a, 0.0), 1.0)))
     return result
 
 
@@ -104,8 +104,8 @@ def _pairs(lo: I64, hi: I64) -> tuple[I64, I64]:
     """All (query index, history index) pairs with history index in [lo, hi)."""
     lens = hi - lo
     total = int(lens.sum())
-    query = np.repeat(np.arange(len(lo), dtype=np.int64), lens)
-    starts = np.repeat(lo - (np.cumsum(lens) - lens), lens)
+    query = np.arange(len(lo), dtype=np.int64).repeat(lens)
+    starts = (lo - (lens.cumsum() - lens)).repeat(lens)
     return query, np.arange(total, dtype=np.int64) + starts
 
 
@@ -140,7 +140,7 @@ class _RangeMax:
     def query(self, lo: I64, hi: I64) -> I64:
         out = np.zeros(len(lo), dtype=np.int64)
         length = hi - lo
-        rows = np.flatnonzero(length > 0)
+        rows = (length > 0).nonzero()[0]
         if len(rows) == 0:
             return out
         level = np.floor(np.log2(length[rows])).astype(np.int64)
@@ -152,8 +152,8 @@ class _RangeMax:
 
 
 def _count_between(sorted_keys: I64, q_key: I64, start: I64, end: I64) -> tuple[I64, I64]:
-    lo = np.searchsorted(sorted_keys, compose(q_key, start), side="left").astype(np.int64)
-    hi = np.searchsorted(sorted_keys, compose(q_key, end), side="left").astype(np.int64)
+    lo = sorted_keys.searchsorted(compose(q_key, start), side="left").astype(np.int64)
+    hi = sorted_keys.searchsorted(compose(q_key, end), side="left").astype(np.int64)
     return lo, hi
 
 
@@ -171,15 +171,15 @@ def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
     """
     nq = len(q_t)
     ck = compose(events.key, events.t)
-    bounds = np.searchsorted(ck, compose(q_key, q_t - _CARD_OFFSETS), side="left").astype(np.int64)
+    bounds = ck.searchsorted(compose(q_key, q_t - _CARD_OFFSETS), side="left").astype(np.int64)
     hi, lo, lo_d = bounds[0], bounds[1:-1], bounds[-1]
     cents = events.cents
-    csum = np.concatenate(([0], np.cumsum(cents, dtype=np.int64)))
-    csq = np.concatenate(([0], np.cumsum(cents * cents, dtype=np.int64)))
+    csum = np.concatenate(([0], cents.cumsum(dtype=np.int64)))
+    csq = np.concatenate(([0], (cents * cents).cumsum(dtype=np.int64)))
     count = hi - lo
     longest = int(count.max()) if count.size else 0
-    his = np.broadcast_to(hi, lo.shape)
-    max_cents = _RangeMax(cents, longest).query(lo.ravel(), his.ravel()).reshape(lo.shape)
+    his = hi[None, :].repeat(len(lo), axis=0)
+    max_cents = _RangeMax(cents, longest).query(lo.reshape(-1), his.reshape(-1)).reshape(lo.shape)
 
     has_prev = count[_WIDEST] > 0
     if len(events) == 0:
@@ -250,7 +250,7 @@ def _scaled_variance(count: I64, total: I64, sumsq: I64) -> F64:
     n = count.astype(np.float64)
     product = n * sumsq.astype(np.float64)
     out = product - total.astype(np.float64) ** 2
-    big = np.flatnonzero(product >= _EXACT_FLOAT)
+    big = (product >= _EXACT_FLOAT).reshape(-1).nonzero()[0]
     if len(big):
         flat = out.reshape(-1)
         c, t, q = count.reshape(-1), total.reshape(-1), sumsq.reshape(-1)

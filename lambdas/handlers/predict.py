@@ -35,7 +35,9 @@ app.configure_openapi(
 @lru_cache(maxsize=1)
 def scorer() -> Scorer:
     cfg = settings()
-    models = ModelCache(bootstrap.model_store(), cfg.model_pointer_ttl_seconds)
+    models = ModelCache(
+        bootstrap.model_store(), cfg.model_pointer_ttl_seconds, cfg.reasons_method == "approx"
+    )
     return Scorer(bootstrap.feature_store(), models, cfg.label_delay_seconds)
 
 

@@ -32,9 +32,10 @@ class LoadedModel:
     booster: Any
     baseline: Any | None
     baseline_columns: list[int]
+    approx_reasons: bool = False
 
     @classmethod
-    def from_files(cls, files: ModelFiles) -> "LoadedModel":
+    def from_files(cls, files: ModelFiles, approx_reasons: bool = False) -> "LoadedModel":
         import xgboost as xgb
 
         names = list(spec.FEATURE_NAMES)
@@ -58,13 +59,15 @@ class LoadedModel:
             if files.baseline
             else None,
             baseline_columns=[names.index(n) for n in spec.REQUEST_ONLY_FEATURES],
+            approx_reasons=approx_reasons,
         )
 
     def predict(self, row: F64, degraded: bool) -> tuple[float, F64, list[str], F64]:
         """Probability, per-feature contributions, feature names and values used.
 
-        One XGBoost call: TreeSHAP contributions (``pred_contribs``) sum to the raw margin, so the
-        probability is their sigmoid (equal to ``Booster.predict`` within float32 rounding, ~1e-7).
+        One XGBoost call: the contributions (``pred_contribs``: exact TreeSHAP, or the Saabas path
+        attribution with ``approx_reasons``) sum to the raw margin, so the probability is their
+        sigmoid (equal to ``Booster.predict`` within float32 rounding, ~1e-7).
         The columns were checked against the model's feature names when it was loaded.
         """
         import xgboost as xgb
@@ -76,7 +79,10 @@ class LoadedModel:
         # nthread=1: one row; the default fans out to every core and waits on OpenMP workers
         matrix = xgb.DMatrix(values, nthread=1)
         contributions = np.asarray(
-            booster.predict(matrix, pred_contribs=True, validate_features=False)[0], dtype=np.float64
+            booster.predict(
+                matrix, pred_contribs=True, approx_contribs=self.approx_reasons, validate_features=False
+            )[0],
+            dtype=np.float64,
         )
         probability = 1.0 / (1.0 + math.exp(-float(contributions.sum())))
         return probability, contributions, names, values[0]
@@ -85,9 +91,10 @@ class LoadedModel:
 class ModelCache:
     """The champion, loaded once per container and reloaded when the pointer moves."""
 
-    def __init__(self, store: ModelStore, ttl: float) -> None:
+    def __init__(self, store: ModelStore, ttl: float, approx_reasons: bool = False) -> None:
         self.pointer = ChampionCache(store, ttl)
         self.store = store
+        self.approx_reasons = approx_reasons
         self.model: LoadedModel | None = None
 
     def get(self) -> LoadedModel:
@@ -103,7 +110,7 @@ class ModelCache:
             raise ModelUnavailableError(f"no champion model published in {self.store.blobs.uri}")
         if self.model is None or self.model.manifest.version != version:
             try:
-                self.model = LoadedModel.from_files(self.store.load(version))
+                self.model = LoadedModel.from_files(self.store.load(version), self.approx_reasons)
             except ModelNotFoundError as exc:
                 if self.model is not None:
                     return self.model

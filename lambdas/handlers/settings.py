@@ -22,6 +22,9 @@ class Settings(BaseModel):
     model_store_uri: str = "data/model_store"
     model_name: str = "fraudsys"
     model_pointer_ttl_seconds: float = Field(default=30.0, ge=0)
+    #: ``shap``: exact TreeSHAP reasons (cost grows with trees x leaves x depth**2);
+    #: ``approx``: XGBoost's path attribution (Saabas), a few times cheaper on large models.
+    reasons_method: Literal["shap", "approx"] = "shap"
     stream_kind: Literal["kafka", "kinesis", "none"] = "none"
     kafka_bootstrap_servers: str | None = None
     transactions_topic: str = "fraudsys.transactions"

@@ -1,0 +1,78 @@
+"""LoadedModel: one XGBoost call per request, checked against XGBoost's own prediction."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from fraud_adapters.blobs import LocalBlobStore
+from fraud_adapters.model_store import ModelFiles, ModelNotFoundError, ModelStore
+from fraud_core import spec
+from handlers.scoring import LoadedModel
+from tests.support.models import publish_test_model
+
+
+def _files(tmp_path: Path) -> ModelFiles:
+    manifest = publish_test_model(str(tmp_path), seed=3)
+    return ModelStore(LocalBlobStore(str(tmp_path))).load(manifest.version)
+
+
+def _rows(n: int = 200) -> np.ndarray:
+    return np.random.default_rng(11).normal(size=(n, len(spec.FEATURE_NAMES)))
+
+
+@pytest.mark.parametrize("approx", [False, True], ids=["shap", "approx"])
+@pytest.mark.parametrize("degraded", [False, True], ids=["champion", "baseline"])
+def test_probability_from_contributions_equals_xgboost_predict(
+    tmp_path: Path, approx: bool, degraded: bool
+) -> None:
+    # given the champion and its baseline, loaded as the scorer loads them
+    model = LoadedModel.from_files(_files(tmp_path), approx_reasons=approx)
+    booster = model.baseline if degraded else model.booster
+    columns = model.baseline_columns if degraded else list(range(len(spec.FEATURE_NAMES)))
+
+    for row in _rows():
+        # when one row is scored
+        probability, contributions, names, values = model.predict(row.reshape(1, -1), degraded)
+
+        # then the probability is XGBoost's, the contributions are per feature + bias
+        expected = float(booster.inplace_predict(row[columns].reshape(1, -1))[0])
+        assert probability == pytest.approx(expected, abs=1e-6)
+        assert len(contributions) == len(names) + 1
+        assert names == (list(spec.REQUEST_ONLY_FEATURES) if degraded else list(spec.FEATURE_NAMES))
+        np.testing.assert_array_equal(values, row[columns])
+
+
+def test_exact_and_approximate_reasons_differ_but_agree_on_the_margin(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    exact = LoadedModel.from_files(files)
+    approx = LoadedModel.from_files(files, approx_reasons=True)
+    differ = 0
+    for row in _rows(50):
+        p1, c1, _, _ = exact.predict(row.reshape(1, -1), False)
+        p2, c2, _, _ = approx.predict(row.reshape(1, -1), False)
+        assert p1 == pytest.approx(p2, abs=1e-6)
+        differ += not np.allclose(c1, c2)
+    assert differ > 0  # the setting reaches XGBoost
+
+
+def test_a_model_with_other_feature_columns_is_refused(tmp_path: Path) -> None:
+    # given an artifact whose booster was trained on reordered columns
+    files = _files(tmp_path)
+    names = list(reversed(spec.FEATURE_NAMES))
+    x = np.random.default_rng(0).normal(size=(50, len(names)))
+    other = xgb.train(
+        {"objective": "binary:logistic"}, xgb.DMatrix(x, label=x[:, 0] > 0, feature_names=names), 2
+    )
+    bad = ModelFiles(files.manifest, bytes(other.save_raw("ubj")), files.baseline)
+
+    # then loading it fails instead of scoring on misaligned columns
+    with pytest.raises(ModelNotFoundError, match="other feature columns"):
+        LoadedModel.from_files(bad)
+    with pytest.raises(ModelNotFoundError, match="other feature columns"):
+        LoadedModel.from_files(
+            ModelFiles(
+                files.manifest.model_copy(update={"feature_names": names}), files.model, files.baseline
+            )
+        )
