@@ -30,6 +30,7 @@ def test_probability_from_contributions_equals_xgboost_predict(
     # given the champion and its baseline, loaded as the scorer loads them
     model = LoadedModel.from_files(_files(tmp_path), approx_reasons=approx)
     booster = model.baseline if degraded else model.booster
+    assert booster is not None
     columns = model.baseline_columns if degraded else list(range(len(spec.FEATURE_NAMES)))
 
     for row in _rows():
