@@ -232,11 +232,11 @@ def serve(opts: ServerOptions) -> None:
                     txs, labels = [], []
             fs.apply(txs, labels)
         else:
-            from fraud_adapters.publisher import KafkaPublisher
+            from handlers.bootstrap import kafka_publisher
             from local_stack.demo import wait_for_updates
             from local_stack.replay import replay
 
-            publisher = KafkaPublisher(cfg.kafka)
+            publisher = kafka_publisher(cfg.kafka)
             stats = replay(
                 frame, lambda events: publisher.publish(events, timeout=30), 20_000.0, cfg.label_delay_seconds
             )

@@ -92,7 +92,7 @@ def run_demo(
     keep_running: bool = False,
     step: Callable[[str], None] = print,
 ) -> DemoSummary:
-    from fraud_adapters.publisher import KafkaPublisher
+    from handlers.bootstrap import kafka_publisher
     from local_stack.replay import replay
     from training.config import load_config
     from training.pipeline import load_transactions, run_pipeline
@@ -124,7 +124,7 @@ def run_demo(
             & (frame["event_time"] >= live_start - spec.MAX_CARD_WINDOW - cfg.label_delay_seconds)
         ]
         live = frame[frame["event_time"] >= live_start].head(n_requests)
-        publisher = KafkaPublisher(stack_cfg.kafka)
+        publisher = kafka_publisher(stack_cfg.kafka)
         step(f"replaying {len(history):,} transactions of history into the broker at {replay_rate:,.0f}/s")
         stats = replay(
             history,

@@ -352,7 +352,7 @@ def local_replay(
     """Produce a transaction stream (and delayed labels) into the broker at a given rate."""
     from rich.progress import Progress
 
-    from fraud_adapters.publisher import KafkaPublisher
+    from handlers.bootstrap import kafka_publisher
     from local_stack.replay import replay
 
     if input_csv is not None:
@@ -366,7 +366,7 @@ def local_replay(
         frame = run(SimulatorConfig(seed=seed))
     if limit is not None:
         frame = frame.sort_values(["event_time", "trans_num"]).head(limit)
-    publisher = KafkaPublisher(bootstrap)
+    publisher = kafka_publisher(bootstrap)
     with Progress(console=console) as progress:
         task = progress.add_task("replaying", total=len(frame))
         stats = replay(

@@ -1,7 +1,12 @@
-"""Stream publisher: scored transactions (and labels) to Kafka/MSK, Kinesis, or nowhere."""
+"""Stream publisher: scored transactions (and labels) to Kafka/MSK, Kinesis, or nowhere.
+
+Records are keyed so that one card's transactions share a partition (shard), by the card's
+keyed hash (``CardHasher``), never the card number: keys show up in broker tooling, partition
+metrics and consumer logs that payload encryption does not cover. Labels are keyed by merchant.
+"""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fraud_core.schemas import LabelEvent, TransactionEvent
@@ -26,9 +31,12 @@ def _payload(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-def _key(event: Event) -> bytes:
-    # Per-card ordering for transactions; labels are keyed by merchant.
-    return (event.cc_num if isinstance(event, TransactionEvent) else event.merchant).encode()
+CardKey = Callable[[str], str]
+
+
+def partition_key(event: Event, card_key: CardKey) -> str:
+    """Per-card ordering for transactions (by the card's hash); labels are keyed by merchant."""
+    return card_key(event.cc_num) if isinstance(event, TransactionEvent) else event.merchant
 
 
 class NullPublisher:
@@ -45,10 +53,13 @@ class KafkaPublisher:
         bootstrap_servers: str,
         transactions_topic: str = TRANSACTIONS_TOPIC,
         labels_topic: str = LABELS_TOPIC,
+        *,
+        card_key: CardKey,
         **config: Any,
     ) -> None:
         from kafka import KafkaProducer
 
+        self.card_key = card_key
         self.topics = {TransactionEvent: transactions_topic, LabelEvent: labels_topic}
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers.split(","),
@@ -62,7 +73,11 @@ class KafkaPublisher:
 
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         futures = [
-            self.producer.send(self.topics[type(event)], value=_payload(event), key=_key(event))
+            self.producer.send(
+                self.topics[type(event)],
+                value=_payload(event),
+                key=partition_key(event, self.card_key).encode(),
+            )
             for event in events
         ]
         self.producer.flush(timeout)
@@ -74,9 +89,10 @@ class KafkaPublisher:
 
 
 class KinesisPublisher:
-    def __init__(self, stream_name: str, client: "KinesisClient | None" = None) -> None:
+    def __init__(self, stream_name: str, *, card_key: CardKey, client: "KinesisClient | None" = None) -> None:
         import boto3
 
+        self.card_key = card_key
         self.stream_name = stream_name
         self.client = client or boto3.client(
             "kinesis", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_KINESIS")
@@ -87,7 +103,7 @@ class KinesisPublisher:
             return
         response = self.client.put_records(
             StreamName=self.stream_name,
-            Records=[{"Data": _payload(e), "PartitionKey": _key(e).decode()} for e in events],
+            Records=[{"Data": _payload(e), "PartitionKey": partition_key(e, self.card_key)} for e in events],
         )
         if response.get("FailedRecordCount"):
             raise RuntimeError(f"{response['FailedRecordCount']} records were not accepted by Kinesis")

@@ -64,13 +64,25 @@ def publisher() -> Publisher:
         if not cfg.kafka_bootstrap_servers:
             raise ValueError("STREAM_KIND=kafka needs KAFKA_BOOTSTRAP_SERVERS")
         return KafkaPublisher(
-            cfg.kafka_bootstrap_servers, cfg.transactions_topic, cfg.labels_topic, **kafka_security_config()
+            cfg.kafka_bootstrap_servers,
+            cfg.transactions_topic,
+            cfg.labels_topic,
+            card_key=card_hasher(cfg),
+            **kafka_security_config(),
         )
     if cfg.stream_kind == "kinesis":
         if not cfg.kinesis_stream_name:
             raise ValueError("STREAM_KIND=kinesis needs KINESIS_STREAM_NAME")
-        return KinesisPublisher(cfg.kinesis_stream_name)
+        return KinesisPublisher(cfg.kinesis_stream_name, card_key=card_hasher(cfg))
     return NullPublisher()
+
+
+def kafka_publisher(bootstrap_servers: str) -> KafkaPublisher:
+    """A Kafka publisher for local tools (replay, demo, tests): topics and keys as the scorer's."""
+    cfg = settings()
+    return KafkaPublisher(
+        bootstrap_servers, cfg.transactions_topic, cfg.labels_topic, card_key=card_hasher(cfg)
+    )
 
 
 def reset() -> None:

@@ -14,7 +14,6 @@ import pytest
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.model_store import ModelStore
-from fraud_adapters.publisher import KafkaPublisher
 from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
@@ -154,7 +153,7 @@ def test_label_event_changes_the_merchant_fraud_rate(stack: LocalStack, frame: p
     before = _features(later)
 
     # When its chargeback arrives on the labels topic
-    publisher = KafkaPublisher(stack.cfg.kafka)
+    publisher = bootstrap.kafka_publisher(stack.cfg.kafka)
     publisher.publish(
         [
             LabelEvent(
@@ -242,12 +241,12 @@ def _card_count(card: str, t: int) -> int:
 
 def test_broker_restart_loses_and_duplicates_nothing(stack: LocalStack, frame: pd.DataFrame) -> None:
     card, t0 = "5555000011112222", int(frame["event_time"].max()) + 20_000
-    publisher = KafkaPublisher(stack.cfg.kafka)
+    publisher = bootstrap.kafka_publisher(stack.cfg.kafka)
     publisher.publish(_burst(card, t0, 150))
     publisher.close()
     # When the broker restarts mid-stream
     stack.restart("kafka")
-    publisher = KafkaPublisher(stack.cfg.kafka)
+    publisher = bootstrap.kafka_publisher(stack.cfg.kafka)
     publisher.publish(_burst(card, t0, 150, offset=150), timeout=20)
     publisher.close()
     # Then every transaction is applied exactly once

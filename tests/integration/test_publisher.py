@@ -1,0 +1,117 @@
+"""The stream publishers against a real Kafka-protocol broker and moto's Kinesis: card numbers
+never become record keys, one card's records share a key, and payloads round-trip."""
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from moto import mock_aws
+
+from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher
+from fraud_adapters.redis_store import CardHasher
+from fraud_core.schemas import LabelEvent, TransactionEvent
+from tests.support.services import Service
+
+pytestmark = pytest.mark.integration
+
+CARD = "4111111111111111"
+HASHER = CardHasher(b"publisher-test-key-0123456789")
+
+
+def _transaction(trans_num: str, card: str = CARD) -> TransactionEvent:
+    return TransactionEvent(
+        trans_num=trans_num,
+        cc_num=card,
+        merchant="fraud_Kirlin and Sons",
+        category="grocery_pos",
+        amt=12.5,
+        transaction_time=datetime(2020, 1, 1, 0, 0, tzinfo=UTC),
+        lat=40.0,
+        long=-75.0,
+        city_pop=1000,
+        merch_lat=40.1,
+        merch_long=-75.1,
+    )
+
+
+def _label(trans_num: str) -> LabelEvent:
+    return LabelEvent(
+        trans_num=trans_num,
+        cc_num=CARD,
+        merchant="fraud_Kirlin and Sons",
+        transaction_time=datetime(2020, 1, 1, tzinfo=UTC),
+        label_time=datetime(2020, 1, 8, tzinfo=UTC),
+    )
+
+
+def _consume(port: int, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
+    consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", consumer_timeout_ms=5000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[tuple[bytes, bytes]] = []
+        for record in consumer:
+            records.append((record.key, record.value))
+            if len(records) >= expected:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def test_kafka_keys_are_card_hashes_and_payloads_round_trip(kafka_service: Service) -> None:
+    # given a publisher on fresh topics
+    run = uuid.uuid4().hex[:8]
+    publisher = KafkaPublisher(
+        f"127.0.0.1:{kafka_service.port}", f"tx-{run}", f"labels-{run}", card_key=HASHER
+    )
+    sent = [
+        _transaction(f"{run}a"),
+        _transaction(f"{run}b"),
+        _transaction(f"{run}c", card="5500000000000004"),
+    ]
+
+    # when transactions and a label are published
+    try:
+        publisher.publish([*sent, _label(f"{run}a")], timeout=10)
+    finally:
+        publisher.close()
+
+    # then each transaction is keyed by its card's hash, never the card number
+    records = _consume(kafka_service.port, f"tx-{run}", len(sent))
+    received = {TransactionEvent.model_validate_json(value).trans_num: (key, value) for key, value in records}
+    assert sorted(received) == sorted(e.trans_num for e in sent)
+    for event in sent:
+        key, value = received[event.trans_num]
+        assert TransactionEvent.model_validate_json(value) == event
+        assert key == HASHER(event.cc_num).encode()
+    assert all(CARD.encode() not in key for key, _ in records)
+    # and labels by merchant
+    labels = _consume(kafka_service.port, f"labels-{run}", 1)
+    assert labels[0][0] == b"fraud_Kirlin and Sons"
+
+
+@pytest.fixture
+def kinesis() -> Iterator[object]:
+    with mock_aws():
+        client = boto3.client("kinesis", region_name="us-east-1")
+        client.create_stream(StreamName="fraudsys-test", ShardCount=1)
+        yield client
+
+
+def test_kinesis_partition_keys_are_card_hashes(kinesis: object) -> None:
+    client = boto3.client("kinesis", region_name="us-east-1")
+    publisher = KinesisPublisher("fraudsys-test", card_key=HASHER, client=client)
+
+    publisher.publish([_transaction("k1"), _label("k1")])
+
+    shard = client.list_shards(StreamName="fraudsys-test")["Shards"][0]["ShardId"]
+    iterator = client.get_shard_iterator(
+        StreamName="fraudsys-test", ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    keys = [r["PartitionKey"] for r in client.get_records(ShardIterator=iterator)["Records"]]
+    assert keys == [HASHER(CARD), "fraud_Kirlin and Sons"]
