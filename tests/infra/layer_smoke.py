@@ -54,7 +54,7 @@ else:
 
 import aws_lambda_powertools  # noqa: E402
 import hiredis  # noqa: E402
-import kafka  # noqa: E402
+import confluent_kafka  # noqa: E402
 import pydantic  # noqa: E402
 import redis  # noqa: E402
 from aws_lambda_powertools import Logger, Metrics  # noqa: E402
@@ -63,6 +63,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType  # n
 Logger(service="smoke")
 Metrics(namespace="FraudSys", service="smoke")
 BatchProcessor(event_type=EventType.KinesisDataStreams)
+confluent_kafka.Producer({"bootstrap.servers": "127.0.0.1:9"}).flush(0)  # librdkafka loads
 
 stdlib = sysconfig.get_paths()["stdlib"]
 outside = sorted(
@@ -83,7 +84,7 @@ print(
             "pydantic": pydantic.VERSION,
             "redis": redis.__version__,
             "hiredis": hiredis.__version__,
-            "kafka": kafka.__version__,
+            "librdkafka": confluent_kafka.libversion()[0],
             "powertools": getattr(aws_lambda_powertools, "__version__", ""),
             "probabilities": [round(float(p), 6) for p in probabilities],
         }

@@ -48,7 +48,8 @@ def test_layer_pins_cover_the_handler_dependencies_but_not_the_runtime_or_scipy(
     pins = _pins()
 
     expected = {"xgboost-cpu", "numpy", "pydantic", "pydantic-core", "aws-lambda-powertools", "aws-xray-sdk"}
-    assert expected | {"redis", "hiredis", "kafka-python"} <= set(pins)
+    assert expected | {"redis", "hiredis", "confluent-kafka", "aws-msk-iam-sasl-signer-python"} <= set(pins)
+    assert "kafka-python" not in pins  # the handlers publish with librdkafka; kafka-python is local tooling
     assert not {"boto3", "botocore", "scipy", "s3transfer"} & set(pins)
 
 
@@ -124,8 +125,9 @@ def test_layer_builds_from_scratch_and_scores_in_isolation(tmp_path: Path) -> No
     # given a clean build of the x86_64 layer
     built = build.build_layer("x86_64", tmp_path, force=True)
 
-    # then it is well under the Lambda limit (250 MB unzipped) and our 100 MB target
-    assert built.unzipped_bytes < 100 * MIB, built
+    # then it is well under the Lambda limit (250 MB unzipped) and our 110 MiB target
+    # (93 MiB before librdkafka, whose 12 MiB buy a 10x cheaper Kafka publish)
+    assert built.unzipped_bytes < 110 * MIB, built
     assert built.zipped_bytes < 50 * MIB, built
     assert (built.python_dir / "xgboost" / "lib" / "libxgboost.so").is_file()
     assert not (built.python_dir / "numpy" / "_core" / "tests").exists()

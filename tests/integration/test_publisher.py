@@ -1,6 +1,7 @@
 """The stream publishers against a real Kafka-protocol broker and moto's Kinesis: card numbers
 never become record keys, one card's records share a key, and payloads round-trip."""
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from moto import mock_aws
 
-from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher
+from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher, kafka_security_config, msk_iam_token
 from fraud_adapters.redis_store import CardHasher
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from tests.support.services import Service
@@ -115,3 +116,30 @@ def test_kinesis_partition_keys_are_card_hashes(kinesis: object) -> None:
     )["ShardIterator"]
     keys = [r["PartitionKey"] for r in client.get_records(ShardIterator=iterator)["Records"]]
     assert keys == [HASHER(CARD), "fraud_Kirlin and Sons"]
+
+
+def test_an_unreachable_broker_fails_the_publish_within_its_timeout() -> None:
+    publisher = KafkaPublisher("127.0.0.1:9", card_key=HASHER, **{"message.timeout.ms": 300})
+    started = time.perf_counter()
+    with pytest.raises((TimeoutError, RuntimeError)):
+        publisher.publish([_transaction("t1")], timeout=1.0)
+    assert time.perf_counter() - started < 3.0
+
+
+def test_msk_iam_settings_sign_oauthbearer_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the deployed scorer's environment (cdk_app/constructs/stream.py)
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+
+    config = kafka_security_config()
+
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "OAUTHBEARER"
+    token, expiry = config["oauth_cb"]("")
+    assert config["oauth_cb"] is msk_iam_token
+    assert len(token) > 100
+    assert "=" not in token  # base64url, unpadded, as MSK expects
+    assert expiry > time.time()
