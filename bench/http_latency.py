@@ -81,6 +81,7 @@ class ServerOptions:
     max_seconds: float = 3600.0  # the API process stops by itself after this
     nodelay: bool = False  # apply the proposed TCP_NODELAY fix to the local API in the API process
     env: tuple[str, ...] = ()  # extra KEY=VALUE environment of the API process
+    api_workers: int = 1  # StackConfig.api_workers: scorer processes behind the API port
 
     def argv(self) -> list[str]:
         out = [
@@ -111,6 +112,7 @@ class ServerOptions:
             out += ["--batch-size", str(self.batch_size)]
         if self.nodelay:
             out.append("--server-nodelay")
+        out += ["--api-workers", str(self.api_workers)]
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -162,6 +164,7 @@ def serve(opts: ServerOptions) -> None:
         model_pointer_ttl_seconds=opts.pointer_ttl,
         batch_size=opts.batch_size,
         batching_window=opts.batching_window,
+        api_workers=opts.api_workers,
     )
     stack = LocalStack(cfg).up()
     try:
@@ -360,17 +363,43 @@ def api_server(opts: ServerOptions, ready_timeout: float = 900.0) -> Iterator[Se
                 process.wait(10)
 
 
+def api_pids(pid: int) -> list[int]:
+    """The API process and its API worker processes (``local_stack.workers``, spawned children);
+    not redis-server, the broker or moto, which it also starts."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"multiprocessing.spawn" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the API process and its workers."""
+    total = 0
+    for p in api_pids(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024 if total else float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the API process and its workers (all their threads)."""
+    ticks = 0
+    for p in api_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class HttpConnection:
@@ -734,6 +763,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--api-workers", type=int, default=1, help="API processes (StackConfig.api_workers)")
 
 
 def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
@@ -752,6 +782,7 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         max_seconds=args.max_seconds,
         nodelay=args.server_nodelay,
         env=tuple(args.server_env),
+        api_workers=args.api_workers,
     )
 
 

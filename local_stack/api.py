@@ -12,7 +12,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from local_stack import metrics
 from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics
@@ -22,7 +22,7 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 class LocalApi:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, reuse_port: bool = False) -> None:
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
         api = self
@@ -46,7 +46,7 @@ class LocalApi:
             def _dispatch(self, method: str) -> None:
                 path = self.path.split("?", 1)[0]
                 if method == "GET" and path == "/metrics":
-                    self._send(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
+                    self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
                     return
                 if method == "GET" and path == "/openapi.json":
                     from handlers.predict import app
@@ -78,7 +78,10 @@ class LocalApi:
             def do_DELETE(self) -> None:
                 self._dispatch("DELETE")
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        server_class: type[ThreadingHTTPServer] = type(
+            "Server", (ThreadingHTTPServer,), {"allow_reuse_port": reuse_port}
+        )
+        self.server = server_class((host, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name="local-api", daemon=True)
@@ -104,6 +107,13 @@ class LocalApi:
             ).inc()
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
         return status, payload, {k: str(v) for k, v in (result.get("headers") or {}).items()}
+
+    def warm(self) -> None:
+        """Cold start before serving: the champion, Redis (``GET /health``) and the Kafka producer."""
+        from handlers import bootstrap
+
+        self.invoke("GET", "/health", None, {})
+        bootstrap.publisher()
 
     def start(self) -> "LocalApi":
         self.thread.start()

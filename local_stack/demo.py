@@ -139,13 +139,12 @@ def run_demo(
             f"sending {len(live):,} live POST /predict requests"
         )
 
-        assert stack.api is not None
         latencies: list[float] = []
         flagged = caught = degraded = errors = 0
         version = ""
         for row in live.to_dict("records"):
             started = time.perf_counter()
-            status, answer = post_json(f"{stack.api.url}/predict", predict_body(row))
+            status, answer = post_json(f"{stack.api_url}/predict", predict_body(row))
             latencies.append((time.perf_counter() - started) * 1000)
             if status != 200:
                 errors += 1
@@ -169,7 +168,7 @@ def run_demo(
             model_version=version,
         )
         if keep_running:
-            step(f"the API stays up at {stack.api.url} (POST /predict, GET /health, GET /metrics); Ctrl-C")
+            step(f"the API stays up at {stack.api_url} (POST /predict, GET /health, GET /metrics); Ctrl-C")
             serve_forever(stack)
         return summary
     finally:

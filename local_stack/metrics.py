@@ -1,6 +1,8 @@
 """Prometheus metrics of the local stack (``GET /metrics`` on the local API)."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
 
@@ -35,3 +37,14 @@ DEAD_LETTERED_BATCHES = Counter(
     "Batches dead-lettered after the retries",
     registry=REGISTRY,
 )
+
+
+def exposition() -> bytes:
+    """The Prometheus text of this process, or of every API worker (``local_stack.workers``)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -276,6 +276,7 @@ def _stack_config(
     s3_port: int,
     mlflow_port: int,
     mlflow: bool,
+    api_workers: int = 1,
 ) -> "StackConfig":
     from local_stack.stack import StackConfig
 
@@ -287,6 +288,7 @@ def _stack_config(
         s3_port=s3_port,
         mlflow_port=mlflow_port,
         with_mlflow=mlflow,
+        api_workers=api_workers,
     )
 
 
@@ -300,6 +302,13 @@ def _sigterm_as_interrupt() -> None:
 
 
 RunDir = Annotated[Path, typer.Option(help="logs and local state")]
+ApiWorkers = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="scorer processes behind the API port, like concurrent Lambda instances (one core each)",
+    ),
+]
 
 
 @local_app.command("up")
@@ -311,6 +320,7 @@ def local_up(
     s3_port: int = 5055,
     mlflow_port: int = 5050,
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
+    api_workers: ApiWorkers = 1,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API and the updater poller."""
     from local_stack.demo import serve_forever
@@ -318,7 +328,8 @@ def local_up(
     from local_stack.stack import LocalStack
 
     _sigterm_as_interrupt()
-    stack = LocalStack(_stack_config(run_dir, api_port, redis_port, kafka_port, s3_port, mlflow_port, mlflow))
+    cfg = _stack_config(run_dir, api_port, redis_port, kafka_port, s3_port, mlflow_port, mlflow, api_workers)
+    stack = LocalStack(cfg)
     try:
         with console.status("starting the local stack"):
             stack.up()
@@ -443,13 +454,16 @@ def demo(
     kafka_port: int = 19092,
     s3_port: int = 5055,
     mlflow_port: int = 5050,
+    api_workers: ApiWorkers = 1,
 ) -> None:
     """The whole system end to end: simulate, train, promote, serve, stream, score, summarize."""
     from local_stack.demo import run_demo
     from local_stack.services import ServiceError
 
     _sigterm_as_interrupt()
-    cfg = _stack_config(data_dir / "local", api_port, redis_port, kafka_port, s3_port, mlflow_port, True)
+    cfg = _stack_config(
+        data_dir / "local", api_port, redis_port, kafka_port, s3_port, mlflow_port, True, api_workers
+    )
     try:
         summary = run_demo(data_dir, cfg, requests, replay_rate, keep_running, step=_step)
     except ServiceError as exc:

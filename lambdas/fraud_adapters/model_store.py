@@ -89,12 +89,15 @@ class ChampionCache:
     store: ModelStore
     ttl: float = 30.0
     clock: Any = time.monotonic
+    missing_ttl: float = 1.0
     _checked_at: float = field(default=float("-inf"), init=False)
     _version: str | None = field(default=None, init=False)
 
     def current_version(self) -> str | None:
         now = self.clock()
-        if now - self._checked_at >= self.ttl:
+        # no champion yet: look again within a second, so the first publication is picked up fast
+        ttl = self.ttl if self._version is not None else min(self.ttl, self.missing_ttl)
+        if now - self._checked_at >= ttl:
             self._version = self.store.champion_version()
             self._checked_at = now
         return self._version

@@ -7,7 +7,7 @@ import pytest
 import xgboost as xgb
 
 from fraud_adapters.blobs import LocalBlobStore
-from fraud_adapters.model_store import ModelFiles, ModelNotFoundError, ModelStore
+from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
 from fraud_core import spec
 from handlers.scoring import LoadedModel
 from tests.support.models import publish_test_model
@@ -77,3 +77,27 @@ def test_a_model_with_other_feature_columns_is_refused(tmp_path: Path) -> None:
                 files.manifest.model_copy(update={"feature_names": names}), files.model, files.baseline
             )
         )
+
+
+def test_the_first_champion_is_picked_up_within_a_second_even_with_a_long_pointer_ttl(
+    tmp_path: Path,
+) -> None:
+    # given a scorer that started before any champion existed, with the deployed 30 s pointer TTL
+    now = [0.0]
+    cache = ChampionCache(ModelStore(LocalBlobStore(str(tmp_path))), ttl=30.0, clock=lambda: now[0])
+    assert cache.current_version() is None
+
+    # when the first champion is published
+    publish_test_model(str(tmp_path), version="7")
+
+    # then it is seen after the short retry interval, not after 30 s
+    now[0] = 0.5
+    assert cache.current_version() is None
+    now[0] = 1.0
+    assert cache.current_version() == "7"
+    # and from then on the pointer is re-read at the TTL
+    publish_test_model(str(tmp_path), version="8")
+    now[0] = 20.0
+    assert cache.current_version() == "7"
+    now[0] = 31.0
+    assert cache.current_version() == "8"

@@ -53,8 +53,8 @@ else:
     raise AssertionError("unsupported input must raise TypeError, not silently become sparse")
 
 import aws_lambda_powertools  # noqa: E402
-import hiredis  # noqa: E402
 import confluent_kafka  # noqa: E402
+import hiredis  # noqa: E402
 import pydantic  # noqa: E402
 import redis  # noqa: E402
 from aws_lambda_powertools import Logger, Metrics  # noqa: E402

@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import pytest
@@ -119,7 +120,8 @@ def test_kinesis_partition_keys_are_card_hashes(kinesis: object) -> None:
 
 
 def test_an_unreachable_broker_fails_the_publish_within_its_timeout() -> None:
-    publisher = KafkaPublisher("127.0.0.1:9", card_key=HASHER, **{"message.timeout.ms": 300})
+    config: dict[str, Any] = {"message.timeout.ms": 300}
+    publisher = KafkaPublisher("127.0.0.1:9", card_key=HASHER, **config)
     started = time.perf_counter()
     with pytest.raises((TimeoutError, RuntimeError)):
         publisher.publish([_transaction("t1")], timeout=1.0)

@@ -1,0 +1,120 @@
+"""The local API with several worker processes on one port (``StackConfig.api_workers``): every
+worker scores, the stream still reaches Redis once per transaction, ``/metrics`` adds the
+workers up, and ``down`` leaves no worker behind."""
+
+import re
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from fraud_adapters.blobs import open_blob_store
+from fraud_adapters.model_store import ModelStore
+from handlers import bootstrap
+from local_stack.demo import post_json
+from local_stack.services import free_port
+from local_stack.stack import LocalStack, StackConfig
+from tests.e2e.test_local_stack import get_json, wait_until
+from tests.support.models import publish_test_model_to
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CARD = "4000123412341234"
+REQUESTS = 40
+
+
+def _body(i: int) -> dict[str, Any]:
+    return {
+        "transaction_id": f"workers-{i}",
+        "cc_num": CARD,
+        "merchant_name": "fraud_Workers Inc",
+        "category": "shopping_net",
+        "amount_usd": 10.0 + i,
+        "transaction_time": (datetime(2024, 3, 1, tzinfo=UTC) + timedelta(minutes=i)).isoformat(),
+        "lat": 40.0,
+        "long": -75.0,
+        "city_pop": 5000,
+        "merch_lat": 40.2,
+        "merch_long": -75.2,
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    cfg = StackConfig(
+        run_dir=tmp_path_factory.mktemp("workers"),
+        api_port=free_port(),
+        redis_port=free_port(),
+        kafka_port=free_port(),
+        s3_port=free_port(),
+        with_mlflow=False,
+        model_pointer_ttl_seconds=30.0,  # the first champion must still be seen at once
+        batch_size=100,
+        batching_window=0.2,
+        session_timeout_ms=3000,
+        api_workers=2,
+    )
+    local = LocalStack(cfg).up()
+    yield local
+    local.down()
+
+
+def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack) -> None:
+    # given two API workers that started before any champion existed
+    assert stack.workers is not None
+    assert stack.api is None
+    pids = [p.pid for p in stack.workers.processes]
+    assert len(set(pids)) == 2
+    publish_test_model_to(ModelStore(open_blob_store(stack.cfg.model_store_uri)), version="1")
+
+    # when requests arrive on new connections (urllib opens one per request)
+    def first_is_scored() -> bool:
+        return post_json(f"{stack.api_url}/predict", _body(0))[0] == 200
+
+    wait_until(first_is_scored, timeout=30, what="the first champion in the workers")
+    answers = [post_json(f"{stack.api_url}/predict", _body(i)) for i in range(1, REQUESTS)]
+
+    # then every request is scored by the champion
+    assert {status for status, _ in answers} == {200}
+    assert {answer["model_version"] for _, answer in answers} == {"1"}
+    # and both workers served some (their Prometheus files are per process)
+    metric_files = {p.name for p in (stack.cfg.run_dir / "metrics").iterdir()}
+    served = {pid for pid in pids if any(f.endswith(f"_{pid}.db") for f in metric_files)}
+    assert served == set(pids), metric_files
+    # and /metrics adds the workers up
+    with urllib.request.urlopen(f"{stack.api_url}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    counts = re.findall(
+        r'fraudsys_request_latency_seconds_count\{route="/predict",status="200"\} (\S+)', text
+    )
+    assert counts, text[:2000]
+    assert float(counts[0]) >= REQUESTS
+
+    # and each published transaction reaches the card's state once
+    t = int((datetime(2024, 3, 1, tzinfo=UTC) + timedelta(minutes=REQUESTS)).timestamp())
+    store = bootstrap.feature_store()
+    wait_until(
+        lambda: len(store.read(CARD, "fraud_Workers Inc", t).card_events) >= REQUESTS, what="the stream"
+    )
+    assert len(store.read(CARD, "fraud_Workers Inc", t).card_events) == REQUESTS
+
+
+def test_down_stops_every_worker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cfg = StackConfig(
+        run_dir=tmp_path_factory.mktemp("workers-down"),
+        api_port=free_port(),
+        redis_port=free_port(),
+        kafka_port=free_port(),
+        s3_port=free_port(),
+        with_mlflow=False,
+        api_workers=2,
+    )
+    local = LocalStack(cfg).up()
+    assert local.workers is not None
+    processes = list(local.workers.processes)
+    status, health = get_json(f"{local.api_url}/health")
+    local.down()
+    assert not any(p.is_alive() for p in processes)
+    assert (status, health["status"]) == (503, "down")  # no champion: the workers answer, and say so
