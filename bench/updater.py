@@ -39,7 +39,7 @@ def _server_cpu(client: Any) -> float:
 
 
 def memory_by_kind(client: Any) -> dict[str, tuple[int, int]]:
-    """(keys, bytes of MEMORY USAGE) per key kind: c, cp, m, mf, seen:t, seen:l."""
+    """(keys, bytes of MEMORY USAGE) per key kind: c, cp, m, mf, seen:l."""
     out: dict[str, tuple[int, int]] = {}
     keys = list(client.scan_iter(count=5000))
     for start in range(0, len(keys), 2000):

@@ -14,7 +14,6 @@ key                           type         content
                                            member = trans_num
 ``<p>:mf:<merchant>``         sorted set   fraud labels; score = transaction time,
                                            member = ``trans_num␟label_arrival_time``
-``<p>:seen:t:<trans_num>``    string       dedupe marker of an applied transaction
 ``<p>:seen:l:<trans_num>``    string       dedupe marker of an applied label
 ============================  ===========  =====================================================
 
@@ -22,8 +21,14 @@ key                           type         content
 in Redis. Retention is by event time, not wall-clock: after each batch a card set keeps events
 within ``30d + slack`` of its newest event, a merchant set within ``delay + 30d + slack``
 (``fraud_core.spec.HISTORY_SLACK`` is the out-of-order tolerance). Every key also gets a
-wall-clock TTL of its retention plus a day (EXPIRE), so idle cards and merchants disappear;
-dedupe markers live as long as the card retention, so a redelivery in that time changes nothing.
+wall-clock TTL of its retention plus a day (EXPIRE), so idle cards and merchants disappear.
+
+Redelivery changes nothing. Transactions need no marker: their sorted-set members are
+deterministic (a redelivered event adds no member, ``ZADD`` returns 0, and it is counted as a
+duplicate), and an event older than a set's retention is skipped, as the end-of-batch trim would
+remove it. A conflicting event with a known ``trans_num`` and other content is not detected:
+``trans_num`` identifies one transaction. Labels keep a marker per ``trans_num`` (as long as
+the card retention) because a label's member carries its arrival time.
 
 Writes go through one Lua script per batch (atomic per batch, one round trip); reads through
 one read-only Lua script per request (one round trip, one command: ~25% less client CPU than
@@ -58,24 +63,47 @@ local key_ttl_extra = tonumber(ARGV[5])
 local n_tx = tonumber(ARGV[6])
 local touched_cards, touched_merchants, touched_frauds = {}, {}, {}
 local applied, duplicates = 0, 0
+local floors, dobs = {}, {}
+-- Events older than a set's newest event minus its retention would be trimmed at the end of
+-- the batch anyway: they are skipped (the newest only grows within a batch).
+local function floor_of(key, keep)
+  local floor = floors[key]
+  if floor == nil then
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+    floor = newest and (tonumber(newest) - keep) or false
+    floors[key] = floor
+  end
+  return floor
+end
 local i = 7
 for _ = 1, n_tx do
   local trans_num, card, merchant = ARGV[i], ARGV[i+1], ARGV[i+2]
   local t, member, dob = ARGV[i+3], ARGV[i+4], ARGV[i+5]
   i = i + 6
-  if redis.call('SET', p .. ':seen:t:' .. trans_num, '1', 'NX', 'EX', seen_ttl) then
-    redis.call('ZADD', p .. ':c:' .. card, t, member)
-    redis.call('ZADD', p .. ':m:' .. merchant, t, trans_num)
-    if dob ~= '' then
-      redis.call('HSET', p .. ':cp:' .. card, 'dob', dob)
-      redis.call('EXPIRE', p .. ':cp:' .. card, card_keep + key_ttl_extra)
-    end
+  local card_key, merchant_key = p .. ':c:' .. card, p .. ':m:' .. merchant
+  local time = tonumber(t)
+  local added = 0
+  local floor = floor_of(card_key, card_keep)
+  if not floor or time >= floor then
+    added = redis.call('ZADD', card_key, t, member)
+  end
+  floor = floor_of(merchant_key, merchant_keep)
+  if not floor or time >= floor then
+    added = added + redis.call('ZADD', merchant_key, t, trans_num)
+  end
+  -- sorted sets are idempotent: a redelivered event adds no member, so it is a duplicate
+  if added > 0 then
+    if dob ~= '' then dobs[card] = dob end
     touched_cards[card] = true
     touched_merchants[merchant] = true
     applied = applied + 1
   else
     duplicates = duplicates + 1
   end
+end
+for card, dob in pairs(dobs) do
+  redis.call('HSET', p .. ':cp:' .. card, 'dob', dob)
+  redis.call('EXPIRE', p .. ':cp:' .. card, card_keep + key_ttl_extra)
 end
 local n_labels = tonumber(ARGV[i])
 i = i + 1
