@@ -63,34 +63,30 @@ local key_ttl_extra = tonumber(ARGV[5])
 local n_tx = tonumber(ARGV[6])
 local touched_cards, touched_merchants, touched_frauds = {}, {}, {}
 local applied, duplicates = 0, 0
-local floors, dobs = {}, {}
--- Events older than a set's newest event minus its retention would be trimmed at the end of
--- the batch anyway: they are skipped (the newest only grows within a batch).
-local function floor_of(key, keep)
-  local floor = floors[key]
-  if floor == nil then
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-    floor = newest and (tonumber(newest) - keep) or false
-    floors[key] = floor
+local newest, dobs = {}, {}
+-- The newest event time of a set: read once per batch, then kept up to date here, so that
+-- the end-of-batch trim needs no second read. An event older than the newest minus the
+-- retention would be trimmed at once: it is skipped.
+local function add(key, keep, t, member)
+  local top = newest[key]
+  if top == nil then
+    top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+    top = top and tonumber(top) or false
   end
-  return floor
+  if top and t < top - keep then
+    newest[key] = top
+    return 0
+  end
+  newest[key] = (top and top > t) and top or t
+  return redis.call('ZADD', key, t, member)
 end
 local i = 7
 for _ = 1, n_tx do
   local trans_num, card, merchant = ARGV[i], ARGV[i+1], ARGV[i+2]
-  local t, member, dob = ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local t, member, dob = tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
   i = i + 6
-  local card_key, merchant_key = p .. ':c:' .. card, p .. ':m:' .. merchant
-  local time = tonumber(t)
-  local added = 0
-  local floor = floor_of(card_key, card_keep)
-  if not floor or time >= floor then
-    added = redis.call('ZADD', card_key, t, member)
-  end
-  floor = floor_of(merchant_key, merchant_keep)
-  if not floor or time >= floor then
-    added = added + redis.call('ZADD', merchant_key, t, trans_num)
-  end
+  local added = add(p .. ':c:' .. card, card_keep, t, member)
+  added = added + add(p .. ':m:' .. merchant, merchant_keep, t, trans_num)
   -- sorted sets are idempotent: a redelivered event adds no member, so it is a duplicate
   if added > 0 then
     if dob ~= '' then dobs[card] = dob end
@@ -118,15 +114,24 @@ for _ = 1, n_labels do
     duplicates = duplicates + 1
   end
 end
-local function trim(key, keep)
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-  if newest then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', tonumber(newest) - keep))
+local function trim(key, keep, top)
+  if top == nil then
+    top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+    top = top and tonumber(top)
+  end
+  if top then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', top - keep))
     redis.call('EXPIRE', key, keep + key_ttl_extra)
   end
 end
-for card in pairs(touched_cards) do trim(p .. ':c:' .. card, card_keep) end
-for merchant in pairs(touched_merchants) do trim(p .. ':m:' .. merchant, merchant_keep) end
+for card in pairs(touched_cards) do
+  local key = p .. ':c:' .. card
+  trim(key, card_keep, newest[key])
+end
+for merchant in pairs(touched_merchants) do
+  local key = p .. ':m:' .. merchant
+  trim(key, merchant_keep, newest[key])
+end
 for merchant in pairs(touched_frauds) do trim(p .. ':mf:' .. merchant, merchant_keep) end
 return {applied, duplicates}
 """
