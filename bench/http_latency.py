@@ -142,7 +142,6 @@ def serve(opts: ServerOptions) -> None:
     from fraud_core.schemas import LabelEvent, TransactionEvent
     from handlers import bootstrap
     from local_stack.replay import timeline
-    from local_stack.services import free_port
     from local_stack.stack import LocalStack, StackConfig, cdk_updater_settings
     from training.config import load_config
     from training.pipeline import load_transactions, run_pipeline
@@ -154,13 +153,8 @@ def serve(opts: ServerOptions) -> None:
         stop.set()
 
     threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
-    cfg = StackConfig(
-        run_dir=opts.workdir / "stack",
-        api_port=free_port(),
-        redis_port=free_port(),
-        kafka_port=free_port(),
-        s3_port=free_port(),
-        with_mlflow=False,
+    cfg = StackConfig.on_free_ports(
+        opts.workdir / "stack",
         model_pointer_ttl_seconds=opts.pointer_ttl,
         batch_size=opts.batch_size,
         batching_window=opts.batching_window,

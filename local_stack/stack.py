@@ -12,6 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from local_stack.api import LocalApi
@@ -66,6 +67,12 @@ class StackConfig:
     # The API process hands the GIL over every 0.5 ms instead of 5: a request thread that wakes
     # from a Redis or Kafka round trip waits less behind the other threads (docs/benchmarks-http.md)
     gil_switch_interval_ms: float = 0.5
+
+    @classmethod
+    def on_free_ports(cls, run_dir: Path, **settings: Any) -> "StackConfig":
+        """A stack on free loopback ports, without MLflow (tests, benchmarks, a second stack)."""
+        ports = {name: free_port() for name in ("api_port", "redis_port", "kafka_port", "s3_port")}
+        return cls(run_dir=run_dir, **{"with_mlflow": False, **ports, **settings})
 
     @property
     def model_store_uri(self) -> str:

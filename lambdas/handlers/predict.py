@@ -5,6 +5,7 @@ transaction to the stream. Redis unreachable: the request-only baseline model an
 ``degraded: true`` (timeouts are ``REDIS_TIMEOUT_MS``); no champion: 503.
 """
 
+import gc
 import time
 from functools import lru_cache
 from http import HTTPStatus
@@ -30,6 +31,15 @@ app.configure_openapi(
     summary="Real-time credit-card fraud scoring",
     description="Scores a card transaction with point-in-time rolling features and the champion model.",
 )
+
+
+@lru_cache(maxsize=1)
+def freeze_startup_objects() -> None:
+    """Once, after the first scored request (imports, champion, clients: the cold start): move
+    every live object to the collector's permanent generation, so that later full collections
+    skip the ~200k objects of xgboost, numpy, pydantic and Powertools. Measured: the 0.1 s
+    pauses of full collections disappear and p99 drops ~20 % (docs/benchmarks.md)."""
+    gc.freeze()
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +103,7 @@ def predict(request: PredictRequest) -> PredictResponse:
         },
     )
     _publish(request)
+    freeze_startup_objects()
     return response
 
 

@@ -14,7 +14,6 @@ from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.model_store import ModelStore
 from handlers import bootstrap
 from local_stack.demo import post_json
-from local_stack.services import free_port
 from local_stack.stack import LocalStack, StackConfig
 from tests.e2e.test_local_stack import get_json, wait_until
 from tests.support.models import publish_test_model_to
@@ -43,13 +42,8 @@ def _body(i: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    cfg = StackConfig(
-        run_dir=tmp_path_factory.mktemp("workers"),
-        api_port=free_port(),
-        redis_port=free_port(),
-        kafka_port=free_port(),
-        s3_port=free_port(),
-        with_mlflow=False,
+    cfg = StackConfig.on_free_ports(
+        tmp_path_factory.mktemp("workers"),
         model_pointer_ttl_seconds=30.0,  # the first champion must still be seen at once
         batch_size=100,
         batching_window=0.2,
@@ -102,15 +96,7 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
 
 
 def test_down_stops_every_worker(tmp_path_factory: pytest.TempPathFactory) -> None:
-    cfg = StackConfig(
-        run_dir=tmp_path_factory.mktemp("workers-down"),
-        api_port=free_port(),
-        redis_port=free_port(),
-        kafka_port=free_port(),
-        s3_port=free_port(),
-        with_mlflow=False,
-        api_workers=2,
-    )
+    cfg = StackConfig.on_free_ports(tmp_path_factory.mktemp("workers-down"), api_workers=2)
     local = LocalStack(cfg).up()
     assert local.workers is not None
     processes = list(local.workers.processes)

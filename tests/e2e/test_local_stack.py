@@ -19,7 +19,6 @@ from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
 from handlers import bootstrap
 from local_stack.demo import post_json, predict_body
-from local_stack.services import free_port
 from local_stack.stack import DEAD_LETTER_BUCKET, TRANSACTIONS_TOPIC, LocalStack, StackConfig
 from training.config import load_config
 from training.pipeline import load_transactions, run_pipeline
@@ -50,13 +49,8 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     run_dir = tmp_path_factory.mktemp("local")
-    cfg = StackConfig(
-        run_dir=run_dir,
-        api_port=free_port(),
-        redis_port=free_port(),
-        kafka_port=free_port(),
-        s3_port=free_port(),
-        with_mlflow=False,
+    cfg = StackConfig.on_free_ports(
+        run_dir,
         label_delay_seconds=DELAY,
         model_pointer_ttl_seconds=1.0,
         batch_size=100,

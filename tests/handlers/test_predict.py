@@ -1,5 +1,6 @@
 """The scorer handler through API Gateway REST proxy events."""
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,16 @@ def test_champion_reload_without_restart(lambda_env: Path) -> None:
     assert call("POST", "/predict", VALID)[1]["model_version"] == "1"
     publish_test_model(str(lambda_env / "models"), version="2", seed=1)
     assert call("POST", "/predict", VALID)[1]["model_version"] == "2"
+
+
+def test_the_cold_start_objects_are_frozen_after_the_first_score(lambda_env: Path) -> None:
+    # given a fresh container (the freeze happens once per process)
+    predict.freeze_startup_objects.cache_clear()
+    gc.unfreeze()
+    publish_test_model(str(lambda_env / "models"))
+
+    # when a request is rejected, nothing is frozen yet; when one is scored, the heap is
+    assert call("POST", "/predict", {**VALID, "amount_usd": -1})[0] == 422
+    assert gc.get_freeze_count() == 0
+    assert call("POST", "/predict", VALID)[0] == 200
+    assert gc.get_freeze_count() > 10_000
