@@ -191,7 +191,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def finish(report: Report, json_path: Path | None) -> dict[str, Any]:
     print(report.render(), flush=True)
-    data = report.as_dict()
+    return write_json(json_path, report.as_dict())
+
+
+def write_json(json_path: Path | None, data: dict[str, Any]) -> dict[str, Any]:
+    """Write the results to ``json_path`` (``--json``) when given; return them."""
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2, default=str))

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 5.0
 LIVE_OFFSET = 3600  # live requests: between 1 h and 2 h after the last filled transaction
@@ -842,10 +844,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(table(results["open_loop_windows"], ("window", "requests", "errors", "p50_ms", "p99_ms", "max_ms")))
     print("freshness:", json.dumps(results["freshness"]))
     print("target:", json.dumps(results["target"]))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    return results
+    return write_json(args.json, results)
 
 
 if __name__ == "__main__":

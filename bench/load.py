@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
 from bench.http_latency import (
     add_server_args,
     api_server,
@@ -261,10 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for thread, pct in prof["threads_pct"].items():
             print(f"  {pct:5.1f}%  thread {thread}")
     print("verdict:", json.dumps(results["verdict"]))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    return results
+    return write_json(args.json, results)
 
 
 if __name__ == "__main__":
