@@ -517,7 +517,10 @@ async def open_loop(
     ``TimeoutError``; both are errors. So an overloaded server shows as errors and a steady
     achieved rate per window, not as an ever-growing client-side queue."""
     host, port = server.host_port
-    pool: asyncio.LifoQueue[HttpConnection] = asyncio.LifoQueue()
+    # FIFO: requests rotate over every connection, like a load balancer spreading requests over
+    # instances. A LIFO pool reuses the one or two most recently freed connections, which the
+    # kernel pinned to one API worker process (SO_REUSEPORT balances connections, not requests).
+    pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(HttpConnection(host, port))
     run = Run(name)
