@@ -182,25 +182,13 @@ def promote(
     set_: SetOption = None,
 ) -> None:
     """Make a registered version the champion (MLflow alias + model store pointer)."""
-    from training.registry import Registry, publish
+    from training.pipeline import publish_registered
+    from training.registry import Registry
 
     cfg = _config(config, set_)
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
-    booster, baseline, tags, run_id = registry.load_version(version)
+    where = publish_registered(cfg, registry, version, champion=True)
     registry.promote(version)
-    metrics = registry.client.get_run(run_id).data.metrics if run_id else {}
-    where = publish(
-        cfg.store_uri,
-        cfg.registry.model_name,
-        version,
-        booster,
-        baseline,
-        float(tags.get("threshold", 0.5)),
-        cfg.label_delay_seconds,
-        dict(metrics),
-        run_id,
-        champion=True,
-    )
     console.print(f"version {version} is the champion; published {where}")
 
 

@@ -122,6 +122,37 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
     )
 
 
+def publish_registered(cfg: PipelineConfig, registry: Registry, version: str, champion: bool) -> str:
+    """Publish a registered version (booster, baseline, threshold, metrics) to the model store."""
+    booster, baseline, tags, run_id = registry.load_version(version)
+    metrics = registry.client.get_run(run_id).data.metrics if run_id else {}
+    return publish(
+        cfg.store_uri,
+        cfg.registry.model_name,
+        version,
+        booster,
+        baseline,
+        float(tags.get("threshold", 0.5)),
+        cfg.label_delay_seconds,
+        dict(metrics),
+        run_id,
+        champion=champion,
+    )
+
+
+def _sync_champion(cfg: PipelineConfig, registry: Registry, champion: str, step: Step) -> None:
+    """The registry's champion is what the scorer must serve: when the model store points
+    elsewhere (a new or emptied bucket, a failed publish), publish the champion again."""
+    from fraud_adapters.blobs import open_blob_store
+    from fraud_adapters.model_store import ModelStore
+
+    store = ModelStore(open_blob_store(cfg.store_uri), cfg.registry.model_name)
+    serving = store.champion_version()
+    if serving != champion:
+        step(f"the model store serves {serving or 'no model'}: publishing champion v{champion} there")
+        publish_registered(cfg, registry, champion, champion=True)
+
+
 def run_pipeline(
     cfg: PipelineConfig, auto_promote: bool = True, step: Step = _quiet, frame: pd.DataFrame | None = None
 ) -> PipelineResult:
@@ -169,6 +200,8 @@ def run_pipeline(
         run_id,
         champion=promoted,
     )
+    if not promoted and decision.champion_version is not None:
+        _sync_champion(cfg, registry, decision.champion_version, step)
     seconds["total"] = time.perf_counter() - started
     report = write_json(
         report_dir / f"metrics-v{version}.json",

@@ -62,6 +62,27 @@ def test_pipeline_then_score_end_to_end(tmp_path: Path) -> None:
     assert scores["fraud_probability"].between(0, 1).all()
 
 
+@pytest.mark.slow
+def test_a_rerun_republishes_the_registry_champion_to_an_empty_model_store(tmp_path: Path) -> None:
+    # Given a champion in the MLflow registry and in the model store
+    first = runner.invoke(app, ["pipeline", "--set", f"data_dir={tmp_path}", *TINY])
+    assert first.exit_code == 0, first.output
+    champion = json.loads(next((tmp_path / "reports").glob("metrics-v*.json")).read_text())["version"]
+
+    # When the same job runs against a new, empty model store (a fresh bucket, the demo's
+    # in-memory S3) and its candidate does not beat the champion (same data, same seed)
+    fresh = tmp_path / "fresh_store"
+    second = runner.invoke(
+        app, ["pipeline", "--set", f"data_dir={tmp_path}", "--set", f"model_store_uri={fresh}", *TINY]
+    )
+    assert second.exit_code == 0, second.output
+    assert "not promoted" in second.output
+
+    # Then the scorer's store serves the registry's champion, not nothing
+    assert ModelStore(LocalBlobStore(fresh)).champion_version() == champion
+    assert f"publishing champion v{champion}" in " ".join(second.output.split())
+
+
 def test_invalid_config_is_reported_with_the_field(tmp_path: Path) -> None:
     result = runner.invoke(app, ["pipeline", "--set", f"data_dir={tmp_path}", "--set", "tuning.n_trials=0"])
     assert result.exit_code == 2
