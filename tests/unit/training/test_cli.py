@@ -48,6 +48,12 @@ def test_pipeline_then_score_end_to_end(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert "version 2" in second.output
 
+    # And `fraudsys promote` makes any registered version the champion, in the store too
+    for version in ("2", report["version"]):
+        promoted = runner.invoke(app, ["promote", version, "--set", f"data_dir={tmp_path}"])
+        assert promoted.exit_code == 0, promoted.output
+        assert store.champion_version() == version
+
     # And batch scoring writes one row per transaction with the champion's decisions
     csv = tmp_path / "sim.csv"
     assert (
