@@ -216,6 +216,9 @@ class KafkaPoller:
                 self.processed += len(batch)
                 self._lag(consumer)
             except Exception as exc:  # broker gone, rebalance...: reconnect and resume from committed offsets
+                if self._stop.is_set():  # stop() closed the consumer under a call: not a failure
+                    log.debug("poller stopping: %s", exc)
+                    break
                 log.warning("poller: %s: %s; reconnecting", type(exc).__name__, exc)
                 self._close()
                 self._stop.wait(1.0)
