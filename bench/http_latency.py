@@ -247,7 +247,7 @@ def serve(opts: ServerOptions) -> None:
         info["stream_frauds"] = int(frame["is_fraud"].sum())
 
         client = redis.Redis(port=cfg.redis_port, decode_responses=True)
-        card_keys = list(client.scan_iter("fs:c:*", count=1000))
+        card_keys = list(client.scan_iter("fs:c2:*", count=1000))
         pipe = client.pipeline(transaction=False)
         for key in card_keys:
             pipe.zcard(key)

@@ -22,7 +22,9 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 class LocalApi:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, reuse_port: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 8080, reuse_port: bool = False, bind: bool = True
+    ) -> None:
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
         api = self
@@ -81,9 +83,11 @@ class LocalApi:
         server_class: type[ThreadingHTTPServer] = type(
             "Server", (ThreadingHTTPServer,), {"allow_reuse_port": reuse_port}
         )
-        self.server = server_class((host, port), Handler)
+        self.server = server_class((host, port), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
+        self.port = port
+        if bind:
+            self.bind()
         self.thread = threading.Thread(target=self.server.serve_forever, name="local-api", daemon=True)
 
     def invoke(
@@ -107,6 +111,12 @@ class LocalApi:
             ).inc()
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
         return status, payload, {k: str(v) for k, v in (result.get("headers") or {}).items()}
+
+    def bind(self) -> None:
+        """Bind and listen (``bind=False`` defers it, e.g. until ``warm`` has run)."""
+        self.server.server_bind()
+        self.server.server_activate()
+        self.port = int(self.server.server_address[1])
 
     def warm(self) -> None:
         """Cold start before serving: the champion, Redis (``GET /health``) and the Kafka producer."""

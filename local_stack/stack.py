@@ -165,6 +165,7 @@ class LocalStack:
     supervisor: Supervisor = field(default_factory=Supervisor)
     api: LocalApi | None = None
     workers: ApiWorkers | None = None
+    saved_switch_interval: float | None = None
     poller: KafkaPoller | None = None
     services: dict[str, Service] = field(default_factory=dict)
     saved_environment: dict[str, str | None] = field(default_factory=dict)
@@ -201,6 +202,7 @@ class LocalStack:
             create_topics(cfg.kafka, cfg.partitions)
             create_buckets()
             self._reset_handlers()
+            self.saved_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000)
             if cfg.api_workers > 1:
                 self.workers = ApiWorkers(
@@ -313,6 +315,9 @@ class LocalStack:
             log.debug("publisher close: %s", exc)
         self.supervisor.stop()
         self._restore_environment()
+        if self.saved_switch_interval is not None:
+            sys.setswitchinterval(self.saved_switch_interval)
+            self.saved_switch_interval = None
         self._reset_handlers()
 
 

@@ -31,8 +31,9 @@ def _serve(port: int, env: dict[str, str], switch_interval: float, ready: Event,
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     from local_stack.api import LocalApi
 
-    api = LocalApi(port=port, reuse_port=True)
-    api.warm()
+    api = LocalApi(port=port, reuse_port=True, bind=False)
+    api.warm()  # before binding: the kernel hands connections only to warm workers
+    api.bind()
     api.start()
     ready.set()
     try:

@@ -187,7 +187,11 @@ def promote(
 
     cfg = _config(config, set_)
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
-    where = publish_registered(cfg, registry, version, champion=True)
+    try:
+        where = publish_registered(cfg, registry, version, champion=True)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     registry.promote(version)
     console.print(f"version {version} is the champion; published {where}")
 

@@ -123,8 +123,16 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
 
 
 def publish_registered(cfg: PipelineConfig, registry: Registry, version: str, champion: bool) -> str:
-    """Publish a registered version (booster, baseline, threshold, metrics) to the model store."""
+    """Publish a registered version (booster, baseline, threshold, metrics) to the model store.
+
+    Refused for a version trained on another feature spec: the scorer would compute other features.
+    """
     booster, baseline, tags, run_id = registry.load_version(version)
+    if tags.get("feature_spec_version") != spec.FEATURE_SPEC_VERSION:
+        raise ValueError(
+            f"version {version} was trained on feature spec {tags.get('feature_spec_version')}, this code "
+            f"computes {spec.FEATURE_SPEC_VERSION}: retrain instead of publishing it"
+        )
     metrics = registry.client.get_run(run_id).data.metrics if run_id else {}
     return publish(
         cfg.store_uri,
@@ -150,7 +158,10 @@ def _sync_champion(cfg: PipelineConfig, registry: Registry, champion: str, step:
     serving = store.champion_version()
     if serving != champion:
         step(f"the model store serves {serving or 'no model'}: publishing champion v{champion} there")
-        publish_registered(cfg, registry, champion, champion=True)
+        try:
+            publish_registered(cfg, registry, champion, champion=True)
+        except ValueError as exc:
+            step(f"not published: {exc}")
 
 
 def run_pipeline(

@@ -5,7 +5,7 @@ Key format (``<p>`` is the prefix, default ``fs``; Redis with cluster mode disab
 ============================  ===========  =====================================================
 key                           type         content
 ============================  ===========  =====================================================
-``<p>:c:<card_hash>``         sorted set   card transactions; score = event time (epoch s),
+``<p>:c2:<card_hash>``        sorted set   card transactions; score = event time (epoch s),
                                            member = ``trans_num␟cents␟merchant␟category_code␟
                                            merch_lat␟merch_long␟t`` (``␟`` = ``\\x1f``), so ties
                                            sort by trans_num like the offline pipeline
@@ -16,6 +16,10 @@ key                           type         content
                                            member = ``trans_num␟label_arrival_time``
 ``<p>:seen:l:<trans_num>``    string       dedupe marker of an applied label
 ============================  ===========  =====================================================
+
+Layout 2: card members gained their event time (``c2``; layout 1's ``c`` sets, 6-field members
+with no time, are never read, and expire with their TTL). A layout change gets a new key name,
+so old and new code never parse each other's members during a rolling deploy.
 
 ``card_hash`` is an HMAC-SHA256 of the card id with a secret key: card numbers never appear
 in Redis. Retention is by event time, not wall-clock: after each batch a card set keeps events
@@ -85,7 +89,7 @@ for _ = 1, n_tx do
   local trans_num, card, merchant = ARGV[i], ARGV[i+1], ARGV[i+2]
   local t, member, dob = tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
   i = i + 6
-  local added = add(p .. ':c:' .. card, card_keep, t, member)
+  local added = add(p .. ':c2:' .. card, card_keep, t, member)
   added = added + add(p .. ':m:' .. merchant, merchant_keep, t, trans_num)
   -- sorted sets are idempotent: a redelivered event adds no member, so it is a duplicate
   if added > 0 then
@@ -125,7 +129,7 @@ local function trim(key, keep, top)
   end
 end
 for card in pairs(touched_cards) do
-  local key = p .. ':c:' .. card
+  local key = p .. ':c2:' .. card
   trim(key, card_keep, newest[key])
 end
 for merchant in pairs(touched_merchants) do
@@ -258,7 +262,7 @@ class RedisFeatureStore:
         for start, end in self._count_windows:
             args += [t + start, f"({t + end}"]
         args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
-        keys = [f"{p}:c:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
+        keys = [f"{p}:c2:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
         replies = cast(list[Any], self._read(keys=keys, args=args))
         n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
         counts = [int(c) for c in replies[2:-1]]

@@ -26,6 +26,14 @@ class FeatureStoreUnavailableError(RuntimeError):
     """Redis is unreachable and no request-only model exists: the scorer answers 503."""
 
 
+def sigmoid(margin: float) -> float:
+    """The logistic function, without overflow for margins of any size."""
+    if margin >= 0:
+        return 1.0 / (1.0 + math.exp(-margin))
+    z = math.exp(margin)
+    return z / (1.0 + z)
+
+
 @dataclass
 class LoadedModel:
     manifest: ModelManifest
@@ -84,7 +92,7 @@ class LoadedModel:
             )[0],
             dtype=np.float64,
         )
-        probability = 1.0 / (1.0 + math.exp(-float(contributions.sum())))
+        probability = sigmoid(float(contributions.sum()))
         return probability, contributions, names, values[0]
 
 

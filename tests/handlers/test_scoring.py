@@ -1,5 +1,6 @@
 """LoadedModel: one XGBoost call per request, checked against XGBoost's own prediction."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import xgboost as xgb
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
 from fraud_core import spec
-from handlers.scoring import LoadedModel
+from handlers.scoring import LoadedModel, sigmoid
 from tests.support.models import publish_test_model
 
 
@@ -101,3 +102,9 @@ def test_the_first_champion_is_picked_up_within_a_second_even_with_a_long_pointe
     assert cache.current_version() == "7"
     now[0] = 31.0
     assert cache.current_version() == "8"
+
+
+@pytest.mark.parametrize("margin", [-1000.0, -710.0, -30.0, -1.5, 0.0, 1.5, 30.0, 710.0, 1000.0])
+def test_sigmoid_is_the_logistic_function_without_overflow(margin: float) -> None:
+    expected = float(1 / (1 + Decimal(-margin).exp()))  # exact to float precision, no overflow
+    assert sigmoid(margin) == pytest.approx(expected, rel=1e-12, abs=1e-300)

@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ModelStore
-from training.cli import app
+from training.cli import DEFAULT_CONFIG, app
+from training.config import load_config
+from training.registry import Registry
 
 runner = CliRunner()
 TINY = [
@@ -87,6 +89,22 @@ def test_a_rerun_republishes_the_registry_champion_to_an_empty_model_store(tmp_p
     # Then the scorer's store serves the registry's champion, not nothing
     assert ModelStore(LocalBlobStore(fresh)).champion_version() == champion
     assert f"publishing champion v{champion}" in " ".join(second.output.split())
+
+    # But a champion trained on another feature spec is never republished under this one
+    # (`fraudsys train` registers a candidate without moving the champion)
+    cfg = load_config(DEFAULT_CONFIG, overrides={"data_dir": str(tmp_path)})
+    registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
+    registry.client.set_model_version_tag(cfg.registry.model_name, champion, "feature_spec_version", "old")
+    other = tmp_path / "other_store"
+    third = runner.invoke(
+        app, ["train", "--set", f"data_dir={tmp_path}", "--set", f"model_store_uri={other}", *TINY]
+    )
+    assert third.exit_code == 0, third.output
+    assert ModelStore(LocalBlobStore(other)).champion_version() is None
+    assert "retrain instead of publishing it" in " ".join(third.output.split())
+    refused = runner.invoke(app, ["promote", champion, "--set", f"data_dir={tmp_path}"])
+    assert refused.exit_code == 1
+    assert "retrain instead of publishing it" in " ".join(refused.output.split())
 
 
 def test_invalid_config_is_reported_with_the_field(tmp_path: Path) -> None:
