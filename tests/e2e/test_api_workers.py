@@ -15,7 +15,7 @@ from fraud_adapters.model_store import ModelStore
 from handlers import bootstrap
 from local_stack.demo import post_json
 from local_stack.stack import LocalStack, StackConfig
-from tests.e2e.test_local_stack import get_json, wait_until
+from tests.e2e.test_local_stack import get_json, running_stack, wait_until
 from tests.support.models import publish_test_model_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,17 +42,11 @@ def _body(i: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    cfg = StackConfig.on_free_ports(
-        tmp_path_factory.mktemp("workers"),
-        model_pointer_ttl_seconds=30.0,  # the first champion must still be seen at once
-        batch_size=100,
-        batching_window=0.2,
-        session_timeout_ms=3000,
-        api_workers=2,
-    )
-    local = LocalStack(cfg).up()
-    yield local
-    local.down()
+    # a long pointer TTL: the first champion must still be seen at once
+    with running_stack(
+        tmp_path_factory.mktemp("workers"), model_pointer_ttl_seconds=30.0, api_workers=2
+    ) as local:
+        yield local
 
 
 def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack) -> None:

@@ -5,6 +5,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,19 +49,24 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    run_dir = tmp_path_factory.mktemp("local")
-    cfg = StackConfig.on_free_ports(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("local"),
         label_delay_seconds=DELAY,
         model_pointer_ttl_seconds=1.0,
-        batch_size=100,
-        batching_window=0.2,
         max_retries=6,
-        session_timeout_ms=3000,
-    )
-    local = LocalStack(cfg).up()
-    yield local
-    local.down()
+    ) as local:
+        yield local
+
+
+@contextmanager
+def running_stack(run_dir: Path, **settings: Any) -> Iterator[LocalStack]:
+    """A local stack on free ports whose poller hands batches over quickly (tests wait less)."""
+    fast = {"batch_size": 100, "batching_window": 0.2, "session_timeout_ms": 3000}
+    local = LocalStack(StackConfig.on_free_ports(run_dir, **{**fast, **settings})).up()
+    try:
+        yield local
+    finally:
+        local.down()
 
 
 @pytest.fixture(scope="module")
