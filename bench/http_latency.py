@@ -501,6 +501,17 @@ class Run:
         return out
 
 
+async def post_status(conn: "HttpConnection", body: bytes, timeout: float) -> str:
+    """One ``POST /predict``: the status code as text, or the error's name (the connection is
+    then closed, and reopened on its next use)."""
+    try:
+        code, _ = await asyncio.wait_for(conn.post("/predict", body), timeout)
+        return str(code)
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        conn.close()
+        return type(exc).__name__
+
+
 async def open_loop(
     server: Server,
     name: str,
@@ -541,11 +552,7 @@ async def open_loop(
         sent = time.perf_counter()
         status = "error"
         try:
-            code, _ = await asyncio.wait_for(conn.post("/predict", server.body(name, i)), timeout)
-            status = str(code)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            status = type(exc).__name__
-            conn.close()
+            status = await post_status(conn, server.body(name, i), timeout)
         except asyncio.CancelledError:
             status = "cancelled"
             conn.close()
@@ -605,13 +612,7 @@ async def closed_loop(
                 now = time.perf_counter()
                 if now >= stop_at:
                     return
-                status = "error"
-                try:
-                    code, _ = await asyncio.wait_for(conn.post("/predict", server.body(name, i)), timeout)
-                    status = str(code)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                    status = type(exc).__name__
-                    conn.close()
+                status = await post_status(conn, server.body(name, i), timeout)
                 run.record(now, now, time.perf_counter(), status)
         finally:
             conn.close()

@@ -69,20 +69,7 @@ class Row:
     is_fraud: bool
 
     def transaction(self) -> TransactionEvent:
-        return TransactionEvent(
-            trans_num=self.trans_num,
-            cc_num=self.card,
-            merchant=self.merchant,
-            category=self.category,
-            amt=self.cents / 100,
-            transaction_time=datetime.fromtimestamp(self.t, UTC),
-            lat=self.lat,
-            long=self.long,
-            city_pop=self.city_pop,
-            merch_lat=self.merch_lat,
-            merch_long=self.merch_long,
-            dob=date.fromisoformat(self.dob) if self.dob else None,
-        )
+        return self.request().to_event()  # what the scorer publishes for this request
 
     def label(self, delay: int) -> LabelEvent:
         return LabelEvent(

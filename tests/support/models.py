@@ -21,24 +21,12 @@ def _booster(names: list[str], seed: int) -> bytes:
 
 
 def publish_test_model(root: str, version: str = "1", threshold: float = 0.5, seed: int = 0) -> ModelManifest:
-    manifest = ModelManifest(
-        model_name="fraudsys",
-        version=version,
-        feature_names=list(spec.FEATURE_NAMES),
-        feature_spec_version=spec.FEATURE_SPEC_VERSION,
-        threshold=threshold,
-        label_delay_seconds=spec.DEFAULT_LABEL_DELAY,
-        created_at=datetime.now(UTC),
-    )
-    ModelStore(LocalBlobStore(root)).publish(
-        manifest,
-        _booster(list(spec.FEATURE_NAMES), seed),
-        _booster(list(spec.REQUEST_ONLY_FEATURES), seed),
-    )
-    return manifest
+    return publish_test_model_to(ModelStore(LocalBlobStore(root)), version, threshold, seed)
 
 
-def publish_test_model_to(store: ModelStore, version: str, threshold: float = 0.5, seed: int = 0) -> None:
+def publish_test_model_to(
+    store: ModelStore, version: str, threshold: float = 0.5, seed: int = 0
+) -> ModelManifest:
     manifest = ModelManifest(
         model_name=store.model_name,
         version=version,
@@ -51,3 +39,4 @@ def publish_test_model_to(store: ModelStore, version: str, threshold: float = 0.
     store.publish(
         manifest, _booster(list(spec.FEATURE_NAMES), seed), _booster(list(spec.REQUEST_ONLY_FEATURES), seed)
     )
+    return manifest
