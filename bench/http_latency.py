@@ -247,7 +247,7 @@ def serve(opts: ServerOptions) -> None:
         info["stream_frauds"] = int(frame["is_fraud"].sum())
 
         client = redis.Redis(port=cfg.redis_port, decode_responses=True)
-        card_keys = list(client.scan_iter("fs:c2:*", count=1000))
+        card_keys = list(client.scan_iter("fs:c3:*", count=1000))
         pipe = client.pipeline(transaction=False)
         for key in card_keys:
             pipe.zcard(key)
@@ -632,7 +632,7 @@ def measure_freshness(server: Server, samples: int, timeout: float = 15.0, seed:
     from handlers.settings import DEV_CARD_HASH_KEY
 
     host, port = server.host_port
-    client = redis.Redis(port=int(server.info["redis_port"]), decode_responses=True)
+    client = redis.Redis(port=int(server.info["redis_port"]), decode_responses=False)
     store = RedisFeatureStore(
         client, CardHasher(DEV_CARD_HASH_KEY.encode()), int(server.info["label_delay_s"])
     )

@@ -14,7 +14,7 @@ def redis_service() -> Iterator[Service]:
 
 @pytest.fixture
 def redis_client(redis_service: Service) -> Iterator["redis.Redis"]:
-    client: redis.Redis = redis.Redis(port=redis_service.port, decode_responses=True)
+    client: redis.Redis = redis.Redis(port=redis_service.port)
     client.flushall()
     yield client
     client.close()

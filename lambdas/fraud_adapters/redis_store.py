@@ -5,10 +5,12 @@ Key format (``<p>`` is the prefix, default ``fs``; Redis with cluster mode disab
 ============================  ===========  =====================================================
 key                           type         content
 ============================  ===========  =====================================================
-``<p>:c2:<card_hash>``        sorted set   card transactions; score = event time (epoch s),
-                                           member = ``trans_num␟cents␟merchant␟category_code␟
-                                           merch_lat␟merch_long␟t`` (``␟`` = ``\\x1f``), so ties
-                                           sort by trans_num like the offline pipeline
+``<p>:c3:<card_hash>``        sorted set   card transactions; score = event time (epoch s),
+                                           member = ``trans_num \\0`` then 48 bytes: ``t``,
+                                           ``cents``, ``category_code`` (int64),
+                                           ``merch_lat``, ``merch_long`` (float64),
+                                           merchant hash (8 bytes), little-endian; ties sort
+                                           by trans_num like the offline pipeline
 ``<p>:cp:<card_hash>``        hash         card profile: ``dob`` (ISO date) when an event had it
 ``<p>:m:<merchant>``          sorted set   merchant transactions; score = event time,
                                            member = trans_num
@@ -17,9 +19,15 @@ key                           type         content
 ``<p>:seen:l:<trans_num>``    string       dedupe marker of an applied label
 ============================  ===========  =====================================================
 
-Layout 2: card members gained their event time (``c2``; layout 1's ``c`` sets, 6-field members
-with no time, are never read, and expire with their TTL). A layout change gets a new key name,
-so old and new code never parse each other's members during a rolling deploy.
+Layout 3: card members are binary (``c3``). The read script returns the fixed 48-byte tails of
+a card's members as one string, which decodes with one ``numpy.frombuffer`` (the text members
+of layout 2 took ~0.13 ms to parse per request). The merchant is the first 8 bytes of its
+BLAKE2b hash: the features only compare merchants for equality (distinct merchants in 24 h),
+and two of one card's merchants collide with probability ~2**-64. Layouts 1 (``c``) and 2
+(``c2``) are never read and expire with their TTL. A layout change gets a new key name, so old
+and new code never parse each other's members during a rolling deploy.
+
+The store needs a client with ``decode_responses=False`` (replies are bytes).
 
 ``card_hash`` is an HMAC-SHA256 of the card id with a secret key: card numbers never appear
 in Redis. Retention is by event time, not wall-clock: after each batch a card set keeps events
@@ -43,6 +51,7 @@ the largest reply.
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -55,8 +64,6 @@ from fraud_core import spec
 from fraud_core.features import CardEvents
 from fraud_core.online import NO_CARD_EVENTS, OnlineState, card_events
 from fraud_core.schemas import LabelEvent, TransactionEvent, to_cents
-
-SEP = "\x1f"
 
 _APPLY_LUA = """
 local p = ARGV[1]
@@ -89,7 +96,7 @@ for _ = 1, n_tx do
   local trans_num, card, merchant = ARGV[i], ARGV[i+1], ARGV[i+2]
   local t, member, dob = tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
   i = i + 6
-  local added = add(p .. ':c2:' .. card, card_keep, t, member)
+  local added = add(p .. ':c3:' .. card, card_keep, t, member)
   added = added + add(p .. ':m:' .. merchant, merchant_keep, t, trans_num)
   -- sorted sets are idempotent: a redelivered event adds no member, so it is a duplicate
   if added > 0 then
@@ -129,7 +136,7 @@ local function trim(key, keep, top)
   end
 end
 for card in pairs(touched_cards) do
-  local key = p .. ':c2:' .. card
+  local key = p .. ':c3:' .. card
   trim(key, card_keep, newest[key])
 end
 for merchant in pairs(touched_merchants) do
@@ -144,20 +151,39 @@ return {applied, duplicates}
 # KEYS: card set, card profile, merchant set, merchant frauds. ARGV: the card range (min, max),
 # the number of merchant counts and their (min, max) pairs, then the label range.
 _READ_LUA = """#!lua flags=no-writes
-local out = {
-  redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2]),
-  redis.call('HGET', KEYS[2], 'dob') or '',
-}
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
+for j = 1, #members do members[j] = string.sub(members[j], -48) end
+local out = {table.concat(members), redis.call('HGET', KEYS[2], 'dob') or ''}
 local n = tonumber(ARGV[3])
 local i = 4
 for _ = 1, n do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[i], ARGV[i + 1], 'WITHSCORES')
+-- fraud labels as two integer arrays: transaction times, arrival times
+local labels = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[i], ARGV[i + 1], 'WITHSCORES')
+local trans_t, arrival_t = {}, {}
+for j = 1, #labels, 2 do
+  trans_t[#trans_t + 1] = tonumber(labels[j + 1])
+  arrival_t[#arrival_t + 1] = tonumber(string.match(labels[j], '\\31(%d+)$'))
+end
+out[#out + 1] = trans_t
+out[#out + 1] = arrival_t
 return out
 """
-_CARD_FIELDS = 7
+#: The fixed tail of a card member (layout 3).
+CARD_MEMBER = struct.Struct("<qqqdd8s")
+_CARD_DTYPE = np.dtype(
+    [
+        ("t", "<i8"),
+        ("cents", "<i8"),
+        ("category", "<i8"),
+        ("merch_lat", "<f8"),
+        ("merch_long", "<f8"),
+        ("merchant", "<i8"),
+    ]
+)
+assert _CARD_DTYPE.itemsize == CARD_MEMBER.size == 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,36 +204,35 @@ class CardHasher:
         return hmac.new(self._key, card_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def encode_card_member(event: TransactionEvent) -> str:
-    return SEP.join(
-        (
-            event.trans_num,
-            str(to_cents(event.amt)),
-            event.merchant,
-            str(spec.CATEGORY_CODE[event.category]),
-            repr(event.merch_lat),
-            repr(event.merch_long),
-            str(event.event_time),
+def encode_card_member(event: TransactionEvent) -> bytes:
+    """``trans_num``, a NUL (below every character a trans_num may have), then the fixed tail."""
+    return (
+        event.trans_num.encode()
+        + b"\0"
+        + CARD_MEMBER.pack(
+            event.event_time,
+            to_cents(event.amt),
+            spec.CATEGORY_CODE[event.category],
+            event.merch_lat,
+            event.merch_long,
+            hashlib.blake2b(event.merchant.encode(), digest_size=8).digest(),
         )
     )
 
 
-def decode_card_events(members: list[str]) -> CardEvents:
-    """Columns of a card's events from its set members, in Redis order (by time, then trans_num)."""
-    if not members:
+def decode_card_events(tails: bytes) -> CardEvents:
+    """Columns of a card's events from its members' fixed tails, in Redis order (by time, then
+    trans_num): one ``frombuffer``, the columns are views."""
+    if not tails:
         return NO_CARD_EVENTS
-    n = len(members)
-    parts = SEP.join(members).split(SEP)
-    codes: dict[str, int] = {}
-    merchants = np.fromiter((codes.setdefault(m, len(codes)) for m in parts[2::_CARD_FIELDS]), np.int64, n)
-    coords = np.array(parts[4::_CARD_FIELDS] + parts[5::_CARD_FIELDS], dtype=np.float64)
+    rows = np.frombuffer(tails, dtype=_CARD_DTYPE)
     return card_events(
-        t=np.array(parts[6::_CARD_FIELDS], dtype=np.int64),
-        cents=np.array(parts[1::_CARD_FIELDS], dtype=np.int64),
-        merchant=merchants,
-        category=np.array(parts[3::_CARD_FIELDS], dtype=np.int64),
-        merch_lat=coords[:n],
-        merch_long=coords[n:],
+        t=rows["t"],
+        cents=rows["cents"],
+        merchant=rows["merchant"],
+        category=rows["category"],
+        merch_lat=rows["merch_lat"],
+        merch_long=rows["merch_long"],
     )
 
 
@@ -221,6 +246,8 @@ class RedisFeatureStore:
         label_delay: int = spec.DEFAULT_LABEL_DELAY,
         prefix: str = "fs",
     ) -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("the feature store needs a Redis client with decode_responses=False")
         self.client = client
         self.hasher = hasher
         self.label_delay = label_delay
@@ -236,8 +263,8 @@ class RedisFeatureStore:
 
     def apply(self, transactions: Sequence[TransactionEvent], labels: Sequence[LabelEvent]) -> ApplyResult:
         """Apply a batch of events in one round trip; idempotent and order-independent."""
-        args: list[str | int] = [self.prefix, self.card_keep, self.merchant_keep, self.card_keep, spec.DAY]
-        args.append(len(transactions))
+        args: list[str | int | bytes] = [self.prefix, self.card_keep, self.merchant_keep, self.card_keep]
+        args += [spec.DAY, len(transactions)]
         for tx in transactions:
             args += [
                 tx.trans_num,
@@ -262,18 +289,17 @@ class RedisFeatureStore:
         for start, end in self._count_windows:
             args += [t + start, f"({t + end}"]
         args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
-        keys = [f"{p}:c2:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
+        keys = [f"{p}:c3:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
         replies = cast(list[Any], self._read(keys=keys, args=args))
         n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
-        counts = [int(c) for c in replies[2:-1]]
-        labels = replies[-1]
+        counts = replies[2:-2]
         return OnlineState(
             card_events=decode_card_events(replies[0]),
-            dob=date.fromisoformat(replies[1]) if replies[1] else None,
+            dob=date.fromisoformat(replies[1].decode()) if replies[1] else None,
             merchant_volume=tuple(counts[:n_volume]),
             merchant_risk=tuple(counts[n_volume:]),
-            label_trans_t=np.array(labels[1::2], dtype=np.float64).astype(np.int64),
-            label_arrival_t=np.array([m.rsplit(SEP, 1)[1] for m in labels[::2]], dtype=np.int64),
+            label_trans_t=np.array(replies[-2], dtype=np.int64),
+            label_arrival_t=np.array(replies[-1], dtype=np.int64),
         )
 
     def ping(self) -> bool:

@@ -25,7 +25,7 @@ def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
     client: redis.Redis = redis.Redis.from_url(
         cfg.redis_url,
         password=password,
-        decode_responses=True,
+        decode_responses=False,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,

@@ -16,9 +16,9 @@ fraud labels. Checked:
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
 from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
+from tests.support.services import Service
 from training.dataset import build_features
 
 pytestmark = pytest.mark.integration
@@ -209,11 +210,11 @@ def apply(store: RedisFeatureStore, batch: Sequence[Event]) -> None:
     store.apply(transactions, labels)
 
 
-def dump(client: "redis.Redis") -> dict[str, tuple[str, Any]]:
+def dump(client: "redis.Redis") -> dict[bytes, tuple[str, Any]]:
     """Every key with its type and full value (TTLs are wall-clock and checked separately)."""
-    out: dict[str, tuple[str, Any]] = {}
+    out: dict[bytes, tuple[str, Any]] = {}
     for key in sorted(client.scan_iter(count=1000)):
-        kind = client.type(key)
+        kind = cast(bytes, client.type(key)).decode()
         value: Any
         if kind == "zset":
             value = client.zrange(key, 0, -1, withscores=True)
@@ -420,3 +421,26 @@ def test_a_transaction_without_dob_tied_with_one_with_dob(redis_client: "redis.R
 
     # then the online age equals the offline one (it does not: -1.0 online, ~39.6 offline)
     assert problems == []
+
+
+def test_same_second_ties_sort_by_trans_num_when_one_prefixes_the_other(redis_client: "redis.Redis") -> None:
+    # given two transactions of a card in one second at different places, "T1" and "T10"
+    # ("T1" < "T10": the later one, "T10", is the previous event of a transaction a minute later)
+    far = replace(_row("T10", BASE_T), merch_lat=41.0, merch_long=-76.0)
+    stream = Stream([_row("T1", BASE_T), far, _row("next", BASE_T + 60)], spec.DEFAULT_LABEL_DELAY)
+
+    # when every transaction is scored online after the earlier events were applied
+    problems = replay_and_compare(redis_client, stream, None)
+
+    # then the speed from the previous event matches the offline (t, trans_num) order
+    assert problems == []
+
+
+def test_the_store_refuses_a_client_that_decodes_replies(redis_service: Service) -> None:
+    # given a client that decodes replies to str (card members are binary)
+    client = redis.Redis(port=redis_service.port, decode_responses=True)
+
+    # when a store is made with it, then it says why
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisFeatureStore(client, HASHER)
+    client.close()
