@@ -56,14 +56,15 @@ from bench.synthetic import (
 )
 from fraud_core import spec
 from fraud_core.features import F64
-from fraud_core.online import request_features
+from fraud_core.online import request_features, vectorized_request_features
 from fraud_core.schemas import PredictRequest
 from tests.support.services import redis_server
 
 TARGET_P99_MS = 2.0
 PING = "redis PING (loopback round trip)"
-READ = "store.read (1 pipelined round trip)"
-FEATURES = "request_features (state -> row)"
+READ = "store.read (1 round trip, one Lua call)"
+FEATURES = "request_features (state -> row, single-row kernel)"
+FEATURES_VECTORIZED = "the same row through the vectorized offline kernel"
 INPLACE = "xgboost inplace_predict (1 row, probability only)"
 DMATRIX = "xgboost DMatrix(1 row, nthread=1)"
 PREDICT = "LoadedModel.predict (one pred_contribs call, REASONS_METHOD=shap)"
@@ -378,6 +379,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     READ, lambda: store.read(timed[i].card_id, timed[i].merchant_name, _t(timed[i]))
                 ),
                 FEATURES: lambda i: request_features(timed[i], states[i], label_delay),
+                FEATURES_VECTORIZED: lambda i: vectorized_request_features(timed[i], states[i], label_delay),
                 INPLACE: lambda i: booster.inplace_predict(rows[i]),
                 DMATRIX: lambda i: xgb.DMatrix(rows[i], nthread=1),
                 PREDICT: lambda i: model.predict(rows[i], False),

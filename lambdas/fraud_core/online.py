@@ -1,9 +1,12 @@
 """Features for one scoring request from the state the feature store returned.
 
-This only adapts the online state to the shared vectorized core in ``fraud_core.features``;
-no feature is defined here.
+``row_features`` is the single-row kernel of the definitions in ``fraud_core.spec`` (the
+vectorized kernel in ``fraud_core.features`` serves the offline pipeline); windows, constants
+and feature order come from ``spec`` only, and tests hold the two kernels equal.
 """
 
+import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -11,6 +14,7 @@ import numpy as np
 
 from fraud_core import spec
 from fraud_core.features import (
+    EARTH_RADIUS_KM,
     F64,
     I64,
     CardEvents,
@@ -93,7 +97,31 @@ _ONE_KEY = np.zeros(1, dtype=np.int64)
 def request_features(
     request: PredictRequest, state: OnlineState, label_delay: int = spec.DEFAULT_LABEL_DELAY
 ) -> F64:
-    """The (1 x features) row for ``request`` as of its ``transaction_time``."""
+    """The (1 x features) row for ``request`` as of its ``transaction_time``: the single-row kernel."""
+    dob = request.dob if request.dob is not None else state.dob
+    return np.array(
+        [
+            row_features(
+                t=epoch_seconds(request.transaction_time),
+                cents=to_cents(request.amount_usd),
+                category=spec.CATEGORY_CODE[request.category],
+                lat=request.lat,
+                long=request.long,
+                merch_lat=request.merch_lat,
+                merch_long=request.merch_long,
+                city_pop=float(request.city_pop),
+                dob_t=dob_epoch(dob),
+                state=state,
+                label_delay=label_delay,
+            )
+        ]
+    )
+
+
+def vectorized_request_features(
+    request: PredictRequest, state: OnlineState, label_delay: int = spec.DEFAULT_LABEL_DELAY
+) -> F64:
+    """The same row through the vectorized offline kernel (``fraud_core.features``) with one query."""
     t = np.array([epoch_seconds(request.transaction_time)], dtype=np.int64)
     card = card_aggregates(state.card_events, _ONE_KEY, t)
     labels_t = state.label_trans_t
@@ -129,3 +157,112 @@ def request_features(
         dob_t=floats[5],
     )
     return assemble_features(queries, card, merchant)
+
+
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """``fraud_core.features.haversine_km`` for one pair of points."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dphi = p2 - p1
+    dlmb = math.radians(lon2) - math.radians(lon1)
+    a = math.sin(dphi / 2.0) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dlmb / 2.0) ** 2
+    return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(max(a, 0.0), 1.0)))
+
+
+_CARD_WINDOW_SECONDS = tuple(seconds for _, seconds in spec.CARD_WINDOWS)
+if list(_CARD_WINDOW_SECONDS) != sorted(_CARD_WINDOW_SECONDS):  # row_features ends on the longest
+    raise RuntimeError("spec.CARD_WINDOWS must be listed shortest first")
+_RISK_WINDOW_SECONDS = tuple(seconds for _, seconds in spec.MERCHANT_RISK_WINDOWS)
+_ONLINE_CODES = frozenset(spec.CATEGORY_CODE[c] for c in spec.ONLINE_CATEGORIES)
+
+
+def row_features(
+    *,
+    t: int,
+    cents: int,
+    category: int,
+    lat: float,
+    long: float,
+    merch_lat: float,
+    merch_long: float,
+    city_pop: float,
+    dob_t: float,
+    state: OnlineState,
+    label_delay: int,
+) -> list[float]:
+    """One transaction's features in ``spec.FEATURE_NAMES`` order, in plain Python.
+
+    The same semantics and float formulas as the vectorized kernel
+    (``card_aggregates`` / ``merchant_frauds`` / ``assemble_features``), written for one row:
+    a request's ~100 card events cost a few bisections and sums here, where the vectorized
+    kernel pays ~100 numpy calls of fixed overhead (0.25 -> 0.03 ms, docs/benchmarks.md).
+    Aggregates are exact Python integers. Tests compare the two kernels on every feature
+    (``tests/unit/features/test_online_kernel.py``) and the online path with the offline
+    pipeline (``tests/integration``).
+    """
+    empty = spec.EMPTY
+    events = state.card_events
+    times: list[int] = events.t.tolist()
+    hi = bisect_left(times, t)  # events strictly before t (sorted by time)
+    amounts: list[int] = events.cents[:hi].tolist()
+    amt = cents / 100.0
+    hour = (t // spec.HOUR) % 24
+    dow = (t // spec.DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    out = [
+        amt,
+        math.log1p(amt),
+        float(category),
+        float(category in _ONLINE_CODES),
+        float(hour),
+        float(hour >= spec.NIGHT_START_HOUR or hour < spec.NIGHT_END_HOUR),
+        float(dow),
+        float(dow >= 5),
+        empty["age_years"] if math.isnan(dob_t) else (t - dob_t) / spec.SECONDS_PER_YEAR,
+        math.log1p(city_pop),
+        _haversine_km(lat, long, merch_lat, merch_long),
+    ]
+    # card windows [t - w, t), shortest first: suffixes of the events before t
+    count = total = 0
+    var_num = mean = 0.0
+    for seconds in _CARD_WINDOW_SECONDS:
+        window = amounts[bisect_left(times, t - seconds, 0, hi) :]
+        count, total = len(window), sum(window)
+        sumsq = sum(c * c for c in window)
+        n, safe_n = float(count), float(max(count, 1))
+        var_num = float(max(count * sumsq - total * total, 0))  # exact integers, rounded once
+        mean = total / safe_n / 100.0 if count > 0 else empty["mean"]
+        out += [
+            n,
+            total / 100.0,
+            mean,
+            max(window) / 100.0 if count > 0 else empty["max"],
+            math.sqrt(var_num) / safe_n / 100.0 if count > 1 else empty["std"],
+        ]
+    # the loop ended on the longest window (30 days): ratio, z-score and previous event use it
+    out.append(amt / mean if mean > 0 else empty["amt_ratio"])
+    deviation = float(count * cents - total)
+    out.append(deviation / math.sqrt(var_num) if var_num > 0 else empty["amt_zscore"])
+    if count > 0:
+        gap = t - times[hi - 1]
+        hop = _haversine_km(
+            float(events.merch_lat[hi - 1]), float(events.merch_long[hi - 1]), merch_lat, merch_long
+        )
+        out += [float(gap), hop / (gap / 3600.0)]
+    else:
+        out += [empty["secs_since_prev"], empty["speed_kmh"]]
+    lo_d = bisect_left(times, t - spec.DISTINCT_WINDOW, 0, hi)
+    out.append(float(len(set(events.merchant[lo_d:hi].tolist()))))
+    out.append(float(len(set(events.category[lo_d:hi].tolist()))))
+    # merchant: volume and delayed-risk counts from Redis, frauds whose label arrived before t
+    out += [float(v) for v in state.merchant_volume]
+    delayed = t - label_delay
+    labels = list(zip(state.label_trans_t.tolist(), state.label_arrival_t.tolist(), strict=True))
+    frauds = [
+        sum(1 for trans_t, arrival in labels if delayed - seconds <= trans_t < delayed and arrival < t)
+        for seconds in _RISK_WINDOW_SECONDS
+    ]
+    out += [
+        f / float(max(n, 1)) if n > 0 else empty["fraud_rate"]
+        for f, n in zip(frauds, state.merchant_risk, strict=True)
+    ]
+    out += [float(f) for f in frauds]
+    return out

@@ -1,0 +1,135 @@
+"""The scorer's single-row kernel (``fraud_core.online.row_features``) against the vectorized
+kernel of the offline pipeline (``fraud_core.features``) on the same online state.
+
+States are drawn the way the Redis store returns them (card events sorted by time, ties,
+events on every window edge, amounts up to the schema maximum, few merchants, fraud labels on
+the delayed-window edges with arrivals around the request time), so every branch of both
+kernels is compared: empty windows, one event, ties, the exact-integer variance above 2**53.
+"""
+
+import math
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fraud_core import spec
+from fraud_core.online import OnlineState, card_events, request_features, vectorized_request_features
+from fraud_core.schemas import PredictRequest
+
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+Case = tuple[PredictRequest, OnlineState, int]
+T = 1_600_000_000 + 13 * spec.HOUR
+EDGES = sorted(
+    {seconds for _, seconds in spec.CARD_WINDOWS}
+    | {0, spec.DISTINCT_WINDOW, spec.MAX_CARD_WINDOW + spec.HISTORY_SLACK}
+)
+
+
+def _offset(draw: Draw, edges: list[int]) -> int:
+    """Seconds before the request: on or next to an edge, or anywhere (negative: after it)."""
+    if draw(st.booleans()):
+        return int(draw(st.sampled_from(edges))) + int(draw(st.sampled_from((-1, 0, 1))))
+    return int(draw(st.integers(-spec.HOUR, spec.MAX_CARD_WINDOW + spec.DAY)))
+
+
+@st.composite
+def cases(draw: Draw) -> Case:
+    delay = draw(st.sampled_from((0, spec.HOUR, spec.DAY, spec.DEFAULT_LABEL_DELAY)))
+    n = draw(st.integers(0, 25))
+    times = sorted(T - _offset(draw, EDGES) for _ in range(n))
+    if n and draw(st.booleans()):  # a burst of ties
+        times = sorted(times + [times[-1]] * draw(st.integers(1, 4)))
+        n = len(times)
+    big = draw(st.booleans())
+    cents = [draw(st.integers(1, 100_000_000 if big else 50_000)) for _ in range(n)]
+    coords = st.floats(-89.0, 89.0, allow_nan=False)
+    events = card_events(
+        t=np.array(times, dtype=np.int64),
+        cents=np.array(cents, dtype=np.int64),
+        merchant=np.array([draw(st.integers(0, 3)) for _ in range(n)], dtype=np.int64),
+        category=np.array([draw(st.integers(0, 13)) for _ in range(n)], dtype=np.int64),
+        merch_lat=np.array([draw(coords) for _ in range(n)]),
+        merch_long=np.array([draw(coords) for _ in range(n)]),
+    )
+    risk_edges = [delay + seconds for _, seconds in spec.MERCHANT_RISK_WINDOWS] + [delay]
+    labels = sorted(
+        (T - _offset(draw, risk_edges), T + draw(st.integers(-2 * spec.DAY, spec.DAY)))
+        for _ in range(draw(st.integers(0, 8)))
+    )
+    state = OnlineState(
+        card_events=events,
+        dob=draw(st.none() | st.dates(date(1930, 1, 1), date(2005, 1, 1))),
+        merchant_volume=tuple(draw(st.integers(0, 50)) for _ in spec.MERCHANT_VOLUME_WINDOWS),
+        merchant_risk=tuple(draw(st.integers(0, 50)) for _ in spec.MERCHANT_RISK_WINDOWS),
+        label_trans_t=np.array([lt for lt, _ in labels], dtype=np.int64),
+        label_arrival_t=np.array([la for _, la in labels], dtype=np.int64),
+    )
+    request = PredictRequest(
+        cc_num="4000111122223333",
+        merchant_name="fraud_Kirlin and Sons",
+        category=draw(st.sampled_from(spec.CATEGORIES)),
+        amount_usd=draw(st.integers(1, 100_000_000)) / 100,
+        transaction_time=datetime.fromtimestamp(T + draw(st.integers(0, 1)), UTC),
+        lat=draw(coords),
+        long=draw(coords),
+        city_pop=draw(st.integers(0, 3_000_000)),
+        merch_lat=draw(coords),
+        merch_long=draw(coords),
+        dob=draw(st.none() | st.dates(date(1930, 1, 1), date(2005, 1, 1))),
+    )
+    return request, state, delay
+
+
+def _mismatches(request: PredictRequest, state: OnlineState, delay: int) -> list[str]:
+    got = request_features(request, state, delay)
+    want = vectorized_request_features(request, state, delay)
+    assert got.shape == want.shape == (1, len(spec.FEATURE_NAMES))
+    return [
+        f"{name}: single-row {a!r} vectorized {b!r}"
+        for name, a, b in zip(spec.FEATURE_NAMES, got[0], want[0], strict=True)
+        if not math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(cases())
+def test_single_row_kernel_equals_the_vectorized_kernel(case: Case) -> None:
+    assert _mismatches(*case) == []
+
+
+@pytest.mark.parametrize("n_events", [0, 1])
+def test_empty_and_single_event_windows(n_events: int) -> None:
+    # given a card with no history or one event an hour earlier, and no merchant data
+    events = card_events(
+        t=np.array([T - spec.HOUR] * n_events, dtype=np.int64),
+        cents=np.array([1234] * n_events, dtype=np.int64),
+        merchant=np.zeros(n_events, dtype=np.int64),
+        category=np.zeros(n_events, dtype=np.int64),
+        merch_lat=np.full(n_events, 40.0),
+        merch_long=np.full(n_events, -75.0),
+    )
+    request = PredictRequest(
+        customer_id="C-1",
+        merchant_name="m",
+        category="home",
+        amount_usd=12.34,
+        transaction_time=datetime.fromtimestamp(T, UTC),
+        lat=40.0,
+        long=-75.0,
+        city_pop=1000,
+        merch_lat=40.5,
+        merch_long=-75.5,
+    )
+
+    # when both kernels compute the row, then they agree, on the empty constants too
+    state = OnlineState(card_events=events)
+    assert _mismatches(request, state, spec.DEFAULT_LABEL_DELAY) == []
+    row = dict(zip(spec.FEATURE_NAMES, request_features(request, state)[0], strict=True))
+    assert row["card_std_30d"] == spec.EMPTY["std"]
+    assert row["age_years"] == spec.EMPTY["age_years"]
+    assert row["card_secs_since_prev"] == (spec.HOUR if n_events else spec.EMPTY["secs_since_prev"])
