@@ -79,7 +79,7 @@ def _unavailable(exc: Exception) -> Response[Any]:
 
 
 @app.post("/predict", summary="Score one card transaction")
-@tracer.capture_method
+@tracer.capture_method(capture_response=False)
 def predict(request: PredictRequest) -> PredictResponse:
     scored = scorer().score(request)
     response = scored.response
@@ -143,7 +143,7 @@ def health() -> Response[Any]:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

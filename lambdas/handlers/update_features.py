@@ -91,7 +91,7 @@ def _event_type(event: dict[str, Any]) -> EventType:
     raise ValueError("unsupported event: expected an MSK/Kafka or Kinesis event")
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False)
 def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
     event_type = _event_type(event)
     processor = BatchProcessor(event_type=event_type)
@@ -124,7 +124,7 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return process(event, context)
