@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import xgboost as xgb
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
 from fraud_core import spec
-from handlers.scoring import LoadedModel, sigmoid
+from handlers.scoring import LoadedModel, RowContributions, sigmoid
 from tests.support.models import publish_test_model
 
 
@@ -108,3 +109,38 @@ def test_the_first_champion_is_picked_up_within_a_second_even_with_a_long_pointe
 def test_sigmoid_is_the_logistic_function_without_overflow(margin: float) -> None:
     expected = float(1 / (1 + Decimal(-margin).exp()))  # exact to float precision, no overflow
     assert sigmoid(margin) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("approx", [False, True], ids=["shap", "approx"])
+def test_row_contributions_are_bitwise_those_of_booster_predict(tmp_path: Path, approx: bool) -> None:
+    # given a booster trained with early stopping (its best iteration is not its last)
+    x = _rows(400)
+    y = (x[:, 0] + x[:, 3] > 0.5).astype(int)
+    train, valid = xgb.DMatrix(x[:300], label=y[:300]), xgb.DMatrix(x[300:], label=y[300:])
+    params = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.5}
+    booster = xgb.train(params, train, 200, evals=[(valid, "v")], early_stopping_rounds=3, verbose_eval=False)
+    assert booster.best_iteration < booster.num_boosted_rounds() - 1
+    contributions = RowContributions(booster, x.shape[1], approx)
+
+    for row in _rows(100):
+        # when one row goes through the C API path and through Booster.predict
+        got = contributions(row.reshape(1, -1))
+        want = booster.predict(xgb.DMatrix(row.reshape(1, -1)), pred_contribs=True, approx_contribs=approx)[0]
+
+        # then the contributions are the same float32 values
+        np.testing.assert_array_equal(got, want.astype(np.float64))
+
+
+def test_row_contributions_refuse_a_row_of_the_wrong_shape_or_type(tmp_path: Path) -> None:
+    model = LoadedModel.from_files(_files(tmp_path))
+    assert model.contributions is not None
+    n = len(spec.FEATURE_NAMES)
+    bad_rows: list[Any] = [
+        np.zeros((2, n)),
+        np.zeros((1, n - 1)),
+        np.zeros((1, n), dtype=np.float32),
+        np.zeros((n, 2)).T[:1],
+    ]
+    for bad in bad_rows:
+        with pytest.raises(ValueError, match="C-contiguous float64 row"):
+            model.contributions(bad)

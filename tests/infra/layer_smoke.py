@@ -41,6 +41,11 @@ assert contributions.shape == (4, features.shape[1] + 1), contributions.shape  #
 margin = booster.predict(xgb.DMatrix(batch), output_margin=True)
 assert np.allclose(contributions.sum(axis=1), margin, atol=1e-4)
 
+# handlers.scoring.RowContributions calls these C API functions through the package's library
+c_api = importlib.import_module("xgboost._c_api")
+for symbol in ("XGDMatrixCreateFromDense", "XGBoosterPredictFromDMatrix", "XGDMatrixFree", "XGBGetLastError"):
+    assert hasattr(c_api._LIB, symbol), symbol
+
 scipy = importlib.import_module("scipy")  # the layer's stand-in; not a typed dependency here
 assert getattr(scipy, "FRAUDSYS_SHIM", False), "real scipy leaked into the layer"
 try:
