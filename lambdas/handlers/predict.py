@@ -79,7 +79,6 @@ def _unavailable(exc: Exception) -> Response[Any]:
 
 
 @app.post("/predict", summary="Score one card transaction")
-@tracer.capture_method(capture_response=False)
 def predict(request: PredictRequest) -> PredictResponse:
     scored = scorer().score(request)
     response = scored.response
