@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 #: A transaction event is ~450 bytes on the wire: a batch's worth of fetch bytes.
 FETCH_BYTES_PER_RECORD = 512
+#: The longest a fetch waits in the broker for that many bytes (seconds).
+FETCH_MAX_WAIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,12 @@ class KafkaPoller:
                 auto_offset_reset="earliest",
                 max_poll_records=self.cfg.batch_size,
                 request_timeout_ms=30_000,
-                # Like the MSK trigger, wait for a batch's worth of bytes or the batching window in
-                # the broker instead of fetching every few records: the local broker's fetch cost
-                # grows with its log, and 200 fetches/s made it the busiest process on the machine
-                # (docs/benchmarks-http.md).
+                # Wait in the broker for a batch's worth of bytes (or FETCH_MAX_WAIT) instead of
+                # fetching every few records: the local broker's fetch cost grows with its log, and
+                # hundreds of fetches/s made it the busiest process on the machine
+                # (docs/benchmarks-http.md). The wait adds at most FETCH_MAX_WAIT to freshness.
                 fetch_min_bytes=min(self.cfg.batch_size * FETCH_BYTES_PER_RECORD, 1 << 20),
-                fetch_max_wait_ms=max(int(self.cfg.batching_window * 1000), 1),
+                fetch_max_wait_ms=max(1, int(min(self.cfg.batching_window, FETCH_MAX_WAIT) * 1000)),
             )
             partitions = []
             for topic in self.cfg.topics:
