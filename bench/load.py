@@ -64,10 +64,9 @@ PROFILE_GROUPS = (
     ("        decode_card_events", "decode_card_events"),
     ("      request_features (feature math)", "request_features"),
     ("      LoadedModel.predict (XGBoost)", "LoadedModel.predict"),
-    ("        xgboost.DMatrix for pred_contribs", "DMatrix.__init__"),
+    ("        RowContributions (XGBoost C API)", "RowContributions.__call__"),
     ("    _publish (KafkaPublisher.publish: send + flush)", "_publish (handlers/predict.py)"),
     ("    logger.info (scored)", "Logger.info"),
-    ("Kafka producer network thread (kafka-python)", "Sender.run"),
     ("local MSK poller + updater handler", "KafkaPoller._run"),
 )
 

@@ -48,7 +48,7 @@ def memory_by_kind(client: Any) -> dict[str, tuple[int, int]]:
         for key in chunk:
             pipe.memory_usage(key, samples=0)
         for key, size in zip(chunk, pipe.execute(), strict=True):
-            parts = key.split(":")
+            parts = key.decode().split(":")
             kind = ":".join(parts[1:3]) if parts[1] == "seen" else parts[1]
             count, total = out.get(kind, (0, 0))
             out[kind] = (count + 1, total + int(size or 0))

@@ -42,6 +42,24 @@ class PollerConfig:
     idle_rebuild_seconds: float = 10.0
 
 
+def consumer_options(cfg: PollerConfig) -> dict[str, Any]:
+    """The poller's KafkaConsumer settings (valid for any batching window, 0 to 300 s)."""
+    return {
+        "bootstrap_servers": cfg.bootstrap_servers.split(","),
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": cfg.batch_size,
+        "request_timeout_ms": 30_000,
+        # Wait in the broker for a batch's worth of bytes (or FETCH_MAX_WAIT) instead of fetching
+        # every few records: the local broker's fetch cost grows with its log, and hundreds of
+        # fetches/s made it the busiest process on the machine (docs/benchmarks-http.md). The
+        # wait adds at most FETCH_MAX_WAIT to freshness.
+        "fetch_min_bytes": min(cfg.batch_size * FETCH_BYTES_PER_RECORD, 1 << 20),
+        "fetch_max_wait_ms": max(1, int(min(cfg.batching_window, FETCH_MAX_WAIT) * 1000)),
+    }
+
+
 class KafkaPoller:
     def __init__(
         self, cfg: PollerConfig, handler: Handler, dead_letter: Callable[[list[StreamRecord], str], None]
@@ -105,20 +123,7 @@ class KafkaPoller:
         local poller needs no group membership, so a broker restart leaves no stale member
         holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
         if self._consumer is None:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.cfg.bootstrap_servers.split(","),
-                group_id=self.cfg.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self.cfg.batch_size,
-                request_timeout_ms=30_000,
-                # Wait in the broker for a batch's worth of bytes (or FETCH_MAX_WAIT) instead of
-                # fetching every few records: the local broker's fetch cost grows with its log, and
-                # hundreds of fetches/s made it the busiest process on the machine
-                # (docs/benchmarks-http.md). The wait adds at most FETCH_MAX_WAIT to freshness.
-                fetch_min_bytes=min(self.cfg.batch_size * FETCH_BYTES_PER_RECORD, 1 << 20),
-                fetch_max_wait_ms=max(1, int(min(self.cfg.batching_window, FETCH_MAX_WAIT) * 1000)),
-            )
+            consumer = KafkaConsumer(**consumer_options(self.cfg))
             partitions = []
             for topic in self.cfg.topics:
                 ids = consumer.partitions_for_topic(topic)
@@ -133,15 +138,17 @@ class KafkaPoller:
     def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:
         batch: list[StreamRecord] = []
         deadline = time.monotonic() + self.cfg.batching_window
+        polled = False
         while len(batch) < self.cfg.batch_size and not self._stop.is_set():
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and polled:
                 break
+            polled, remaining = True, max(remaining, 0.0)  # a window of 0 still polls once
             with self._consumer_call():
-                polled = consumer.poll(
+                fetched = consumer.poll(
                     timeout_ms=int(remaining * 1000), max_records=self.cfg.batch_size - len(batch)
                 )
-            for records in polled.values():
+            for records in fetched.values():
                 batch += [
                     StreamRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records
                 ]

@@ -152,7 +152,11 @@ return {applied, duplicates}
 # the number of merchant counts and their (min, max) pairs, then the label range.
 _READ_LUA = """#!lua flags=no-writes
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
-for j = 1, #members do members[j] = string.sub(members[j], -48) end
+for j = 1, #members do
+  local m = members[j]
+  if #m < 49 then return redis.error_reply('FSCORRUPT malformed card member in ' .. KEYS[1]) end
+  members[j] = string.sub(m, -48)
+end
 local out = {table.concat(members), redis.call('HGET', KEYS[2], 'dob') or ''}
 local n = tonumber(ARGV[3])
 local i = 4
@@ -164,8 +168,10 @@ end
 local labels = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[i], ARGV[i + 1], 'WITHSCORES')
 local trans_t, arrival_t = {}, {}
 for j = 1, #labels, 2 do
+  local arrival = tonumber(string.match(labels[j], '\\31(%d+)$'))
+  if not arrival then return redis.error_reply('FSCORRUPT malformed label member in ' .. KEYS[4]) end
   trans_t[#trans_t + 1] = tonumber(labels[j + 1])
-  arrival_t[#arrival_t + 1] = tonumber(string.match(labels[j], '\\31(%d+)$'))
+  arrival_t[#arrival_t + 1] = arrival
 end
 out[#out + 1] = trans_t
 out[#out + 1] = arrival_t
@@ -186,6 +192,10 @@ _CARD_DTYPE = np.dtype(
 assert _CARD_DTYPE.itemsize == CARD_MEMBER.size == 48
 
 
+class CorruptStateError(RuntimeError):
+    """A key holds members this layout cannot read (written by hand or by foreign code)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     applied: int
@@ -204,20 +214,35 @@ class CardHasher:
         return hmac.new(self._key, card_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def encode_card_member(event: TransactionEvent) -> bytes:
+def card_member(
+    trans_num: str, t: int, cents: int, category: int, merch_lat: float, merch_long: float, merchant: str
+) -> bytes:
     """``trans_num``, a NUL (below every character a trans_num may have), then the fixed tail."""
+    merchant_hash = hashlib.blake2b(merchant.encode(), digest_size=8).digest()
     return (
-        event.trans_num.encode()
+        trans_num.encode()
         + b"\0"
-        + CARD_MEMBER.pack(
-            event.event_time,
-            to_cents(event.amt),
-            spec.CATEGORY_CODE[event.category],
-            event.merch_lat,
-            event.merch_long,
-            hashlib.blake2b(event.merchant.encode(), digest_size=8).digest(),
-        )
+        + CARD_MEMBER.pack(t, cents, category, merch_lat, merch_long, merchant_hash)
     )
+
+
+def encode_card_member(event: TransactionEvent) -> bytes:
+    return card_member(
+        event.trans_num,
+        event.event_time,
+        to_cents(event.amt),
+        spec.CATEGORY_CODE[event.category],
+        event.merch_lat,
+        event.merch_long,
+        event.merchant,
+    )
+
+
+def _layout2_to_3(member: str) -> bytes:
+    """A layout 2 text member (``trans_num␟cents␟merchant␟category_code␟merch_lat␟merch_long␟t``,
+    ``␟`` = ``\\x1f``) as the layout 3 member of the same event."""
+    trans_num, cents, merchant, category, lat, long, t = member.split("\x1f")
+    return card_member(trans_num, int(t), int(cents), int(category), float(lat), float(long), merchant)
 
 
 def decode_card_events(tails: bytes) -> CardEvents:
@@ -225,6 +250,8 @@ def decode_card_events(tails: bytes) -> CardEvents:
     trans_num): one ``frombuffer``, the columns are views."""
     if not tails:
         return NO_CARD_EVENTS
+    if len(tails) % _CARD_DTYPE.itemsize:
+        raise CorruptStateError(f"card member tails of {len(tails)} bytes: not a multiple of 48")
     rows = np.frombuffer(tails, dtype=_CARD_DTYPE)
     return card_events(
         t=rows["t"],
@@ -290,7 +317,12 @@ class RedisFeatureStore:
             args += [t + start, f"({t + end}"]
         args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
         keys = [f"{p}:c3:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
-        replies = cast(list[Any], self._read(keys=keys, args=args))
+        try:
+            replies = cast(list[Any], self._read(keys=keys, args=args))
+        except redis.ResponseError as exc:
+            if str(exc).startswith("FSCORRUPT"):
+                raise CorruptStateError(str(exc).removeprefix("FSCORRUPT ")) from exc
+            raise
         n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
         counts = replies[2:-2]
         return OnlineState(
@@ -304,3 +336,33 @@ class RedisFeatureStore:
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+    def migrate_card_sets(self, batch: int = 500) -> tuple[int, int]:
+        """Rewrite layout 2 card sets (``c2``, text members) as layout 3 (``c3``): keys, members.
+
+        Run once when upgrading from layout 2 (``fraudsys migrate-store``), before or right after
+        the new scorer goes live: without it, cards look new to the scorer until their sets refill
+        (up to 30 days). Each set keeps its scores and TTL; the ``c2`` key is deleted after its
+        ``c3`` set is written, so a rerun resumes where an interrupted one stopped and events
+        the new updater already added to ``c3`` stay (ZADD of the same member is a no-op).
+        """
+        keys = members = 0
+        prefix = f"{self.prefix}:c2:"
+        for key in self.client.scan_iter(match=f"{prefix}*", count=batch):
+            name = key.decode()
+            rows = cast(list[tuple[bytes, float]], self.client.zrange(name, 0, -1, withscores=True))
+            ttl_ms = self.client.pttl(name)
+            mapping = {_layout2_to_3(member.decode()): score for member, score in rows}
+            target = f"{self.prefix}:c3:{name.removeprefix(prefix)}"
+            # the longer of the two TTLs (the new updater may have written the c3 set already)
+            keep_ms = max(
+                ttl_ms if ttl_ms > 0 else (self.card_keep + spec.DAY) * 1000, self.client.pttl(target)
+            )
+            pipe = self.client.pipeline(transaction=True)
+            if mapping:
+                pipe.zadd(target, mapping)
+                pipe.pexpire(target, keep_ms)
+            pipe.delete(name)
+            pipe.execute()
+            keys, members = keys + 1, members + len(mapping)
+        return keys, members

@@ -12,12 +12,13 @@ import numpy as np
 import redis
 
 from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
-from fraud_adapters.redis_store import RedisFeatureStore
+from fraud_adapters.redis_store import CorruptStateError, RedisFeatureStore
 from fraud_core import spec
 from fraud_core.decision import is_fraud, top_reasons
 from fraud_core.features import F64
 from fraud_core.online import OnlineState, request_features
 from fraud_core.schemas import ModelManifest, PredictRequest, PredictResponse, epoch_seconds
+from handlers.observability import logger
 
 
 class ModelUnavailableError(RuntimeError):
@@ -214,9 +215,12 @@ class Scorer:
         degraded = False
         try:
             state = self.store.read(request.card_id, request.merchant_name, t)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, CorruptStateError) as exc:
+            # unreachable, or this card's/merchant's keys cannot be read: request-only features
+            if isinstance(exc, CorruptStateError):
+                logger.error("feature state unreadable", extra={"reason": str(exc)})
             if model.baseline is None:
-                raise FeatureStoreUnavailableError(f"feature store unreachable: {exc}") from exc
+                raise FeatureStoreUnavailableError(f"feature store unavailable: {exc}") from exc
             state, degraded = OnlineState(), True
         read_ms = (time.perf_counter() - started) * 1000
         row = request_features(request, state, self.label_delay)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from fraud_core import spec
 from handlers import predict
 from tests.support.events import FakeContext, api_gateway_event
 from tests.support.models import publish_test_model
@@ -125,6 +126,27 @@ def test_redis_unreachable_gives_a_degraded_answer(lambda_env: Path, monkeypatch
     assert status == 200
     assert health["status"] == "degraded"
     assert health["dependencies"]["redis"]["ok"] is False
+
+
+@pytest.mark.parametrize("kind", ["card", "label"])
+def test_unreadable_feature_state_gives_a_degraded_answer(lambda_env: Path, kind: str) -> None:
+    from handlers import bootstrap
+
+    # given a card set or a merchant's fraud set holding a member no FraudSys code wrote
+    publish_test_model(str(lambda_env / "models"))
+    store = bootstrap.feature_store()
+    t = 1_592_741_665  # VALID's transaction_time
+    if kind == "card":
+        store.client.zadd(f"fs:c3:{store.hasher(VALID['cc_num'])}", {b"short": t - 60})
+    else:
+        merchant = VALID["merchant_name"]
+        store.client.zadd(f"fs:mf:{merchant}", {b"no-arrival-time": t - spec.DEFAULT_LABEL_DELAY - 60})
+
+    # when the transaction is scored, then it is answered from the request alone, not a 500
+    status, body = call("POST", "/predict", VALID)
+    assert status == 200, body
+    assert body["degraded"] is True
+    assert body["model_version"].endswith("-baseline")
 
 
 def test_health_ok_and_openapi_document(lambda_env: Path) -> None:

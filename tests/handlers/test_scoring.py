@@ -144,3 +144,18 @@ def test_row_contributions_refuse_a_row_of_the_wrong_shape_or_type(tmp_path: Pat
     for bad in bad_rows:
         with pytest.raises(ValueError, match="C-contiguous float64 row"):
             model.contributions(bad)
+
+
+def test_row_contributions_report_xgboost_errors_and_unexpected_shapes() -> None:
+    x = _rows(100)
+    labels = (x[:, 0] > 0).astype(int)
+    narrow = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x[:, :5], label=labels), 3)
+    wide = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, label=labels), 3)
+
+    # a row with more columns than the model knows: XGBoost's own message comes through
+    with pytest.raises(RuntimeError, match="XGBoost: "):
+        RowContributions(narrow, 10, approx=False)(x[:1, :10].copy())
+
+    # a model with more features than the row: an error, never contributions of another shape
+    with pytest.raises(RuntimeError, match=r"XGBoost: |unexpected contribution shape"):
+        RowContributions(wide, 5, approx=False)(x[:1, :5].copy())
