@@ -64,6 +64,9 @@ class StackConfig:
     # 1: the API in this process (one invocation at a time, like one Lambda instance); N > 1:
     # N worker processes on the same port (local_stack.workers), like N concurrent instances
     api_workers: int = 1
+    # sync: every answer waits for the broker's acknowledgement, as the Lambda does; background:
+    # the API does not wait (handlers.settings.Settings.publish_mode)
+    publish_mode: str = "sync"
     # The API process hands the GIL over every 0.5 ms instead of 5: a request thread that wakes
     # from a Redis or Kafka round trip waits less behind the other threads (docs/benchmarks-http.md)
     gil_switch_interval_ms: float = 0.5
@@ -117,6 +120,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
         "DEAD_LETTER_URI": cfg.dead_letter_uri,
         "STREAM_KIND": "kafka",
+        "PUBLISH_MODE": cfg.publish_mode,
         "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka,
         "TRANSACTIONS_TOPIC": TRANSACTIONS_TOPIC,
         "LABELS_TOPIC": LABELS_TOPIC,

@@ -1,5 +1,6 @@
 """``fraudsys``: the command line of the offline pipeline (and of the local stack)."""
 
+import enum
 import json
 import logging
 import os
@@ -269,6 +270,7 @@ def _stack_config(
     mlflow_port: int,
     mlflow: bool,
     api_workers: int = 1,
+    publish_mode: str = "sync",
 ) -> "StackConfig":
     from local_stack.stack import StackConfig
 
@@ -281,6 +283,7 @@ def _stack_config(
         mlflow_port=mlflow_port,
         with_mlflow=mlflow,
         api_workers=api_workers,
+        publish_mode=publish_mode,
     )
 
 
@@ -303,6 +306,17 @@ ApiWorkers = Annotated[
 ]
 
 
+class PublishMode(enum.StrEnum):
+    sync = "sync"
+    background = "background"
+
+
+PublishModeOption = Annotated[
+    PublishMode,
+    typer.Option(help="sync: answers wait for the broker's ack (as deployed); background: they do not"),
+]
+
+
 @local_app.command("up")
 def local_up(
     run_dir: RunDir = Path("data/local"),
@@ -313,6 +327,7 @@ def local_up(
     mlflow_port: int = 5050,
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
     api_workers: ApiWorkers = 1,
+    publish_mode: PublishModeOption = PublishMode.sync,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API and the updater poller."""
     from local_stack.demo import serve_forever
@@ -320,7 +335,17 @@ def local_up(
     from local_stack.stack import LocalStack
 
     _sigterm_as_interrupt()
-    cfg = _stack_config(run_dir, api_port, redis_port, kafka_port, s3_port, mlflow_port, mlflow, api_workers)
+    cfg = _stack_config(
+        run_dir,
+        api_port,
+        redis_port,
+        kafka_port,
+        s3_port,
+        mlflow_port,
+        mlflow,
+        api_workers,
+        publish_mode.value,
+    )
     stack = LocalStack(cfg)
     try:
         with console.status("starting the local stack"):

@@ -68,6 +68,7 @@ def publisher() -> Publisher:
             cfg.transactions_topic,
             cfg.labels_topic,
             card_key=card_hasher(cfg),
+            background=cfg.publish_mode == "background",
             **kafka_security_config(),
         )
     if cfg.stream_kind == "kinesis":

@@ -108,11 +108,16 @@ def predict(request: PredictRequest) -> PredictResponse:
 
 def _publish(request: PredictRequest) -> None:
     """Send the scored transaction to the stream; a failure is logged and counted, the answer stands."""
+    publisher = bootstrap.publisher()
+    failures = 0
     try:
-        bootstrap.publisher().publish([request.to_event()])
+        publisher.publish([request.to_event()])
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
-        metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=1)
+        failures = 1
+    failures += publisher.take_late_failures()  # background mode: earlier records refused since
+    if failures:
+        metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=failures)
 
 
 @app.get("/health", summary="Dependency status")

@@ -26,6 +26,11 @@ class Settings(BaseModel):
     #: ``approx``: XGBoost's path attribution (Saabas), a few times cheaper on large models.
     reasons_method: Literal["shap", "approx"] = "shap"
     stream_kind: Literal["kafka", "kinesis", "none"] = "none"
+    #: ``sync``: the answer waits for Kafka's acknowledgement (Lambda: a frozen container sends
+    #: nothing, so the transaction is in the stream before the answer). ``background``: for
+    #: long-lived processes; the answer does not wait, librdkafka batches (20 ms linger), late
+    #: delivery failures are logged and counted, and a crash loses what was still queued.
+    publish_mode: Literal["sync", "background"] = "sync"
     kafka_bootstrap_servers: str | None = None
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"

@@ -128,6 +128,45 @@ def test_an_unreachable_broker_fails_the_publish_within_its_timeout() -> None:
     assert time.perf_counter() - started < 3.0
 
 
+def test_background_publish_returns_before_the_ack_and_close_delivers(kafka_service: Service) -> None:
+    # given a background publisher on a fresh topic
+    run = uuid.uuid4().hex[:8]
+    publisher = KafkaPublisher(
+        f"127.0.0.1:{kafka_service.port}", f"tx-{run}", card_key=HASHER, background=True
+    )
+    sent = [_transaction(f"{run}{k}") for k in range(20)]
+
+    # when records are published one call each, then the calls return with records still queued
+    for event in sent:
+        publisher.publish([event])
+    assert len(publisher.producer) > 0  # librdkafka: messages not yet acknowledged (20 ms linger)
+    publisher.close()  # flushes
+    assert len(publisher.producer) == 0
+
+    # and every record reached the topic, keyed by its card's hash, with no late failure
+    records = _consume(kafka_service.port, f"tx-{run}", len(sent))
+    assert sorted(TransactionEvent.model_validate_json(v).trans_num for _, v in records) == sorted(
+        e.trans_num for e in sent
+    )
+    assert publisher.take_late_failures() == 0
+
+
+def test_background_publish_counts_records_the_broker_never_took() -> None:
+    # given a background publisher whose broker is unreachable (300 ms delivery deadline)
+    config: dict[str, Any] = {"message.timeout.ms": 300}
+    publisher = KafkaPublisher("127.0.0.1:9", card_key=HASHER, background=True, **config)
+
+    # when two records are published, then publish returns, and the failures are counted later
+    publisher.publish([_transaction("t1"), _transaction("t2")])
+    deadline = time.monotonic() + 5
+    failures = 0
+    while failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        failures += publisher.take_late_failures()
+    assert failures == 2
+    assert publisher.take_late_failures() == 0  # taken once
+
+
 def test_msk_iam_settings_sign_oauthbearer_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     # given the deployed scorer's environment (cdk_app/constructs/stream.py)
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
