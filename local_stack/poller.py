@@ -138,9 +138,14 @@ class KafkaPoller:
     def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:
         batch: list[StreamRecord] = []
         deadline = time.monotonic() + self.cfg.batching_window
-        polled = False
+        polled = extended = False
         while len(batch) < self.cfg.batch_size and not self._stop.is_set():
             remaining = deadline - time.monotonic()
+            if remaining <= 0 and polled and not batch and not extended:
+                # nothing yet: give a fetch waiting in the broker (FETCH_MAX_WAIT) time to land,
+                # or records sent just before the deadline would wait a whole extra window
+                deadline, extended = deadline + FETCH_MAX_WAIT, True
+                remaining = FETCH_MAX_WAIT
             if remaining <= 0 and polled:
                 break
             polled, remaining = True, max(remaining, 0.0)  # a window of 0 still polls once
