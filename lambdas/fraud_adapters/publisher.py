@@ -110,23 +110,11 @@ class KafkaPublisher:
         """Send and wait for this call's acknowledgements only (not the rest of the queue);
         in background mode, queue and return (a full queue raises)."""
         if self.background:
-            for event in events:
-                self.producer.produce(
-                    self.topics[type(event)],
-                    value=_payload(event),
-                    key=partition_key(event, self.card_key).encode(),
-                    on_delivery=self._delivered_late,
-                )
+            self._produce(events, self._delivered_late)
             self.producer.poll(0)  # serves the reports of earlier records
             return
         outcome = _Deliveries(len(events))
-        for event in events:
-            self.producer.produce(
-                self.topics[type(event)],
-                value=_payload(event),
-                key=partition_key(event, self.card_key).encode(),
-                on_delivery=outcome.delivered,
-            )
+        self._produce(events, outcome.delivered)
         deadline = time.monotonic() + timeout
         while outcome.pending and (left := deadline - time.monotonic()) > 0:
             self.producer.poll(left)  # serves delivery callbacks
@@ -135,6 +123,15 @@ class KafkaPublisher:
         if outcome.pending:
             raise TimeoutError(
                 f"{outcome.pending} of {len(events)} records not acknowledged by Kafka within {timeout} s"
+            )
+
+    def _produce(self, events: Sequence[Event], on_delivery: Callable[[Any, Any], None]) -> None:
+        for event in events:
+            self.producer.produce(
+                self.topics[type(event)],
+                value=_payload(event),
+                key=partition_key(event, self.card_key).encode(),
+                on_delivery=on_delivery,
             )
 
     def _delivered_late(self, error: Any, message: Any) -> None:
