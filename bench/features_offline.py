@@ -1,4 +1,5 @@
-"""Offline point-in-time features: ``training.dataset.build_features`` time and peak memory.
+"""Offline point-in-time features (``training.dataset.build_features``) and, with ``--train``, one
+XGBoost fit on them: time and peak memory.
 
 Frames shaped like the Kaggle data set (1,000 cards, ~700 merchants, 2 years) at 100k, 1M and
 1.85M rows; the 1.85M frame comes from ``training.data.simulator.kaggle_scale()`` when that
@@ -7,7 +8,12 @@ subprocess that loads the frame from Parquet, resets the kernel's peak-RSS mark
 (``/proc/self/clear_refs``), runs ``build_features`` once and reports wall time, CPU time and the
 peak RSS above the loaded frame.
 
-    uv run python -m bench.features_offline --sizes 100000,1000000,1850000 [--json out.json]
+With ``--train`` each child then fits one model the way the pipeline fits its final one
+(``training.train.fit``: time splits with 30-day validation and test windows, the mid-range
+parameters of ``bench.scorer``, up to 300 rounds with early stopping, 2 threads) and reports its
+time, rounds, validation AUC-PR and the peak RSS of the fit alone.
+
+    uv run python -m bench.features_offline --sizes 100000,1000000,1850000 [--train] [--json out.json]
 """
 
 import argparse
@@ -58,7 +64,36 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(path: Path, label_delay: int, profile: bool) -> None:
+def _fit(rows: Any, label_delay: int) -> dict[str, Any]:
+    """One training.train.fit on the feature rows: seconds, CPU, peak above the start, rounds."""
+    from training.config import SplitConfig, TuningConfig
+    from training.train import base_params, fit, time_splits
+
+    splits = time_splits(rows, SplitConfig(validation_days=30, test_days=30), label_delay)
+    params = base_params(splits.train, nthread=2, seed=7) | {
+        "max_depth": 6,
+        "learning_rate": 0.1,
+        "min_child_weight": 2.0,
+        "subsample": 0.9,
+        "colsample_bytree": 0.8,
+    }
+    cfg = TuningConfig(max_rounds=300, early_stopping_rounds=30, nthread=2, seed=7)
+    gc.collect()
+    rss_before = _rss_bytes()
+    _reset_peak()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    booster, aucpr = fit(splits.train, splits.validation, params, cfg)
+    return {
+        "train_seconds": time.perf_counter() - wall0,
+        "train_cpu_seconds": time.process_time() - cpu0,
+        "train_peak_above": _peak_bytes() - rss_before,
+        "train_rows": len(splits.train),
+        "train_rounds": int(booster.num_boosted_rounds()),
+        "train_aucpr": aucpr,
+    }
+
+
+def child(path: Path, label_delay: int, profile: bool, train: bool = False) -> None:
     import pandas as pd
 
     from training.dataset import build_features
@@ -87,10 +122,12 @@ def child(path: Path, label_delay: int, profile: bool) -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
         result["profile"] = text.getvalue()
+    if train:
+        result |= _fit(out, label_delay)
     print(RESULT + json.dumps(result), flush=True)
 
 
-def _measure(path: Path, label_delay: int, profile: bool = False) -> dict[str, Any]:
+def _measure(path: Path, label_delay: int, profile: bool = False, train: bool = False) -> dict[str, Any]:
     argv = [
         sys.executable,
         "-m",
@@ -101,7 +138,7 @@ def _measure(path: Path, label_delay: int, profile: bool = False) -> dict[str, A
         str(label_delay),
     ]
     done = subprocess.run(
-        [*argv, *(["--profile"] if profile else [])],
+        [*argv, *(["--profile"] if profile else []), *(["--train"] if train else [])],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -120,10 +157,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3, help="fresh-process runs per size (median)")
     p.add_argument("--label-delay", type=int, default=spec.DEFAULT_LABEL_DELAY)
     p.add_argument("--profile", action="store_true", help="cProfile one extra run of the largest size")
+    p.add_argument("--train", action="store_true", help="also time one training.train.fit per run")
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        child(args.child, args.label_delay, args.profile)
+        child(args.child, args.label_delay, args.profile, args.train)
         return {}
 
     report = Report(
@@ -152,7 +190,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             report.values[f"frame {n:,}"] = shape
             del df
-            results[n] = [_measure(path, args.label_delay) for _ in range(args.repeats)]
+            results[n] = [_measure(path, args.label_delay, train=args.train) for _ in range(args.repeats)]
             runs = results[n]
             seconds = statistics.median(r["seconds"] for r in runs)
             cpu = statistics.median(r["cpu_seconds"] for r in runs)
@@ -170,6 +208,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.values[f"build_features {rows:,} rows: loaded frame RSS (MB)"] = round(
                 runs[0]["rss_before"] / 2**20
             )
+            if args.train:
+                fits = sorted(runs, key=lambda r: float(r["train_seconds"]))
+                mid = fits[len(fits) // 2]
+                report.values[f"fit {rows:,} rows: median wall s (runs)"] = (
+                    f"{mid['train_seconds']:.2f} ({', '.join(f'{r["train_seconds"]:.2f}' for r in runs)})"
+                )
+                report.values[f"fit {rows:,} rows: that run's CPU s, rounds, s/round"] = (
+                    f"{mid['train_cpu_seconds']:.1f}, {mid['train_rounds']}, "
+                    f"{mid['train_seconds'] / mid['train_rounds']:.3f}"
+                )
+                report.values[f"fit {rows:,} rows: train rows, validation AUC-PR"] = (
+                    f"{mid['train_rows']:,}, {mid['train_aucpr']:.3f}"
+                )
+                report.values[f"fit {rows:,} rows: peak RSS of the fit (MB)"] = round(
+                    mid["train_peak_above"] / 2**20
+                )
             if not runs[0]["peak_reset"]:
                 report.values[f"build_features {rows:,} rows: note"] = "peak from ru_maxrss (no clear_refs)"
             if n >= KAGGLE_ROWS:
