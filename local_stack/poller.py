@@ -124,15 +124,18 @@ class KafkaPoller:
         holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
         if self._consumer is None:
             consumer = KafkaConsumer(**consumer_options(self.cfg))
-            partitions = []
-            for topic in self.cfg.topics:
-                ids = consumer.partitions_for_topic(topic)
-                if not ids:
-                    consumer.close(autocommit=False)
-                    raise RuntimeError(f"topic {topic} has no partitions yet")
-                partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-            consumer.assign(partitions)
+            # owned (and closed by _close on failure) before its first blocking call: the metadata
+            # request waits without a timeout, and a broker restart can leave it waiting forever,
+            # so it runs under the watchdog like poll()
             self._consumer = consumer
+            partitions = []
+            with self._consumer_call():
+                for topic in self.cfg.topics:
+                    ids = consumer.partitions_for_topic(topic)
+                    if not ids:
+                        raise RuntimeError(f"topic {topic} has no partitions yet")
+                    partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+            consumer.assign(partitions)
         return self._consumer
 
     def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:
