@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -65,8 +65,18 @@ def to_cents(amount: float) -> int:
     return round(amount * 100)
 
 
+def mask_card(card_id: str) -> str:
+    """Never show a card number: keep the last four characters."""
+    return f"****{card_id[-4:]}" if len(card_id) > 4 else "****"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    def __repr_args__(self) -> Any:
+        """``repr``/``str`` (debug logs, tracebacks, Powertools' own debug lines) mask card numbers."""
+        for name, value in super().__repr_args__():
+            yield name, mask_card(value) if name == "cc_num" and isinstance(value, str) else value
 
 
 class PredictRequest(_Strict):

@@ -2,11 +2,10 @@
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
+from fraud_core.schemas import mask_card
+
+__all__ = ["logger", "mask_card", "metrics", "tracer"]
+
 logger = Logger(service="fraudsys")
 metrics = Metrics(namespace="FraudSys", service="fraudsys")
 tracer = Tracer(service="fraudsys")
-
-
-def mask_card(card_id: str) -> str:
-    """Never log a card number: keep the last four characters."""
-    return f"****{card_id[-4:]}" if len(card_id) > 4 else "****"
