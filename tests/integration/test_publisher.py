@@ -15,6 +15,7 @@ from moto import mock_aws
 from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher, kafka_security_config, msk_iam_token
 from fraud_adapters.redis_store import CardHasher
 from fraud_core.schemas import LabelEvent, TransactionEvent
+from tests.support.events import a_request
 from tests.support.services import Service
 
 pytestmark = pytest.mark.integration
@@ -24,19 +25,7 @@ HASHER = CardHasher(b"publisher-test-key-0123456789")
 
 
 def _transaction(trans_num: str, card: str = CARD) -> TransactionEvent:
-    return TransactionEvent(
-        trans_num=trans_num,
-        cc_num=card,
-        merchant="fraud_Kirlin and Sons",
-        category="grocery_pos",
-        amt=12.5,
-        transaction_time=datetime(2020, 1, 1, 0, 0, tzinfo=UTC),
-        lat=40.0,
-        long=-75.0,
-        city_pop=1000,
-        merch_lat=40.1,
-        merch_long=-75.1,
-    )
+    return a_request(transaction_id=trans_num, cc_num=card).to_event()
 
 
 def _label(trans_num: str) -> LabelEvent:

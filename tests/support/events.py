@@ -3,8 +3,10 @@
 import base64
 import json
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from fraud_core.schemas import PredictRequest
 from local_stack.events import LocalContext, StreamRecord
 from local_stack.events import api_gateway_event as _api_gateway_event
 from local_stack.events import msk_event as _msk_event
@@ -52,3 +54,21 @@ def kinesis_event(values: Iterable[bytes], stream: str = "fraudsys-events") -> d
             for i, value in enumerate(values)
         ]
     }
+
+
+def a_request(**overrides: Any) -> PredictRequest:
+    """One valid scoring request (card 4111111111111111 at a grocery); override any field.
+    ``.to_event()`` gives the transaction event the scorer publishes for it."""
+    fields: dict[str, Any] = {
+        "cc_num": "4111111111111111",
+        "merchant_name": "fraud_Kirlin and Sons",
+        "category": "grocery_pos",
+        "amount_usd": 12.5,
+        "transaction_time": datetime(2020, 1, 1, tzinfo=UTC),
+        "lat": 40.0,
+        "long": -75.0,
+        "city_pop": 1000,
+        "merch_lat": 40.1,
+        "merch_long": -75.1,
+    }
+    return PredictRequest.model_validate(fields | overrides)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fraud_core import spec
 from fraud_core.online import OnlineState, card_events, request_features, vectorized_request_features
 from fraud_core.schemas import PredictRequest
+from tests.support.events import a_request
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 Case = tuple[PredictRequest, OnlineState, int]
@@ -113,17 +114,8 @@ def test_empty_and_single_event_windows(n_events: int) -> None:
         merch_lat=np.full(n_events, 40.0),
         merch_long=np.full(n_events, -75.0),
     )
-    request = PredictRequest(
-        customer_id="C-1",
-        merchant_name="m",
-        category="home",
-        amount_usd=12.34,
-        transaction_time=datetime.fromtimestamp(T, UTC),
-        lat=40.0,
-        long=-75.0,
-        city_pop=1000,
-        merch_lat=40.5,
-        merch_long=-75.5,
+    request = a_request(
+        cc_num=None, customer_id="C-1", amount_usd=12.34, transaction_time=datetime.fromtimestamp(T, UTC)
     )
 
     # when both kernels compute the row, then they agree, on the empty constants too
