@@ -4,7 +4,7 @@ import ctypes
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,17 +107,19 @@ class LoadedModel:
     baseline: Any | None
     baseline_columns: list[int]
     approx_reasons: bool = False
-    contributions: RowContributions | None = None
-    baseline_contributions: RowContributions | None = None
+    # derived from the boosters (``dataclasses.replace`` rebuilds them)
+    contributions: RowContributions = field(init=False)
+    baseline_contributions: RowContributions | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.contributions = RowContributions(
             self.booster, len(self.manifest.feature_names), self.approx_reasons
         )
-        if self.baseline is not None:
-            self.baseline_contributions = RowContributions(
-                self.baseline, len(self.baseline_columns), self.approx_reasons
-            )
+        self.baseline_contributions = (
+            None
+            if self.baseline is None
+            else RowContributions(self.baseline, len(self.baseline_columns), self.approx_reasons)
+        )
 
     @classmethod
     def from_files(cls, files: ModelFiles, approx_reasons: bool = False) -> "LoadedModel":
@@ -155,7 +157,8 @@ class LoadedModel:
         probability is their sigmoid (equal to ``Booster.predict`` within float32 rounding, ~1e-7).
         The columns were checked against the model's feature names when it was loaded.
         """
-        contributions, names, values = self.contributions, self.manifest.feature_names, row
+        contributions: RowContributions | None = self.contributions
+        names, values = self.manifest.feature_names, row
         if degraded:
             contributions, names = self.baseline_contributions, list(spec.REQUEST_ONLY_FEATURES)
             values = np.ascontiguousarray(row[:, self.baseline_columns])
