@@ -115,7 +115,7 @@ def _publish(request: PredictRequest) -> None:
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
         failures = 1
-    failures += publisher.take_late_failures()  # background mode: earlier records refused since
+    failures += publisher.take_late_failures()  # background mode: records refused since the last call
     if failures:
         metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=failures)
 
