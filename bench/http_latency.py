@@ -81,7 +81,6 @@ class ServerOptions:
     pointer_ttl: float = 30.0  # the deployed MODEL_POINTER_TTL_SECONDS default
     templates: int = 4000
     max_seconds: float = 3600.0  # the API process stops by itself after this
-    nodelay: bool = False  # apply the proposed TCP_NODELAY fix to the local API in the API process
     env: tuple[str, ...] = ()  # extra KEY=VALUE environment of the API process
     api_workers: int = 1  # StackConfig.api_workers: scorer processes behind the API port
 
@@ -112,8 +111,6 @@ class ServerOptions:
             out += ["--batching-window", str(self.batching_window)]
         if self.batch_size is not None:
             out += ["--batch-size", str(self.batch_size)]
-        if self.nodelay:
-            out.append("--server-nodelay")
         out += ["--api-workers", str(self.api_workers)]
         for kv in self.env:
             out += ["--server-env", kv]
@@ -164,11 +161,6 @@ def serve(opts: ServerOptions) -> None:
     )
     stack = LocalStack(cfg).up()
     try:
-        if opts.nodelay and stack.api is not None:
-            # The proposed fix to local_stack/api.py, applied in this process only: TCP_NODELAY on
-            # accepted sockets, so the body written after the headers is not held back by Nagle's
-            # algorithm until the client's delayed ACK (~40 ms on Linux).
-            stack.api.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
         info: dict[str, Any] = {
             "pid": os.getpid(),
             "api": stack.endpoints()["api"],
@@ -180,7 +172,6 @@ def serve(opts: ServerOptions) -> None:
             opts.batching_window if opts.batching_window is not None else window
         )
         info["model_pointer_ttl_s"] = opts.pointer_ttl
-        info["server_tcp_nodelay"] = opts.nodelay
         info["server_env"] = list(opts.env)
         info["label_delay_s"] = cfg.label_delay_seconds
 
@@ -750,11 +741,6 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", type=int, default=4000)
     p.add_argument("--max-seconds", type=float, default=3600.0, help="the API process stops after this")
     p.add_argument(
-        "--server-nodelay",
-        action="store_true",
-        help="apply the proposed fix to local_stack/api.py (TCP_NODELAY) in the API process",
-    )
-    p.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -780,7 +766,6 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         pointer_ttl=args.pointer_ttl,
         templates=args.templates,
         max_seconds=args.max_seconds,
-        nodelay=args.server_nodelay,
         env=tuple(args.server_env),
         api_workers=args.api_workers,
     )

@@ -1,15 +1,18 @@
 """A local API Gateway: HTTP on 127.0.0.1 -> REST proxy events -> the real scorer handler.
 
-Like one Lambda instance, it runs one invocation at a time (the Powertools resolver keeps the
-current event on the app object). Extra routes served here, not by the Lambda:
+Like one Lambda instance, it runs one invocation at a time: the handler runs on the server's
+event loop, so requests on other connections wait their turn (the Powertools resolver keeps the
+current event on the app object). The HTTP server is uvicorn (httptools parser, uvloop).
+Extra routes served here, not by the Lambda:
 ``GET /metrics`` (Prometheus) and ``GET /openapi.json``.
 """
 
 import json
+import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,76 +22,120 @@ from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_met
 
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health")}
 MAX_BODY_BYTES = 256 * 1024
+DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+def _message(text: str) -> bytes:
+    return json.dumps({"message": text}).encode()
 
 
 class LocalApi:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 8080, reuse_port: bool = False, bind: bool = True
     ) -> None:
+        import uvicorn
+
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes: with Nagle's algorithm the body waits for
-            # the client's delayed ACK of the headers (~40 ms on Linux) on keep-alive connections.
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _dispatch(self, method: str) -> None:
-                path = self.path.split("?", 1)[0]
-                if method == "GET" and path == "/metrics":
-                    self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
-                    return
-                if method == "GET" and path == "/openapi.json":
-                    from handlers.predict import app
-
-                    self._send(200, app.get_openapi_json_schema().encode())
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._send(413, json.dumps({"message": "request body too large"}).encode())
-                    return
-                body = self.rfile.read(length).decode("utf-8", errors="replace") if length else None
-                if (method, path) not in LAMBDA_ROUTES:
-                    known = path in {p for _, p in LAMBDA_ROUTES}
-                    status = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
-                    self._send(status, json.dumps({"message": f"{method} {path}: {status.phrase}"}).encode())
-                    return
-                code, payload, headers = api.invoke(method, path, body, dict(self.headers.items()))
-                self._send(code, payload, headers.get("Content-Type", "application/json"))
-
-            def do_GET(self) -> None:
-                self._dispatch("GET")
-
-            def do_POST(self) -> None:
-                self._dispatch("POST")
-
-            def do_PUT(self) -> None:
-                self._dispatch("PUT")
-
-            def do_DELETE(self) -> None:
-                self._dispatch("DELETE")
-
-        server_class: type[ThreadingHTTPServer] = type(
-            "Server", (ThreadingHTTPServer,), {"allow_reuse_port": reuse_port}
-        )
-        self.server = server_class((host, port), Handler, bind_and_activate=False)
-        self.server.daemon_threads = True
+        self.host = host
         self.port = port
+        self.reuse_port = reuse_port
+        self.socket: socket.socket | None = None
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.asgi,
+                loop="uvloop",
+                http="httptools",
+                interface="asgi3",
+                lifespan="off",
+                proxy_headers=False,
+                access_log=False,
+                log_level="warning",
+                server_header=False,
+                date_header=False,
+                timeout_graceful_shutdown=2,
+                timeout_keep_alive=60,  # idle keep-alive connections (uvicorn default: 5 s)
+            )
+        )
         if bind:
             self.bind()
-        self.thread = threading.Thread(target=self.server.serve_forever, name="local-api", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="local-api", daemon=True)
+
+    # ------------------------------------------------------------------------------- the ASGI app
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            raw = await self._body(headers, receive)
+        except BodyTooLargeError:
+            await self._send(send, 413, _message("request body too large"))
+            return
+        if method == "GET" and path == "/metrics":
+            await self._send(send, 200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            return
+        if method == "GET" and path == "/openapi.json":
+            from handlers.predict import app
+
+            await self._send(send, 200, app.get_openapi_json_schema().encode())
+            return
+        if (method, path) not in LAMBDA_ROUTES:
+            known = path in {p for _, p in LAMBDA_ROUTES}
+            status = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
+            await self._send(send, status.value, _message(f"{method} {path}: {status.phrase}"))
+            return
+        body = raw.decode("utf-8", errors="replace") if raw else None
+        code, payload, out_headers = self.invoke(method, path, body, headers)
+        await self._send(send, code, payload, out_headers.get("Content-Type", "application/json"))
+
+    @staticmethod
+    async def _body(headers: dict[str, str], receive: Receive) -> bytes:
+        """The request body, or ``BodyTooLargeError`` past ``MAX_BODY_BYTES``. A too large body is
+        still read (and dropped, up to ``DRAIN_BYTES``): a socket closed with unread data is reset,
+        and the client would see the reset instead of the 413."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                break
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLargeError
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _send(send: Send, status: int, body: bytes, content_type: str = "application/json") -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------------------ one Lambda invocation
 
     def invoke(
         self, method: str, path: str, body: str | None, headers: dict[str, str]
@@ -112,11 +159,19 @@ class LocalApi:
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
         return status, payload, {k: str(v) for k, v in (result.get("headers") or {}).items()}
 
+    # ------------------------------------------------------------------------------ the server
+
     def bind(self) -> None:
         """Bind and listen (``bind=False`` defers it, e.g. until ``warm`` has run)."""
-        self.server.server_bind()
-        self.server.server_activate()
-        self.port = int(self.server.server_address[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.socket = sock
+        self.port = int(sock.getsockname()[1])
 
     def warm(self) -> None:
         """Cold start before serving: the champion, Redis (``GET /health``) and the Kafka producer."""
@@ -125,14 +180,27 @@ class LocalApi:
         self.invoke("GET", "/health", None, {})
         bootstrap.publisher()
 
-    def start(self) -> "LocalApi":
+    def _run(self) -> None:
+        if self.socket is None:
+            raise RuntimeError("LocalApi.bind() before start()")
+        # uvicorn installs signal handlers only on the main thread: this thread leaves them alone
+        self.server.run(sockets=[self.socket])
+
+    def start(self, timeout: float = 30.0) -> "LocalApi":
         self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the local API did not start")
+            time.sleep(0.005)
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(5)
+        elif self.socket is not None:
+            self.socket.close()
 
     @property
     def url(self) -> str:

@@ -7,9 +7,11 @@ every operation of ``GET /openapi.json``; hand-written junk covers what a schema
 non-5xx; every rejection a 4xx JSON object with a non-empty ``message``.
 """
 
+import http.client
 import json
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +199,22 @@ def test_a_valid_request_still_scores_after_the_fuzzing(api: LocalApi, tmp_path:
 
     assert status == 200, body[:300]
     assert json.loads(body)["model_version"] == "7"
+
+
+def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:
+    """Clients keep connections open between requests (the benchmarks' freshness probe waits
+    seconds between two); the local API must not drop them after uvicorn's default 5 s."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
+        time.sleep(6)
+        conn.request("GET", "/health")
+        second = conn.getresponse()
+        second.read()
+    finally:
+        conn.close()
+
+    assert first.status == 200
+    assert second.status == 200
