@@ -79,7 +79,7 @@ class LocalApi:
         path: str = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            raw = await self._body(headers, receive)
+            raw = await self._body(receive)
         except BodyTooLargeError:
             await self._send(send, 413, _message("request body too large"))
             return
@@ -101,7 +101,7 @@ class LocalApi:
         await self._send(send, code, payload, out_headers.get("Content-Type", "application/json"))
 
     @staticmethod
-    async def _body(headers: dict[str, str], receive: Receive) -> bytes:
+    async def _body(receive: Receive) -> bytes:
         """The request body, or ``BodyTooLargeError`` past ``MAX_BODY_BYTES``. A too large body is
         still read (and dropped, up to ``DRAIN_BYTES``): a socket closed with unread data is reset,
         and the client would see the reset instead of the 413."""
