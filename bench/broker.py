@@ -33,7 +33,8 @@ def _cpu_seconds(pid: int) -> float:
 def run(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=90.0)
-    p.add_argument("--rate", type=float, default=200.0, help="produce calls per second")
+    p.add_argument("--rate", type=float, default=200.0, help="records per second")
+    p.add_argument("--batch", type=int, default=1, help="records per flush (one produce request)")
     p.add_argument("--no-consumer", action="store_true")
     p.add_argument("--no-commit", action="store_true")
     p.add_argument("--fetch-min-bytes", type=int, default=1)
@@ -79,7 +80,8 @@ def run(argv: Sequence[str] | None = None) -> None:
         if not args.no_consumer:
             reader.start()
         print(
-            f"rate {args.rate:g}/s, consumer {not args.no_consumer}, commit {not args.no_commit}, "
+            f"rate {args.rate:g}/s in flushes of {args.batch}, consumer {not args.no_consumer}, "
+            f"commit {not args.no_commit}, "
             f"fetch_min_bytes {args.fetch_min_bytes}, fetch_max_wait_ms {args.fetch_max_wait_ms}"
         )
         start = time.perf_counter()
@@ -91,10 +93,11 @@ def run(argv: Sequence[str] | None = None) -> None:
             if wait > 0:
                 time.sleep(wait)
             began = time.perf_counter()
-            producer.produce(TOPIC, payload, key=str(sent % 1000).encode())
+            for i in range(args.batch):
+                producer.produce(TOPIC, payload, key=str((sent + i) % 1000).encode())
             producer.flush(5)
             latencies.append(time.perf_counter() - began)
-            sent += 1
+            sent += args.batch
             if (now := time.perf_counter()) - last_t >= 15:
                 cpu = _cpu_seconds(broker.pid)
                 latencies.sort()

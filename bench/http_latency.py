@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import math
 import os
 import random
 import socket
@@ -83,6 +84,7 @@ class ServerOptions:
     max_seconds: float = 3600.0  # the API process stops by itself after this
     env: tuple[str, ...] = ()  # extra KEY=VALUE environment of the API process
     api_workers: int = 1  # StackConfig.api_workers: scorer processes behind the API port
+    publish_mode: str = "sync"  # StackConfig.publish_mode: the scorer waits for Kafka, or not
 
     def argv(self) -> list[str]:
         out = [
@@ -111,7 +113,7 @@ class ServerOptions:
             out += ["--batching-window", str(self.batching_window)]
         if self.batch_size is not None:
             out += ["--batch-size", str(self.batch_size)]
-        out += ["--api-workers", str(self.api_workers)]
+        out += ["--api-workers", str(self.api_workers), "--publish-mode", self.publish_mode]
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -141,7 +143,7 @@ def serve(opts: ServerOptions) -> None:
     from fraud_core.schemas import LabelEvent, TransactionEvent
     from handlers import bootstrap
     from local_stack.replay import timeline
-    from local_stack.stack import LocalStack, StackConfig, cdk_updater_settings
+    from local_stack.stack import LocalStack, StackConfig, cdk_updater_settings, handler_environment
     from training.config import load_config
     from training.pipeline import load_transactions, run_pipeline
 
@@ -158,7 +160,11 @@ def serve(opts: ServerOptions) -> None:
         batch_size=opts.batch_size,
         batching_window=opts.batching_window,
         api_workers=opts.api_workers,
+        publish_mode=opts.publish_mode,
     )
+    overridden = sorted({kv.split("=", 1)[0] for kv in opts.env} & handler_environment(cfg).keys())
+    if overridden:  # LocalStack.up() sets these for the handlers: an option would be silently lost
+        raise SystemExit(f"--server-env cannot set {', '.join(overridden)}: the stack sets it (see --help)")
     stack = LocalStack(cfg).up()
     try:
         info: dict[str, Any] = {
@@ -173,6 +179,7 @@ def serve(opts: ServerOptions) -> None:
         )
         info["model_pointer_ttl_s"] = opts.pointer_ttl
         info["server_env"] = list(opts.env)
+        info["publish_mode"] = opts.publish_mode
         info["label_delay_s"] = cfg.label_delay_seconds
 
         started = time.perf_counter()
@@ -397,7 +404,8 @@ class HttpConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes, dict[str, float]]:
+        """Status, body, and the server's ``Server-Timing`` durations (ms; empty if absent)."""
         if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             sock = self.writer.get_extra_info("socket")
@@ -411,17 +419,33 @@ class HttpConnection:
         response_head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(response_head[9:12])
         length = 0
+        timing: dict[str, float] = {}
         for line in response_head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            key = name.strip().lower()
+            if key == b"content-length":
                 length = int(value)
+            elif key == b"server-timing":
+                timing = server_timing(value)
         payload = await self.reader.readexactly(length) if length else b""
-        return status, payload
+        return status, payload, timing
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+
+
+def server_timing(value: bytes) -> dict[str, float]:
+    """``handler;dur=1.2, read;dur=0.3`` (``Server-Timing``) -> ``{"handler": 1.2, "read": 0.3}``."""
+    out: dict[str, float] = {}
+    for metric in value.split(b","):
+        name, *params = (part.strip() for part in metric.split(b";"))
+        for param in params:
+            key, _, number = param.partition(b"=")
+            if key == b"dur" and name:
+                out[name.decode("latin-1")] = float(number)
+    return out
 
 
 @dataclass
@@ -433,14 +457,18 @@ class Run:
     sent: list[float] = field(default_factory=list)
     done: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)  # Server-Timing of each answer
     statuses: Counter[str] = field(default_factory=Counter)
     started: float = 0.0
     finished: float = 0.0
     server_cpu_s: float = 0.0
     unsent: int = 0
 
-    def record(self, scheduled: float, sent: float, done: float, status: str) -> None:
+    def record(
+        self, scheduled: float, sent: float, done: float, status: str, timing: dict[str, float] | None = None
+    ) -> None:
         self.scheduled.append(scheduled)
+        self.timings.append(timing or {})
         self.sent.append(sent)
         self.done.append(done)
         self.ok.append(status == "200")
@@ -477,7 +505,23 @@ class Run:
                 "from_schedule_max_ms": from_schedule.max(),
             }
             out["client_lag_p99_ms"] = float(np.percentile(lag, 99))
+            out |= self._server_timing(idx[ok], service)
         return {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
+
+    def _server_timing(
+        self, idx: "np.typing.NDArray[np.int64]", service: "np.typing.NDArray[np.float64]"
+    ) -> dict[str, float]:
+        """p50/p99 of each ``Server-Timing`` duration (``handler``, ``score``, ``read``), and the
+        p99 of the time outside the handler (HTTP, queueing, the client) over the same answers."""
+        out: dict[str, float] = {}
+        for name in ("handler", "score", "read"):
+            values = np.array([self.timings[i].get(name, math.nan) for i in idx], dtype=np.float64)
+            if len(values) and not np.isnan(values).all():
+                p50, p99 = np.nanpercentile(values, [50, 99])
+                out |= {f"{name}_p50_ms": float(p50), f"{name}_p99_ms": float(p99)}
+                if name == "handler":
+                    out["outside_handler_p99_ms"] = float(np.nanpercentile(service - values, 99))
+        return out
 
     def windows(self, seconds: float) -> list[dict[str, Any]]:
         sched = np.asarray(self.scheduled)
@@ -492,15 +536,15 @@ class Run:
         return out
 
 
-async def post_status(conn: "HttpConnection", body: bytes, timeout: float) -> str:
+async def post_status(conn: "HttpConnection", body: bytes, timeout: float) -> tuple[str, dict[str, float]]:
     """One ``POST /predict``: the status code as text, or the error's name (the connection is
-    then closed, and reopened on its next use)."""
+    then closed, and reopened on its next use); and the handler's time (``Server-Timing``)."""
     try:
-        code, _ = await asyncio.wait_for(conn.post("/predict", body), timeout)
-        return str(code)
+        code, _, timing = await asyncio.wait_for(conn.post("/predict", body), timeout)
+        return str(code), timing
     except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
         conn.close()
-        return type(exc).__name__
+        return type(exc).__name__, {}
 
 
 async def open_loop(
@@ -542,15 +586,16 @@ async def open_loop(
             raise
         sent = time.perf_counter()
         status = "error"
+        timing: dict[str, float] = {}
         try:
-            status = await post_status(conn, server.body(name, i), timeout)
+            status, timing = await post_status(conn, server.body(name, i), timeout)
         except asyncio.CancelledError:
             status = "cancelled"
             conn.close()
             raise
         finally:
             pool.put_nowait(conn)
-            run.record(scheduled, sent, time.perf_counter(), status)
+            run.record(scheduled, sent, time.perf_counter(), status, timing)
 
     cpu0 = cpu_seconds(server.pid)
     run.started = start = time.perf_counter() + 0.01
@@ -603,8 +648,8 @@ async def closed_loop(
                 now = time.perf_counter()
                 if now >= stop_at:
                     return
-                status = await post_status(conn, server.body(name, i), timeout)
-                run.record(now, now, time.perf_counter(), status)
+                status, timing = await post_status(conn, server.body(name, i), timeout)
+                run.record(now, now, time.perf_counter(), status, timing)
         finally:
             conn.close()
 
@@ -702,6 +747,8 @@ LATENCY_KEYS = (
     "p99.9_ms",
     "max_ms",
     "from_schedule_p99_ms",
+    "handler_p99_ms",
+    "outside_handler_p99_ms",
     "server_cpu_pct",
     "server_cpu_ms_per_req",
 )
@@ -745,11 +792,18 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment of the API process (e.g. OMP_NUM_THREADS=1); repeatable",
+        help="extra environment of the API process (e.g. OMP_NUM_THREADS=1), not one the stack sets "
+        "for the handlers (local_stack.stack.handler_environment); repeatable",
     )
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--api-workers", type=int, default=1, help="API processes (StackConfig.api_workers)")
+    p.add_argument(
+        "--publish-mode",
+        choices=("sync", "background"),
+        default="sync",
+        help="PUBLISH_MODE of the scorer (StackConfig.publish_mode)",
+    )
 
 
 def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
@@ -768,6 +822,7 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         max_seconds=args.max_seconds,
         env=tuple(args.server_env),
         api_workers=args.api_workers,
+        publish_mode=args.publish_mode,
     )
 
 
@@ -830,7 +885,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print(table(rows, LATENCY_KEYS))
     print("open loop per 10 s:")
-    print(table(results["open_loop_windows"], ("window", "requests", "errors", "p50_ms", "p99_ms", "max_ms")))
+    window_keys = (
+        *("window", "requests", "errors", "p50_ms", "p99_ms", "max_ms"),
+        *("handler_p99_ms", "score_p99_ms", "read_p99_ms", "outside_handler_p99_ms"),
+    )
+    print(table(results["open_loop_windows"], window_keys))
     print("freshness:", json.dumps(results["freshness"]))
     print("target:", json.dumps(results["target"]))
     return write_json(args.json, results)

@@ -435,7 +435,9 @@ def _profile(fn: Callable[[], object], top: int = 25) -> str:
     with quiet_stdout():
         profiler.runcall(fn)
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
     return "\n" + out.getvalue()
 
 

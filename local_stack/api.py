@@ -4,7 +4,11 @@ Like one Lambda instance, it runs one invocation at a time: the handler runs on 
 event loop, so requests on other connections wait their turn (the Powertools resolver keeps the
 current event on the app object). The HTTP server is uvicorn (httptools parser, uvloop).
 Extra routes served here, not by the Lambda:
-``GET /metrics`` (Prometheus) and ``GET /openapi.json``.
+``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of the Lambda routes carry a
+``Server-Timing`` header (milliseconds): ``handler`` (the whole invocation) and, for a score,
+``score`` (``Scorer.score``) and ``read`` (its Redis read), from the handler's own latency
+metrics (kept for this when POWERTOOLS_METRICS_DISABLED, as the local stack sets it), so that a
+client can split its latency into HTTP and queueing, Powertools, the Redis read and the rest.
 """
 
 import json
@@ -23,6 +27,8 @@ from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_met
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health")}
 MAX_BODY_BYTES = 256 * 1024
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
+SERVER_TIMING = "Server-Timing"
+TIMED_METRICS = (("score", "ScoringLatency"), ("read", "FeatureReadLatency"))  # Server-Timing names
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -98,7 +104,13 @@ class LocalApi:
             return
         body = raw.decode("utf-8", errors="replace") if raw else None
         code, payload, out_headers = self.invoke(method, path, body, headers)
-        await self._send(send, code, payload, out_headers.get("Content-Type", "application/json"))
+        await self._send(
+            send,
+            code,
+            payload,
+            out_headers.get("Content-Type", "application/json"),
+            [(b"server-timing", out_headers[SERVER_TIMING].encode("latin-1"))],
+        )
 
     @staticmethod
     async def _body(receive: Receive) -> bytes:
@@ -122,7 +134,13 @@ class LocalApi:
         return b"".join(chunks)
 
     @staticmethod
-    async def _send(send: Send, status: int, body: bytes, content_type: str = "application/json") -> None:
+    async def _send(
+        send: Send,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -130,6 +148,7 @@ class LocalApi:
                 "headers": [
                     (b"content-type", content_type.encode("latin-1")),
                     (b"content-length", str(len(body)).encode()),
+                    *(extra_headers or ()),
                 ],
             }
         )
@@ -146,7 +165,7 @@ class LocalApi:
         started = time.perf_counter()
         with self.lock:
             result = handler(event, self.context)
-            quiet_lambda_metrics()
+            added = quiet_lambda_metrics()
         elapsed = time.perf_counter() - started
         status = int(result.get("statusCode", 500))
         payload = (result.get("body") or "").encode()
@@ -157,7 +176,11 @@ class LocalApi:
                 is_fraud=str(answer["is_fraud"]).lower(), degraded=str(answer["degraded"]).lower()
             ).inc()
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
-        return status, payload, {k: str(v) for k, v in (result.get("headers") or {}).items()}
+        out_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
+        timings = [f"handler;dur={elapsed * 1000:.3f}"]
+        timings += [f"{name};dur={added[metric]:.3f}" for name, metric in TIMED_METRICS if metric in added]
+        out_headers[SERVER_TIMING] = ", ".join(timings)
+        return status, payload, out_headers
 
     # ------------------------------------------------------------------------------ the server
 

@@ -74,8 +74,8 @@ class KafkaPublisher:
     times less than a pure-Python client (docs/benchmarks-http.md). ``config`` is librdkafka's.
 
     ``background=True`` (``PUBLISH_MODE=background``): ``publish`` queues and returns; librdkafka
-    batches for 20 ms and delivers from its own threads; failures reported later are logged and
-    counted (``take_late_failures``); ``close`` flushes."""
+    gathers records for ``linger_ms`` into one produce request and delivers from its own threads;
+    failures reported later are logged and counted (``take_late_failures``); ``close`` flushes."""
 
     def __init__(
         self,
@@ -85,6 +85,7 @@ class KafkaPublisher:
         *,
         card_key: CardKey,
         background: bool = False,
+        linger_ms: int = 100,
         **config: Any,
     ) -> None:
         from confluent_kafka import Producer
@@ -97,7 +98,7 @@ class KafkaPublisher:
             {
                 "bootstrap.servers": bootstrap_servers,
                 "acks": "all",
-                "linger.ms": 20 if background else 0,
+                "linger.ms": linger_ms if background else 0,
                 "message.timeout.ms": 5000,  # delivery deadline, retries included
                 "socket.nagle.disable": True,
                 "logger": logging.getLogger("fraudsys.kafka"),

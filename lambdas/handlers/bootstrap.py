@@ -69,6 +69,7 @@ def publisher() -> Publisher:
             cfg.labels_topic,
             card_key=card_hasher(cfg),
             background=cfg.publish_mode == "background",
+            linger_ms=cfg.publish_linger_ms,
             **kafka_security_config(),
         )
     if cfg.stream_kind == "kinesis":

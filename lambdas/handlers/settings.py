@@ -28,9 +28,13 @@ class Settings(BaseModel):
     stream_kind: Literal["kafka", "kinesis", "none"] = "none"
     #: ``sync``: the answer waits for Kafka's acknowledgement (Lambda: a frozen container sends
     #: nothing, so the transaction is in the stream before the answer). ``background``: for
-    #: long-lived processes; the answer does not wait, librdkafka batches (20 ms linger), late
-    #: delivery failures are logged and counted, and a crash loses what was still queued.
+    #: long-lived processes; the answer does not wait, librdkafka batches (``publish_linger_ms``),
+    #: late delivery failures are logged and counted, and a crash loses what was still queued.
     publish_mode: Literal["sync", "background"] = "sync"
+    #: background mode: how long librdkafka gathers records into one produce request. Fewer,
+    #: larger requests keep the broker's per-request cost down (the local broker's grows with
+    #: every request it has stored: docs/benchmarks-http.md); it delays freshness by at most this.
+    publish_linger_ms: int = Field(default=100, ge=0, le=1000)
     kafka_bootstrap_servers: str | None = None
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"

@@ -10,6 +10,7 @@ non-5xx; every rejection a 4xx JSON object with a non-empty ``message``.
 import http.client
 import json
 import os
+import re
 import socket
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ def api(redis_service: Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env.setenv("MODEL_STORE_URI", str(models))
         env.setenv("DEAD_LETTER_URI", str(tmp_path_factory.mktemp("fuzz-dead")))
         env.setenv("STREAM_KIND", "none")
+        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # as the local stack: /metrics, not EMF
         env.setenv("POWERTOOLS_LOG_LEVEL", os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"))
         bootstrap.reset()
         predict.scorer.cache_clear()
@@ -218,3 +220,28 @@ def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:
 
     assert first.status == 200
     assert second.status == 200
+
+
+def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
+    """``Server-Timing`` lets a client split its latency: the handler invocation, within it
+    ``Scorer.score``, within that the Redis read (milliseconds)."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        conn.request("POST", "/predict", json.dumps(VALID), {"Content-Type": "application/json"})
+        scored = conn.getresponse()
+        scored.read()
+        conn.request("GET", "/health")
+        health = conn.getresponse()
+        health.read()
+    finally:
+        conn.close()
+
+    timing = _server_timing(scored.getheader("Server-Timing", ""))
+    assert scored.status == 200
+    assert set(timing) == {"handler", "score", "read"}
+    assert 0 < timing["read"] <= timing["score"] <= timing["handler"] < 10_000
+    assert set(_server_timing(health.getheader("Server-Timing", ""))) == {"handler"}
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header)}

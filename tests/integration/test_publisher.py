@@ -128,7 +128,7 @@ def test_background_publish_returns_before_the_ack_and_close_delivers(kafka_serv
     # when records are published one call each, then the calls return with records still queued
     for event in sent:
         publisher.publish([event])
-    assert len(publisher.producer) > 0  # librdkafka: messages not yet acknowledged (20 ms linger)
+    assert len(publisher.producer) > 0  # librdkafka: messages not yet acknowledged (100 ms linger)
     publisher.close()  # flushes
     assert len(publisher.producer) == 0
 
@@ -138,6 +138,30 @@ def test_background_publish_returns_before_the_ack_and_close_delivers(kafka_serv
         e.trans_num for e in sent
     )
     assert publisher.take_late_failures() == 0
+
+
+def test_background_publish_gathers_records_for_the_linger_then_delivers(kafka_service: Service) -> None:
+    # given a background publisher that gathers records for 400 ms (PUBLISH_LINGER_MS)
+    run = uuid.uuid4().hex[:8]
+    publisher = KafkaPublisher(
+        f"127.0.0.1:{kafka_service.port}", f"tx-{run}", card_key=HASHER, background=True, linger_ms=400
+    )
+    try:
+        # when one record is published, then it is still queued well inside the linger
+        publisher.publish([_transaction(f"{run}a")])
+        time.sleep(0.15)
+        publisher.producer.poll(0)
+        assert len(publisher.producer) == 1
+
+        # and it is delivered once the linger is over, without a flush
+        deadline = time.monotonic() + 10
+        while len(publisher.producer) and time.monotonic() < deadline:
+            publisher.producer.poll(0.05)
+        assert len(publisher.producer) == 0
+        assert publisher.take_late_failures() == 0
+    finally:
+        publisher.close()
+    assert len(_consume(kafka_service.port, f"tx-{run}", 1)) == 1
 
 
 def test_background_publish_counts_records_the_broker_never_took() -> None:
