@@ -425,8 +425,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.values["load average after warm runs (1/5/15 min)"] = _loadavg()
             event = api_gateway_event("POST", "/predict", raw_body=bodies[0])
             report.values.update(cold_start(env, event, args.cold_runs, workdir))
-    scorer_p99 = next(t for t in report.timings if t.name == SCORE).p99
-    report.target("Scorer.score p99 warm", scorer_p99, TARGET_P99_MS, "ms", higher_is_better=False)
+    # issue 3: the scorer *handler*, warm, in process, Redis read and inference included
+    handler_p99 = next(t for t in report.timings if t.name == HANDLER).p99
+    report.target("full handler p99 warm", handler_p99, TARGET_P99_MS, "ms", higher_is_better=False)
     return finish(report, args.json)
 
 
