@@ -1,11 +1,12 @@
 """The local Kafka broker (tansu) under the scorer's publish pattern, with and without a consumer.
 
-One producer sends ``--rate`` records/s, each produce followed by a flush (the scorer's
-synchronous publish), while one kafka-python consumer group polls with the given fetch settings
-and commits after every poll (or never). Every 15 s: the broker's CPU share and the produce
+One producer sends ``--rate`` records/s, a flush after every ``--batch`` records (1: the
+scorer's synchronous publish, one produce request per record; more: what a background publish's
+linger gathers), while one kafka-python consumer group polls with the given fetch settings and
+commits after every poll (or never). Every 15 s: the broker's CPU share and the produce (flush)
 p50/p99 of that window. Shows how the broker's cost grows with its log when a consumer fetches.
 
-    uv run python -m bench.broker --seconds 90 [--no-consumer] [--no-commit]
+    uv run python -m bench.broker --seconds 90 [--no-consumer] [--no-commit] [--batch 1]
         [--fetch-min-bytes 1] [--fetch-max-wait-ms 500] [--rate 200]
 """
 
@@ -41,6 +42,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--fetch-max-wait-ms", type=int, default=500)
     p.add_argument("--storage", default="memory://tansu/", help="tansu --storage-engine")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
 
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"

@@ -13,18 +13,22 @@ The client (this process, asyncio, keep-alive HTTP/1.1 connections) then measure
 
 * open loop: requests sent on a fixed schedule at ``--rate`` per second for ``--duration`` s,
   whatever the answers do (no coordinated omission); latency from send to the full answer, and
-  from the scheduled time (adds client lag and waiting for a free connection);
+  from the scheduled time (adds client lag and waiting for a free connection); each answer's
+  ``Server-Timing`` splits it into the handler (in it ``Scorer.score``, in that the Redis read)
+  and the time outside the handler;
 * saturation: closed loop with N concurrent clients, each sending its next request as soon as
   the previous one is answered;
-* freshness: a transaction scored with ``POST /predict`` (the scorer publishes it to Kafka
-  before answering) -> poller -> updater -> Redis; time until ``RedisFeatureStore.read`` for
+* freshness: a transaction scored with ``POST /predict`` (the scorer publishes it to Kafka,
+  before answering with ``--publish-mode sync``, within ``PUBLISH_LINGER_MS`` after with
+  ``background``) -> poller -> updater -> Redis; time until ``RedisFeatureStore.read`` for
   the next request sees the card's count rise, polled every 2 ms, one sample at a time with a
   random pause between samples (so samples fall anywhere in the poller's batching window).
 
 Every scored request is a new transaction at a time after the filled history; the scorer
 publishes it, so the updater is applying the live stream during the measurements too.
 
-    uv run python -m bench.http_latency [--rate 200] [--duration 60] [--json out.json]
+    uv run python -m bench.http_latency [--api-workers 2] [--publish-mode background]
+        [--rate 200] [--duration 60] [--json out.json]
 """
 
 import argparse
@@ -143,7 +147,7 @@ def serve(opts: ServerOptions) -> None:
     from fraud_core.schemas import LabelEvent, TransactionEvent
     from handlers import bootstrap
     from local_stack.replay import timeline
-    from local_stack.stack import LocalStack, StackConfig, cdk_updater_settings, handler_environment
+    from local_stack.stack import LocalStack, StackConfig, cdk_updater_settings
     from training.config import load_config
     from training.pipeline import load_transactions, run_pipeline
 
@@ -162,9 +166,6 @@ def serve(opts: ServerOptions) -> None:
         api_workers=opts.api_workers,
         publish_mode=opts.publish_mode,
     )
-    overridden = sorted({kv.split("=", 1)[0] for kv in opts.env} & handler_environment(cfg).keys())
-    if overridden:  # LocalStack.up() sets these for the handlers: an option would be silently lost
-        raise SystemExit(f"--server-env cannot set {', '.join(overridden)}: the stack sets it (see --help)")
     stack = LocalStack(cfg).up()
     try:
         info: dict[str, Any] = {
@@ -437,14 +438,18 @@ class HttpConnection:
 
 
 def server_timing(value: bytes) -> dict[str, float]:
-    """``handler;dur=1.2, read;dur=0.3`` (``Server-Timing``) -> ``{"handler": 1.2, "read": 0.3}``."""
+    """``handler;dur=1.2, read;dur=0.3`` (``Server-Timing``) -> ``{"handler": 1.2, "read": 0.3}``;
+    entries without a readable ``dur`` are left out."""
     out: dict[str, float] = {}
     for metric in value.split(b","):
         name, *params = (part.strip() for part in metric.split(b";"))
         for param in params:
             key, _, number = param.partition(b"=")
-            if key == b"dur" and name:
-                out[name.decode("latin-1")] = float(number)
+            if key.strip() == b"dur" and name:
+                try:
+                    out[name.decode("latin-1")] = float(number)
+                except ValueError:
+                    continue
     return out
 
 
@@ -806,7 +811,19 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def refused_server_env(env: Sequence[str]) -> list[str]:
+    """The ``--server-env`` keys that ``LocalStack.up()`` sets for the handlers itself
+    (``handler_environment``), where a value given here would be silently lost; the stack reads
+    POWERTOOLS_LOG_LEVEL from the environment, so that one may be set."""
+    from local_stack.stack import StackConfig, handler_environment
+
+    stack_sets = handler_environment(StackConfig()).keys() - {"POWERTOOLS_LOG_LEVEL"}
+    return sorted({kv.split("=", 1)[0] for kv in env} & stack_sets)
+
+
 def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
+    if refused := refused_server_env(args.server_env):
+        raise SystemExit(f"--server-env cannot set {', '.join(refused)}: the stack sets it (see --help)")
     return ServerOptions(
         workdir=workdir,
         cards=args.cards,

@@ -4,11 +4,13 @@ Like one Lambda instance, it runs one invocation at a time: the handler runs on 
 event loop, so requests on other connections wait their turn (the Powertools resolver keeps the
 current event on the app object). The HTTP server is uvicorn (httptools parser, uvloop).
 Extra routes served here, not by the Lambda:
-``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of the Lambda routes carry a
-``Server-Timing`` header (milliseconds): ``handler`` (the whole invocation) and, for a score,
-``score`` (``Scorer.score``) and ``read`` (its Redis read), from the handler's own latency
-metrics (kept for this when POWERTOOLS_METRICS_DISABLED, as the local stack sets it), so that a
-client can split its latency into HTTP and queueing, Powertools, the Redis read and the rest.
+``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of ``POST /predict`` and
+``GET /health`` carry a ``Server-Timing`` header (milliseconds): ``handler`` (the invocation,
+with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``) and
+``read`` (its Redis read), as ``handlers.predict.last_timings`` kept them on this thread. A
+client can then split its latency into the handler (Redis read, the rest of scoring, and the
+Powertools, validation and publish around it) and everything outside: HTTP, event building,
+queueing and the client itself.
 """
 
 import json
@@ -28,7 +30,7 @@ LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health")}
 MAX_BODY_BYTES = 256 * 1024
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
 SERVER_TIMING = "Server-Timing"
-TIMED_METRICS = (("score", "ScoringLatency"), ("read", "FeatureReadLatency"))  # Server-Timing names
+TIMED = (("score", "score_ms"), ("read", "read_ms"))  # Server-Timing name, handlers.predict.last_timings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -159,13 +161,17 @@ class LocalApi:
     def invoke(
         self, method: str, path: str, body: str | None, headers: dict[str, str]
     ) -> tuple[int, bytes, dict[str, str]]:
-        from handlers.predict import handler
+        from handlers.predict import handler, last_timings
 
         event = api_gateway_event(method, path, body, headers)
         started = time.perf_counter()
         with self.lock:
-            result = handler(event, self.context)
-            added = quiet_lambda_metrics()
+            last_timings.__dict__.clear()
+            try:
+                result = handler(event, self.context)
+            finally:
+                quiet_lambda_metrics()
+            added = dict(last_timings.__dict__)
         elapsed = time.perf_counter() - started
         status = int(result.get("statusCode", 500))
         payload = (result.get("body") or "").encode()
@@ -178,7 +184,7 @@ class LocalApi:
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
         out_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
         timings = [f"handler;dur={elapsed * 1000:.3f}"]
-        timings += [f"{name};dur={added[metric]:.3f}" for name, metric in TIMED_METRICS if metric in added]
+        timings += [f"{name};dur={added[key]:.3f}" for name, key in TIMED if key in added]
         out_headers[SERVER_TIMING] = ", ".join(timings)
         return status, payload, out_headers
 

@@ -97,18 +97,9 @@ def msk_event(records: Iterable[StreamRecord], bootstrap_servers: str = "127.0.0
     }
 
 
-def quiet_lambda_metrics() -> dict[str, float]:
+def quiet_lambda_metrics() -> None:
     """Locally, metrics go to Prometheus (``/metrics``), not to EMF lines on stdout: Powertools
-    with POWERTOOLS_METRICS_DISABLED still prints when 100 values pile up, so drop them.
-    Returns the last value of each metric the invocation added (e.g. ``FeatureReadLatency``)."""
+    with POWERTOOLS_METRICS_DISABLED still prints when 100 values pile up, so drop them."""
     from handlers.observability import metrics
 
-    last: dict[str, float] = {}
-    for name, metric in metrics.metric_set.items():
-        values = metric.get("Value")
-        if isinstance(values, list) and values:
-            last[name] = float(values[-1])
-        elif isinstance(values, int | float):
-            last[name] = float(values)
     metrics.clear_metrics()
-    return last

@@ -91,6 +91,7 @@ class KafkaPublisher:
         from confluent_kafka import Producer
 
         self.background = background
+        self.linger_ms = linger_ms if background else 0
         self._late_failures = 0
         self.card_key = card_key
         self.topics = {TransactionEvent: transactions_topic, LabelEvent: labels_topic}
@@ -98,7 +99,7 @@ class KafkaPublisher:
             {
                 "bootstrap.servers": bootstrap_servers,
                 "acks": "all",
-                "linger.ms": linger_ms if background else 0,
+                "linger.ms": self.linger_ms,
                 "message.timeout.ms": 5000,  # delivery deadline, retries included
                 "socket.nagle.disable": True,
                 "logger": logging.getLogger("fraudsys.kafka"),

@@ -218,10 +218,11 @@ class Scorer:
         degraded = False
         try:
             state = self.store.read(request.card_id, request.merchant_name, t)
-        except (redis.ConnectionError, redis.TimeoutError, CorruptStateError) as exc:
-            # unreachable, or this card's/merchant's keys cannot be read: request-only features
-            if isinstance(exc, CorruptStateError):
-                logger.error("feature state unreadable", extra={"reason": str(exc)})
+        except (redis.RedisError, CorruptStateError) as exc:
+            # unreachable, or this card's/merchant's keys cannot be read (members no FraudSys code
+            # wrote, an error reply such as WRONGTYPE or OOM): request-only features
+            if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                logger.error("feature state unreadable", extra={"reason": f"{type(exc).__name__}: {exc}"})
             if model.baseline is None:
                 raise FeatureStoreUnavailableError(f"feature store unavailable: {exc}") from exc
             state, degraded = OnlineState(), True

@@ -44,7 +44,6 @@ def api(redis_service: Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env.setenv("MODEL_STORE_URI", str(models))
         env.setenv("DEAD_LETTER_URI", str(tmp_path_factory.mktemp("fuzz-dead")))
         env.setenv("STREAM_KIND", "none")
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # as the local stack: /metrics, not EMF
         env.setenv("POWERTOOLS_LOG_LEVEL", os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"))
         bootstrap.reset()
         predict.scorer.cache_clear()

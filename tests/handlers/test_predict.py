@@ -128,16 +128,19 @@ def test_redis_unreachable_gives_a_degraded_answer(lambda_env: Path, monkeypatch
     assert health["dependencies"]["redis"]["ok"] is False
 
 
-@pytest.mark.parametrize("kind", ["card", "label"])
+@pytest.mark.parametrize("kind", ["card", "label", "wrong type"])
 def test_unreadable_feature_state_gives_a_degraded_answer(lambda_env: Path, kind: str) -> None:
     from handlers import bootstrap
 
-    # given a card set or a merchant's fraud set holding a member no FraudSys code wrote
+    # given a card set or a merchant's fraud set holding a member no FraudSys code wrote, or a
+    # card key of another type (Redis answers the read with an error reply, WRONGTYPE)
     publish_test_model(str(lambda_env / "models"))
     store = bootstrap.feature_store()
     t = 1_592_741_665  # VALID's transaction_time
     if kind == "card":
         store.client.zadd(f"fs:c3:{store.hasher(VALID['cc_num'])}", {b"short": t - 60})
+    elif kind == "wrong type":
+        store.client.set(f"fs:c3:{store.hasher(VALID['cc_num'])}", b"not a sorted set")
     else:
         merchant = VALID["merchant_name"]
         store.client.zadd(f"fs:mf:{merchant}", {b"no-arrival-time": t - spec.DEFAULT_LABEL_DELAY - 60})

@@ -197,3 +197,30 @@ def test_msk_iam_settings_sign_oauthbearer_tokens(monkeypatch: pytest.MonkeyPatc
     assert len(token) > 100
     assert "=" not in token  # base64url, unpadded, as MSK expects
     assert expiry > time.time()
+
+
+@pytest.mark.parametrize(
+    ("mode", "linger", "expected"),
+    [("background", "250", 250), ("background", None, 100), ("sync", "250", 0)],
+)
+def test_the_scorer_environment_sets_the_publish_linger(
+    monkeypatch: pytest.MonkeyPatch, mode: str, linger: str | None, expected: int
+) -> None:
+    from handlers import bootstrap
+
+    # given the scorer's environment (no broker needs to answer: librdkafka connects lazily)
+    monkeypatch.setenv("STREAM_KIND", "kafka")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.setenv("PUBLISH_MODE", mode)
+    if linger is None:
+        monkeypatch.delenv("PUBLISH_LINGER_MS", raising=False)
+    else:
+        monkeypatch.setenv("PUBLISH_LINGER_MS", linger)
+    bootstrap.reset()
+    try:
+        # when the publisher is wired, then background mode lingers as set; sync never does
+        publisher = bootstrap.publisher()
+        assert isinstance(publisher, KafkaPublisher)
+        assert publisher.linger_ms == expected
+    finally:
+        bootstrap.reset()
