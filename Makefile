@@ -1,5 +1,5 @@
 # FraudSys: `make demo` runs the whole system locally; `make test` runs every check.
-.PHONY: setup demo test lint typecheck unit bench synth clean
+.PHONY: setup demo test lint typecheck security unit bench synth clean
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 export CDK_DISABLE_CLI_TELEMETRY ?= true
@@ -18,7 +18,10 @@ lint:
 typecheck:
 	uv run mypy .
 
-test: setup lint typecheck
+security:
+	uv run bandit -c pyproject.toml -r lambdas training local_stack cdk_app bench -q
+
+test: setup lint typecheck security
 	uv run pytest
 
 bench:

@@ -48,7 +48,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    broker = subprocess.Popen(
+    broker = subprocess.Popen(  # a fixed argv list, no shell  # nosec B603
         [*argv, "--storage-engine", args.storage],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,

@@ -155,7 +155,7 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 
 def environment() -> dict[str, Any]:
     try:
-        commit = subprocess.run(
+        commit = subprocess.run(  # git from PATH, fixed arguments  # nosec B603, B607
             ["git", "rev-parse", "--short", "HEAD"],
             cwd=REPO_ROOT,
             capture_output=True,

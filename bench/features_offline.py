@@ -137,7 +137,7 @@ def _measure(path: Path, label_delay: int, profile: bool = False, train: bool = 
         "--label-delay",
         str(label_delay),
     ]
-    done = subprocess.run(
+    done = subprocess.run(  # a fixed argv list, no shell  # nosec B603
         [*argv, *(["--profile"] if profile else []), *(["--train"] if train else [])],
         cwd=REPO_ROOT,
         capture_output=True,

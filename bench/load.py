@@ -131,7 +131,8 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
         return None
     argv = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
     argv += ["--gil", "--threads", "--nonblocking", "--format", "raw", "--output", str(out)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    # a fixed argv list, no shell
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # nosec B603
 
 
 def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:

@@ -220,7 +220,9 @@ def _runtime_dir(workdir: Path) -> Path:
 
 def _run_probe(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str, float]:
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(  # a fixed argv list, no shell  # nosec B603
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False
+    )
     wall = (time.perf_counter() - started) * 1000
     if done.returncode != 0:
         raise RuntimeError(f"cold-start probe failed: {done.stderr[-3000:]}")
@@ -255,7 +257,8 @@ def cold_start(env: dict[str, str], event: dict[str, Any], runs: int, workdir: P
     startup = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)
+        # a fixed argv list, no shell
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)  # nosec B603
         startup.append((time.perf_counter() - started) * 1000)
     out["cold interpreter startup, python -I -S -c pass (ms)"] = round(statistics.median(startup), 1)
     for variant, interpreter in variants.items():

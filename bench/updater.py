@@ -106,7 +106,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         def handler(k: int) -> None:
             response = update_features.handler(msk[k], ctx)
-            assert response == {"batchItemFailures": []}, response
+            if response != {"batchItemFailures": []}:
+                raise RuntimeError(f"the updater failed records: {response}")
 
         def parse(k: int) -> None:
             for topic, value in raw[k]:

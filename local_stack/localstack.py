@@ -92,9 +92,11 @@ def default_endpoint() -> str:
 
 
 def _get(url: str, timeout: float) -> tuple[int, bytes]:
+    if not url.startswith(("http://", "https://")):  # urlopen would also open file:// and others
+        raise ValueError(f"not an http(s) URL: {url!r}")
     request = urllib.request.Request(url, method="GET")  # noqa: S310 - an endpoint the user chose
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read() or b""

@@ -98,7 +98,8 @@ def _start(
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         out = log.open("ab")
-    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # type: ignore[arg-type]
+    # a fixed argv list of a local service, no shell
+    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # type: ignore[arg-type]  # nosec B603
     service = Service(name, port, process, log)
     try:
         wait_for_port(port, timeout, process)

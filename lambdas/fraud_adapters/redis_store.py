@@ -189,7 +189,8 @@ _CARD_DTYPE = np.dtype(
         ("merchant", "<i8"),
     ]
 )
-assert _CARD_DTYPE.itemsize == CARD_MEMBER.size == 48
+if not _CARD_DTYPE.itemsize == CARD_MEMBER.size == 48:
+    raise RuntimeError("the card member layout and its numpy dtype disagree")
 
 
 class CorruptStateError(RuntimeError):

@@ -31,7 +31,8 @@ Category = Literal[
     "shopping_pos",
     "travel",
 ]
-assert tuple(Category.__args__) == spec.CATEGORIES  # type: ignore[attr-defined]
+if tuple(Category.__args__) != spec.CATEGORIES:  # type: ignore[attr-defined]
+    raise RuntimeError("schemas.Category and spec.CATEGORIES disagree")
 
 TransactionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{8,19}$")]

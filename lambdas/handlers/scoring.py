@@ -162,7 +162,8 @@ class LoadedModel:
         if degraded:
             contributions, names = self.baseline_contributions, list(spec.REQUEST_ONLY_FEATURES)
             values = np.ascontiguousarray(row[:, self.baseline_columns])
-        assert contributions is not None  # degraded is only asked for when a baseline exists
+        if contributions is None:  # degraded is only asked for when a baseline exists
+            raise ModelUnavailableError("no request-only baseline model to score degraded")
         result = contributions(values)
         return sigmoid(float(result.sum())), result, names, values[0]
 

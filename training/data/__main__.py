@@ -72,7 +72,8 @@ def _read(path: Path) -> dict[str, object]:
 def _frame_mb(frame: object) -> float:
     import pandas as pd
 
-    assert isinstance(frame, pd.DataFrame)
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame, got {type(frame).__name__}")
     return round(float(frame.memory_usage(deep=True).sum()) / 2**20, 1)
 
 
