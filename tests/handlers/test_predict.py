@@ -181,3 +181,29 @@ def test_the_cold_start_objects_are_frozen_after_the_first_score(lambda_env: Pat
     assert gc.get_freeze_count() == 0
     assert call("POST", "/predict", VALID)[0] == 200
     assert gc.get_freeze_count() > 10_000
+
+
+def test_a_warm_score_reads_redis_in_one_round_trip(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.connection
+
+    # given a warm container (champion loaded, connection open)
+    publish_test_model(str(lambda_env / "models"))
+    assert call("POST", "/predict", {**VALID, "transaction_id": "warm-1"})[0] == 200
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+
+    # when one more transaction is scored
+    status, body = call("POST", "/predict", {**VALID, "transaction_id": "warm-2"})
+
+    # then the scorer sent Redis one request: the read script
+    assert status == 200, body
+    assert len(sent) == 1
+    assert b"EVALSHA" in sent[0].upper()
