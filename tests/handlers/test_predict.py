@@ -192,7 +192,7 @@ def test_a_warm_score_reads_redis_in_one_round_trip(
     publish_test_model(str(lambda_env / "models"))
     assert call("POST", "/predict", {**VALID, "transaction_id": "warm-1"})[0] == 200
     sent: list[bytes] = []
-    send = redis.connection.AbstractConnection.send_packed_command
+    send: Any = redis.connection.AbstractConnection.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:
         sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
