@@ -159,3 +159,18 @@ def test_row_contributions_report_xgboost_errors_and_unexpected_shapes() -> None
     # a model with more features than the row: an error, never contributions of another shape
     with pytest.raises(RuntimeError, match=r"XGBoost: |unexpected contribution shape"):
         RowContributions(wide, 5, approx=False)(x[:1, :5].copy())
+
+
+def test_the_dev_card_hash_key_is_refused_on_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers import bootstrap
+    from handlers.settings import DEV_CARD_HASH_KEY, Settings
+
+    # given the development key: fine locally, a cold-start error on Lambda
+    local = bootstrap.card_hasher(Settings(card_hash_key=DEV_CARD_HASH_KEY))
+    monkeypatch.setenv("AWS_EXECUTION_ENV", "AWS_Lambda_python3.13")
+    with pytest.raises(RuntimeError, match="CARD_HASH_KEY_SECRET_ARN"):
+        bootstrap.card_hasher(Settings(card_hash_key=DEV_CARD_HASH_KEY))
+
+    # and a key of its own is accepted there, and pseudonymizes differently
+    own = bootstrap.card_hasher(Settings(card_hash_key="a-deployment-key-of-32-characters"))
+    assert own("4111111111111111") != local("4111111111111111")
