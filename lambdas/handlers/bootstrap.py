@@ -28,6 +28,9 @@ def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
         decode_responses=False,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        # a connection idle for 30 s is PINGed before its next command (a second round trip for
+        # that one request), so a connection dropped while the container was frozen, or by a
+        # failover, is replaced before the read instead of failing it
         health_check_interval=30,
     )
     return client
