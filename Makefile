@@ -20,6 +20,7 @@ typecheck:
 
 security:
 	uv run bandit -c pyproject.toml -r lambdas training local_stack cdk_app bench -q
+	git ls-files -z | xargs -0 uv run detect-secrets-hook
 
 test: setup lint typecheck security
 	uv run pytest

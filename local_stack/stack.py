@@ -127,7 +127,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "LABEL_DELAY_SECONDS": str(cfg.label_delay_seconds),
         "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{cfg.s3_port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # moto dummy credentials, local S3  # nosec B105
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto dummy credentials, local S3  # nosec B105  # pragma: allowlist secret
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",

@@ -91,7 +91,7 @@ def client(service: str, endpoint: str) -> Any:
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws_secret_access_key="test",  # pragma: allowlist secret
     )
 
 
@@ -539,7 +539,7 @@ def test_the_deployed_bundle_scores_and_updates_with_the_deployed_environment(
         "AWS_ENDPOINT_URL_S3": moto_endpoint,
         "AWS_ENDPOINT_URL_KINESIS": moto_endpoint,
         "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_LOG_LEVEL": "WARNING",

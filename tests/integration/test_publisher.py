@@ -185,7 +185,7 @@ def test_msk_iam_settings_sign_oauthbearer_tokens(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")  # pragma: allowlist secret
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
 
     config = kafka_security_config()

@@ -31,7 +31,7 @@ from tests.support.streams import synthetic_stream
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "local-only-" + secrets.token_urlsafe(18)
+PASSWORD = "local-only-" + secrets.token_urlsafe(18)  # pragma: allowlist secret
 CARD = "4111111111111111"
 REQUEST: dict[str, Any] = {
     "transaction_id": "sec-1",

@@ -89,7 +89,7 @@ def test_reads_the_example_row_into_the_canonical_frame() -> None:
         "city_pop": 3495,
         "job": "Psychologist, counselling",
         "dob": "1988-03-09",
-        "trans_num": "0b242abb623afc578575680df30addb9",
+        "trans_num": "0b242abb623afc578575680df30addb9",  # pragma: allowlist secret
         "unix_time": 1325376018,
         "merch_lat": 36.011293,
         "merch_long": -82.048315,
