@@ -7,7 +7,6 @@ start the local stack -> replay history into the broker -> send live ``POST /pre
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fraud_core import spec
+from local_stack.services import http_request
 from local_stack.stack import LocalStack, StackConfig
 
 LIVE_DAYS = 5  # the last days of the simulated stream are sent as live requests, the rest replayed
@@ -64,16 +64,10 @@ def predict_body(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
-    if not url.startswith(("http://", "https://")):  # urlopen would also open file:// and others
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    request = urllib.request.Request(  # noqa: S310 - a loopback URL we built
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read() or b"{}")
+    """POST a JSON body; the status and the JSON answer (``{}`` for an empty error answer)."""
+    headers = {"Content-Type": "application/json"}
+    status, raw = http_request("POST", url, json.dumps(body).encode(), headers, timeout)
+    return status, json.loads(raw) if raw or 200 <= status < 300 else {}
 
 
 def wait_for_updates(stack: LocalStack, expected: int, timeout: float = 120.0) -> None:

@@ -32,14 +32,13 @@ import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from local_stack.services import http_request
 from local_stack.stack import DEAD_LETTER_BUCKET, LABELS_TOPIC, MODELS_BUCKET, TRANSACTIONS_TOPIC
 
 if TYPE_CHECKING:
@@ -91,21 +90,10 @@ def default_endpoint() -> str:
     return os.environ.get("LOCALSTACK_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or DEFAULT_ENDPOINT
 
 
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
-    if not url.startswith(("http://", "https://")):  # urlopen would also open file:// and others
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    request = urllib.request.Request(url, method="GET")  # noqa: S310 - an endpoint the user chose
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read() or b""
-
-
 def endpoint_answers(endpoint: str, timeout: float = 2.0) -> bool:
     """Whether anything speaks HTTP at ``endpoint`` (LocalStack, moto, ...): any status counts."""
     try:
-        _get(f"{endpoint.rstrip('/')}/_localstack/health", timeout)
+        http_request("GET", f"{endpoint.rstrip('/')}/_localstack/health", timeout=timeout)
     except (OSError, ValueError):
         return False
     return True
@@ -114,7 +102,7 @@ def endpoint_answers(endpoint: str, timeout: float = 2.0) -> bool:
 def localstack_health(endpoint: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """LocalStack's ``/_localstack/health`` document, or None when no LocalStack answers there."""
     try:
-        status, body = _get(f"{endpoint.rstrip('/')}/_localstack/health", timeout)
+        status, body = http_request("GET", f"{endpoint.rstrip('/')}/_localstack/health", timeout=timeout)
         data = json.loads(body) if status == 200 else None
     except (OSError, ValueError):
         return None

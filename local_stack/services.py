@@ -8,7 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,3 +256,23 @@ def kafka_broker(port: int | None = None) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+def http_request(
+    method: str,
+    url: str,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
+    """One HTTP(S) request with the standard library: the status and the body, also of an error
+    answer (4xx/5xx are answers here, not exceptions). Any other scheme is refused: ``urlopen``
+    would also open ``file://`` and others."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    request = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read() or b""

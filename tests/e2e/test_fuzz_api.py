@@ -10,7 +10,6 @@ non-5xx; every rejection a 4xx JSON object with a non-empty ``message``.
 import http.client
 import json
 import os
-import re
 import socket
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from bench.http_latency import server_timing
 from handlers import bootstrap, predict
 from local_stack.api import MAX_BODY_BYTES, LocalApi
 from local_stack.services import free_port
@@ -235,12 +235,8 @@ def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
     finally:
         conn.close()
 
-    timing = _server_timing(scored.getheader("Server-Timing", ""))
+    timing = server_timing(scored.getheader("Server-Timing", "").encode())
     assert scored.status == 200
     assert set(timing) == {"handler", "score", "read"}
     assert 0 < timing["read"] <= timing["score"] <= timing["handler"] < 10_000
-    assert set(_server_timing(health.getheader("Server-Timing", ""))) == {"handler"}
-
-
-def _server_timing(header: str) -> dict[str, float]:
-    return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header)}
+    assert set(server_timing(health.getheader("Server-Timing", "").encode())) == {"handler"}
