@@ -555,7 +555,7 @@ class Run:
 
 async def post_status(conn: "HttpConnection", body: bytes, timeout: float) -> tuple[str, dict[str, float]]:
     """One ``POST /predict``: the status code as text, or the error's name (the connection is
-    then closed, and reopened on its next use); and the handler's time (``Server-Timing``)."""
+    then closed, and reopened on its next use); and the answer's ``Server-Timing`` durations."""
     try:
         code, _, timing = await asyncio.wait_for(conn.post("/predict", body), timeout)
         return str(code), timing
