@@ -174,6 +174,11 @@ class TransactionEvent(_Strict):
     merch_lat: Latitude
     merch_long: Longitude
     dob: date | None = None
+    received_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the system received the transaction (the scorer stamps it). The updater's "
+        "time guard and the lake's arrival_time use it; without it, the record's broker timestamp.",
+    )
 
     @property
     def event_time(self) -> int:
@@ -181,15 +186,26 @@ class TransactionEvent(_Strict):
 
 
 class LabelEvent(_Strict):
-    """A chargeback (fraud label) on the stream (topic ``fraudsys.labels``)."""
+    """A label (chargeback or its correction) on the stream (topic ``fraudsys.labels``).
+
+    ``merchant`` and ``transaction_time`` are the labelled transaction's, resolved by whoever
+    wrote the event (``POST /labels`` and ``fraudsys labels import`` look them up; replays of a
+    data set copy them); both paths place the label with these fields. ``label_time`` is when the
+    label reached the system. Rule for several labels of one transaction (both paths): from its
+    arrival on, the latest label by arrival holds; same-second labels: fraud wins. Redelivery:
+    events equal in (trans_num, label_time, is_fraud) are one label.
+    """
 
     kind: Literal["label"] = "label"
     trans_num: TransactionId
     cc_num: Annotated[str, StringConstraints(pattern=r"^(cust:)?[A-Za-z0-9_.:-]{1,64}$")] | None = None
     merchant: Name
     transaction_time: UtcDatetime
-    label_time: UtcDatetime = Field(description="When the label arrived.")
+    label_time: UtcDatetime = Field(description="When the label arrived (reached the system).")
     is_fraud: bool = True
+    reported_at: UtcDatetime | None = Field(
+        default=None, description="When the bank reported it, if given (informational)."
+    )
 
     @property
     def event_time(self) -> int:

@@ -39,6 +39,8 @@ DEFAULT_LABEL_DELAY: Final = 7 * DAY
 #: Extra history kept online beyond the longest window, so that a request up to this much
 #: older than the newest applied event still sees exact windows (out-of-order tolerance).
 HISTORY_SLACK: Final = DAY
+#: Default bound on how far an event may be dated after the time the system received it.
+MAX_CLOCK_SKEW: Final = 300
 
 #: Hours counted as night: [22:00, 06:00).
 NIGHT_START_HOUR: Final = 22

@@ -41,6 +41,12 @@ class Settings(BaseModel):
     kinesis_stream_name: str | None = None
     dead_letter_uri: str = "data/dead_letters"
     label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
+    #: Time guard: an event or request dated more than this after the time the system received it
+    #: is refused (422 at the API, a dead letter in the stream).
+    max_clock_skew_seconds: int = Field(default=spec.MAX_CLOCK_SKEW, ge=0, le=spec.HISTORY_SLACK)
+    #: How far before its receipt a ``POST /predict`` may be dated; unset: any past time (local
+    #: replays of history). The CDK stages set it (docs/architecture.md).
+    max_request_age_seconds: int | None = Field(default=None, gt=0)
 
     @classmethod
     def from_env(cls) -> "Settings":
