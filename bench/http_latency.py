@@ -258,13 +258,13 @@ def serve(opts: ServerOptions) -> None:
         info["stream_frauds"] = int(frame["is_fraud"].sum())
 
         client = redis.Redis(port=cfg.redis_port, decode_responses=True)
-        card_keys = list(client.scan_iter("fs:c3:*", count=1000))
+        card_keys = list(client.scan_iter("fs:{c:*}:e", count=1000))
         pipe = client.pipeline(transaction=False)
         for key in card_keys:
             pipe.zcard(key)
         info["cards_in_redis"] = len(card_keys)
         info["card_events_in_redis"] = int(sum(pipe.execute()))
-        info["merchants_in_redis"] = sum(1 for _ in client.scan_iter("fs:m:*", count=1000))
+        info["merchants_in_redis"] = sum(1 for _ in client.scan_iter("fs:{m:*}:e", count=1000))
         info["redis_keys"] = int(client.dbsize())
         info["redis_used_memory_mb"] = int(client.info("memory")["used_memory"]) / 2**20
         client.close()

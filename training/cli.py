@@ -510,18 +510,6 @@ def demo(
         raise typer.Exit(1)
 
 
-@app.command("migrate-store")
-def migrate_store() -> None:
-    """Rewrite the feature store's layout 2 card sets as layout 3 (once, when upgrading).
-
-    Uses the handlers' settings (REDIS_URL, REDIS_AUTH_SECRET_ARN, CARD_HASH_KEY...), like the
-    Lambdas. Safe to rerun; see ``RedisFeatureStore.migrate_card_sets``."""
-    from handlers import bootstrap
-
-    keys, members = bootstrap.feature_store(5000).migrate_card_sets()
-    console.print(f"migrated {keys:,} card sets ({members:,} events) from layout 2 to layout 3")
-
-
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     app()

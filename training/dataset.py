@@ -1,7 +1,10 @@
 """Point-in-time feature rows for a transaction table (the offline side of the feature spec).
 
-Every row's features use only events strictly before it (``fraud_core.spec``); fraud labels
-count only once they would have arrived, at ``event_time + label_delay``.
+Every row's features use only events strictly before it (``fraud_core.spec``); labels count
+from their arrival (``label_time``), with the rule of ``fraud_core.features.fraud_intervals``
+(the latest label by arrival holds; corrections count from their own arrival). Sources without
+label events (the Kaggle CSV, the simulator) get one per fraud at ``event_time + label_delay``
+(``label_events_at_delay``), so every source goes through the same code.
 """
 
 import numpy as np
@@ -14,12 +17,28 @@ from fraud_core.features import (
     Queries,
     assemble_features,
     card_aggregates,
+    fraud_intervals,
     merchant_frauds,
     merchant_volume,
 )
 
 ID_COLUMNS = ("trans_num", "cc_num", "merchant", "event_time")
 LABEL_COLUMN = "is_fraud"
+#: A label event frame: the labelled transaction (id, merchant, time), arrival, value.
+LABEL_EVENT_COLUMNS = ("trans_num", "merchant", "event_time", "label_time", "is_fraud")
+
+
+def label_events_at_delay(df: pd.DataFrame, label_delay: int) -> pd.DataFrame:
+    """One fraud label per ``is_fraud == 1`` row, arriving ``label_delay`` after its transaction
+    (sources that record no label arrivals)."""
+    if LABEL_COLUMN not in df:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in LABEL_EVENT_COLUMNS})
+    frauds = df.loc[df[LABEL_COLUMN].to_numpy() == 1, ["trans_num", "merchant", "event_time"]]
+    out: pd.DataFrame = frauds.astype({"trans_num": str, "merchant": str, "event_time": "int64"})
+    out = out.reset_index(drop=True)
+    out["label_time"] = out["event_time"] + int(label_delay)
+    out["is_fraud"] = True
+    return out
 
 
 def dob_seconds(dob: pd.Series) -> np.ndarray:
@@ -53,11 +72,15 @@ def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:
     return filled
 
 
-def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY) -> pd.DataFrame:
+def build_features(
+    df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY, labels: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Feature rows for every transaction of ``df`` (canonical frame, any order).
 
-    Returns ``ID_COLUMNS``, ``is_fraud`` (when present) and ``spec.FEATURE_NAMES``, in the
-    order of ``df``.
+    ``labels``: label events (``LABEL_EVENT_COLUMNS``, any order, duplicates allowed); default
+    ``label_events_at_delay(df, label_delay)``. A label places its transaction by its own
+    merchant and transaction time, like the online store. Returns ``ID_COLUMNS``, ``is_fraud``
+    (when present) and ``spec.FEATURE_NAMES``, in the order of ``df``.
     """
     n = len(df)
     if n == 0:
@@ -65,7 +88,12 @@ def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY
         return pd.DataFrame(columns=[*ID_COLUMNS, *label, *spec.FEATURE_NAMES], index=df.index)
     t = df["event_time"].to_numpy(dtype=np.int64)
     card_code = pd.factorize(df["cc_num"].astype(str))[0].astype(np.int64)
-    merchant_code = pd.factorize(df["merchant"].astype(str))[0].astype(np.int64)
+    if labels is None:
+        labels = label_events_at_delay(df, label_delay)
+    merchant_codes = pd.factorize(
+        np.concatenate([df["merchant"].astype(str).to_numpy(), labels["merchant"].astype(str).to_numpy()])
+    )[0].astype(np.int64)
+    merchant_code = merchant_codes[:n]
     category = df["category"].map(spec.CATEGORY_CODE)
     if category.isna().any():
         bad = df.loc[category.isna(), "category"].iloc[0]
@@ -103,11 +131,14 @@ def build_features(df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY
 
     m_order = np.lexsort((t, merchant_code))
     volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
-    fraud = df[LABEL_COLUMN].to_numpy() == 1 if LABEL_COLUMN in df else np.zeros(n, dtype=bool)
-    l_order = m_order[fraud[m_order]]
-    frauds = merchant_frauds(
-        merchant_code[l_order], t[l_order], t[l_order] + label_delay, merchant_code, t, label_delay
+    intervals = fraud_intervals(
+        key=merchant_codes[n:],
+        trans=pd.factorize(labels["trans_num"].astype(str))[0].astype(np.int64),
+        trans_t=labels["event_time"].to_numpy(dtype=np.int64),
+        arrival=labels["label_time"].to_numpy(dtype=np.int64),
+        is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
     )
+    frauds = merchant_frauds(intervals, merchant_code, t, label_delay)
     matrix = assemble_features(queries, card, MerchantAggregates(volume, risk, frauds))
 
     out = pd.DataFrame(matrix, columns=list(spec.FEATURE_NAMES), index=df.index)

@@ -1,184 +1,177 @@
-"""Redis feature store: the online rolling state of cards and merchants.
+"""Redis feature store: the online rolling state of cards and merchants (layout 4).
 
-Key format (``<p>`` is the prefix, default ``fs``; Redis with cluster mode disabled):
+Key format (``<p>`` is the prefix, default ``fs``). Every key carries a hash tag, so one card's
+keys share a slot and one merchant's keys share a slot: each script call touches one slot, and
+the same code runs on one redis-server and on Redis Cluster (ElastiCache cluster mode).
 
-============================  ===========  =====================================================
-key                           type         content
-============================  ===========  =====================================================
-``<p>:c3:<card_hash>``        sorted set   card transactions; score = event time (epoch s),
-                                           member = ``trans_num \\0`` then 48 bytes: ``t``,
-                                           ``cents``, ``category_code`` (int64),
-                                           ``merch_lat``, ``merch_long`` (float64),
-                                           merchant hash (8 bytes), little-endian; ties sort
-                                           by trans_num like the offline pipeline
-``<p>:cp:<card_hash>``        hash         card profile: ``dob`` (ISO date) when an event had it
-``<p>:m:<merchant>``          sorted set   merchant transactions; score = event time,
-                                           member = trans_num
-``<p>:mf:<merchant>``         sorted set   fraud labels; score = transaction time,
-                                           member = ``trans_num␟label_arrival_time``
-``<p>:seen:l:<trans_num>``    string       dedupe marker of an applied label
-============================  ===========  =====================================================
+==============================  ===========  ====================================================
+key                             type         content
+==============================  ===========  ====================================================
+``<p>:{c:<card_hash>}:e``       sorted set   card transactions; score = event time (epoch s),
+                                             member = ``trans_num \\0`` then 56 bytes: ``t``,
+                                             ``cents``, ``category_code`` (int64),
+                                             ``merch_lat``, ``merch_long`` (float64), merchant
+                                             hash (8 bytes), date of birth as a day number
+                                             (int64, ``fraud_core.online.NO_DOB`` if none),
+                                             little-endian; ties sort by trans_num like offline
+``<p>:{c:<card_hash>}:p``       hash         card profile: ``t``, ``n`` (trans_num) and ``dob``
+                                             of the card's latest event (by time, then
+                                             trans_num) that had a date of birth
+``<p>:{m:<merchant_hash>}:e``   sorted set   merchant transactions; score = event time,
+                                             member = trans_num
+``<p>:{m:<merchant_hash>}:l``   sorted set   label events; score = transaction time, member =
+                                             ``trans_num␟arrival␟0|1`` (1 = fraud)
+==============================  ===========  ====================================================
 
-Layout 3: card members are binary (``c3``). The read script returns the fixed 48-byte tails of
-a card's members as one string, which decodes with one ``numpy.frombuffer`` (the text members
-of layout 2 took ~0.13 ms to parse per request). The merchant is the first 8 bytes of its
-BLAKE2b hash: the features only compare merchants for equality (distinct merchants in 24 h),
-and two of one card's merchants collide with probability ~2**-64. Layouts 1 (``c``) and 2
-(``c2``) are never read and expire with their TTL. A layout change gets a new key name, so old
-and new code never parse each other's members during a rolling deploy.
+``card_hash`` is an HMAC-SHA256 of the card id with a secret key (card numbers never reach
+Redis); ``merchant_hash`` is the BLAKE2b-64 of the merchant name (hex), so no free text is part
+of a key. Layouts 1-3 (``c``, ``c2``, ``c3`` keys without hash tags) are never read and expire
+with their TTL; ``fraudsys backfill`` rebuilds this layout from the event lake.
 
+Retention is by event time: a card set keeps events within ``30d + slack`` of its newest event,
+a merchant within ``delay + 30d + slack`` (``fraud_core.spec.HISTORY_SLACK`` is the out-of-order
+tolerance). The newest event cannot be in the future: the updater refuses events dated beyond
+the clock skew of their arrival (``fraud_core.timeguard``), so no single event can move a key's
+retention point. An event older than its key's retention point is *late*: not applied, not a
+duplicate, reported back to the caller (the updater counts and logs it). Every key also gets a
+wall-clock TTL of its retention plus a day (EXPIRE) refreshed by each event of its card or
+merchant, so idle keys disappear and an active card keeps its profile.
+
+Redelivery changes nothing: members are deterministic (a transaction's member is fixed by the
+event, a label's by ``(trans_num, arrival, is_fraud)``, the redelivery rule of
+``fraud_core.schemas.LabelEvent``), so ``ZADD`` of a redelivered event adds nothing and it is
+counted as a duplicate. Label corrections are separate members; the read returns every label of
+the delayed window and ``fraud_core.features.fraud_intervals`` applies the one rule both paths
+use.
+
+Writes: one script call per key group (a card, a merchant) and per chunk of at most
+``WRITE_CHUNK`` events, all calls of a batch sent in one non-transactional pipeline (one round
+trip per node). Reads: one script call for the card and one for the merchant, in one pipeline.
 The store needs a client with ``decode_responses=False`` (replies are bytes).
-
-``card_hash`` is an HMAC-SHA256 of the card id with a secret key: card numbers never appear
-in Redis. Retention is by event time, not wall-clock: after each batch a card set keeps events
-within ``30d + slack`` of its newest event, a merchant set within ``delay + 30d + slack``
-(``fraud_core.spec.HISTORY_SLACK`` is the out-of-order tolerance). Every key also gets a
-wall-clock TTL of its retention plus a day (EXPIRE), so idle cards and merchants disappear.
-
-Redelivery changes nothing. Transactions need no marker: their sorted-set members are
-deterministic (a redelivered event adds no member, ``ZADD`` returns 0, and it is counted as a
-duplicate), and an event older than a set's retention is skipped, as the end-of-batch trim would
-remove it. A conflicting event with a known ``trans_num`` and other content is not detected:
-``trans_num`` identifies one transaction. Labels keep a marker per ``trans_num`` (as long as
-the card retention) because a label's member carries its arrival time.
-
-Writes go through one Lua script per batch (atomic per batch, one round trip); reads through
-one read-only Lua script per request (one round trip, one command: ~25% less client CPU than
-a pipeline of seven commands). A card member carries its own event time, so the read asks
-for members only: scores (``WITHSCORES``) would double the server's and the client's work for
-the largest reply.
 """
 
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, cast
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from fraud_core import spec
-from fraud_core.features import CardEvents
-from fraud_core.online import NO_CARD_EVENTS, OnlineState, card_events
+from fraud_core.features import NO_FRAUD_INTERVALS, CardEvents, FraudIntervals, fraud_intervals
+from fraud_core.online import NO_CARD_EVENTS, NO_DOB, OnlineState, card_events, latest_dob
 from fraud_core.schemas import LabelEvent, TransactionEvent, to_cents
 
-_APPLY_LUA = """
-local p = ARGV[1]
-local card_keep = tonumber(ARGV[2])
-local merchant_keep = tonumber(ARGV[3])
-local seen_ttl = tonumber(ARGV[4])
-local key_ttl_extra = tonumber(ARGV[5])
-local n_tx = tonumber(ARGV[6])
-local touched_cards, touched_merchants, touched_frauds = {}, {}, {}
-local applied, duplicates = 0, 0
-local newest, dobs = {}, {}
--- The newest event time of a set: read once per batch, then kept up to date here, so that
--- the end-of-batch trim needs no second read. An event older than the newest minus the
--- retention would be trimmed at once: it is skipped.
-local function add(key, keep, t, member)
-  local top = newest[key]
-  if top == nil then
-    top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-    top = top and tonumber(top) or false
-  end
-  if top and t < top - keep then
-    newest[key] = top
-    return 0
-  end
-  newest[key] = (top and top > t) and top or t
-  return redis.call('ZADD', key, t, member)
+#: The most events one script call applies: Redis runs one script at a time, so a batch of a
+#: hot key is cut into calls that each hold the server for a few milliseconds at most.
+WRITE_CHUNK = 256
+
+# KEYS: card set, card profile. ARGV: keep, ttl extra, then per event t, member, trans_num, dob
+# ('' if none). Returns one character per event: a(pplied), d(uplicate), l(ate).
+_APPLY_CARD_LUA = """
+local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+top = top and tonumber(top) or nil
+for i = 3, #ARGV, 4 do
+  local t = tonumber(ARGV[i])
+  if top == nil or t > top then top = t end
 end
-local i = 7
-for _ = 1, n_tx do
-  local trans_num, card, merchant = ARGV[i], ARGV[i+1], ARGV[i+2]
-  local t, member, dob = tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
-  i = i + 6
-  local added = add(p .. ':c3:' .. card, card_keep, t, member)
-  added = added + add(p .. ':m:' .. merchant, merchant_keep, t, trans_num)
-  -- sorted sets are idempotent: a redelivered event adds no member, so it is a duplicate
-  if added > 0 then
-    if dob ~= '' then dobs[card] = dob end
-    touched_cards[card] = true
-    touched_merchants[merchant] = true
-    applied = applied + 1
+local pt = tonumber(redis.call('HGET', KEYS[2], 't') or '')
+local pn = redis.call('HGET', KEYS[2], 'n') or ''
+local out = {}
+for i = 3, #ARGV, 4 do
+  local t, member, n, dob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if t < top - keep then
+    out[#out + 1] = 'l'
+  elseif redis.call('ZADD', KEYS[1], t, member) == 1 then
+    out[#out + 1] = 'a'
+    if dob ~= '' and (pt == nil or t > pt or (t == pt and n > pn)) then
+      redis.call('HSET', KEYS[2], 't', t, 'n', n, 'dob', dob)
+      pt, pn = t, n
+    end
   else
-    duplicates = duplicates + 1
+    out[#out + 1] = 'd'
   end
 end
-for card, dob in pairs(dobs) do
-  redis.call('HSET', p .. ':cp:' .. card, 'dob', dob)
-  redis.call('EXPIRE', p .. ':cp:' .. card, card_keep + key_ttl_extra)
-end
-local n_labels = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n_labels do
-  local trans_num, merchant, t, arrival = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  i = i + 4
-  if redis.call('SET', p .. ':seen:l:' .. trans_num, '1', 'NX', 'EX', seen_ttl) then
-    redis.call('ZADD', p .. ':mf:' .. merchant, t, trans_num .. '\\31' .. arrival)
-    touched_frauds[merchant] = true
-    applied = applied + 1
-  else
-    duplicates = duplicates + 1
-  end
-end
-local function trim(key, keep, top)
-  if top == nil then
-    top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-    top = top and tonumber(top)
-  end
-  if top then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', top - keep))
-    redis.call('EXPIRE', key, keep + key_ttl_extra)
-  end
-end
-for card in pairs(touched_cards) do
-  local key = p .. ':c3:' .. card
-  trim(key, card_keep, newest[key])
-end
-for merchant in pairs(touched_merchants) do
-  local key = p .. ':m:' .. merchant
-  trim(key, merchant_keep, newest[key])
-end
-for merchant in pairs(touched_frauds) do trim(p .. ':mf:' .. merchant, merchant_keep) end
-return {applied, duplicates}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', top - keep))
+redis.call('EXPIRE', KEYS[1], keep + extra)
+if pt ~= nil then redis.call('EXPIRE', KEYS[2], keep + extra) end
+return table.concat(out)
 """
 
+# KEYS: merchant transactions, merchant labels. ARGV: keep, ttl extra, number of transactions,
+# per transaction t, trans_num; then per label transaction time, member. Returns one character
+# per event, transactions first: a(pplied), d(uplicate), l(ate).
+_APPLY_MERCHANT_LUA = """
+local keep, extra, n_tx = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+top = top and tonumber(top) or nil
+local last_tx = 3 + 2 * n_tx
+for i = 4, last_tx, 2 do
+  local t = tonumber(ARGV[i])
+  if top == nil or t > top then top = t end
+end
+local out = {}
+for i = 4, #ARGV, 2 do
+  local t, member = tonumber(ARGV[i]), ARGV[i + 1]
+  if top ~= nil and t < top - keep then
+    out[#out + 1] = 'l'
+  elseif redis.call('ZADD', i > last_tx and KEYS[2] or KEYS[1], t, member) == 1 then
+    out[#out + 1] = 'a'
+  else
+    out[#out + 1] = 'd'
+  end
+end
+if top ~= nil then
+  local floor = '(' .. string.format('%d', top - keep)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', floor)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', floor)
+  redis.call('EXPIRE', KEYS[1], keep + extra)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], keep + extra) end
+return table.concat(out)
+"""
 
-# KEYS: card set, card profile, merchant set, merchant frauds. ARGV: the card range (min, max),
-# the number of merchant counts and their (min, max) pairs, then the label range.
-_READ_LUA = """#!lua flags=no-writes
+# KEYS: card set, card profile. ARGV: the card range (min, max).
+_READ_CARD_LUA = """#!lua flags=no-writes
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 for j = 1, #members do
   local m = members[j]
-  if #m < 49 then return redis.error_reply('FSCORRUPT malformed card member in ' .. KEYS[1]) end
-  members[j] = string.sub(m, -48)
+  if #m < 57 then return redis.error_reply('FSCORRUPT malformed card member in ' .. KEYS[1]) end
+  members[j] = string.sub(m, -56)
 end
-local out = {table.concat(members), redis.call('HGET', KEYS[2], 'dob') or ''}
-local n = tonumber(ARGV[3])
-local i = 4
+local profile = redis.call('HMGET', KEYS[2], 't', 'dob')
+return {table.concat(members), profile[1] or '', profile[2] or ''}
+"""
+
+# KEYS: merchant transactions, merchant labels. ARGV: the number of counts and their (min, max)
+# pairs, then the label range.
+_READ_MERCHANT_LUA = """#!lua flags=no-writes
+local out = {}
+local n = tonumber(ARGV[1])
+local i = 2
 for _ = 1, n do
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[3], ARGV[i], ARGV[i + 1])
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
--- fraud labels as two integer arrays: transaction times, arrival times
-local labels = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[i], ARGV[i + 1], 'WITHSCORES')
-local trans_t, arrival_t = {}, {}
+local labels = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[i], ARGV[i + 1], 'WITHSCORES')
+local members, trans_t = {}, {}
 for j = 1, #labels, 2 do
-  local arrival = tonumber(string.match(labels[j], '\\31(%d+)$'))
-  if not arrival then return redis.error_reply('FSCORRUPT malformed label member in ' .. KEYS[4]) end
+  members[#members + 1] = labels[j]
   trans_t[#trans_t + 1] = tonumber(labels[j + 1])
-  arrival_t[#arrival_t + 1] = arrival
 end
+out[#out + 1] = members
 out[#out + 1] = trans_t
-out[#out + 1] = arrival_t
 return out
 """
-#: The fixed tail of a card member (layout 3).
-CARD_MEMBER = struct.Struct("<qqqdd8s")
+#: The fixed tail of a card member (layout 4).
+CARD_MEMBER = struct.Struct("<qqqdd8sq")
 _CARD_DTYPE = np.dtype(
     [
         ("t", "<i8"),
@@ -187,10 +180,14 @@ _CARD_DTYPE = np.dtype(
         ("merch_lat", "<f8"),
         ("merch_long", "<f8"),
         ("merchant", "<i8"),
+        ("dob_day", "<i8"),
     ]
 )
-if not _CARD_DTYPE.itemsize == CARD_MEMBER.size == 48:
+if not _CARD_DTYPE.itemsize == CARD_MEMBER.size == 56:
     raise RuntimeError("the card member layout and its numpy dtype disagree")
+_EPOCH = date(1970, 1, 1)
+_APPLIED, _DUPLICATE, _LATE = b"a"[0], b"d"[0], b"l"[0]
+_SEP = "\x1f"
 
 
 class CorruptStateError(RuntimeError):
@@ -201,6 +198,8 @@ class CorruptStateError(RuntimeError):
 class ApplyResult:
     applied: int
     duplicates: int
+    #: events older than their key's retention point: not applied (``late`` in the module doc)
+    late: list[TransactionEvent | LabelEvent] = field(default_factory=list)
 
 
 class CardHasher:
@@ -215,16 +214,28 @@ class CardHasher:
         return hmac.new(self._key, card_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def merchant_hash(merchant: str) -> bytes:
+    """The merchant's 8-byte BLAKE2b: in card members (equality only) and, as hex, in keys."""
+    return hashlib.blake2b(merchant.encode(), digest_size=8).digest()
+
+
+def dob_day(dob: date | None) -> int:
+    return NO_DOB if dob is None else (dob - _EPOCH).days
+
+
 def card_member(
-    trans_num: str, t: int, cents: int, category: int, merch_lat: float, merch_long: float, merchant: str
+    trans_num: str,
+    t: int,
+    cents: int,
+    category: int,
+    merch_lat: float,
+    merch_long: float,
+    merchant: str,
+    dob: date | None = None,
 ) -> bytes:
     """``trans_num``, a NUL (below every character a trans_num may have), then the fixed tail."""
-    merchant_hash = hashlib.blake2b(merchant.encode(), digest_size=8).digest()
-    return (
-        trans_num.encode()
-        + b"\0"
-        + CARD_MEMBER.pack(t, cents, category, merch_lat, merch_long, merchant_hash)
-    )
+    tail = CARD_MEMBER.pack(t, cents, category, merch_lat, merch_long, merchant_hash(merchant), dob_day(dob))
+    return trans_num.encode() + b"\0" + tail
 
 
 def encode_card_member(event: TransactionEvent) -> bytes:
@@ -236,14 +247,18 @@ def encode_card_member(event: TransactionEvent) -> bytes:
         event.merch_lat,
         event.merch_long,
         event.merchant,
+        event.dob,
     )
 
 
-def _layout2_to_3(member: str) -> bytes:
-    """A layout 2 text member (``trans_num␟cents␟merchant␟category_code␟merch_lat␟merch_long␟t``,
-    ``␟`` = ``\\x1f``) as the layout 3 member of the same event."""
-    trans_num, cents, merchant, category, lat, long, t = member.split("\x1f")
-    return card_member(trans_num, int(t), int(cents), int(category), float(lat), float(long), merchant)
+def label_member(label: LabelEvent) -> str:
+    return f"{label.trans_num}{_SEP}{label.arrival_time}{_SEP}{int(label.is_fraud)}"
+
+
+def decode_card_rows(tails: bytes) -> np.ndarray[Any, Any]:
+    if len(tails) % _CARD_DTYPE.itemsize:
+        raise CorruptStateError(f"card member tails of {len(tails)} bytes: not a multiple of 56")
+    return np.frombuffer(tails, dtype=_CARD_DTYPE)
 
 
 def decode_card_events(tails: bytes) -> CardEvents:
@@ -251,9 +266,7 @@ def decode_card_events(tails: bytes) -> CardEvents:
     trans_num): one ``frombuffer``, the columns are views."""
     if not tails:
         return NO_CARD_EVENTS
-    if len(tails) % _CARD_DTYPE.itemsize:
-        raise CorruptStateError(f"card member tails of {len(tails)} bytes: not a multiple of 48")
-    rows = np.frombuffer(tails, dtype=_CARD_DTYPE)
+    rows = decode_card_rows(tails)
     return card_events(
         t=rows["t"],
         cents=rows["cents"],
@@ -264,106 +277,189 @@ def decode_card_events(tails: bytes) -> CardEvents:
     )
 
 
+def decode_labels(members: Sequence[bytes], trans_t: Sequence[int]) -> FraudIntervals:
+    """The fraud intervals of a merchant's label members (``trans_num␟arrival␟0|1``)."""
+    if not members:
+        return NO_FRAUD_INTERVALS
+    codes: dict[bytes, int] = {}
+    trans, arrival, fraud = [], [], []
+    for member in members:
+        parts = member.split(b"\x1f")
+        if len(parts) != 3 or parts[2] not in (b"0", b"1") or not parts[1].isdigit():
+            raise CorruptStateError(f"malformed label member {member[:80]!r}")
+        trans.append(codes.setdefault(parts[0], len(codes)))
+        arrival.append(int(parts[1]))
+        fraud.append(parts[2] == b"1")
+    n = len(members)
+    return fraud_intervals(
+        key=np.zeros(n, dtype=np.int64),
+        trans=np.array(trans, dtype=np.int64),
+        trans_t=np.array(trans_t, dtype=np.int64),
+        arrival=np.array(arrival, dtype=np.int64),
+        is_fraud=np.array(fraud, dtype=bool),
+    )
+
+
+def _chunks[T](items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 class RedisFeatureStore:
-    """The online state behind the scorer (reads) and the feature updater (writes)."""
+    """The online state behind the scorer (reads) and the feature updater (writes).
+
+    ``client`` is a ``redis.Redis`` (one node) or a ``redis.cluster.RedisCluster``.
+    """
 
     def __init__(
         self,
-        client: "redis.Redis",
+        client: "redis.Redis | RedisCluster",
         hasher: CardHasher,
         label_delay: int = spec.DEFAULT_LABEL_DELAY,
         prefix: str = "fs",
+        write_chunk: int = WRITE_CHUNK,
     ) -> None:
-        if client.get_connection_kwargs().get("decode_responses"):
+        encoder = client.get_encoder()
+        if encoder.decode_responses:
             raise ValueError("the feature store needs a Redis client with decode_responses=False")
         self.client = client
         self.hasher = hasher
         self.label_delay = label_delay
         self.prefix = prefix
+        self.write_chunk = write_chunk
         self.card_keep = spec.MAX_CARD_WINDOW + spec.HISTORY_SLACK
         self.merchant_keep = label_delay + spec.MAX_MERCHANT_RISK_WINDOW + spec.HISTORY_SLACK
-        self._apply = client.register_script(_APPLY_LUA)
-        self._read = client.register_script(_READ_LUA)
+        self._scripts = {
+            name: (source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+            for name, source in (
+                ("apply_card", _APPLY_CARD_LUA),
+                ("apply_merchant", _APPLY_MERCHANT_LUA),
+                ("read_card", _READ_CARD_LUA),
+                ("read_merchant", _READ_MERCHANT_LUA),
+            )
+        }
         # merchant counts as [t + start, t + end): volume windows, then the delayed risk windows
         self._count_windows = [(-seconds, 0) for _, seconds in spec.MERCHANT_VOLUME_WINDOWS] + [
             (-label_delay - seconds, -label_delay) for _, seconds in spec.MERCHANT_RISK_WINDOWS
         ]
 
+    def card_keys(self, card_hash: str) -> list[str]:
+        tag = f"{self.prefix}:{{c:{card_hash}}}"
+        return [f"{tag}:e", f"{tag}:p"]
+
+    def merchant_keys(self, merchant: str) -> list[str]:
+        tag = f"{self.prefix}:{{m:{merchant_hash(merchant).hex()}}}"
+        return [f"{tag}:e", f"{tag}:l"]
+
+    def _run(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Script calls in one non-transactional pipeline (one round trip per node); scripts a
+        node does not know yet (first use, restart, failover) are loaded and the calls resent."""
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name][1], len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            missing = {
+                calls[i][0]
+                for i, r in enumerate(replies)
+                if isinstance(r, redis.exceptions.NoScriptError)
+                or (isinstance(r, redis.ResponseError) and str(r).startswith("NOSCRIPT"))
+            }
+            if not missing or attempt:
+                break
+            for name in missing:
+                self.client.script_load(self._scripts[name][0])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if isinstance(reply, redis.ResponseError) and str(reply).startswith("FSCORRUPT"):
+                    raise CorruptStateError(str(reply).removeprefix("FSCORRUPT "))
+                raise reply
+        return cast(list[Any], replies)
+
     def apply(self, transactions: Sequence[TransactionEvent], labels: Sequence[LabelEvent]) -> ApplyResult:
-        """Apply a batch of events in one round trip; idempotent and order-independent."""
-        args: list[str | int | bytes] = [self.prefix, self.card_keep, self.merchant_keep, self.card_keep]
-        args += [spec.DAY, len(transactions)]
+        """Apply a batch of events: idempotent, order-independent, one pipeline."""
+        cards: dict[str, list[TransactionEvent]] = defaultdict(list)
+        merchants: dict[str, tuple[list[TransactionEvent], list[LabelEvent]]] = defaultdict(lambda: ([], []))
         for tx in transactions:
-            args += [
-                tx.trans_num,
-                self.hasher(tx.cc_num),
-                tx.merchant,
-                tx.event_time,
-                encode_card_member(tx),
-                tx.dob.isoformat() if tx.dob else "",
-            ]
-        frauds = [label for label in labels if label.is_fraud]
-        args.append(len(frauds))
-        for label in frauds:
-            args += [label.trans_num, label.merchant, label.event_time, label.arrival_time]
-        applied, duplicates = cast(list[int], self._apply(keys=[], args=args))
-        return ApplyResult(applied=applied, duplicates=duplicates + len(labels) - len(frauds))
+            cards[self.hasher(tx.cc_num)].append(tx)
+            merchants[tx.merchant][0].append(tx)
+        for label in labels:
+            merchants[label.merchant][1].append(label)
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        owners: list[Sequence[TransactionEvent] | Sequence[TransactionEvent | LabelEvent]] = []
+        for card, events in cards.items():
+            keys = self.card_keys(card)
+            for chunk in _chunks(events, self.write_chunk):
+                args: list[Any] = [self.card_keep, spec.DAY]
+                for tx in chunk:
+                    args += [
+                        tx.event_time,
+                        encode_card_member(tx),
+                        tx.trans_num,
+                        tx.dob.isoformat() if tx.dob else "",
+                    ]
+                calls.append(("apply_card", keys, args))
+                owners.append(chunk)
+        for merchant, (txs, labs) in merchants.items():
+            keys = self.merchant_keys(merchant)
+            # transactions first (their newest time sets the retention point), then labels
+            items: list[TransactionEvent | LabelEvent] = [*txs, *labs]
+            for part in _chunks(items, self.write_chunk):  # a part's transactions come first
+                part_tx = [e for e in part if isinstance(e, TransactionEvent)]
+                args = [self.merchant_keep, spec.DAY, len(part_tx)]
+                for tx in part_tx:
+                    args += [tx.event_time, tx.trans_num]
+                for e in part[len(part_tx) :]:
+                    args += [e.event_time, label_member(cast(LabelEvent, e))]
+                calls.append(("apply_merchant", keys, args))
+                owners.append(part)
+        # a transaction is late if its card or its merchant refused it, else its card call tells
+        outcome: dict[int, int] = {}
+        by_id: dict[int, TransactionEvent | LabelEvent] = {}
+        for (name, _, _), reply, owner in zip(calls, self._run(calls), owners, strict=True):
+            for event, status in zip(owner, reply, strict=True):
+                key = id(event)
+                by_id[key] = event
+                counted = name == "apply_card" or isinstance(event, LabelEvent)
+                if outcome.get(key) != _LATE and (counted or status == _LATE):
+                    outcome[key] = status
+        statuses = list(outcome.values())
+        return ApplyResult(
+            applied=statuses.count(_APPLIED),
+            duplicates=statuses.count(_DUPLICATE),
+            late=[by_id[key] for key, status in outcome.items() if status == _LATE],
+        )
 
     def read(self, card_id: str, merchant: str, t: int) -> OnlineState:
-        """The state for a request at time ``t``: one round trip, one command."""
-        p, card = self.prefix, self.hasher(card_id)
+        """The state for a request at time ``t``: two script calls in one pipeline."""
         delayed = t - self.label_delay
-        args: list[str | int] = [t - spec.MAX_CARD_WINDOW, f"({t}", len(self._count_windows)]
+        count_args: list[Any] = [len(self._count_windows)]
         for start, end in self._count_windows:
-            args += [t + start, f"({t + end}"]
-        args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
-        keys = [f"{p}:c3:{card}", f"{p}:cp:{card}", f"{p}:m:{merchant}", f"{p}:mf:{merchant}"]
-        try:
-            replies = cast(list[Any], self._read(keys=keys, args=args))
-        except redis.ResponseError as exc:
-            if str(exc).startswith("FSCORRUPT"):
-                raise CorruptStateError(str(exc).removeprefix("FSCORRUPT ")) from exc
-            raise
+            count_args += [t + start, f"({t + end}"]
+        count_args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
+        card_reply, merchant_reply = self._run(
+            [
+                ("read_card", self.card_keys(self.hasher(card_id)), [t - spec.MAX_CARD_WINDOW, f"({t}"]),
+                ("read_merchant", self.merchant_keys(merchant), count_args),
+            ]
+        )
+        tails, profile_t, profile_dob = card_reply
+        rows = decode_card_rows(tails) if tails else None
+        profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
+        dob = (
+            latest_dob(rows["t"], rows["dob_day"], profile, t)
+            if rows is not None
+            else (profile[1] if profile is not None and profile[0] < t else None)
+        )
         n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
-        counts = replies[2:-2]
+        counts = merchant_reply[:-2]
         return OnlineState(
-            card_events=decode_card_events(replies[0]),
-            dob=date.fromisoformat(replies[1].decode()) if replies[1] else None,
+            card_events=decode_card_events(tails),
+            dob=dob,
             merchant_volume=tuple(counts[:n_volume]),
             merchant_risk=tuple(counts[n_volume:]),
-            label_trans_t=np.array(replies[-2], dtype=np.int64),
-            label_arrival_t=np.array(replies[-1], dtype=np.int64),
+            labels=decode_labels(merchant_reply[-2], merchant_reply[-1]),
         )
 
     def ping(self) -> bool:
         return bool(self.client.ping())
-
-    def migrate_card_sets(self, batch: int = 500) -> tuple[int, int]:
-        """Rewrite layout 2 card sets (``c2``, text members) as layout 3 (``c3``): keys, members.
-
-        Run once when upgrading from layout 2 (``fraudsys migrate-store``), before or right after
-        the new scorer goes live: without it, cards look new to the scorer until their sets refill
-        (up to 30 days). Each set keeps its scores and TTL; the ``c2`` key is deleted after its
-        ``c3`` set is written, so a rerun resumes where an interrupted one stopped and events
-        the new updater already added to ``c3`` stay (ZADD of the same member is a no-op).
-        """
-        keys = members = 0
-        prefix = f"{self.prefix}:c2:"
-        for key in self.client.scan_iter(match=f"{prefix}*", count=batch):
-            name = key.decode()
-            rows = cast(list[tuple[bytes, float]], self.client.zrange(name, 0, -1, withscores=True))
-            ttl_ms = self.client.pttl(name)
-            mapping = {_layout2_to_3(member.decode()): score for member, score in rows}
-            target = f"{self.prefix}:c3:{name.removeprefix(prefix)}"
-            # the longer of the two TTLs (the new updater may have written the c3 set already)
-            keep_ms = max(
-                ttl_ms if ttl_ms > 0 else (self.card_keep + spec.DAY) * 1000, self.client.pttl(target)
-            )
-            pipe = self.client.pipeline(transaction=True)
-            if mapping:
-                pipe.zadd(target, mapping)
-                pipe.pexpire(target, keep_ms)
-            pipe.delete(name)
-            pipe.execute()
-            keys, members = keys + 1, members + len(mapping)
-        return keys, members

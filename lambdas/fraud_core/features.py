@@ -84,7 +84,11 @@ class CardAggregates:
 
     count: I64  # (windows, queries)
     sum_cents: I64
-    sumsq_cents: I64
+    #: The sum of squared cents as ``sumsq_hi * 2**32 + sumsq_lo``: a window of the schema's
+    #: largest amounts (10**8 cents, squares near 2**53) overflows int64 after ~900 events,
+    #: the two parts only after 2**31 events (``sumsq`` gives the exact Python integer).
+    sumsq_hi: I64
+    sumsq_lo: I64
     max_cents: I64
     prev_t: I64  # time of the latest event in the longest window, -1 if none
     prev_merch_lat: F64
@@ -100,6 +104,15 @@ class MerchantAggregates:
     volume: I64  # transactions in [t - w, t)
     risk_count: I64  # transactions in [t - delay - w, t - delay)
     risk_frauds: I64  # of those, frauds whose label arrived before t
+
+
+_LOW32 = (1 << 32) - 1
+
+
+def _wrapping_sub(a: I64, b: I64) -> I64:
+    with np.errstate(over="ignore"):
+        out: I64 = a - b
+    return out
 
 
 def _pairs(lo: I64, hi: I64) -> tuple[I64, I64]:
@@ -177,7 +190,12 @@ def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
     hi, lo, lo_d = bounds[0], bounds[1:-1], bounds[-1]
     cents = events.cents
     csum = np.concatenate(([0], cents.cumsum(dtype=np.int64)))
-    csq = np.concatenate(([0], (cents * cents).cumsum(dtype=np.int64)))
+    # squares (< 2**54 within the schema) split in 32-bit halves; prefix sums may wrap around
+    # int64 over a long history, their window differences are exact (modular arithmetic)
+    squares = (cents * cents).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        csq_hi = np.concatenate(([0], (squares >> np.uint64(32)).astype(np.int64).cumsum(dtype=np.int64)))
+        csq_lo = np.concatenate(([0], (squares & np.uint64(_LOW32)).astype(np.int64).cumsum(dtype=np.int64)))
     count = hi - lo
     longest = int(count.max()) if count.size else 0
     his = hi[None, :].repeat(len(lo), axis=0)
@@ -202,7 +220,8 @@ def card_aggregates(events: CardEvents, q_key: I64, q_t: I64) -> CardAggregates:
     return CardAggregates(
         count=count,
         sum_cents=csum[hi] - csum[lo],
-        sumsq_cents=csq[hi] - csq[lo],
+        sumsq_hi=_wrapping_sub(csq_hi[hi], csq_hi[lo]),
+        sumsq_lo=_wrapping_sub(csq_lo[hi], csq_lo[lo]),
         max_cents=max_cents,
         prev_t=prev_t.astype(np.int64),
         prev_merch_lat=prev_lat.astype(np.float64),
@@ -226,13 +245,56 @@ def merchant_volume(m_key: I64, m_t: I64, q_key: I64, q_t: I64, delay: int) -> t
     return volume, risk
 
 
-def merchant_frauds(l_key: I64, l_trans_t: I64, l_label_t: I64, q_key: I64, q_t: I64, delay: int) -> I64:
-    """Frauds per risk window: labels sorted by (key, trans_t), transaction in the delayed
-    window and label arrived strictly before the query time."""
-    ck = compose(l_key, l_trans_t)
+@dataclass(frozen=True, slots=True)
+class FraudIntervals:
+    """When each transaction counts as a fraud: from ``arrival`` (exclusive) to ``until``
+    (inclusive), by transaction; the rows of one key sorted by transaction time."""
+
+    key: I64
+    trans_t: I64
+    arrival: I64
+    until: I64
+
+    def __len__(self) -> int:
+        return len(self.trans_t)
+
+
+def fraud_intervals(key: I64, trans: I64, trans_t: I64, arrival: I64, is_fraud: BoolArray) -> FraudIntervals:
+    """The label rule of both paths, from label events (any order, duplicates allowed).
+
+    A transaction's labels take effect in the order (arrival, is_fraud): the latest label that
+    arrived strictly before ``t`` holds at ``t``, so a same-second pair counts as a fraud. A
+    fraud label therefore counts for ``arrival < t <= until``, ``until`` being the arrival of
+    the transaction's next label (never, if none). Events equal in (transaction, arrival, label)
+    are one label (redelivery). ``trans`` identifies the transaction (any integer code).
+    """
+    order = np.lexsort((is_fraud, arrival, trans))
+    k, tr, tt, a, f = key[order], trans[order], trans_t[order], arrival[order], is_fraud[order]
+    if len(order):
+        keep = np.ones(len(order), dtype=bool)
+        keep[1:] = (tr[1:] != tr[:-1]) | (a[1:] != a[:-1]) | (f[1:] != f[:-1])
+        k, tr, tt, a, f = k[keep], tr[keep], tt[keep], a[keep], f[keep]
+    until = np.full(len(a), _NEVER, dtype=np.int64)
+    if len(a) > 1:
+        same = tr[1:] == tr[:-1]
+        until[:-1] = np.where(same, a[1:], _NEVER)
+    sel = f.nonzero()[0]
+    sel = sel[np.lexsort((tt[sel], k[sel]))]
+    return FraudIntervals(key=k[sel], trans_t=tt[sel], arrival=a[sel], until=until[sel])
+
+
+NO_FRAUD_INTERVALS = FraudIntervals(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+
+
+def merchant_frauds(labels: FraudIntervals, q_key: I64, q_t: I64, delay: int) -> I64:
+    """Frauds per risk window: transactions in the delayed window whose fraud interval holds
+    at the query time (``fraud_intervals``: arrived strictly before it, not yet corrected)."""
+    ck = compose(labels.key, labels.trans_t)
     lo, hi = _count_between(ck, q_key, q_t - delay - spec.MAX_MERCHANT_RISK_WINDOW, q_t - delay)
     query, hist = _pairs(lo, hi)
-    arrived = l_label_t[hist] < q_t[query]
+    at = q_t[query]
+    arrived = (labels.arrival[hist] < at) & (labels.until[hist] >= at)
+    l_trans_t = labels.trans_t
     frauds = np.empty((len(spec.MERCHANT_RISK_WINDOWS), len(q_t)), dtype=np.int64)
     for i, (_, seconds) in enumerate(spec.MERCHANT_RISK_WINDOWS):
         inside = arrived & (l_trans_t[hist] >= q_t[query] - delay - seconds)
@@ -243,21 +305,24 @@ def merchant_frauds(l_key: I64, l_trans_t: I64, l_label_t: I64, q_key: I64, q_t:
 _EXACT_FLOAT = float(2**53)
 
 
-def _scaled_variance(count: I64, total: I64, sumsq: I64) -> F64:
+def _scaled_variance(count: I64, total: I64, sumsq_hi: I64, sumsq_lo: I64) -> F64:
     """``n * sumsq - total**2`` (n**2 times the variance, in cents**2), exact before rounding.
 
     Where the products stay below 2**53 float64 is exact; the few cells above it (large amounts
     in busy windows) are computed with Python integers. Any array shape.
     """
     n = count.astype(np.float64)
-    product = n * sumsq.astype(np.float64)
+    sumsq = sumsq_hi.astype(np.float64) * float(1 << 32) + sumsq_lo.astype(np.float64)
+    product = n * sumsq
     out = product - total.astype(np.float64) ** 2
     big = (product >= _EXACT_FLOAT).reshape(-1).nonzero()[0]
     if len(big):
         flat = out.reshape(-1)
-        c, t, q = count.reshape(-1), total.reshape(-1), sumsq.reshape(-1)
+        c, t = count.reshape(-1), total.reshape(-1)
+        hi, lo = sumsq_hi.reshape(-1), sumsq_lo.reshape(-1)
         for j in big:
-            flat[j] = float(int(c[j]) * int(q[j]) - int(t[j]) ** 2)
+            exact = (int(hi[j]) << 32) + int(lo[j])
+            flat[j] = float(int(c[j]) * exact - int(t[j]) ** 2)
     return np.maximum(out, 0.0)
 
 
@@ -304,7 +369,7 @@ def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggreg
     n = card.count.astype(np.float64)
     total = card.sum_cents.astype(np.float64)
     safe_n = np.maximum(n, 1.0)
-    var_num = _scaled_variance(card.count, card.sum_cents, card.sumsq_cents)
+    var_num = _scaled_variance(card.count, card.sum_cents, card.sumsq_hi, card.sumsq_lo)
     mean = np.where(n > 0, total / safe_n / 100.0, empty["mean"])
     block = np.stack(
         (

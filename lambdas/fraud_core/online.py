@@ -7,7 +7,7 @@ and feature order come from ``spec`` only, and tests hold the two kernels equal.
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -17,7 +17,9 @@ from fraud_core.features import (
     EARTH_RADIUS_KM,
     F64,
     I64,
+    NO_FRAUD_INTERVALS,
     CardEvents,
+    FraudIntervals,
     MerchantAggregates,
     Queries,
     assemble_features,
@@ -56,8 +58,8 @@ class OnlineState:
     dob: date | None = None
     merchant_volume: tuple[int, ...] = (0,) * len(spec.MERCHANT_VOLUME_WINDOWS)
     merchant_risk: tuple[int, ...] = (0,) * len(spec.MERCHANT_RISK_WINDOWS)
-    label_trans_t: I64 = field(default_factory=lambda: _NO_INTS)  # fraud labels, by transaction time
-    label_arrival_t: I64 = field(default_factory=lambda: _NO_INTS)
+    #: the merchant's fraud intervals (``fraud_core.features.fraud_intervals``) in the risk windows
+    labels: FraudIntervals = NO_FRAUD_INTERVALS
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OnlineState) and self.plain() == other.plain()
@@ -83,8 +85,39 @@ class OnlineState:
             "dob": self.dob,
             "merchant_volume": self.merchant_volume,
             "merchant_risk": self.merchant_risk,
-            "labels": list(zip(self.label_trans_t.tolist(), self.label_arrival_t.tolist(), strict=True)),
+            "labels": list(
+                zip(
+                    self.labels.trans_t.tolist(),
+                    self.labels.arrival.tolist(),
+                    self.labels.until.tolist(),
+                    strict=True,
+                )
+            ),
         }
+
+
+#: Day number of a card event without a date of birth (card members, ``latest_dob``).
+NO_DOB: int = -(1 << 62)
+
+
+def latest_dob(event_t: I64, event_dob_day: I64, profile: tuple[int, date] | None, t: int) -> date | None:
+    """The card's date of birth as of ``t``: the latest earlier one (``training.dataset``'s rule).
+
+    ``event_t``/``event_dob_day``: the card's events sorted by (time, trans_num), the day number
+    of each one's date of birth or ``NO_DOB``; ``profile``: (time, dob) of the card's latest event
+    with a date of birth, which also covers events older than the ones given. The latest event
+    with a dob in an earlier second wins; the profile only where it is itself earlier than ``t``.
+    """
+    hi = bisect_left(event_t.tolist(), t)
+    known = (event_dob_day[:hi] != NO_DOB).nonzero()[0]
+    if len(known):
+        return date.fromordinal(_EPOCH_ORDINAL + int(event_dob_day[known[-1]]))
+    if profile is not None and profile[0] < t:
+        return profile[1]
+    return None
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def dob_epoch(dob: date | None) -> float:
@@ -124,10 +157,7 @@ def vectorized_request_features(
     """The same row through the vectorized offline kernel (``fraud_core.features``) with one query."""
     t = np.array([epoch_seconds(request.transaction_time)], dtype=np.int64)
     card = card_aggregates(state.card_events, _ONE_KEY, t)
-    labels_t = state.label_trans_t
-    frauds = merchant_frauds(
-        np.zeros(len(labels_t), dtype=np.int64), labels_t, state.label_arrival_t, _ONE_KEY, t, label_delay
-    )
+    frauds = merchant_frauds(state.labels, _ONE_KEY, t, label_delay)
     merchant = MerchantAggregates(
         volume=np.array(state.merchant_volume, dtype=np.int64).reshape(-1, 1),
         risk_count=np.array(state.merchant_risk, dtype=np.int64).reshape(-1, 1),
@@ -255,9 +285,16 @@ def row_features(
     # merchant: volume and delayed-risk counts from Redis, frauds whose label arrived before t
     out += [float(v) for v in state.merchant_volume]
     delayed = t - label_delay
-    labels = list(zip(state.label_trans_t.tolist(), state.label_arrival_t.tolist(), strict=True))
+    intervals = state.labels
+    labels = list(
+        zip(intervals.trans_t.tolist(), intervals.arrival.tolist(), intervals.until.tolist(), strict=True)
+    )
     frauds = [
-        sum(1 for trans_t, arrival in labels if delayed - seconds <= trans_t < delayed and arrival < t)
+        sum(
+            1
+            for trans_t, arrival, until in labels
+            if delayed - seconds <= trans_t < delayed and arrival < t <= until
+        )
         for seconds in _RISK_WINDOW_SECONDS
     ]
     out += [

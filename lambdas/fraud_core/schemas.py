@@ -109,8 +109,9 @@ class PredictRequest(_Strict):
     def card_id(self) -> str:
         return self.cc_num if self.cc_num is not None else f"cust:{self.customer_id}"
 
-    def to_event(self) -> "TransactionEvent":
+    def to_event(self, received_at: datetime | None = None) -> "TransactionEvent":
         return TransactionEvent(
+            received_at=received_at,
             trans_num=self.transaction_id,
             cc_num=self.card_id,
             merchant=self.merchant_name,

@@ -8,6 +8,7 @@ transaction to the stream. Redis unreachable: the request-only baseline model an
 import gc
 import threading
 import time
+from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
@@ -18,7 +19,14 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fraud_core.schemas import DependencyStatus, HealthResponse, PredictRequest, PredictResponse
+from fraud_core import timeguard
+from fraud_core.schemas import (
+    DependencyStatus,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    epoch_seconds,
+)
 from fraud_core.spec import FEATURE_SPEC_VERSION
 from handlers import bootstrap
 from handlers.observability import logger, mask_card, metrics, tracer
@@ -84,8 +92,43 @@ def _unavailable(exc: Exception) -> Response[Any]:
     return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
-@app.post("/predict", summary="Score one card transaction")
+class TimeGuardError(ValueError):
+    """A request dated outside what the time guard accepts (``fraud_core.timeguard``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@app.exception_handler(TimeGuardError)  # type: ignore[untyped-decorator]
+def _refused_time(exc: TimeGuardError) -> Response[Any]:
+    metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="RefusedByTimeGuard", unit=MetricUnit.Count, value=1)
+    detail = [{"loc": ["body", exc.field], "type": "time_guard", "msg": exc.message}]
+    return _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), detail)
+
+
+@app.post(
+    "/predict",
+    summary="Score one card transaction",
+    responses={
+        200: {"description": "Scored"},
+        422: {"description": "Invalid request, or transaction_time outside the time guard"},
+        503: {"description": "No champion model"},
+    },
+)
 def predict(request: PredictRequest) -> PredictResponse:
+    received = datetime.now(UTC)
+    cfg = settings()
+    refused = timeguard.request_refusal(
+        epoch_seconds(request.transaction_time),
+        int(received.timestamp()),
+        cfg.max_clock_skew_seconds,
+        cfg.max_request_age_seconds,
+    )
+    if refused is not None:
+        raise TimeGuardError("transaction_time", refused)
     scored = scorer().score(request)
     last_timings.score_ms, last_timings.read_ms = scored.total_ms, scored.read_ms
     response = scored.response
@@ -108,17 +151,17 @@ def predict(request: PredictRequest) -> PredictResponse:
             "latency_ms": round(scored.total_ms, 3),
         },
     )
-    _publish(request)
+    _publish(request, received)
     freeze_startup_objects()
     return response
 
 
-def _publish(request: PredictRequest) -> None:
+def _publish(request: PredictRequest, received: datetime) -> None:
     """Send the scored transaction to the stream; a failure is logged and counted, the answer stands."""
     publisher = bootstrap.publisher()
     failures = 0
     try:
-        publisher.publish([request.to_event()])
+        publisher.publish([request.to_event(received_at=received)])
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
         failures = 1

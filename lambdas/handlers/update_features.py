@@ -1,7 +1,9 @@
 """MSK (Kafka) or Kinesis -> Lambda: apply transactions and labels to the Redis feature store.
 
-Each record is parsed on its own: a poison record (not JSON, not a valid event) goes to the
-dead-letter store with the reason and counts as handled, so the batch goes on. The valid
+Each record is parsed on its own: a poison record (not JSON, not a valid event) or an event
+dated beyond the clock skew of its arrival (``fraud_core.timeguard``) goes to the dead-letter
+store with the reason and counts as handled, so the batch goes on; so does an event the store
+reports late (older than its key's retention point). The valid
 events of the batch are then applied in one round trip (Lua script: idempotent on redelivery,
 order-independent). If Redis fails, the whole batch is reported failed and redelivered.
 """
@@ -17,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from fraud_adapters.dead_letters import DeadLetter
+from fraud_core import timeguard
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
@@ -53,33 +56,49 @@ def parse_event(raw: bytes, label_topic: bool = False) -> TransactionEvent | Lab
 
 
 class BatchCollector:
-    """Record handler for the Powertools batch processor: collects valid events, dead-letters poison."""
+    """Record handler for the Powertools batch processor: collects valid events, dead-letters
+    poison records and events the time guard refuses (``fraud_core.timeguard``)."""
 
     def __init__(self) -> None:
         self.transactions: list[TransactionEvent] = []
         self.labels: list[LabelEvent] = []
         self.dead_lettered = 0
+        self.refused = 0
+        self.skew = settings().max_clock_skew_seconds
+        #: where each accepted event came from: (source, payload), for late events' dead letters
+        self.origin: dict[int, tuple[str, bytes]] = {}
 
     def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
         if isinstance(record, KafkaEventRecord):
             raw = record.decoded_value
             source = f"kafka:{record.topic}-{record.partition}@{record.offset}"
             label_topic = record.topic == settings().labels_topic
+            record_time = record.timestamp // 1000 if record.get("timestamp") is not None else None
         else:
             raw = record.kinesis.data_as_bytes()
             source = f"kinesis:{record.event_id}"
             label_topic = False
+            record_time = int(record.kinesis.approximate_arrival_timestamp)
         try:
             event = parse_event(raw, label_topic)
         except PoisonRecordError as exc:
-            where = bootstrap.dead_letter_store().put(DeadLetter.of(source, str(exc), raw))
-            logger.warning("dead-lettered record", extra={"source": source, "reason": str(exc), "at": where})
-            self.dead_lettered += 1
+            self.dead_letter(source, str(exc), raw)
             return
+        reason = timeguard.refusal(event, timeguard.receipt(event, record_time), self.skew)
+        if reason is not None:
+            self.refused += 1
+            self.dead_letter(source, f"refused by the time guard: {reason}", raw)
+            return
+        self.origin[id(event)] = (source, raw)
         if isinstance(event, LabelEvent):
             self.labels.append(event)
         else:
             self.transactions.append(event)
+
+    def dead_letter(self, source: str, reason: str, raw: bytes) -> None:
+        where = bootstrap.dead_letter_store().put(DeadLetter.of(source, reason, raw))
+        logger.warning("dead-lettered record", extra={"source": source, "reason": reason, "at": where})
+        self.dead_lettered += 1
 
 
 def _event_type(event: dict[str, Any]) -> EventType:
@@ -105,8 +124,13 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
         processor.process()
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
+    for late in result.late:  # older than its key's retention point: kept in the lake, not online
+        source, raw = collector.origin[id(late)]
+        collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
+    metrics.add_metric(name="LateEvents", unit=MetricUnit.Count, value=len(result.late))
+    metrics.add_metric(name="RefusedEvents", unit=MetricUnit.Count, value=collector.refused)
     metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=collector.dead_lettered)
     metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(records))
     logger.info(
@@ -115,6 +139,8 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
             "records": len(records),
             "applied": result.applied,
             "duplicates": result.duplicates,
+            "late": len(result.late),
+            "refused": collector.refused,
             "dead_lettered": collector.dead_lettered,
             "failed": len(processor.fail_messages),
         },

@@ -578,7 +578,7 @@ def test_the_deployed_bundle_scores_and_updates_with_the_deployed_environment(
     assert out["records"] == 1
     assert out["updater"] == {"batchItemFailures": []}
     store = redis.Redis(port=redis_service.port, decode_responses=True)
-    assert store.zscore(f"fs:m:{MERCHANT}", transaction_id) is not None  # in the merchant's set
+    assert store.zscore(merchant_set(MERCHANT), transaction_id) is not None  # in the merchant's set
     assert out["origins"]["xgboost"].startswith(str(task))
     assert out["origins"]["numpy"].startswith(str(task))
     assert out["origins"]["boto3"].startswith(str(runtime))
@@ -784,7 +784,9 @@ def test_localstack_kinesis_event_source_feeds_redis(localstack: Deployment) -> 
     # then the event source mapping hands it to the updater, which applies it to Redis
     assert status == 200
     wait_until(
-        lambda: store.zscore(f"fs:m:{MERCHANT}", transaction_id) is not None, 180, "the updater to apply it"
+        lambda: store.zscore(merchant_set(MERCHANT), transaction_id) is not None,
+        180,
+        "the updater to apply it",
     )
 
 
@@ -808,3 +810,10 @@ def test_localstack_poison_record_goes_to_the_dead_letter_bucket(localstack: Dep
         return False
 
     wait_until(dead_lettered, 180, "the poison record in the dead-letter bucket")
+
+
+def merchant_set(merchant: str) -> str:
+    """The merchant's transaction set (fraud_adapters.redis_store, layout 4)."""
+    from fraud_adapters.redis_store import merchant_hash
+
+    return f"fs:{{m:{merchant_hash(merchant).hex()}}}:e"

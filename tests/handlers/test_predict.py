@@ -137,13 +137,14 @@ def test_unreadable_feature_state_gives_a_degraded_answer(lambda_env: Path, kind
     publish_test_model(str(lambda_env / "models"))
     store = bootstrap.feature_store()
     t = 1_592_741_665  # VALID's transaction_time
+    card_set = store.card_keys(store.hasher(VALID["cc_num"]))[0]
     if kind == "card":
-        store.client.zadd(f"fs:c3:{store.hasher(VALID['cc_num'])}", {b"short": t - 60})
+        store.client.zadd(card_set, {b"short": t - 60})
     elif kind == "wrong type":
-        store.client.set(f"fs:c3:{store.hasher(VALID['cc_num'])}", b"not a sorted set")
+        store.client.set(card_set, b"not a sorted set")
     else:
-        merchant = VALID["merchant_name"]
-        store.client.zadd(f"fs:mf:{merchant}", {b"no-arrival-time": t - spec.DEFAULT_LABEL_DELAY - 60})
+        labels = store.merchant_keys(VALID["merchant_name"])[1]
+        store.client.zadd(labels, {b"no-arrival-time": t - spec.DEFAULT_LABEL_DELAY - 60})
 
     # when the transaction is scored, then it is answered from the request alone, not a 500
     status, body = call("POST", "/predict", VALID)

@@ -68,8 +68,8 @@ def test_label_topic_without_kind_is_a_label(lambda_env: Path) -> None:
     }
     update_features.handler(msk_event([("fraudsys.labels", json.dumps(label).encode())]), FakeContext())
     state = bootstrap.feature_store().read("4111111111111111", "m", 1_577_836_800 + 8 * 86400)
-    assert state.label_trans_t.tolist() == [1_577_836_800]
-    assert state.label_arrival_t.tolist() == [1_577_836_800 + 86400]
+    assert state.labels.trans_t.tolist() == [1_577_836_800]
+    assert state.labels.arrival.tolist() == [1_577_836_800 + 86400]
 
 
 def test_redis_down_fails_the_whole_batch_for_redelivery(

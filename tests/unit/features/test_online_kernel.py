@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraud_core import spec
+from fraud_core.features import fraud_intervals
 from fraud_core.online import OnlineState, card_events, request_features, vectorized_request_features
 from fraud_core.schemas import PredictRequest
 from tests.support.events import a_request
@@ -58,17 +59,27 @@ def cases(draw: Draw) -> Case:
         merch_long=np.array([draw(coords) for _ in range(n)]),
     )
     risk_edges = [delay + seconds for _, seconds in spec.MERCHANT_RISK_WINDOWS] + [delay]
-    labels = sorted(
-        (T - _offset(draw, risk_edges), T + draw(st.integers(-2 * spec.DAY, spec.DAY)))
-        for _ in range(draw(st.integers(0, 8)))
+    # label events of a few transactions: several per transaction (reversals, same-second pairs)
+    n_trans = draw(st.integers(0, 6))
+    trans_t = [T - _offset(draw, risk_edges) for _ in range(n_trans)]
+    label_rows = [
+        (j, trans_t[j], T + draw(st.integers(-2 * spec.DAY, spec.DAY)), draw(st.booleans()))
+        for j in range(n_trans)
+        for _ in range(draw(st.integers(1, 3)))
+    ]
+    intervals = fraud_intervals(
+        key=np.zeros(len(label_rows), dtype=np.int64),
+        trans=np.array([r[0] for r in label_rows], dtype=np.int64),
+        trans_t=np.array([r[1] for r in label_rows], dtype=np.int64),
+        arrival=np.array([r[2] for r in label_rows], dtype=np.int64),
+        is_fraud=np.array([r[3] for r in label_rows], dtype=bool),
     )
     state = OnlineState(
         card_events=events,
         dob=draw(st.none() | st.dates(date(1930, 1, 1), date(2005, 1, 1))),
         merchant_volume=tuple(draw(st.integers(0, 50)) for _ in spec.MERCHANT_VOLUME_WINDOWS),
         merchant_risk=tuple(draw(st.integers(0, 50)) for _ in spec.MERCHANT_RISK_WINDOWS),
-        label_trans_t=np.array([lt for lt, _ in labels], dtype=np.int64),
-        label_arrival_t=np.array([la for _, la in labels], dtype=np.int64),
+        labels=intervals,
     )
     request = PredictRequest(
         cc_num="4000111122223333",
