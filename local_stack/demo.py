@@ -47,6 +47,8 @@ class DemoSummary:
 
 
 def predict_body(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The ``POST /predict`` body of a canonical row (no ``dob`` where the row has none)."""
+    dob = row.get("dob")
     return {
         "transaction_id": str(row["trans_num"]),
         "cc_num": str(row["cc_num"]),
@@ -59,8 +61,7 @@ def predict_body(row: Mapping[Any, Any]) -> dict[str, Any]:
         "city_pop": int(row["city_pop"]),
         "merch_lat": float(row["merch_lat"]),
         "merch_long": float(row["merch_long"]),
-        "dob": str(row["dob"]),
-    }
+    } | ({"dob": str(dob)} if isinstance(dob, str) and dob else {})
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
