@@ -8,11 +8,16 @@ masters by hash slot, keys sharing a hash tag ``{...}`` share a slot, and a Lua 
 touch keys of one slot, all of them declared in ``KEYS``.
 """
 
+import shutil
+from pathlib import Path
+
 import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException, ResponseError
 
+from local_stack import services
+from local_stack.services import Service, ServiceError
 from tests.support.services import AnyRedis, RedisClusterService
 
 pytestmark = pytest.mark.integration
@@ -165,3 +170,27 @@ def test_any_redis_cross_slot_keys_fail_only_on_the_cluster(any_redis: AnyRedis)
             any_redis.eval(SET_BOTH, 2, *keys, "x")
     else:
         assert any_redis.eval(SET_BOTH, 2, *keys, "x") == 1
+
+
+def test_a_failed_cluster_start_leaves_no_node_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # given a start whose `redis-cli --cluster create` fails (a redis-cli that always exits 1)
+    started: list[Service] = []
+    real_start = services._start
+
+    def recording_start(*args: object, **kwargs: object) -> Service:
+        service = real_start(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(service)
+        return service
+
+    monkeypatch.setattr(services, "_start", recording_start)
+    monkeypatch.setattr(services, "redis_cli_binary", lambda: shutil.which("false"))
+
+    # when the cluster is started, the error names the step
+    with pytest.raises(ServiceError, match="cluster create failed"):
+        services.start_redis_cluster(tmp_path / "cluster", timeout=60)
+
+    # then the three nodes that did start were all stopped
+    assert len(started) == 3
+    assert all(service.process.poll() is not None for service in started)
