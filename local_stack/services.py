@@ -2,7 +2,9 @@
 broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``.
 For tests, ``redis_cluster()`` also starts a real Redis Cluster (three masters by default)."""
 
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -300,6 +302,40 @@ def _distinct_free_ports(count: int) -> list[int]:
     return ports
 
 
+@functools.cache
+def redis_server_major_version() -> int:
+    """The installed redis-server's major version (0 when it cannot be read)."""
+    # a fixed argv list, no shell
+    done = subprocess.run(  # nosec B603
+        [redis_binary(), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    match = re.search(r"v=(\d+)\.", done.stdout)
+    return int(match.group(1)) if match else 0
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_node_ports() -> tuple[int, int | None]:
+    """A node's client port and cluster-bus port. Redis 7 takes the bus port as ``--cluster-port``
+    (both chosen free); before 7 the bus is always client port + 10000 (then ``None``), so the
+    client port is chosen with that one free too (Ubuntu 22.04 ships redis-server 6.0)."""
+    if redis_server_major_version() >= 7:
+        port, bus_port = _distinct_free_ports(2)
+        return port, bus_port
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and _can_bind(port + 10000):
+            return port, None
+    raise ServiceError("found no free port P with P + 10000 free for a redis cluster node")
+
+
 def _cluster_info(port: int, password: str | None, timeout: float) -> dict[str, str]:
     """``CLUSTER INFO`` of one node as a dict ({} when it does not answer yet)."""
     argv = [redis_cli_binary(), "-h", "127.0.0.1", "-p", str(port), "--no-auth-warning"]
@@ -332,7 +368,7 @@ def _start_cluster_node(
     """One ``--cluster-enabled`` redis-server on two free ports (client, cluster bus). A free port
     can be taken by another process before the server binds it: then it retries on new ports."""
     for attempt in range(1, attempts + 1):
-        port, bus_port = _distinct_free_ports(2)
+        port, bus_port = _cluster_node_ports()
         node_dir = workdir / f"node-{port}"
         node_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -343,8 +379,6 @@ def _start_cluster_node(
             "127.0.0.1",
             "--cluster-enabled",
             "yes",
-            "--cluster-port",
-            str(bus_port),
             "--cluster-config-file",
             str(node_dir / "nodes.conf"),
             "--cluster-node-timeout",
@@ -356,6 +390,8 @@ def _start_cluster_node(
             "--dir",
             str(node_dir),
         ]
+        if bus_port is not None:
+            argv += ["--cluster-port", str(bus_port)]
         if password:
             argv += ["--requirepass", password, "--masterauth", password]
         try:
@@ -377,11 +413,12 @@ def start_redis_cluster(
     node_timeout_ms: int = 30_000,
 ) -> RedisClusterService:
     """``masters`` ``redis-server --cluster-enabled yes`` on free ports of 127.0.0.1 (client and
-    cluster-bus port both chosen free, no fixed ports), joined by ``redis-cli --cluster create
-    --cluster-replicas 0``; returns once every node reports ``cluster_state:ok`` with all 16384
-    slots and every node known. ``timeout`` bounds the whole start (generous: a busy 2-core machine
-    is slow to fork and gossip); ``node_timeout_ms`` is long so that a stalled test machine does not
-    get a node marked failed mid-test. On any failure every started node is stopped."""
+    cluster-bus port both chosen free, no fixed ports; redis-server 6 or 7), joined by
+    ``redis-cli --cluster create --cluster-replicas 0``; returns once every node reports
+    ``cluster_state:ok`` with all 16384 slots and every node known. ``timeout`` bounds the whole
+    start (generous: a busy 2-core machine is slow to fork and gossip); ``node_timeout_ms`` is long
+    so that a stalled test machine does not get a node marked failed mid-test. On any failure every
+    started node is stopped."""
     if masters < 3:
         raise ValueError("redis-cli --cluster create needs at least 3 masters")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -194,3 +194,19 @@ def test_a_failed_cluster_start_leaves_no_node_running(
     # then the three nodes that did start were all stopped
     assert len(started) == 3
     assert all(service.process.poll() is not None for service in started)
+
+
+def test_the_cluster_starts_the_redis_6_way_with_the_bus_on_port_plus_10000(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a redis-server taken for 6.x (no --cluster-port: the bus listens on port + 10000)
+    monkeypatch.setattr(services, "redis_server_major_version", lambda: 6)
+
+    # when a cluster is started, it comes up ok and each node's bus listens on its port + 10000
+    with services.redis_cluster() as cluster:
+        client = RedisCluster(host="127.0.0.1", port=cluster.port)
+        assert len(client.get_primaries()) == 3
+        client.close()
+        assert all(services.port_open(port + 10000) for port in cluster.ports)
+    # and every node is stopped afterwards
+    assert all(service.process.poll() is not None for service in cluster.nodes)
