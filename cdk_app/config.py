@@ -57,14 +57,40 @@ class VpcConfig(_Frozen):
 
 
 class RedisConfig(_Frozen):
+    """ElastiCache Redis with cluster mode enabled: ``num_shards`` node groups (hash slots split
+    evenly), each a primary plus ``replicas_per_shard`` replicas in other AZs."""
+
     node_type: str = "cache.t4g.small"
-    engine_version: str = "7.1"
+    engine_version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")] = "7.1"
     # Not the default 6379 (cdk-nag AwsSolutions-AEC5); REDIS_URL carries the port.
     port: Annotated[int, Field(ge=1024, le=65535)] = 6380
-    # Primary plus replicas, cluster mode disabled. Two or more for Multi-AZ automatic failover.
-    num_cache_clusters: Annotated[int, Field(ge=2, le=6)] = 2
+    # Shards (node groups). Adding shards later is an online resharding (docs/infra.md).
+    num_shards: Annotated[int, Field(ge=1, le=500)] = 1
+    # Replicas per shard. 0 saves money in a throwaway stage but turns off Multi-AZ: a lost primary
+    # loses its slots' data until it is replaced. 1 or more: Multi-AZ with automatic failover.
+    replicas_per_shard: Annotated[int, Field(ge=0, le=5)] = 1
     snapshot_retention_days: Annotated[int, Field(ge=0, le=35)] = 1
     slow_log_retention_days: RetentionDays = 14
+
+    @model_validator(mode="after")
+    def _engine(self) -> RedisConfig:
+        if int(self.engine_version.split(".")[0]) < 7:
+            raise ValueError("engine_version must be 7.x or later (the cluster-mode parameter group redis7)")
+        return self
+
+    @property
+    def multi_az(self) -> bool:
+        """Multi-AZ needs a replica in another AZ to fail over to."""
+        return self.replicas_per_shard >= 1
+
+    @property
+    def parameter_group(self) -> str:
+        """The engine's default cluster-mode parameter group (``cluster-enabled yes``)."""
+        return f"default.redis{self.engine_version.split('.')[0]}.cluster.on"
+
+    @property
+    def node_count(self) -> int:
+        return self.num_shards * (1 + self.replicas_per_shard)
 
 
 class MskConfig(_Frozen):

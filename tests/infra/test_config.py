@@ -25,6 +25,18 @@ def test_cdk_json_stages_validate_and_cover_both_stream_kinds() -> None:
     prod = next(c for c in configs if c.name == "prod")
     assert prod.retain_data
     assert prod.scorer.provisioned_concurrency > 0
+    # prod's cache is sharded and every shard has a replica in another AZ
+    assert prod.redis.num_shards > 1
+    assert prod.redis.multi_az
+
+
+def test_redis_cluster_settings_derive_the_parameter_group_and_node_count() -> None:
+    redis = stage_config("dev", redis={"num_shards": 3, "replicas_per_shard": 1}).redis
+
+    assert redis.parameter_group == "default.redis7.cluster.on"
+    assert redis.node_count == 6
+    assert redis.multi_az
+    assert not stage_config("dev", redis={"replicas_per_shard": 0}).redis.multi_az
 
 
 def test_cdk_json_disables_notices_and_telemetry() -> None:
@@ -60,7 +72,12 @@ def test_config_is_frozen() -> None:
         ({"scorer": {"memory_mb": 64}}, "memory_mb"),
         ({"account": "123456789012", "region": "eu-west-1"}, "availability_zones"),
         ({"vpc": {"max_azs": 2, "availability_zones": ["eu-west-1a"]}}, "exactly max_azs"),
-        ({"redis": {"num_cache_clusters": 1}}, "num_cache_clusters"),
+        ({"redis": {"num_shards": 0}}, "num_shards"),
+        ({"redis": {"replicas_per_shard": 6}}, "replicas_per_shard"),
+        ({"redis": {"engine_version": "6.2"}}, "7.x or later"),
+        ({"redis": {"engine_version": "latest"}}, "engine_version"),
+        # the cluster-mode-disabled setting is gone: a stale cdk.json fails loudly
+        ({"redis": {"num_cache_clusters": 2}}, "num_cache_clusters"),
         ({"scorer": {"log_retention_days": 10}}, "log_retention_days"),
         ({"unknown_key": 1}, "unknown_key"),
     ],

@@ -101,14 +101,20 @@ def test_data_buckets_are_encrypted_versioned_private_tls_only_and_logged(msk: S
         )
 
 
-def test_redis_replication_group_multi_az_encrypted_with_auth_from_secret(msk: Synthesized) -> None:
+def test_redis_is_a_cluster_of_configured_shards_multi_az_encrypted_with_auth_from_secret(
+    msk: Synthesized,
+) -> None:
     data = msk.template("data")
 
+    # the msk test stage: 3 shards x 2 replicas
     data.has_resource_properties(
         "AWS::ElastiCache::ReplicationGroup",
         {
             "Engine": "redis",
-            "NumCacheClusters": 2,
+            "ClusterMode": "enabled",
+            "CacheParameterGroupName": "default.redis7.cluster.on",
+            "NumNodeGroups": 3,
+            "ReplicasPerNodeGroup": 2,
             "AutomaticFailoverEnabled": True,
             "MultiAZEnabled": True,
             "TransitEncryptionEnabled": True,
@@ -122,9 +128,9 @@ def test_redis_replication_group_multi_az_encrypted_with_auth_from_secret(msk: S
             "LogDeliveryConfigurations": [Match.object_like({"LogType": "slow-log"})],
         },
     )
-    # cluster mode disabled: no node groups / shards
+    # shards and replicas come from NumNodeGroups/ReplicasPerNodeGroup, never a flat node count
     group = next(iter(data.find_resources("AWS::ElastiCache::ReplicationGroup").values()))
-    assert "NumNodeGroups" not in group["Properties"]
+    assert "NumCacheClusters" not in group["Properties"]
     data.has_resource_properties(
         "AWS::SecretsManager::Secret",
         {
@@ -136,6 +142,25 @@ def test_redis_replication_group_multi_az_encrypted_with_auth_from_secret(msk: S
     data.has_resource_properties(
         "AWS::SecretsManager::Secret",
         {"GenerateSecretString": Match.object_like({"GenerateStringKey": "key"})},
+    )
+
+
+def test_redis_with_no_replica_is_one_shard_without_multi_az_but_still_encrypted(
+    kinesis: Synthesized,
+) -> None:
+    # the kinesis test stage: 1 shard, 0 replicas (cdk-nag's Multi-AZ rule acknowledged for it)
+    kinesis.template("data").has_resource_properties(
+        "AWS::ElastiCache::ReplicationGroup",
+        {
+            "ClusterMode": "enabled",
+            "CacheParameterGroupName": "default.redis7.cluster.on",
+            "NumNodeGroups": 1,
+            "ReplicasPerNodeGroup": 0,
+            "MultiAZEnabled": False,
+            "TransitEncryptionEnabled": True,
+            "AtRestEncryptionEnabled": True,
+            "AuthToken": Match.any_value(),
+        },
     )
 
 

@@ -14,6 +14,7 @@ from .conftest import Synthesized
 
 SCORER_ENV = {
     "REDIS_URL",
+    "REDIS_CLUSTER",
     "REDIS_AUTH_SECRET_ARN",
     "REDIS_TIMEOUT_MS",
     "CARD_HASH_KEY_SECRET_ARN",
@@ -31,6 +32,7 @@ SCORER_ENV = {
 }
 UPDATER_ENV = {
     "REDIS_URL",
+    "REDIS_CLUSTER",
     "REDIS_AUTH_SECRET_ARN",
     "REDIS_TIMEOUT_MS",
     "CARD_HASH_KEY_SECRET_ARN",
@@ -261,3 +263,18 @@ def test_api_model_agrees_with_the_pydantic_request() -> None:
     # then they accept the same fields and require the same ones
     assert set(edge.properties or {}) == set(pydantic_schema["properties"])
     assert set(edge.required or []) == set(pydantic_schema.get("required", []))
+
+
+def test_both_functions_reach_redis_through_the_cluster_configuration_endpoint(
+    msk: Synthesized, kinesis: Synthesized
+) -> None:
+    for synthesized in (msk, kinesis):
+        serving = synthesized.template("serving")
+        for handler in ("handlers.predict.handler", "handlers.update_features.handler"):
+            env = _function(serving, handler)["Environment"]["Variables"]
+            # a cluster client on the configuration endpoint (shards found with CLUSTER SLOTS)
+            assert env["REDIS_CLUSTER"] == "true", handler
+            url = str(env["REDIS_URL"])
+            assert "rediss://" in url, url
+            assert "ConfigurationEndPoint" in url, url
+            assert "PrimaryEndPoint" not in url, url
