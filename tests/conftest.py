@@ -85,3 +85,20 @@ def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
 def kafka_service() -> Iterator[Service]:
     with kafka_broker() as service:
         yield service
+
+
+@pytest.fixture(params=["single", "cluster"])
+def handler_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The handlers' Redis (``REDIS_URL``, ``REDIS_CLUSTER``), flushed: one redis-server, or a
+    real 3-master Redis Cluster. A test using it runs on both (ids ``[single]``, ``[cluster]``)."""
+    if request.param == "cluster":
+        cluster: RedisClusterService = request.getfixturevalue("redis_cluster_service")
+        request.getfixturevalue("redis_cluster_client")  # flushes every primary
+        monkeypatch.setenv("REDIS_URL", f"redis://{cluster.url}/0")
+        monkeypatch.setenv("REDIS_CLUSTER", "true")
+    else:
+        service: Service = request.getfixturevalue("redis_service")
+        request.getfixturevalue("redis_client")  # flushes it
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{service.port}/0")
+        monkeypatch.delenv("REDIS_CLUSTER", raising=False)
+    return str(request.param)

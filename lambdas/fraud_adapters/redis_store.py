@@ -352,29 +352,58 @@ class RedisFeatureStore:
         return [f"{tag}:e", f"{tag}:l"]
 
     def _run(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Script calls in one non-transactional pipeline (one round trip per node); scripts a
-        node does not know yet (first use, restart, failover) are loaded and the calls resent."""
-        for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.evalsha(self._scripts[name][1], len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            missing = {
-                calls[i][0]
-                for i, r in enumerate(replies)
-                if isinstance(r, redis.exceptions.NoScriptError)
-                or (isinstance(r, redis.ResponseError) and str(r).startswith("NOSCRIPT"))
-            }
-            if not missing or attempt:
-                break
-            for name in missing:
-                self.client.script_load(self._scripts[name][0])
+        """Script calls, pipelined per node: one round trip on one redis-server, one per node
+        on a cluster (redis-py's cluster pipeline refuses EVALSHA, so each node's calls go
+        through that node's connection). A call whose slot moved (resharding, failover) goes
+        once more through the cluster client, which follows the redirection."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            replies = self._pipeline(client, calls)
+        else:
+            by_node: dict[str, list[int]] = defaultdict(list)
+            nodes = {}
+            for i, (_, keys, _) in enumerate(calls):
+                node = client.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
+                nodes[node.name] = node
+                by_node[node.name].append(i)
+            replies = [None] * len(calls)
+            for name, indices in by_node.items():
+                connection = client.get_redis_connection(nodes[name])
+                for i, reply in zip(
+                    indices, self._pipeline(connection, [calls[i] for i in indices]), strict=True
+                ):
+                    replies[i] = reply
+            for i, reply in enumerate(replies):
+                if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
+                    name, keys, args = calls[i]
+                    replies[i] = client.evalsha(self._scripts[name][1], len(keys), *keys, *args)
         for reply in replies:
             if isinstance(reply, Exception):
                 if isinstance(reply, redis.ResponseError) and str(reply).startswith("FSCORRUPT"):
                     raise CorruptStateError(str(reply).removeprefix("FSCORRUPT "))
                 raise reply
-        return cast(list[Any], replies)
+        return replies
+
+    def _pipeline(
+        self, client: "redis.Redis", calls: Sequence[tuple[str, list[str], list[Any]]]
+    ) -> list[Any]:
+        """Calls in one non-transactional pipeline to one node; errors are returned, not raised.
+        Scripts the node does not know yet (first use, restart, failover) are loaded and the
+        calls sent once more."""
+        replies: list[Any] = []
+        for attempt in (0, 1):
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name][1], len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            missing = {
+                calls[i][0] for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)
+            }
+            if not missing or attempt:
+                break
+            for name in missing:
+                client.script_load(self._scripts[name][0])
+        return replies
 
     def apply(self, transactions: Sequence[TransactionEvent], labels: Sequence[LabelEvent]) -> ApplyResult:
         """Apply a batch of events: idempotent, order-independent, one pipeline."""

@@ -4,6 +4,7 @@ import os
 from functools import lru_cache
 
 import redis
+from redis.cluster import RedisCluster
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.dead_letters import DeadLetterStore
@@ -19,9 +20,20 @@ from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
 from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
 
-def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis":
+def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis | RedisCluster":
+    """One node, or a cluster (``REDIS_CLUSTER``): the store's code is the same for both."""
     timeout = (timeout_ms or cfg.redis_timeout_ms) / 1000.0
     password = secret_value(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None
+    if cfg.redis_cluster:
+        cluster: RedisCluster = RedisCluster.from_url(
+            cfg.redis_url,
+            password=password,
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        return cluster
     client: redis.Redis = redis.Redis.from_url(
         cfg.redis_url,
         password=password,

@@ -15,6 +15,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ``REDIS_URL`` is a Redis Cluster's configuration endpoint (ElastiCache cluster mode)
+    redis_cluster: bool = False
     redis_auth_secret_arn: str | None = None
     redis_timeout_ms: int = Field(default=50, gt=0)
     card_hash_key: str = DEV_CARD_HASH_KEY

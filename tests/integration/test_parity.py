@@ -17,7 +17,6 @@ from local_stack.demo import predict_body
 from local_stack.replay import label_event, transaction_event
 from tests.support.events import FakeContext, kinesis_event, msk_event
 from tests.support.models import publish_test_model
-from tests.support.services import Service
 from tests.support.streams import synthetic_stream
 from training.dataset import build_features
 
@@ -39,11 +38,8 @@ def _request(row: dict[Any, Any]) -> PredictRequest:
 
 
 @pytest.fixture
-def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_service: Service) -> Iterator[Path]:
-    import redis
-
-    redis.Redis(port=redis_service.port).flushall()
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_service.port}/0")
+def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Path]:
+    """The handlers' environment on one redis-server, or on a real 3-master Redis Cluster."""
     monkeypatch.setenv("REDIS_TIMEOUT_MS", "2000")
     monkeypatch.setenv("MODEL_STORE_URI", str(tmp_path / "models"))
     monkeypatch.setenv("DEAD_LETTER_URI", str(tmp_path / "dead"))

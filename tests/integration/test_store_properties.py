@@ -31,7 +31,7 @@ from fraud_adapters.redis_store import CardHasher, CorruptStateError, RedisFeatu
 from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
-from tests.support.services import Service
+from tests.support.services import AnyRedis, Service
 from training.dataset import build_features
 
 pytestmark = pytest.mark.integration
@@ -199,7 +199,7 @@ def streams(draw: Draw, days: int, max_rows: int = MAX_ROWS) -> Stream:
     return Stream(rows, delay)
 
 
-def new_store(client: "redis.Redis", label_delay: int) -> RedisFeatureStore:
+def new_store(client: AnyRedis, label_delay: int) -> RedisFeatureStore:
     client.flushall()
     return RedisFeatureStore(client, HASHER, label_delay=label_delay)
 
@@ -210,7 +210,7 @@ def apply(store: RedisFeatureStore, batch: Sequence[Event]) -> None:
     store.apply(transactions, labels)
 
 
-def dump(client: "redis.Redis") -> dict[bytes, tuple[str, Any]]:
+def dump(client: AnyRedis) -> dict[bytes, tuple[str, Any]]:
     """Every key with its type and full value (TTLs are wall-clock and checked separately)."""
     out: dict[bytes, tuple[str, Any]] = {}
     for key in sorted(client.scan_iter(count=1000)):
@@ -228,7 +228,7 @@ def dump(client: "redis.Redis") -> dict[bytes, tuple[str, Any]]:
     return out
 
 
-def assert_every_key_expires(client: "redis.Redis") -> None:
+def assert_every_key_expires(client: AnyRedis) -> None:
     immortal = [key for key in client.scan_iter(count=1000) if client.ttl(key) < 0]
     assert immortal == [], "keys without a TTL never leave Redis"
 
@@ -254,18 +254,18 @@ def read_all(store: RedisFeatureStore, points: list[tuple[str, str, int]]) -> li
 @PROPERTY_SETTINGS
 @given(stream=streams(days=70), twice_in_one_batch=st.booleans())
 def test_applying_a_batch_twice_gives_the_state_of_once(
-    redis_client: "redis.Redis", stream: Stream, twice_in_one_batch: bool
+    any_redis: AnyRedis, stream: Stream, twice_in_one_batch: bool
 ) -> None:
     # given a batch applied once
-    store = new_store(redis_client, stream.label_delay)
+    store = new_store(any_redis, stream.label_delay)
     events = stream.events()
     apply(store, events)
-    once, points = dump(redis_client), probes(stream)
+    once, points = dump(any_redis), probes(stream)
     states = read_all(store, points)
 
     # when it is applied again (redelivered), or the batch held every event twice
     if twice_in_one_batch:
-        store = new_store(redis_client, stream.label_delay)
+        store = new_store(any_redis, stream.label_delay)
         apply(store, events + events)
     else:
         transactions = [e for e in events if isinstance(e, TransactionEvent)]
@@ -275,21 +275,21 @@ def test_applying_a_batch_twice_gives_the_state_of_once(
         assert (result.applied, result.duplicates + len(result.late)) == (0, len(events))
 
     # then nothing changed
-    assert dump(redis_client) == once
+    assert dump(any_redis) == once
     assert read_all(store, points) == states
-    assert_every_key_expires(redis_client)
+    assert_every_key_expires(any_redis)
 
 
 @PROPERTY_SETTINGS
 @given(stream=streams(days=70), data=st.data())
 def test_any_order_and_any_batching_give_the_same_state(
-    redis_client: "redis.Redis", stream: Stream, data: st.DataObject
+    any_redis: AnyRedis, stream: Stream, data: st.DataObject
 ) -> None:
     # given the state after one batch in stream order
-    store = new_store(redis_client, stream.label_delay)
+    store = new_store(any_redis, stream.label_delay)
     events = stream.events()
     apply(store, events)
-    expected, points = dump(redis_client), probes(stream)
+    expected, points = dump(any_redis), probes(stream)
     states = read_all(store, points)
 
     # when the same events (some redelivered) come in another order, split into batches
@@ -299,12 +299,12 @@ def test_any_order_and_any_batching_give_the_same_state(
     cuts: list[int] = []
     if len(shuffled) > 1:
         cuts = sorted(data.draw(st.sets(st.integers(1, len(shuffled) - 1), max_size=6), label="cuts"))
-    store = new_store(redis_client, stream.label_delay)
+    store = new_store(any_redis, stream.label_delay)
     for start, end in zip([0, *cuts], [*cuts, len(shuffled)], strict=True):
         apply(store, shuffled[start:end])
 
     # then the state is the same, raw and as read
-    assert dump(redis_client) == expected
+    assert dump(any_redis) == expected
     assert read_all(store, points) == states
 
 
@@ -317,7 +317,7 @@ def mismatches(online: np.ndarray[Any, Any], offline: np.ndarray[Any, Any], row:
 
 
 def replay_and_compare(
-    client: "redis.Redis", stream: Stream, data: st.DataObject | None, lookahead: int = 0
+    client: AnyRedis, stream: Stream, data: st.DataObject | None, lookahead: int = 0
 ) -> list[str]:
     """Score every transaction online after replaying the stream up to it; differences from offline."""
     store = new_store(client, stream.label_delay)
@@ -363,12 +363,12 @@ def replay_and_compare(
     data=st.data(),
 )
 def test_online_features_equal_offline_rows(
-    redis_client: "redis.Redis", stream: Stream, lookahead: int, data: st.DataObject
+    any_redis: AnyRedis, stream: Stream, lookahead: int, data: st.DataObject
 ) -> None:
     # given a stream replayed through the store in time order, later events up to `lookahead`
     # early (within the out-of-order tolerance), shuffled within a batch and partly redelivered
     # when every transaction is scored from what the store returns at its time
-    problems = replay_and_compare(redis_client, stream, data, lookahead)
+    problems = replay_and_compare(any_redis, stream, data, lookahead)
 
     # then every feature equals the offline row's
     assert problems == [], f"label_delay={stream.label_delay}, {len(problems)} mismatches: {problems[:10]}"
