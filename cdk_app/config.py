@@ -84,9 +84,10 @@ class RedisConfig(_Frozen):
         return self.replicas_per_shard >= 1
 
     @property
-    def parameter_group(self) -> str:
-        """The engine's default cluster-mode parameter group (``cluster-enabled yes``)."""
-        return f"default.redis{self.engine_version.split('.')[0]}.cluster.on"
+    def parameter_family(self) -> str:
+        """The parameter group family of the engine (the construct's group: cluster mode on, the
+        feature store's server settings)."""
+        return f"redis{self.engine_version.split('.')[0]}"
 
     @property
     def node_count(self) -> int:

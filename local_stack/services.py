@@ -134,6 +134,13 @@ class RedisTls:
     ca_file: Path
 
 
+def server_config_args() -> list[str]:
+    """The feature store's server settings (``REDIS_SERVER_CONFIG``) as redis-server flags."""
+    from fraud_adapters.redis_store import REDIS_SERVER_CONFIG
+
+    return [arg for name, value in REDIS_SERVER_CONFIG.items() for arg in (f"--{name}", value)]
+
+
 def start_redis(
     port: int,
     workdir: Path,
@@ -155,6 +162,7 @@ def start_redis(
         "no",
         "--dir",
         str(workdir),
+        *server_config_args(),
     ]
     if password:
         argv += ["--requirepass", password]
@@ -389,6 +397,7 @@ def _start_cluster_node(
             "no",
             "--dir",
             str(node_dir),
+            *server_config_args(),
         ]
         if bus_port is not None:
             argv += ["--cluster-port", str(bus_port)]

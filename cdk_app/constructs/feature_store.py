@@ -15,6 +15,7 @@ from cdk_app.constructs.common import log_group, removal_policy
 from cdk_app.constructs.function import powertools_environment
 from cdk_app.constructs.network import Network
 from cdk_app.nag import acknowledge
+from fraud_adapters.redis_store import REDIS_SERVER_CONFIG
 
 
 class RedisFeatureStore(Construct):
@@ -77,6 +78,13 @@ class RedisFeatureStore(Construct):
             subnet_ids=network.private_subnet_ids,
         )
         slow_log = log_group(self, "SlowLog", config, redis.slow_log_retention_days)
+        parameters = elasticache.CfnParameterGroup(
+            self,
+            "Parameters",
+            cache_parameter_group_family=redis.parameter_family,
+            description=f"{config.prefix} feature store: cluster mode, listpack sizes of the store layout",
+            properties={"cluster-enabled": "yes", **REDIS_SERVER_CONFIG},
+        )
         self.replication_group = elasticache.CfnReplicationGroup(
             self,
             "Redis",
@@ -85,7 +93,7 @@ class RedisFeatureStore(Construct):
             engine_version=redis.engine_version,
             cache_node_type=redis.node_type,
             cluster_mode="enabled",
-            cache_parameter_group_name=redis.parameter_group,
+            cache_parameter_group_name=parameters.ref,
             num_node_groups=redis.num_shards,
             replicas_per_node_group=redis.replicas_per_shard,
             # Required in cluster mode; with replicas a shard's primary fails over to one of them.

@@ -44,9 +44,10 @@ counted as a duplicate. Label corrections are separate members; the read returns
 the delayed window and ``fraud_core.features.fraud_intervals`` applies the one rule both paths
 use.
 
-Writes: one script call per key group (a card, a merchant) and per chunk of at most
-``WRITE_CHUNK`` events, all calls of a batch sent in one non-transactional pipeline (one round
-trip per node). Reads: one script call for the card and one for the merchant, in one pipeline.
+Writes: one script handles many cards (or merchants); a batch's calls are cut at
+``WRITE_CHUNK`` events, and on a cluster grouped by hash slot so that each call touches one
+slot; all calls of a batch go in one non-transactional pipeline per node (one round trip on a
+single redis-server). Reads: one script call for the card and one for the merchant, in one pipeline.
 The store needs a client with ``decode_responses=False`` (replies are bytes).
 """
 
@@ -62,79 +63,101 @@ from typing import Any, cast
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from fraud_core import spec
 from fraud_core.features import NO_FRAUD_INTERVALS, CardEvents, FraudIntervals, fraud_intervals
 from fraud_core.online import NO_CARD_EVENTS, NO_DOB, OnlineState, card_events, latest_dob
 from fraud_core.schemas import LabelEvent, TransactionEvent, to_cents
 
+#: Server settings the layout is sized for: card members are 89 bytes (a 32-character trans_num,
+#: NUL, 56 bytes), so with Redis' default (64) every card set is a skiplist (~12 KB for 60
+#: events); at 128 small sets stay listpacks (~6.4 KB; bench.store_cost). Set by the local
+#: redis-servers (local_stack.services) and the ElastiCache parameter group (cdk_app).
+REDIS_SERVER_CONFIG: dict[str, str] = {"zset-max-listpack-value": "128"}
+
 #: The most events one script call applies: Redis runs one script at a time, so a batch of a
 #: hot key is cut into calls that each hold the server for a few milliseconds at most.
 WRITE_CHUNK = 256
 
-# KEYS: card set, card profile. ARGV: keep, ttl extra, then per event t, member, trans_num, dob
-# ('' if none). Returns one character per event: a(pplied), d(uplicate), l(ate).
+# KEYS: (card set, card profile) per card. ARGV: keep, ttl extra, then per card the number of
+# its events and per event t, member, trans_num, dob ('' if none). Returns one character per
+# event: a(pplied), d(uplicate), l(ate).
 _APPLY_CARD_LUA = """
 local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-top = top and tonumber(top) or nil
-for i = 3, #ARGV, 4 do
-  local t = tonumber(ARGV[i])
-  if top == nil or t > top then top = t end
-end
-local pt = tonumber(redis.call('HGET', KEYS[2], 't') or '')
-local pn = redis.call('HGET', KEYS[2], 'n') or ''
 local out = {}
-for i = 3, #ARGV, 4 do
-  local t, member, n, dob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if t < top - keep then
-    out[#out + 1] = 'l'
-  elseif redis.call('ZADD', KEYS[1], t, member) == 1 then
-    out[#out + 1] = 'a'
-    if dob ~= '' and (pt == nil or t > pt or (t == pt and n > pn)) then
-      redis.call('HSET', KEYS[2], 't', t, 'n', n, 'dob', dob)
-      pt, pn = t, n
-    end
-  else
-    out[#out + 1] = 'd'
+local i = 3
+for g = 1, #KEYS, 2 do
+  local events, profile = KEYS[g], KEYS[g + 1]
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local top = redis.call('ZRANGE', events, -1, -1, 'WITHSCORES')[2]
+  top = top and tonumber(top) or nil
+  for k = i, i + 4 * (n - 1), 4 do
+    local t = tonumber(ARGV[k])
+    if top == nil or t > top then top = t end
   end
+  local pt = tonumber(redis.call('HGET', profile, 't') or '')
+  local pn = redis.call('HGET', profile, 'n') or ''
+  for _ = 1, n do
+    local t, member, trans_num, dob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    if t < top - keep then
+      out[#out + 1] = 'l'
+    elseif redis.call('ZADD', events, t, member) == 1 then
+      out[#out + 1] = 'a'
+      if dob ~= '' and (pt == nil or t > pt or (t == pt and trans_num > pn)) then
+        redis.call('HSET', profile, 't', t, 'n', trans_num, 'dob', dob)
+        pt, pn = t, trans_num
+      end
+    else
+      out[#out + 1] = 'd'
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', events, '-inf', '(' .. string.format('%d', top - keep))
+  redis.call('EXPIRE', events, keep + extra)
+  if pt ~= nil then redis.call('EXPIRE', profile, keep + extra) end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', top - keep))
-redis.call('EXPIRE', KEYS[1], keep + extra)
-if pt ~= nil then redis.call('EXPIRE', KEYS[2], keep + extra) end
 return table.concat(out)
 """
 
-# KEYS: merchant transactions, merchant labels. ARGV: keep, ttl extra, number of transactions,
-# per transaction t, trans_num; then per label transaction time, member. Returns one character
-# per event, transactions first: a(pplied), d(uplicate), l(ate).
+# KEYS: (transactions, labels) per merchant. ARGV: keep, ttl extra, then per merchant the
+# number of its transactions and of its labels, per transaction t, trans_num, per label the
+# transaction time, member. Returns one character per event, each merchant's transactions
+# first: a(pplied), d(uplicate), l(ate).
 _APPLY_MERCHANT_LUA = """
-local keep, extra, n_tx = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-top = top and tonumber(top) or nil
-local last_tx = 3 + 2 * n_tx
-for i = 4, last_tx, 2 do
-  local t = tonumber(ARGV[i])
-  if top == nil or t > top then top = t end
-end
+local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-for i = 4, #ARGV, 2 do
-  local t, member = tonumber(ARGV[i]), ARGV[i + 1]
-  if top ~= nil and t < top - keep then
-    out[#out + 1] = 'l'
-  elseif redis.call('ZADD', i > last_tx and KEYS[2] or KEYS[1], t, member) == 1 then
-    out[#out + 1] = 'a'
-  else
-    out[#out + 1] = 'd'
+local i = 3
+for g = 1, #KEYS, 2 do
+  local txs, labels = KEYS[g], KEYS[g + 1]
+  local n_tx, n_labels = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  local top = redis.call('ZRANGE', txs, -1, -1, 'WITHSCORES')[2]
+  top = top and tonumber(top) or nil
+  for k = i, i + 2 * (n_tx - 1), 2 do
+    local t = tonumber(ARGV[k])
+    if top == nil or t > top then top = t end
   end
+  for e = 1, n_tx + n_labels do
+    local t, member = tonumber(ARGV[i]), ARGV[i + 1]
+    i = i + 2
+    if top ~= nil and t < top - keep then
+      out[#out + 1] = 'l'
+    elseif redis.call('ZADD', e > n_tx and labels or txs, t, member) == 1 then
+      out[#out + 1] = 'a'
+    else
+      out[#out + 1] = 'd'
+    end
+  end
+  if top ~= nil then
+    local floor = '(' .. string.format('%d', top - keep)
+    redis.call('ZREMRANGEBYSCORE', txs, '-inf', floor)
+    redis.call('ZREMRANGEBYSCORE', labels, '-inf', floor)
+    redis.call('EXPIRE', txs, keep + extra)
+  end
+  if redis.call('EXISTS', labels) == 1 then redis.call('EXPIRE', labels, keep + extra) end
 end
-if top ~= nil then
-  local floor = '(' .. string.format('%d', top - keep)
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', floor)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', floor)
-  redis.call('EXPIRE', KEYS[1], keep + extra)
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], keep + extra) end
 return table.concat(out)
 """
 
@@ -305,6 +328,39 @@ def _chunks[T](items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
+class _CallPacker:
+    """Packs key groups into script calls: each call's keys in one hash slot (any keys on one
+    redis-server), at most ``write_chunk`` events per call."""
+
+    def __init__(self, store: "RedisFeatureStore") -> None:
+        self.store = store
+        #: (script, slot) -> open call: keys, args, events
+        self.open: dict[tuple[str, int], tuple[list[str], list[Any], list[Any]]] = {}
+        self.done: list[tuple[tuple[str, list[str], list[Any]], list[Any]]] = []
+
+    def add(self, script: str, keys: list[str], args: list[Any], events: Sequence[Any]) -> None:
+        slot = (script, self.store.slot(keys[0]))
+        current = self.open.get(slot)
+        if current is not None and len(current[2]) + len(events) > self.store.write_chunk:
+            self._close(slot)
+            current = None
+        if current is None:
+            head = self.store.card_keep if script == "apply_card" else self.store.merchant_keep
+            current = self.open[slot] = ([], [head, spec.DAY], [])
+        current[0].extend(keys)
+        current[1].extend(args)
+        current[2].extend(events)
+
+    def _close(self, slot: tuple[str, int]) -> None:
+        keys, args, events = self.open.pop(slot)
+        self.done.append(((slot[0], keys, args), events))
+
+    def calls(self) -> tuple[list[tuple[str, list[str], list[Any]]], list[list[Any]]]:
+        for slot in list(self.open):
+            self._close(slot)
+        return [call for call, _ in self.done], [events for _, events in self.done]
+
+
 class RedisFeatureStore:
     """The online state behind the scorer (reads) and the feature updater (writes).
 
@@ -414,38 +470,45 @@ class RedisFeatureStore:
             merchants[tx.merchant][0].append(tx)
         for label in labels:
             merchants[label.merchant][1].append(label)
-        calls: list[tuple[str, list[str], list[Any]]] = []
-        owners: list[Sequence[TransactionEvent] | Sequence[TransactionEvent | LabelEvent]] = []
+        packer = _CallPacker(self)
         for card, events in cards.items():
             keys = self.card_keys(card)
-            for chunk in _chunks(events, self.write_chunk):
-                args: list[Any] = [self.card_keep, spec.DAY]
-                for tx in chunk:
-                    args += [
-                        tx.event_time,
-                        encode_card_member(tx),
-                        tx.trans_num,
-                        tx.dob.isoformat() if tx.dob else "",
-                    ]
-                calls.append(("apply_card", keys, args))
-                owners.append(chunk)
+            for part in _chunks(events, self.write_chunk):
+                args: list[Any] = [len(part)]
+                for tx in part:
+                    dob = tx.dob.isoformat() if tx.dob else ""
+                    args += [tx.event_time, encode_card_member(tx), tx.trans_num, dob]
+                packer.add("apply_card", keys, args, part)
         for merchant, (txs, labs) in merchants.items():
             keys = self.merchant_keys(merchant)
             # transactions first (their newest time sets the retention point), then labels
             items: list[TransactionEvent | LabelEvent] = [*txs, *labs]
-            for part in _chunks(items, self.write_chunk):  # a part's transactions come first
-                part_tx = [e for e in part if isinstance(e, TransactionEvent)]
-                args = [self.merchant_keep, spec.DAY, len(part_tx)]
-                for tx in part_tx:
+            for share in _chunks(items, self.write_chunk):
+                share_tx = [e for e in share if isinstance(e, TransactionEvent)]
+                args = [len(share_tx), len(share) - len(share_tx)]
+                for tx in share_tx:
                     args += [tx.event_time, tx.trans_num]
-                for e in part[len(part_tx) :]:
+                for e in share[len(share_tx) :]:
                     args += [e.event_time, label_member(cast(LabelEvent, e))]
-                calls.append(("apply_merchant", keys, args))
-                owners.append(part)
+                packer.add("apply_merchant", keys, args, share)
+        calls, owners = packer.calls()
+        replies = self._run(calls)
+        if not any(b"l" in reply for reply in replies):  # the usual case: count per reply
+            applied = duplicates = 0
+            for (name, _, _), reply, owner in zip(calls, replies, owners, strict=True):
+                if name == "apply_card":
+                    applied += reply.count(b"a")
+                    duplicates += reply.count(b"d")
+                else:  # merchant calls count their labels only (transactions: by their card)
+                    for event, status in zip(owner, reply, strict=True):
+                        if isinstance(event, LabelEvent):
+                            applied += status == _APPLIED
+                            duplicates += status == _DUPLICATE
+            return ApplyResult(applied=applied, duplicates=duplicates)
         # a transaction is late if its card or its merchant refused it, else its card call tells
         outcome: dict[int, int] = {}
         by_id: dict[int, TransactionEvent | LabelEvent] = {}
-        for (name, _, _), reply, owner in zip(calls, self._run(calls), owners, strict=True):
+        for (name, _, _), reply, owner in zip(calls, replies, owners, strict=True):
             for event, status in zip(owner, reply, strict=True):
                 key = id(event)
                 by_id[key] = event
@@ -458,6 +521,11 @@ class RedisFeatureStore:
             duplicates=statuses.count(_DUPLICATE),
             late=[by_id[key] for key, status in outcome.items() if status == _LATE],
         )
+
+    def slot(self, key: str) -> int:
+        """The key's hash slot on a cluster; 0 for every key on one redis-server, where one
+        script call may touch any keys."""
+        return key_slot(key.encode()) if isinstance(self.client, RedisCluster) else 0
 
     def read(self, card_id: str, merchant: str, t: int) -> OnlineState:
         """The state for a request at time ``t``: two script calls in one pipeline."""

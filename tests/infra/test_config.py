@@ -33,7 +33,7 @@ def test_cdk_json_stages_validate_and_cover_both_stream_kinds() -> None:
 def test_redis_cluster_settings_derive_the_parameter_group_and_node_count() -> None:
     redis = stage_config("dev", redis={"num_shards": 3, "replicas_per_shard": 1}).redis
 
-    assert redis.parameter_group == "default.redis7.cluster.on"
+    assert redis.parameter_family == "redis7"
     assert redis.node_count == 6
     assert redis.multi_az
     assert not stage_config("dev", redis={"replicas_per_shard": 0}).redis.multi_az

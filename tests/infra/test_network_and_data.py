@@ -112,7 +112,7 @@ def test_redis_is_a_cluster_of_configured_shards_multi_az_encrypted_with_auth_fr
         {
             "Engine": "redis",
             "ClusterMode": "enabled",
-            "CacheParameterGroupName": "default.redis7.cluster.on",
+            "CacheParameterGroupName": {"Ref": Match.any_value()},
             "NumNodeGroups": 3,
             "ReplicasPerNodeGroup": 2,
             "AutomaticFailoverEnabled": True,
@@ -143,6 +143,14 @@ def test_redis_is_a_cluster_of_configured_shards_multi_az_encrypted_with_auth_fr
         "AWS::SecretsManager::Secret",
         {"GenerateSecretString": Match.object_like({"GenerateStringKey": "key"})},
     )
+    # its own parameter group: cluster mode, and the listpack size the store layout is sized for
+    data.has_resource_properties(
+        "AWS::ElastiCache::ParameterGroup",
+        {
+            "CacheParameterGroupFamily": "redis7",
+            "Properties": {"cluster-enabled": "yes", "zset-max-listpack-value": "128"},
+        },
+    )
 
 
 def test_redis_with_no_replica_is_one_shard_without_multi_az_but_still_encrypted(
@@ -153,7 +161,6 @@ def test_redis_with_no_replica_is_one_shard_without_multi_az_but_still_encrypted
         "AWS::ElastiCache::ReplicationGroup",
         {
             "ClusterMode": "enabled",
-            "CacheParameterGroupName": "default.redis7.cluster.on",
             "NumNodeGroups": 1,
             "ReplicasPerNodeGroup": 0,
             "MultiAZEnabled": False,
