@@ -105,6 +105,7 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
         processor.process()
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
+    _index_transactions(collector.transactions)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
     metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=collector.dead_lettered)
@@ -121,6 +122,12 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     )
     response: dict[str, Any] = dict(processor.response())
     return response
+
+
+def _index_transactions(transactions: list[TransactionEvent]) -> None:
+    """Make the batch's transactions resolvable by the label intake (``POST /labels``): one
+    pipeline after the store apply; raises -> the whole batch is retried (both are idempotent)."""
+    bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).put(transactions)
 
 
 @logger.inject_lambda_context(log_event=False)
