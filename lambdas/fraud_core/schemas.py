@@ -51,8 +51,12 @@ _MIN_EPOCH, _MAX_EPOCH = 31_536_000, 7_258_118_400
 
 def _utc(value: datetime) -> datetime:
     """Naive datetimes are UTC; aware ones are converted to UTC."""
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if not _MIN_EPOCH <= value.timestamp() < _MAX_EPOCH:
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        epoch = value.timestamp()
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00: before datetime.min in UTC
+        epoch = -1.0
+    if not _MIN_EPOCH <= epoch < _MAX_EPOCH:
         raise ValueError("must be between 1971-01-01 and 2200-01-01")
     return value
 
