@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from fraud_core.schemas import MAX_LABELS_PER_REQUEST, LabelEvent
 from handlers import bootstrap, predict, update_features
-from tests.support.events import FakeContext, a_request, api_gateway_event, msk_event
+from tests.support.events import FakeContext, a_request, api_gateway_event, kinesis_event, msk_event
 from tests.support.services import Service
 
 pytestmark = pytest.mark.integration
@@ -188,3 +188,20 @@ def test_the_openapi_document_shows_the_route(lambda_env: Path) -> None:
     assert "LabelRequest" in text
     assert "LabelBatchRequest" in text
     assert "LabelsResponse" in text
+
+
+def test_on_kinesis_a_published_label_is_applied_as_a_label(lambda_env: Path) -> None:
+    # given the intake's event for a chargeback (Kinesis: one stream, kind in the payload)
+    event = LabelEvent(
+        trans_num="k-1", merchant=MERCHANT, transaction_time=T0, label_time=T0 + timedelta(days=2)
+    )
+    assert b'"kind":"label"' in event.model_dump_json().encode()
+    # when the updater reads it from a Kinesis batch
+    response = update_features.handler(kinesis_event([event.model_dump_json().encode()]), FakeContext())
+    # then it is applied as a label, not dead-lettered as a bad transaction
+    assert response == {"batchItemFailures": []}
+    state = bootstrap.feature_store().read(
+        "4111111111111111", MERCHANT, int((T0 + timedelta(days=9)).timestamp())
+    )
+    assert state.label_trans_t.tolist() == [int(T0.timestamp())]
+    assert not list((lambda_env / "dead").rglob("*.json"))
