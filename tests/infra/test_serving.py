@@ -297,6 +297,7 @@ def test_labels_route_has_the_auth_validation_and_plan_of_predict(msk: Synthesiz
     labels_only = [p for p in policies if "/POST/labels" in p]
     assert len(labels_only) == 1
     assert "/POST/predict" not in labels_only[0]
+    assert "LabelsInvokePolicyArn" in serving.find_outputs("*")
 
 
 def test_waf_lets_label_batches_past_the_body_size_rule_only_on_labels(msk: Synthesized) -> None:
