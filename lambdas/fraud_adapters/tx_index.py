@@ -9,8 +9,12 @@ Key format (``<p>`` is the prefix, default ``fs``)::
     <p>:{x:<trans_num>}   string   "<transaction time, epoch s>\\x1f<merchant name>"
 
 The hash tag ``{x:<trans_num>}`` puts each key in the slot of its transaction id, so the keys
-spread over a Redis Cluster and every command touches one slot. Writes and reads are
-non-transactional pipelines; on a ``redis.RedisCluster`` client redis-py splits them per node.
+spread over a Redis Cluster and every command touches one slot. On a ``redis.RedisCluster``
+client, writes and reads are non-transactional pipelines (one ``SETEX`` or ``GET`` per key),
+which redis-py splits per node. On a ``redis.Redis`` client (cluster mode disabled) a batch is
+written by one Lua script instead (one command, one reply): measured on 500 entries, 0.25 ms of
+client CPU against ~3 ms for the pipeline, whose per-command packing and reply parsing in
+redis-py cost about as much as the feature store's whole apply (docs/architecture.md).
 The value holds no card data (a label does not need the card: the updater places labels by
 merchant and transaction time) and a merchant name never holds ``\\x1f`` (``schemas.Name``).
 
@@ -33,6 +37,15 @@ from fraud_core import spec
 from fraud_core.schemas import TransactionEvent
 
 _SEP = "\x1f"
+# KEYS: the entries' keys; ARGV: the TTL, then one value per key. Cluster mode disabled only:
+# the keys of a batch lie in many slots.
+_PUT_LUA = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SETEX', key, ttl, ARGV[i + 1])
+end
+return #KEYS
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,9 @@ class TransactionIndex:
         self.client = client
         self.prefix = prefix
         self.ttl = index_ttl(label_delay)
+        self._put_script = (
+            None if isinstance(client, redis.RedisCluster) else client.register_script(_PUT_LUA)
+        )
 
     def key(self, trans_num: str) -> str:
         return f"{self.prefix}:{{x:{trans_num}}}"
@@ -71,13 +87,18 @@ class TransactionIndex:
         return f"{event.event_time}{_SEP}{event.merchant}"
 
     def put(self, transactions: Sequence[TransactionEvent]) -> int:
-        """Index a batch: one non-transactional pipeline (one round trip per node). Returns the
-        number of entries written; a redelivered transaction rewrites its own value."""
+        """Index a batch in one round trip (per node on a cluster). Returns the number of entries
+        written; a redelivered transaction rewrites its own value and refreshes its TTL."""
         if not transactions:
             return 0
+        keys = [self.key(tx.trans_num) for tx in transactions]
+        values = [self.encode(tx) for tx in transactions]
+        if self._put_script is not None:
+            self._put_script(keys=keys, args=[self.ttl, *values])
+            return len(transactions)
         pipe = self._pipeline()
-        for tx in transactions:
-            pipe.set(self.key(tx.trans_num), self.encode(tx), ex=self.ttl)
+        for key, value in zip(keys, values, strict=True):
+            pipe.execute_command("SETEX", key, self.ttl, value)  # not pipe.set(): no option handling
         pipe.execute()
         return len(transactions)
 
