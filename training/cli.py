@@ -552,7 +552,7 @@ def labels_import(
     if settings().stream_kind == "none":
         console.print("[red]STREAM_KIND is none: labels would go nowhere[/red] (set it, or use --local)")
         raise typer.Exit(2)
-    label_intake = intake(5000)
+    label_intake = intake(timeout_ms=5000, publish_timeout=10.0)
 
     with console.status("importing labels") as status, file.open(newline="", encoding="utf-8-sig") as text:
 

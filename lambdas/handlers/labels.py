@@ -52,7 +52,8 @@ class LabelIntake:
 
     index: TransactionIndex
     publisher: Publisher
-    publish_timeout: float = 5.0
+    #: below the scorer Lambda's 5 s timeout, so a stuck broker gives a 503 rather than a timeout
+    publish_timeout: float = 3.0
 
     def submit(self, labels: Sequence[LabelRequest], received_at: datetime | None = None) -> LabelsResponse:
         """Publish the labels whose transaction is indexed, as arrived at ``received_at`` (default:
@@ -90,9 +91,10 @@ class LabelIntake:
         )
 
 
-def intake(timeout_ms: int | None = None) -> LabelIntake:
-    """The intake wired from the handlers' settings (``bootstrap``; its adapters are cached)."""
-    return LabelIntake(bootstrap.transaction_index(timeout_ms), bootstrap.publisher())
+def intake(timeout_ms: int | None = None, publish_timeout: float = 3.0) -> LabelIntake:
+    """The intake wired from the handlers' settings (``bootstrap``; its adapters are cached):
+    ``timeout_ms`` for Redis (default ``REDIS_TIMEOUT_MS``), ``publish_timeout`` in seconds."""
+    return LabelIntake(bootstrap.transaction_index(timeout_ms), bootstrap.publisher(), publish_timeout)
 
 
 @router.post(

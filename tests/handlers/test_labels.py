@@ -2,6 +2,7 @@
 in a real redis-server, labels published to the real local Kafka-protocol broker."""
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -205,3 +206,17 @@ def test_on_kinesis_a_published_label_is_applied_as_a_label(lambda_env: Path) ->
     )
     assert state.label_trans_t.tolist() == [int(T0.timestamp())]
     assert not list((lambda_env / "dead").rglob("*.json"))
+
+
+def test_an_unreachable_broker_is_a_503_before_the_lambda_timeout(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an indexed transaction and a broker that does not answer
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    bootstrap.reset()
+    # when its label is posted, then the answer is a 503 (retry) well inside the 5 s Lambda timeout
+    started = time.perf_counter()
+    status, answer = call(ONE)
+    assert status == 503, answer
+    assert "labels stream unavailable" in answer["message"]
+    assert time.perf_counter() - started < 4.5
