@@ -1,4 +1,5 @@
-"""A local API Gateway: HTTP on 127.0.0.1 -> REST proxy events -> the real scorer handler.
+"""A local API Gateway: HTTP on 127.0.0.1 -> REST proxy events -> the real scorer handler
+(``POST /predict``, ``GET /health``, ``POST /labels``).
 
 Like one Lambda instance, it runs one invocation at a time: the handler runs on the server's
 event loop, so requests on other connections wait their turn (the Powertools resolver keeps the
@@ -26,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from local_stack import metrics
 from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics
 
-LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health")}
+LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
 MAX_BODY_BYTES = 256 * 1024
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
 SERVER_TIMING = "Server-Timing"

@@ -252,5 +252,12 @@ class Observability(Construct):
             ),
         )
         self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Labels through POST /labels: accepted, unknown transaction",
+                left=[custom("LabelsAccepted"), custom("LabelsUnknown")],
+                width=8,
+            ),
+        )
+        self.dashboard.add_widgets(
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms.values()), width=24)
         )

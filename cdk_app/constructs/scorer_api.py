@@ -1,4 +1,5 @@
-"""The scorer: ``handlers.predict.handler`` behind an API Gateway REST API (IAM auth + API key)."""
+"""The scorer: ``handlers.predict.handler`` behind an API Gateway REST API (IAM auth + API key):
+``POST /predict``, ``GET /health`` and the label intake ``POST /labels``."""
 
 from __future__ import annotations
 
@@ -57,6 +58,41 @@ PREDICT_REQUEST_SCHEMA = apigw.JsonSchema(
     },
 )
 
+#: fraud_core.schemas.MAX_LABELS_PER_REQUEST (tests/infra checks they agree; cdk_app imports no app code)
+MAX_LABELS_PER_REQUEST = 500
+#: WAF's size rule for bodies (the managed common rule set's ``SizeRestrictions_BODY`` limit):
+#: ``POST /labels`` is exempt, as a batch of 500 labels is ~50 KB.
+MAX_BODY_BYTES = 8 * 1024
+_LABEL_PROPERTIES = {
+    "transaction_id": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
+    "is_fraud": apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN),
+    "reported_at": apigw.JsonSchema(
+        type=[apigw.JsonSchemaType.STRING, apigw.JsonSchemaType.NULL], max_length=40
+    ),
+}
+# One label, or {"labels": [...]}: the edge checks types and sizes only; fraud_core.schemas'
+# LabelRequest / LabelBatchRequest stay the authority (422 with field details).
+LABELS_REQUEST_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    title="LabelsRequest",
+    type=apigw.JsonSchemaType.OBJECT,
+    additional_properties=False,
+    properties={
+        **_LABEL_PROPERTIES,
+        "labels": apigw.JsonSchema(
+            type=apigw.JsonSchemaType.ARRAY,
+            min_items=1,
+            max_items=MAX_LABELS_PER_REQUEST,
+            items=apigw.JsonSchema(
+                type=apigw.JsonSchemaType.OBJECT,
+                additional_properties=False,
+                required=["transaction_id", "is_fraud"],
+                properties=_LABEL_PROPERTIES,
+            ),
+        ),
+    },
+)
+
 
 class ScorerApi(Construct):
     """Scorer Lambda (alias ``live``, optional provisioned concurrency) and its REST API."""
@@ -67,6 +103,7 @@ class ScorerApi(Construct):
     api_key: apigw.IApiKey
     usage_plan: apigw.UsagePlan
     invoke_policy: iam.ManagedPolicy
+    labels_invoke_policy: iam.ManagedPolicy
     access_logs: logs.LogGroup
 
     def __init__(
@@ -96,7 +133,7 @@ class ScorerApi(Construct):
             "Function",
             config=config,
             handler="handlers.predict.handler",
-            description="scorer (POST /predict, GET /health)",
+            description="scorer (POST /predict, GET /health, POST /labels)",
             memory_mb=cfg.memory_mb,
             timeout_seconds=cfg.timeout_seconds,
             reserved_concurrency=cfg.reserved_concurrency,
@@ -177,6 +214,19 @@ class ScorerApi(Construct):
         )
         health = self.api.root.add_resource("health")
         health.add_method("GET", integration, **method_options)  # type: ignore[arg-type]
+        labels_model = self.api.add_model(
+            "LabelsRequestModel",
+            content_type="application/json",
+            model_name="LabelsRequest",
+            schema=LABELS_REQUEST_SCHEMA,
+        )
+        labels = self.api.root.add_resource("labels")
+        labels.add_method(
+            "POST",
+            integration,
+            request_models={"application/json": labels_model},
+            **method_options,  # type: ignore[arg-type]
+        )
         acknowledge(
             self.api,
             "AwsSolutions-COG4",
@@ -214,17 +264,37 @@ class ScorerApi(Construct):
                 )
             ],
         )
+        # a bank's chargeback system gets this one: it may send labels, not score
+        self.labels_invoke_policy = iam.ManagedPolicy(
+            self,
+            "LabelsInvokePolicy",
+            description=f"Attach to a client role to send labels to the {config.prefix} scorer API",
+            statements=[
+                iam.PolicyStatement(
+                    actions=["execute-api:Invoke"],
+                    resources=[self.api.arn_for_execute_api("POST", "/labels", API_STAGE)],
+                )
+            ],
+        )
         self._web_acl(config)
 
     def _web_acl(self, config: StageConfig) -> None:
-        def managed(name: str, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+        def managed(name: str, priority: int, count: tuple[str, ...] = ()) -> wafv2.CfnWebACL.RuleProperty:
             return wafv2.CfnWebACL.RuleProperty(
                 name=name,
                 priority=priority,
                 override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
                 statement=wafv2.CfnWebACL.StatementProperty(
                     managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
-                        vendor_name="AWS", name=name
+                        vendor_name="AWS",
+                        name=name,
+                        rule_action_overrides=[
+                            wafv2.CfnWebACL.RuleActionOverrideProperty(
+                                name=rule, action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={})
+                            )
+                            for rule in count
+                        ]
+                        or None,
                     )
                 ),
                 visibility_config=visibility(name),
@@ -246,6 +316,49 @@ class ScorerApi(Construct):
             ),
             visibility_config=visibility("RatePerIp"),
         )
+        # The common rule set blocks bodies over 8 KB (SizeRestrictions_BODY): it only counts here,
+        # and this rule blocks them on every path but POST /labels, whose batches are larger
+        # (its size is bounded by the API model: at most MAX_LABELS_PER_REQUEST labels).
+        large_body = wafv2.CfnWebACL.RuleProperty(
+            name="LargeBodyOutsideLabels",
+            priority=3,
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            statement=wafv2.CfnWebACL.StatementProperty(
+                and_statement=wafv2.CfnWebACL.AndStatementProperty(
+                    statements=[
+                        wafv2.CfnWebACL.StatementProperty(
+                            size_constraint_statement=wafv2.CfnWebACL.SizeConstraintStatementProperty(
+                                comparison_operator="GT",
+                                size=MAX_BODY_BYTES,
+                                field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(
+                                    body=wafv2.CfnWebACL.BodyProperty(oversize_handling="MATCH")
+                                ),
+                                text_transformations=[
+                                    wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")
+                                ],
+                            )
+                        ),
+                        wafv2.CfnWebACL.StatementProperty(
+                            not_statement=wafv2.CfnWebACL.NotStatementProperty(
+                                statement=wafv2.CfnWebACL.StatementProperty(
+                                    byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+                                        field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                                        positional_constraint="EXACTLY",
+                                        search_string=f"/{API_STAGE}/labels",
+                                        text_transformations=[
+                                            wafv2.CfnWebACL.TextTransformationProperty(
+                                                priority=0, type="NONE"
+                                            )
+                                        ],
+                                    )
+                                )
+                            )
+                        ),
+                    ]
+                )
+            ),
+            visibility_config=visibility("LargeBodyOutsideLabels"),
+        )
         acl = wafv2.CfnWebACL(
             self,
             "WebAcl",
@@ -254,8 +367,9 @@ class ScorerApi(Construct):
             visibility_config=visibility(f"{config.prefix}-scorer"),
             rules=[
                 rate_limit,
-                managed("AWSManagedRulesCommonRuleSet", 1),
+                managed("AWSManagedRulesCommonRuleSet", 1, count=("SizeRestrictions_BODY",)),
                 managed("AWSManagedRulesKnownBadInputsRuleSet", 2),
+                large_body,
             ],
         )
         wafv2.CfnWebACLAssociation(

@@ -186,7 +186,11 @@ class MskStream(EventStream):
         principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
-                resources=[self.kafka_arn("topic", self.config.transactions_topic)],
+                # the scorer publishes scored transactions and, for POST /labels, labels
+                resources=[
+                    self.kafka_arn("topic", self.config.transactions_topic),
+                    self.kafka_arn("topic", self.config.labels_topic),
+                ],
             )
         )
 

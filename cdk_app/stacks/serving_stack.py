@@ -58,3 +58,6 @@ class ServingStack(cdk.Stack):
         cdk.CfnOutput(self, "ApiUrl", value=self.scorer.url)
         cdk.CfnOutput(self, "ApiKeyId", value=self.scorer.api_key.key_id)
         cdk.CfnOutput(self, "InvokePolicyArn", value=self.scorer.invoke_policy.managed_policy_arn)
+        cdk.CfnOutput(
+            self, "LabelsInvokePolicyArn", value=self.scorer.labels_invoke_policy.managed_policy_arn
+        )

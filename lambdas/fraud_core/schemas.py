@@ -1,15 +1,18 @@
 """Data entering or leaving FraudSys: scoring requests/responses, stream events, the model manifest."""
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    StrictBool,
     StringConstraints,
+    Tag,
     model_validator,
 )
 
@@ -48,8 +51,12 @@ _MIN_EPOCH, _MAX_EPOCH = 31_536_000, 7_258_118_400
 
 def _utc(value: datetime) -> datetime:
     """Naive datetimes are UTC; aware ones are converted to UTC."""
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if not _MIN_EPOCH <= value.timestamp() < _MAX_EPOCH:
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        epoch = value.timestamp()
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00: before datetime.min in UTC
+        epoch = -1.0
+    if not _MIN_EPOCH <= epoch < _MAX_EPOCH:
         raise ValueError("must be between 1971-01-01 and 2200-01-01")
     return value
 
@@ -215,6 +222,68 @@ class LabelEvent(_Strict):
     @property
     def arrival_time(self) -> int:
         return epoch_seconds(self.label_time)
+
+
+#: The most labels one ``POST /labels`` may carry (larger files: ``fraudsys labels import``).
+MAX_LABELS_PER_REQUEST = 500
+
+
+def _not_in_the_future(value: datetime) -> datetime:
+    """A report time may not lie beyond the allowed clock skew after its receipt."""
+    if value > datetime.now(UTC) + timedelta(seconds=spec.MAX_CLOCK_SKEW):
+        raise ValueError(f"must not be more than {spec.MAX_CLOCK_SKEW} s in the future")
+    return value
+
+
+class LabelRequest(_Strict):
+    """One label for a scored transaction (``POST /labels``): a chargeback (``is_fraud: true``)
+    or its reversal (``is_fraud: false``)."""
+
+    transaction_id: TransactionId = Field(description="The transaction_id the transaction was scored with.")
+    is_fraud: StrictBool = Field(description="true: fraud (chargeback); false: not fraud (a reversal).")
+    reported_at: Annotated[UtcDatetime, AfterValidator(_not_in_the_future)] | None = Field(
+        default=None, description="When the bank reported it (informational); not in the future."
+    )
+
+
+class LabelBatchRequest(_Strict):
+    """Several labels in one ``POST /labels``."""
+
+    labels: list[LabelRequest] = Field(min_length=1, max_length=MAX_LABELS_PER_REQUEST)
+
+
+def _label_body_kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict | LabelBatchRequest) and "labels" in _keys(value) else "label"
+
+
+def _keys(value: Any) -> Any:
+    return value if isinstance(value, dict) else type(value).model_fields
+
+
+#: The body of ``POST /labels``: one label, or ``{"labels": [...]}`` (told apart by the ``labels``
+#: key, so a 422 names the fields of the shape that was sent).
+LabelsBody = Annotated[
+    Annotated[LabelRequest, Tag("label")] | Annotated[LabelBatchRequest, Tag("batch")],
+    Discriminator(_label_body_kind),
+]
+
+
+class LabelOutcome(BaseModel):
+    transaction_id: str
+    status: Literal["accepted", "unknown_transaction"] = Field(
+        description="accepted: published to the labels stream; unknown_transaction: not in the "
+        "transaction index (never scored and applied, or older than the label delay + 31 days): "
+        "nothing published, no feature changes."
+    )
+
+
+class LabelsResponse(BaseModel):
+    """The answer of ``POST /labels`` (202): one outcome per label, in the request's order."""
+
+    label_time: datetime = Field(description="When the labels reached the system (their arrival).")
+    accepted: int
+    unknown: int
+    results: list[LabelOutcome]
 
 
 class ModelManifest(BaseModel):

@@ -17,6 +17,7 @@ from fraud_adapters.publisher import (
     kafka_security_config,
 )
 from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
+from fraud_adapters.tx_index import TransactionIndex
 from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
 
@@ -59,6 +60,12 @@ def card_hasher(cfg: Settings) -> CardHasher:
 def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
     cfg = settings()
     return RedisFeatureStore(redis_client(cfg, timeout_ms), card_hasher(cfg), cfg.label_delay_seconds)
+
+
+@lru_cache(maxsize=2)
+def transaction_index(timeout_ms: int | None = None) -> TransactionIndex:
+    """The transaction index on the feature store's Redis client (one connection pool)."""
+    return TransactionIndex(feature_store(timeout_ms).client, settings().label_delay_seconds)
 
 
 @lru_cache(maxsize=1)
@@ -105,5 +112,5 @@ def kafka_publisher(bootstrap_servers: str) -> KafkaPublisher:
 def reset() -> None:
     """Forget every wired adapter (tests and local runs that change the environment)."""
     settings.cache_clear()
-    for factory in (feature_store, model_store, dead_letter_store, publisher):
+    for factory in (feature_store, transaction_index, model_store, dead_letter_store, publisher):
         factory.cache_clear()

@@ -1,4 +1,4 @@
-"""API Gateway -> Lambda: ``POST /predict`` and ``GET /health``.
+"""API Gateway -> Lambda: ``POST /predict``, ``GET /health`` and ``POST /labels`` (``handlers.labels``).
 
 Parses and validates the request, calls the scorer, formats the answer, publishes the
 transaction to the stream. Redis unreachable: the request-only baseline model answers with
@@ -28,7 +28,7 @@ from fraud_core.schemas import (
     epoch_seconds,
 )
 from fraud_core.spec import FEATURE_SPEC_VERSION
-from handlers import bootstrap
+from handlers import bootstrap, labels
 from handlers.observability import logger, mask_card, metrics, tracer
 from handlers.scoring import FeatureStoreUnavailableError, ModelCache, ModelUnavailableError, Scorer
 from handlers.settings import settings
@@ -38,8 +38,10 @@ app.configure_openapi(
     title="FraudSys scoring API",
     version="1.0.0",
     summary="Real-time credit-card fraud scoring",
-    description="Scores a card transaction with point-in-time rolling features and the champion model.",
+    description="Scores a card transaction with point-in-time rolling features and the champion model; "
+    "takes labels (chargebacks and their reversals) for scored transactions.",
 )
+app.include_router(labels.router)  # POST /labels
 
 
 #: The timings of the last score on this thread (``score_ms``, ``read_ms``), for long-lived local

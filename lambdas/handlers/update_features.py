@@ -127,6 +127,7 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
         source, raw = collector.origin[id(late)]
         collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)
+    _index_transactions(collector.transactions)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
     metrics.add_metric(name="LateEvents", unit=MetricUnit.Count, value=len(result.late))
@@ -147,6 +148,12 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     )
     response: dict[str, Any] = dict(processor.response())
     return response
+
+
+def _index_transactions(transactions: list[TransactionEvent]) -> None:
+    """Make the batch's transactions resolvable by the label intake (``POST /labels``): one
+    pipeline after the store apply; raises -> the whole batch is retried (both are idempotent)."""
+    bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).put(transactions)
 
 
 @logger.inject_lambda_context(log_event=False)

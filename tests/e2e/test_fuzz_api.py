@@ -27,6 +27,7 @@ from bench.http_latency import server_timing
 from handlers import bootstrap, predict
 from local_stack.api import MAX_BODY_BYTES, LocalApi
 from local_stack.services import free_port
+from tests.support.events import a_request
 from tests.support.models import publish_test_model
 from tests.support.services import Service
 
@@ -75,9 +76,10 @@ def rejection_is_json_with_message(
 
 
 def test_the_openapi_document_lists_the_lambda_routes(api_schema: "schemathesis.BaseSchema") -> None:
-    assert len(list(api_schema.get_all_operations())) == 2
+    assert len(list(api_schema.get_all_operations())) == 3
     assert api_schema["/predict"]["POST"].label == "POST /predict"
     assert api_schema["/health"]["GET"].label == "GET /health"
+    assert api_schema["/labels"]["POST"].label == "POST /labels"
 
 
 def one_card_id(case: "schemathesis.Case[Any]") -> "schemathesis.Case[Any]":
@@ -96,8 +98,10 @@ def one_card_id(case: "schemathesis.Case[Any]") -> "schemathesis.Case[Any]":
         ("POST", "/predict", GenerationMode.POSITIVE),
         ("POST", "/predict", GenerationMode.NEGATIVE),
         ("GET", "/health", GenerationMode.POSITIVE),  # no parameters: nothing to negate
+        ("POST", "/labels", GenerationMode.POSITIVE),
+        ("POST", "/labels", GenerationMode.NEGATIVE),
     ],
-    ids=["predict-valid", "predict-invalid", "health"],
+    ids=["predict-valid", "predict-invalid", "health", "labels-valid", "labels-invalid"],
 )
 def test_openapi_fuzz_no_server_errors_and_json_rejections(
     api_schema: "schemathesis.BaseSchema", method: str, path: str, mode: GenerationMode
@@ -180,6 +184,11 @@ JUNK: dict[str, bytes] = {
     "unknown path": post("/admin", b"{}"),
     "wrong method on predict": post("/predict", b"", method="DELETE"),
     "wrong method on health": post("/health", b"{}", method="PUT"),
+    "labels not json": post("/labels", b"{not json"),
+    "labels json array": post("/labels", b"[1, 2, 3]"),
+    "labels is_fraud a string": post("/labels", b'{"transaction_id": "t", "is_fraud": "true"}'),
+    "labels both shapes": post("/labels", b'{"transaction_id": "t", "is_fraud": true, "labels": []}'),
+    "wrong method on labels": post("/labels", b"", method="GET"),
     "path traversal": post("/../../etc/passwd", b"", method="GET"),
 }
 
@@ -200,6 +209,20 @@ def test_a_valid_request_still_scores_after_the_fuzzing(api: LocalApi, tmp_path:
 
     assert status == 200, body[:300]
     assert json.loads(body)["model_version"] == "7"
+
+
+def test_a_label_over_http(api: LocalApi) -> None:
+    # given a transaction the updater indexed
+    bootstrap.transaction_index().put([a_request(transaction_id="http-label-1").to_event()])
+    # when a batch of labels is posted to the local API, then each label has its outcome
+    labels = [
+        {"transaction_id": "http-label-1", "is_fraud": True},
+        {"transaction_id": "nope", "is_fraud": False},
+    ]
+    status, body = raw_request(api, post("/labels", json.dumps({"labels": labels}).encode()))
+    assert status == 202, body[:300]
+    answer = json.loads(body)
+    assert [r["status"] for r in answer["results"]] == ["accepted", "unknown_transaction"]
 
 
 def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:

@@ -106,3 +106,19 @@ def test_dead_letter_store_down_reports_the_record_failed(
 def test_unknown_event_shape_is_rejected(lambda_env: Path) -> None:
     with pytest.raises(ValueError, match="unsupported event"):
         update_features.handler({"Records": [{"eventSource": "aws:sqs"}]}, FakeContext())
+
+
+def test_applied_transactions_are_indexed_for_the_label_intake(lambda_env: Path) -> None:
+    # given a batch with a transaction, a poison record and a label
+    label = {"trans_num": "t-9", "merchant": "m", "transaction_time": "2020-01-01T00:00:00Z"}
+    records = [
+        ("fraudsys.transactions", json.dumps(TX).encode()),
+        ("fraudsys.transactions", b"not json"),
+        ("fraudsys.labels", json.dumps({**label, "label_time": "2020-01-02T00:00:00Z"}).encode()),
+    ]
+    # when the updater applies it
+    update_features.handler(msk_event(records), FakeContext())
+    # then the transaction resolves through the index; nothing else was indexed
+    found = bootstrap.transaction_index().get(["t-1", "t-9"])
+    assert list(found) == ["t-1"]
+    assert (found["t-1"].merchant, found["t-1"].transaction_time) == ("m", 1_577_836_800)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from cdk_app.constructs.scorer_api import PREDICT_REQUEST_SCHEMA
-from fraud_core.schemas import PredictRequest
+from cdk_app.constructs.scorer_api import LABELS_REQUEST_SCHEMA, PREDICT_REQUEST_SCHEMA
+from cdk_app.constructs.scorer_api import MAX_LABELS_PER_REQUEST as EDGE_MAX_LABELS
+from fraud_core.schemas import MAX_LABELS_PER_REQUEST, LabelBatchRequest, LabelRequest, PredictRequest
 
 from .conftest import Synthesized
 
@@ -278,3 +280,76 @@ def test_both_functions_reach_redis_through_the_cluster_configuration_endpoint(
             assert "rediss://" in url, url
             assert "ConfigurationEndPoint" in url, url
             assert "PrimaryEndPoint" not in url, url
+
+
+def _resources_of(template: Template, kind: str) -> list[dict[str, Any]]:
+    return [dict(r["Properties"]) for r in template.find_resources(kind).values()]
+
+
+def test_labels_route_has_the_auth_validation_and_plan_of_predict(msk: Synthesized) -> None:
+    serving = msk.template("serving")
+
+    # POST /labels: IAM + API key, body validated against its own model, same proxy integration
+    serving.has_resource_properties("AWS::ApiGateway::Resource", {"PathPart": "labels"})
+    posts = [
+        m
+        for m in _resources_of(serving, "AWS::ApiGateway::Method")
+        if m["HttpMethod"] == "POST" and "LabelsRequest" in json.dumps(m.get("RequestModels", {}))
+    ]
+    assert len(posts) == 1
+    method = posts[0]
+    assert method["AuthorizationType"] == "AWS_IAM"
+    assert method["ApiKeyRequired"] is True
+    assert "RequestValidatorId" in method
+    assert method["Integration"]["Type"] == "AWS_PROXY"
+    assert all(m["AuthorizationType"] == "AWS_IAM" for m in _resources_of(serving, "AWS::ApiGateway::Method"))
+    serving.has_resource_properties(
+        "AWS::ApiGateway::Model", {"ContentType": "application/json", "Name": "LabelsRequest"}
+    )
+    # one API key, one usage plan and one WAF on the stage cover every route
+    serving.resource_count_is("AWS::ApiGateway::UsagePlan", 1)
+    serving.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
+    # a label sender's policy allows POST /labels only
+    policies = [json.dumps(p["PolicyDocument"]) for p in _resources_of(serving, "AWS::IAM::ManagedPolicy")]
+    labels_only = [p for p in policies if "/POST/labels" in p]
+    assert len(labels_only) == 1
+    assert "/POST/predict" not in labels_only[0]
+    assert "LabelsInvokePolicyArn" in serving.find_outputs("*")
+
+
+def test_waf_lets_label_batches_past_the_body_size_rule_only_on_labels(msk: Synthesized) -> None:
+    [acl] = _resources_of(msk.template("serving"), "AWS::WAFv2::WebACL")
+    rules = {rule["Name"]: rule for rule in acl["Rules"]}
+
+    # the managed common rule set only counts its 8 KB body rule ...
+    common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert common["RuleActionOverrides"] == [{"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    # ... and a rule of ours blocks bodies over 8 KB (or beyond inspection) on every other path
+    large = rules["LargeBodyOutsideLabels"]
+    assert large["Action"] == {"Block": {}}
+    size, exempt = large["Statement"]["AndStatement"]["Statements"]
+    assert size["SizeConstraintStatement"]["Size"] == 8192
+    assert size["SizeConstraintStatement"]["FieldToMatch"]["Body"]["OversizeHandling"] == "MATCH"
+    match = exempt["NotStatement"]["Statement"]["ByteMatchStatement"]
+    assert (match["SearchString"], match["PositionalConstraint"]) == ("/v1/labels", "EXACTLY")
+    assert len({rule["Priority"] for rule in acl["Rules"]}) == len(acl["Rules"])
+
+
+def test_the_msk_scorer_may_write_the_labels_topic(msk: Synthesized) -> None:
+    statements = _policy_statements(msk.template("serving"))
+    writes = [s for s in statements if "kafka-cluster:WriteData" in _actions(s)]
+    text = json.dumps(writes)
+    assert "fraudsys.transactions" in text
+    assert "fraudsys.labels" in text
+
+
+def test_labels_api_model_agrees_with_the_pydantic_requests() -> None:
+    edge = LABELS_REQUEST_SCHEMA
+    one = LabelRequest.model_json_schema()
+    batch = LabelBatchRequest.model_json_schema()
+
+    assert set(edge.properties or {}) == set(one["properties"]) | set(batch["properties"])
+    items = (edge.properties or {})["labels"]
+    assert items.max_items == MAX_LABELS_PER_REQUEST == EDGE_MAX_LABELS
+    assert set(items.items.properties or {}) == set(one["properties"])  # type: ignore[union-attr]
+    assert set(items.items.required or []) == set(one["required"])  # type: ignore[union-attr]

@@ -163,6 +163,10 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
     assert "ApproximateNumberOfMessagesVisible" in rendered
     assert "DeadLetters" in rendered
     observability.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+    [dashboard] = observability.find_resources("AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    assert "LabelsAccepted" in body
+    assert "LabelsUnknown" in body
 
 
 def test_kinesis_stage_alarms_on_iterator_age(kinesis: Synthesized) -> None:

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +26,11 @@ def api_gateway_event(
 
 
 def msk_event(records: Sequence[tuple[str, bytes]], first_offset: int = 0) -> dict[str, Any]:
-    """An MSK event; ``records`` are (topic, value) pairs, all in partition 0."""
+    """An MSK event; ``records`` are (topic, value) pairs, all in partition 0, appended to the
+    broker now (the updater's time guard compares event times with it)."""
+    now_ms = time.time_ns() // 1_000_000
     return _msk_event(
-        StreamRecord(topic, 0, offset, 1_700_000_000_000, b"k", value)
+        StreamRecord(topic, 0, offset, now_ms, b"k", value)
         for offset, (topic, value) in enumerate(records, start=first_offset)
     )
 
@@ -41,7 +44,7 @@ def kinesis_event(values: Iterable[bytes], stream: str = "fraudsys-events") -> d
                     "partitionKey": "k",
                     "sequenceNumber": f"{49590338271490256608559692538361571095921575989136588898 + i}",
                     "data": base64.b64encode(value).decode(),
-                    "approximateArrivalTimestamp": 1_700_000_000.0,
+                    "approximateArrivalTimestamp": time.time(),
                 },
                 "eventSource": "aws:kinesis",
                 "eventVersion": "1.0",
