@@ -182,6 +182,8 @@ class AlarmConfig(_Frozen):
     iterator_age_ms: PositiveInt = 60_000
     offset_lag_records: PositiveInt = 10_000
     dead_letters_per_5_minutes: PositiveInt = 1
+    #: events refused by the time guard or older than their key's retention, per 5 minutes
+    late_or_refused_events_per_5_minutes: PositiveInt = 1
     fraud_rate_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
     min_predictions_for_fraud_rate: PositiveInt = 100
     email: str | None = None
@@ -198,6 +200,11 @@ class StageConfig(_Frozen):
     service_name: str = "fraudsys"
     model_name: str = "fraudsys"
     label_delay_seconds: Annotated[int, Field(ge=0)] = 604_800
+    #: Time guard (fraud_core.timeguard): how far after its receipt an event may be dated, and
+    #: how far before its receipt a POST /predict may be (a card authorization is real time;
+    #: offline authorizations reach issuers within days).
+    max_clock_skew_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    max_request_age_seconds: Annotated[int, Field(gt=0)] | None = 7 * 86_400
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"
     # prod keeps buckets, keys and the Redis snapshot on stack deletion; dev cleans up.

@@ -149,6 +149,12 @@ class RedisFeatureStore(Construct):
             "TRANSACTIONS_TOPIC": config.transactions_topic,
             "LABELS_TOPIC": config.labels_topic,
             "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+            "MAX_CLOCK_SKEW_SECONDS": str(config.max_clock_skew_seconds),
+            **(
+                {"MAX_REQUEST_AGE_SECONDS": str(config.max_request_age_seconds)}
+                if config.max_request_age_seconds is not None
+                else {}
+            ),
             **powertools_environment(config),
         }
 

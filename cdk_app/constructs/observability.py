@@ -201,6 +201,23 @@ class Observability(Construct):
             datapoints=1,
         )
         alarm(
+            "late-or-refused-events",
+            cloudwatch.MathExpression(
+                expression="FILL(late, 0) + FILL(refused, 0)",
+                using_metrics={
+                    "late": custom("LateEvents", period=FIVE_MINUTES),
+                    "refused": custom("RefusedEvents", period=FIVE_MINUTES),
+                },
+                label="Events refused by the time guard or older than their key's retention",
+                period=FIVE_MINUTES,
+            ),
+            limits.late_or_refused_events_per_5_minutes,
+            "Stream events dated in the future of their arrival, or older than the online retention "
+            "(dead-lettered: a clock, a producer or a replay is wrong)",
+            periods=1,
+            datapoints=1,
+        )
+        alarm(
             "fraud-rate-spike",
             fraud_rate,
             limits.fraud_rate_percent,

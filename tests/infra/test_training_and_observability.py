@@ -131,6 +131,7 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
         "updater-errors",
         "updater-lag",
         "dead-letters",
+        "late-or-refused-events",
         "fraud-rate-spike",
     }
     alarms = observability.find_resources("AWS::CloudWatch::Alarm")
@@ -162,6 +163,12 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
     rendered = json.dumps(dead["Properties"]["Metrics"])
     assert "ApproximateNumberOfMessagesVisible" in rendered
     assert "DeadLetters" in rendered
+    late = next(
+        a for a in alarms.values() if str(a["Properties"]["AlarmName"]).endswith("late-or-refused-events")
+    )
+    rendered = json.dumps(late["Properties"]["Metrics"])
+    assert "LateEvents" in rendered
+    assert "RefusedEvents" in rendered
     observability.resource_count_is("AWS::CloudWatch::Dashboard", 1)
     [dashboard] = observability.find_resources("AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
