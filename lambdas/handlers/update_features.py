@@ -7,6 +7,7 @@ order-independent). If Redis fails, the whole batch is reported failed and redel
 """
 
 import json
+import time
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -17,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from fraud_adapters.dead_letters import DeadLetter
+from fraud_adapters.lake import LakeRecord, arrival_time
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
@@ -82,6 +84,45 @@ class BatchCollector:
             self.transactions.append(event)
 
 
+class ArchiveTap:
+    """Wraps ``BatchCollector.handle``: notes the source and broker time of each event it accepts."""
+
+    def __init__(self, collector: BatchCollector) -> None:
+        self.collector = collector
+        self.records: list[LakeRecord] = []
+
+    def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
+        collector = self.collector
+        before_tx, before_labels = len(collector.transactions), len(collector.labels)
+        collector.handle(record)
+        if isinstance(record, KafkaEventRecord):
+            source, broker_time = (
+                f"kafka:{record.topic}-{record.partition}@{record.offset}",
+                record.timestamp / 1000,
+            )
+        else:
+            source = f"kinesis:{record.event_id}"
+            broker_time = record.kinesis.approximate_arrival_timestamp
+        accepted: list[TransactionEvent | LabelEvent] = [
+            *collector.transactions[before_tx:],
+            *collector.labels[before_labels:],
+        ]
+        for event in accepted:
+            self.records.append(LakeRecord(event, source, arrival_time(event, broker_time)))
+
+
+def archive(tap: ArchiveTap | None) -> None:
+    """Write the batch's accepted events to the lake (before Redis: a failure fails the batch)."""
+    writer = bootstrap.lake_writer()
+    if writer is None or tap is None:
+        return
+    started = time.perf_counter()
+    writer.append(tap.records)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name="ArchivedEvents", unit=MetricUnit.Count, value=len(tap.records))
+    metrics.add_metric(name="ArchiveMilliseconds", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+
+
 def _event_type(event: dict[str, Any]) -> EventType:
     if isinstance(event.get("records"), dict):
         return EventType.Kafka
@@ -101,8 +142,10 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
         else event["Records"]
     )
     collector = BatchCollector()
-    with processor(records, collector.handle, context):
+    tap = ArchiveTap(collector) if bootstrap.lake_writer() is not None else None
+    with processor(records, tap.handle if tap else collector.handle, context):
         processor.process()
+    archive(tap)  # raises -> whole batch retried; duplicates are dropped when the lake is read
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
