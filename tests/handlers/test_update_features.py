@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from handlers import bootstrap, update_features
+from handlers.settings import settings
 from tests.support.events import FakeContext, kinesis_event, msk_event
 
 pytestmark = pytest.mark.integration
@@ -143,9 +144,7 @@ def test_accepted_events_are_archived_to_the_lake_before_redis(
     ]
     data = read_lake(str(lambda_env / "lake"))
     assert data.transactions["trans_num"].tolist() == ["t-1"]
-    assert data.transactions["cc_num"].tolist() == [
-        bootstrap.card_hasher(bootstrap.settings())("4111111111111111")
-    ]
+    assert data.transactions["cc_num"].tolist() == [bootstrap.card_hasher(settings())("4111111111111111")]
     assert data.transactions["is_fraud"].tolist() == [1]
     assert data.labels["label_time"].tolist() == [1_578_528_000]
     import pyarrow.parquet as pq
@@ -164,7 +163,7 @@ def test_a_failed_archive_write_fails_the_batch_and_leaves_redis_alone(
     blocker.write_text("a file where the lake folder should be")
     monkeypatch.setenv("LAKE_URI", str(blocker))
     bootstrap.reset()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(NotADirectoryError):
         update_features.handler(
             msk_event([("fraudsys.transactions", json.dumps(TX).encode())]), FakeContext()
         )
