@@ -215,3 +215,36 @@ def test_round_trip_on_moto_s3(moto_s3: str) -> None:
     keys = boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket="fraudsys-lake")["Contents"]
     assert all(k["Key"].startswith("archive/events/kind=") for k in keys)
     check_history("s3://fraudsys-lake/archive")
+
+
+def test_lake_source_in_the_pipeline_config(tmp_path: Path) -> None:
+    from training.config import LakeSource, load_config
+    from training.pipeline import load_source, load_transactions
+
+    # given a lake and a pipeline config naming it, with a date range
+    write_history(LakeWriter(LocalBlobStore(tmp_path / "lake"), HASH))
+    cfg = load_config(
+        Path("training/configs/default.yaml"),
+        overrides={"source": {"kind": "lake", "uri": str(tmp_path / "lake"), "end": "2020-06-21"}},
+    )
+    assert cfg.source == LakeSource(uri=str(tmp_path / "lake"), end=date(2020, 6, 21))
+
+    # then the pipeline's loaders read the range and every label
+    assert load_transactions(cfg)["trans_num"].tolist() == ["a", "b"]
+    source = load_source(cfg)
+    assert source.transactions["is_fraud"].tolist() == [0, 0]
+    assert source.labels["trans_num"].tolist() == ["a", "a", "c", "c"]
+
+
+def test_csv_and_simulator_sources_get_label_events_at_the_delay(tmp_path: Path) -> None:
+    from training.config import load_config
+    from training.pipeline import load_source
+
+    cfg = load_config(
+        Path("training/configs/default.yaml"),
+        overrides={"source": {"n_cards": 50, "n_merchants": 20, "n_days": 20}, "data_dir": str(tmp_path)},
+    )
+    source = load_source(cfg)
+    frauds = source.transactions.loc[source.transactions["is_fraud"] == 1]
+    assert len(source.labels) == len(frauds) > 0
+    assert (source.labels["label_time"] - source.labels["event_time"] == cfg.label_delay_seconds).all()
