@@ -13,7 +13,7 @@ from cdk_app.constructs.common import log_group
 from cdk_app.constructs.feature_store import RedisFeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
-from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, Storage
+from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, LAKE_PREFIX, Storage
 from cdk_app.constructs.stream import EventStream
 from cdk_app.nag import acknowledge
 
@@ -41,6 +41,7 @@ class FeatureUpdater(Construct):
         environment = {
             **feature_store.handler_environment(config, cfg.redis_timeout_ms),
             "DEAD_LETTER_URI": storage.dead_letter_uri,
+            "LAKE_URI": storage.lake_uri,
         }
         self.function = vpc_function(
             self,
@@ -59,6 +60,8 @@ class FeatureUpdater(Construct):
         )
         feature_store.grant_connect(self.function)
         storage.grant_objects(self.function, "DeadLetters", DEAD_LETTER_PREFIX, read=False, write=True)
+        # the archive: PutObject under the lake prefix only (no read, no delete)
+        storage.grant_objects(self.function, "Lake", LAKE_PREFIX, read=False, write=True)
 
         # Batches that still fail after retries/bisecting: the mapping sends their metadata
         # (stream, shard/partition, offsets) here, so they can be replayed from the stream.

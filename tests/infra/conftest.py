@@ -43,6 +43,7 @@ KINESIS_CONFIG = stage_config(
     architecture="arm64",
     kinesis={"shard_count": 2},
     updater={"batch_size": 50, "max_batching_window_seconds": 0, "parallelization_factor": 2},
+    lake={"infrequent_access_after_days": 60, "glacier_ir_after_days": None, "expire_after_days": 365},
 )
 
 

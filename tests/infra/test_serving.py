@@ -122,6 +122,22 @@ def test_updater_environment(msk: Synthesized, kinesis: Synthesized) -> None:
         assert set(env) >= UPDATER_ENV
         assert env["REDIS_TIMEOUT_MS"] == "1000"
         assert "/updater" in str(env["DEAD_LETTER_URI"])
+        assert "-lake-" in str(env["LAKE_URI"])
+        assert "/archive" in str(env["LAKE_URI"])
+
+
+def test_updater_may_only_put_objects_under_the_lake_prefix(msk: Synthesized) -> None:
+    policies = msk.template("serving").find_resources("AWS::IAM::Policy")
+    lake_statements = [
+        statement
+        for policy in policies.values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "-lake-" in str(statement["Resource"]) and "update" in str(policy).lower()
+    ]
+    assert lake_statements
+    for statement in lake_statements:
+        assert statement["Action"] == "s3:PutObject"
+        assert str(statement["Resource"]).count("/archive/*") == 1
 
 
 def test_msk_event_source_mappings_one_per_topic_with_error_handling(msk: Synthesized) -> None:
