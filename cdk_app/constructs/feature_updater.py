@@ -32,6 +32,7 @@ class FeatureUpdater(Construct):
         config: StageConfig,
         network: Network,
         layer: lambda_.ILayerVersion,
+        arrow_layer: lambda_.ILayerVersion,
         storage: Storage,
         feature_store: RedisFeatureStore,
         stream: EventStream,
@@ -57,6 +58,7 @@ class FeatureUpdater(Construct):
             security_group=network.updater_sg,
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
+            extra_layers=(arrow_layer,),  # pyarrow for the lake writer
         )
         feature_store.grant_connect(self.function)
         storage.grant_objects(self.function, "DeadLetters", DEAD_LETTER_PREFIX, read=False, write=True)

@@ -68,7 +68,7 @@ def test_both_functions_python313_in_vpc_traced_with_layer(
                 "Runtime": "python3.13",
                 "Architectures": [arch],
                 "TracingConfig": {"Mode": "Active"},
-                "Layers": [Match.any_value()],
+                "Layers": Match.any_value(),
                 "VpcConfig": Match.object_like(
                     {"SubnetIds": Match.any_value(), "SecurityGroupIds": [Match.any_value()]}
                 ),
@@ -277,3 +277,16 @@ def test_api_model_agrees_with_the_pydantic_request() -> None:
     # then they accept the same fields and require the same ones
     assert set(edge.properties or {}) == set(pydantic_schema["properties"])
     assert set(edge.required or []) == set(pydantic_schema.get("required", []))
+
+
+def test_only_the_updater_carries_the_arrow_layer(msk: Synthesized) -> None:
+    serving = msk.template("serving")
+    scorer = _function(serving, "handlers.predict.handler")
+    updater = _function(serving, "handlers.update_features.handler")
+    assert len(scorer["Layers"]) == 1
+    assert len(updater["Layers"]) == 2
+    layers = serving.find_resources("AWS::Lambda::LayerVersion")
+    assert sorted(str(layer["Properties"]["Description"]).split(" (")[0] for layer in layers.values()) == [
+        "FraudSys arrow layer for the event lake",
+        "FraudSys slim XGBoost layer",
+    ]
