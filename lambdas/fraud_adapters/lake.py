@@ -19,6 +19,7 @@ import io
 import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -117,6 +118,7 @@ class LakeWriter:
         self.card_hash = card_hash
         self.prefix = prefix.strip("/")
         self.clock = clock
+        self._uploads: ThreadPoolExecutor | None = None
 
     def append(self, records: Iterable[LakeRecord]) -> list[str]:
         """Write the batch: one Parquet object per (kind, day) partition. Returns where they went.
@@ -129,14 +131,23 @@ class LakeWriter:
             t = event.event_time if isinstance(event, TransactionEvent) else record.arrival
             groups.setdefault((event.kind, t // _DAY), []).append(record)
         ingest_ms = int(self.clock() * 1000)
-        written = []
+        uploads: list[Future[str]] = []
         for (kind, day_number), group in sorted(groups.items()):
             day = datetime.fromtimestamp(day_number * _DAY, UTC).strftime("%Y-%m-%d")
             name = f"{self.prefix}/kind={kind}/dt={day}/part-{batch_id(group)}.parquet"
-            written.append(
-                self.store.put(name, self.encode(group, ingest_ms), "application/vnd.apache.parquet")
-            )
-        return written
+            data = self.encode(group, ingest_ms)
+            # the PUTs of a batch's partitions overlap (and with the next partition's encoding):
+            # an S3 PUT is tens of milliseconds of waiting
+            uploads.append(self._pool().submit(self.store.put, name, data, "application/vnd.apache.parquet"))
+        return [upload.result() for upload in uploads]  # the first failure is raised
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._uploads is None:
+            # an S3 store makes its boto3 client on first use: here, on this thread (creating
+            # clients from the default session is not thread-safe; using one client is)
+            getattr(self.store, "client", None)
+            self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-put")
+        return self._uploads
 
     def encode(self, records: Sequence[LakeRecord], ingest_ms: int) -> bytes:
         """The Parquet bytes of ``records`` (Snappy; dictionary-encoded kind, category, merchant).
