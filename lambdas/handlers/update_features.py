@@ -93,22 +93,22 @@ class ArchiveTap:
 
     def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
         collector = self.collector
-        before_tx, before_labels = len(collector.transactions), len(collector.labels)
+        transactions, labels = len(collector.transactions), len(collector.labels)
         collector.handle(record)
+        event: TransactionEvent | LabelEvent  # a record gives at most one event
+        if len(collector.transactions) > transactions:
+            event = collector.transactions[-1]
+        elif len(collector.labels) > labels:
+            event = collector.labels[-1]
+        else:
+            return  # dead-lettered
         if isinstance(record, KafkaEventRecord):
-            source, broker_time = (
-                f"kafka:{record.topic}-{record.partition}@{record.offset}",
-                record.timestamp / 1000,
-            )
+            source = f"kafka:{record.topic}-{record.partition}@{record.offset}"
+            broker_time: float | None = record.timestamp / 1000
         else:
             source = f"kinesis:{record.event_id}"
             broker_time = record.kinesis.approximate_arrival_timestamp
-        accepted: list[TransactionEvent | LabelEvent] = [
-            *collector.transactions[before_tx:],
-            *collector.labels[before_labels:],
-        ]
-        for event in accepted:
-            self.records.append(LakeRecord(event, source, arrival_time(event, broker_time)))
+        self.records.append(LakeRecord(event, source, arrival_time(event, broker_time)))
 
 
 def archive(tap: ArchiveTap | None) -> None:
