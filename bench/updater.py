@@ -10,15 +10,20 @@ they arrive), each on an empty redis-server and each followed by a redelivery of
 * ``RedisFeatureStore.apply`` alone on parsed events, with the Redis server's own time for the
   Lua script (``INFO commandstats``) and the client-side argument building (HMAC, members).
 
-    uv run python -m bench.updater --batches 200 [--json out.json] [--profile]
+    uv run python -m bench.updater --batches 200 [--lake folder|s3] [--json out.json] [--profile]
+
+``--lake folder`` (a temp folder) or ``--lake s3`` (a local moto S3 server) sets ``LAKE_URI``: the
+handler passes then archive every batch before applying it, and ``LakeWriter.append`` is also
+timed alone.
 """
 
+import contextlib
 import cProfile
 import io
 import os
 import pstats
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--merchants", type=int, default=700)
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--profile", action="store_true", help="cProfile 20 handler batches, print the top")
+    p.add_argument(
+        "--lake", choices=["none", "folder", "s3"], default="none", help="archive to a lake (LAKE_URI)"
+    )
     args = p.parse_args(argv)
     from fraud_adapters.redis_store import encode_card_member
     from handlers import bootstrap, update_features
@@ -96,6 +104,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         redis_server() as service,
         lambda_env(service.port, Path(tmp), label_delay, timeout_ms=1000),
     ):
+        lake = contextlib.ExitStack()
+        if args.lake != "none":
+            lake.enter_context(_lake_env(args.lake, Path(tmp)))
+            report.values["LAKE_URI"] = os.environ["LAKE_URI"]
         store = bootstrap.feature_store(update_features.UPDATER_REDIS_TIMEOUT_MS)
         client = store.client
         labels_topic = "fraudsys.labels"
@@ -152,9 +164,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "store.apply client-side args (HMAC + member) x batch",
             time_each(client_args, range(len(msk))),
         )
+        writer = bootstrap.lake_writer()
+        if writer is not None:
+            from fraud_adapters.lake import LakeRecord
+            from fraud_core.schemas import LabelEvent, TransactionEvent
+
+            lake_batches: list[list[LakeRecord]] = []
+            for k, (txs, lbs) in enumerate(parsed):
+                events: list[TransactionEvent | LabelEvent] = [*txs, *lbs]
+                lake_batches.append(
+                    [LakeRecord(e, f"kafka:bench-0@{k}-{i}", e.event_time) for i, e in enumerate(events)]
+                )
+            report.add(
+                "lake: LakeWriter.append x batch (Parquet + put)",
+                time_each(lambda k: writer.append(lake_batches[k]), range(len(msk))),
+            )
         if args.profile:
             fresh()
             report.values["profile"] = _profile(lambda: time_each(handler, range(min(20, len(msk)))))
+        lake.close()
 
     p50 = {t.name: t.p50 for t in report.timings}
     cpu = {t.name: t.cpu_p50 or 0.0 for t in report.timings}
@@ -186,6 +214,44 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         higher_is_better=True,
     )
     return finish(report, args.json)
+
+
+@contextlib.contextmanager
+def _lake_env(kind: str, workdir: Path) -> Iterator[None]:
+    """``LAKE_URI`` on a folder or on a bucket of a local moto S3 server, for the handler passes."""
+    from handlers import bootstrap
+
+    saved = dict(os.environ)
+    moto = None
+    try:
+        if kind == "s3":
+            import boto3
+
+            from local_stack.services import free_port, start_moto
+
+            moto = start_moto(free_port())
+            os.environ.update(
+                {
+                    "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{moto.port}",
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",  # local moto  # pragma: allowlist secret
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                }
+            )
+            boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(
+                Bucket="bench-lake"
+            )
+            os.environ["LAKE_URI"] = "s3://bench-lake/archive"
+        else:
+            os.environ["LAKE_URI"] = str(workdir / "lake")
+        bootstrap.reset()
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        bootstrap.reset()
+        if moto is not None:
+            moto.stop()
 
 
 def _profile(fn: Callable[[], object], top: int = 30) -> str:

@@ -156,6 +156,28 @@ class UpdaterConfig(_Frozen):
         return self
 
 
+class LakeConfig(_Frozen):
+    """The event archive's bucket: storage classes by object age, and how long it is kept."""
+
+    # S3 moves objects to Standard-IA no earlier than 30 days after creation
+    infrequent_access_after_days: Annotated[int, Field(ge=30)] = 30
+    glacier_ir_after_days: PositiveInt | None = 90
+    # None: kept for good (the lake is the source of truth); a number: deleted at that age
+    expire_after_days: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LakeConfig:
+        last = self.glacier_ir_after_days or self.infrequent_access_after_days
+        if (
+            self.glacier_ir_after_days is not None
+            and self.glacier_ir_after_days <= self.infrequent_access_after_days
+        ):
+            raise ValueError("glacier_ir_after_days must come after infrequent_access_after_days")
+        if self.expire_after_days is not None and self.expire_after_days <= last:
+            raise ValueError("expire_after_days must come after the last storage-class transition")
+        return self
+
+
 class TrainingConfig(_Frozen):
     schedule: str = "cron(0 3 ? * MON *)"
     cpu: Literal[256, 512, 1024, 2048, 4096, 8192, 16384] = 2048
@@ -217,6 +239,7 @@ class StageConfig(_Frozen):
     scorer: ScorerConfig = ScorerConfig()
     updater: UpdaterConfig = UpdaterConfig()
     training: TrainingConfig = TrainingConfig()
+    lake: LakeConfig = LakeConfig()
     alarms: AlarmConfig = AlarmConfig()
     tags: Mapping[str, str] = Field(default_factory=dict)
 

@@ -1,4 +1,5 @@
-"""Build the slim XGBoost Lambda layer into ``build/layers/xgboost/<arch>/python``.
+"""Build the slim XGBoost Lambda layer into ``build/layers/xgboost/<arch>/python`` (``--kind arrow``:
+the updater's pyarrow layer from ``layers/requirements-arrow.txt`` into ``build/layers/arrow/``).
 
 Usage (from the repo root)::
 
@@ -31,12 +32,17 @@ from typing import Literal
 
 Arch = Literal["x86_64", "arm64"]
 Installer = Literal["uv", "pip"]
+LayerKind = Literal["xgboost", "arrow"]
 
 LAYERS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = LAYERS_DIR.parent
 REQUIREMENTS = LAYERS_DIR / "requirements.txt"
+# The updater's second layer: pyarrow alone, to write the event lake (docs/infra.md: why a layer of
+# its own). numpy comes from the xgboost layer, which the updater has too.
+ARROW_REQUIREMENTS = LAYERS_DIR / "requirements-arrow.txt"
 SHIM_DIR = LAYERS_DIR / "scipy_shim"
 DEFAULT_OUT_ROOT = REPO_ROOT / "build" / "layers" / "xgboost"
+ARROW_OUT_ROOT = REPO_ROOT / "build" / "layers" / "arrow"
 BUILD_INFO = "build-info.json"
 PYTHON_VERSION = "3.13"
 # Lambda's python3.13 runtime is Amazon Linux 2023 (glibc 2.34): any manylinux wheel up to 2_34 runs.
@@ -54,9 +60,39 @@ PRUNE_PATHS = (
     "xgboost/spark",
     "xgboost/testing",
 )
+# pyarrow parts the lake writer never loads: Flight (RPC), cloud filesystems other than S3's
+# stubs, ORC, the C++ test module, headers and Cython sources, and the two extra copies of
+# libarrow_python (the wheel ships the soname three times as files; only .so.<major> is loaded).
+ARROW_PRUNE_PATHS = (
+    "bin",
+    "pyarrow/include",
+    "pyarrow/src",
+    "pyarrow/libarrow_flight.so.2500",
+    "pyarrow/libarrow_python_flight.so",
+    "pyarrow/libarrow_python_flight.so.2500",
+    "pyarrow/libarrow_python_flight.so.2500.1.0",
+    "pyarrow/libarrow_python.so",
+    "pyarrow/libarrow_python.so.2500.1.0",
+    "pyarrow/libarrow_python_parquet_encryption.so",
+    "pyarrow/libarrow_python_parquet_encryption.so.2500.1.0",
+    "pyarrow/_flight.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_flight.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_pyarrow_cpp_tests.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_pyarrow_cpp_tests.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_azurefs.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_azurefs.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_gcsfs.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_gcsfs.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_hdfs.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_hdfs.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_orc.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_orc.cpython-313-aarch64-linux-gnu.so",
+    "pyarrow/_dataset_orc.cpython-313-x86_64-linux-gnu.so",
+    "pyarrow/_dataset_orc.cpython-313-aarch64-linux-gnu.so",
+)
 PRUNE_DIR_NAMES = frozenset({"tests", "__pycache__"})
 PRUNE_DIR_SUFFIXES = ("-stubs",)  # type-stub-only distributions, e.g. wrapt-stubs
-PRUNE_SUFFIXES = (".pyi", ".pyx", ".pxd", ".c", ".h")
+PRUNE_SUFFIXES = (".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h")
 # Installer bookkeeping nobody reads at run time; METADATA (importlib.metadata) and licenses stay.
 PRUNE_DIST_INFO = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
 
@@ -77,10 +113,19 @@ class LayerBuild:
         return Path(self.layer_dir) / "python"
 
 
-def fingerprint(arch: Arch) -> str:
+def requirements_for(kind: LayerKind) -> Path:
+    return ARROW_REQUIREMENTS if kind == "arrow" else REQUIREMENTS
+
+
+def default_out_root(kind: LayerKind) -> Path:
+    return ARROW_OUT_ROOT if kind == "arrow" else DEFAULT_OUT_ROOT
+
+
+def fingerprint(arch: Arch, kind: LayerKind = "xgboost") -> str:
     """Hash of every input that changes the layer's content."""
     digest = hashlib.sha256(f"{arch}|{PYTHON_VERSION}|{MANYLINUX}|{sys.version_info[:2]}".encode())
-    inputs = [REQUIREMENTS, Path(__file__).resolve(), *sorted(SHIM_DIR.rglob("*.py"))]
+    shim = sorted(SHIM_DIR.rglob("*.py")) if kind == "xgboost" else []
+    inputs = [requirements_for(kind), Path(__file__).resolve(), *shim]
     for path in inputs:
         digest.update(path.relative_to(LAYERS_DIR).as_posix().encode())
         digest.update(path.read_bytes())
@@ -100,14 +145,16 @@ def read_build_info(layer_dir: Path) -> LayerBuild | None:
 
 def build_layer(
     arch: Arch = "x86_64",
-    out_root: Path = DEFAULT_OUT_ROOT,
+    out_root: Path | None = None,
     *,
     force: bool = False,
     installer: Installer = "uv",
+    kind: LayerKind = "xgboost",
 ) -> LayerBuild:
-    """Build (or reuse) the layer for ``arch``; returns its location and sizes."""
-    target = layer_dir_for(arch, out_root)
-    wanted = fingerprint(arch)
+    """Build (or reuse) the ``kind`` layer for ``arch``; returns its location and sizes."""
+    target = layer_dir_for(arch, out_root or default_out_root(kind))
+    out_root = target.parent
+    wanted = fingerprint(arch, kind)
     cached = None if force else read_build_info(target)
     if cached is not None and cached.fingerprint == wanted:
         return cached
@@ -116,9 +163,10 @@ def build_layer(
     staging = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=out_root))
     try:
         site = staging / "python"
-        _install(site, arch, installer)
-        shutil.copytree(SHIM_DIR, site, dirs_exist_ok=True)
-        prune(site)
+        _install(site, arch, installer, kind)
+        if kind == "xgboost":
+            shutil.copytree(SHIM_DIR, site, dirs_exist_ok=True)
+        prune(site, ARROW_PRUNE_PATHS if kind == "arrow" else PRUNE_PATHS)
         _compile(site)
         unzipped, files = _tree_size(site)
         build = LayerBuild(
@@ -139,9 +187,10 @@ def build_layer(
     return build
 
 
-def pip_command(site: Path, arch: Arch, installer: Installer) -> list[str]:
+def pip_command(site: Path, arch: Arch, installer: Installer, kind: LayerKind = "xgboost") -> list[str]:
     """The install command; both installers get the same platform and binary-only constraints."""
     machine = _MACHINE[arch]
+    requirements = requirements_for(kind)
     if installer == "uv":
         uv = shutil.which("uv")
         if uv is None:
@@ -150,24 +199,24 @@ def pip_command(site: Path, arch: Arch, installer: Installer) -> list[str]:
             uv, "pip", "install", "--quiet", "--no-deps", "--no-build", "--no-installer-metadata",
             "--no-compile-bytecode", "--python-version", PYTHON_VERSION,
             "--python-platform", f"{machine}-manylinux_{MANYLINUX}",
-            "--target", str(site), "--requirement", str(REQUIREMENTS),
+            "--target", str(site), "--requirement", str(requirements),
         ]  # fmt: skip
     platforms = [f"manylinux2014_{machine}", f"manylinux_2_28_{machine}", f"manylinux_{MANYLINUX}_{machine}"]
     return [
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
         "--implementation", "cp", "--python-version", PYTHON_VERSION,
         *(arg for platform in platforms for arg in ("--platform", platform)),
-        "--no-compile", "--target", str(site), "--requirement", str(REQUIREMENTS),
+        "--no-compile", "--target", str(site), "--requirement", str(requirements),
     ]  # fmt: skip
 
 
-def _install(site: Path, arch: Arch, installer: Installer) -> None:
-    subprocess.run(pip_command(site, arch, installer), check=True, cwd=REPO_ROOT)
+def _install(site: Path, arch: Arch, installer: Installer, kind: LayerKind) -> None:
+    subprocess.run(pip_command(site, arch, installer, kind), check=True, cwd=REPO_ROOT)
 
 
-def prune(site: Path) -> None:
+def prune(site: Path, paths: tuple[str, ...] = PRUNE_PATHS) -> None:
     """Remove from an installed site-packages what a Lambda never imports."""
-    for rel in PRUNE_PATHS:
+    for rel in paths:
         path = site / rel
         if path.is_dir():
             shutil.rmtree(path)
@@ -238,12 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arch", choices=sorted(_MACHINE), default="x86_64")
-    parser.add_argument("--out-root", type=Path, default=DEFAULT_OUT_ROOT)
+    parser.add_argument("--kind", choices=["xgboost", "arrow"], default="xgboost")
+    parser.add_argument("--out-root", type=Path, help="default: build/layers/<kind>")
     parser.add_argument("--installer", choices=["uv", "pip"], default="uv")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     parser.add_argument("--zip", type=Path, help="also write the layer zip here")
     args = parser.parse_args(argv)
-    build = build_layer(args.arch, args.out_root, force=args.force, installer=args.installer)
+    build = build_layer(args.arch, args.out_root, force=args.force, installer=args.installer, kind=args.kind)
     if args.zip:
         zip_layer(build.python_dir, args.zip)
     mib = 1024 * 1024

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from local_stack import s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.events import StreamRecord
 from local_stack.poller import KafkaPoller, PollerConfig
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 MODELS_BUCKET = "fraudsys-models"
 DEAD_LETTER_BUCKET = "fraudsys-dead-letters"
 BROKER_BUCKET = "fraudsys-broker"
+LAKE_BUCKET = "fraudsys-lake"
+# Buckets saved to <run_dir>/s3 at `down` and restored at `up` (local_stack.s3_snapshot); not the
+# broker's: the broker starts empty at every `up`.
+PERSISTENT_BUCKETS = (MODELS_BUCKET, DEAD_LETTER_BUCKET, LAKE_BUCKET)
 TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
 
@@ -86,6 +91,15 @@ class StackConfig:
         return f"s3://{DEAD_LETTER_BUCKET}/updater"
 
     @property
+    def lake_uri(self) -> str:
+        """The event lake in the local S3 (the deployed stack's is ``s3://<lake bucket>/archive``)."""
+        return f"s3://{LAKE_BUCKET}/archive"
+
+    @property
+    def s3_snapshot_dir(self) -> Path:
+        return self.run_dir / "s3"
+
+    @property
     def kafka(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
@@ -119,6 +133,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "MODEL_STORE_URI": cfg.model_store_uri,
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
         "DEAD_LETTER_URI": cfg.dead_letter_uri,
+        "LAKE_URI": cfg.lake_uri,
         "STREAM_KIND": "kafka",
         "PUBLISH_MODE": cfg.publish_mode,
         "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka,
@@ -158,7 +173,7 @@ def create_buckets() -> None:
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    for bucket in (MODELS_BUCKET, DEAD_LETTER_BUCKET, BROKER_BUCKET):
+    for bucket in (*PERSISTENT_BUCKETS, BROKER_BUCKET):
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
 
@@ -173,6 +188,7 @@ class LocalStack:
     poller: KafkaPoller | None = None
     services: dict[str, Service] = field(default_factory=dict)
     saved_environment: dict[str, str | None] = field(default_factory=dict)
+    s3_restored: bool = False
 
     def _set_environment(self, env: dict[str, str]) -> None:
         """The handlers read their settings from the process environment; ``down`` restores it."""
@@ -204,6 +220,10 @@ class LocalStack:
                 )
             self._set_environment(handler_environment(cfg))
             create_topics(cfg.kafka, cfg.partitions)
+            restored = s3_snapshot.restore(self._s3_endpoint, cfg.s3_snapshot_dir)
+            if restored:
+                log.info("local S3: %d objects restored from %s", restored, cfg.s3_snapshot_dir)
+            self.s3_restored = True
             create_buckets()
             self._reset_handlers()
             self.saved_switch_interval = sys.getswitchinterval()
@@ -223,6 +243,23 @@ class LocalStack:
             self.down()
             raise
         return self
+
+    @property
+    def _s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.s3_port}"
+
+    def _save_s3(self) -> None:
+        """Keep the local S3's buckets (the lake, the models, the dead letters) for the next `up`.
+        Only once they were restored: a stack that failed before would overwrite the snapshot."""
+        s3 = self.services.get("s3")
+        if not self.s3_restored or s3 is None or s3.process.poll() is not None:
+            return
+        try:
+            saved = s3_snapshot.save(self._s3_endpoint, self.cfg.s3_snapshot_dir, PERSISTENT_BUCKETS)
+            log.info("local S3: %d objects saved to %s", saved, self.cfg.s3_snapshot_dir)
+        except Exception as exc:  # the stack still goes down; the previous snapshot stays whole
+            log.error("local S3 not saved to %s: %s", self.cfg.s3_snapshot_dir, exc)
+        self.s3_restored = False
 
     def _start_kafka(self) -> Service:
         cfg = self.cfg
@@ -317,6 +354,7 @@ class LocalStack:
             bootstrap.publisher().close()
         except Exception as exc:
             log.debug("publisher close: %s", exc)
+        self._save_s3()
         self.supervisor.stop()
         self._restore_environment()
         if self.saved_switch_interval is not None:

@@ -1,6 +1,7 @@
 """Pipeline configuration: YAML files validated by pydantic (frozen, ``kind``-discriminated sources)."""
 
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +34,16 @@ class ParquetSource(_Frozen):
     path: Path
 
 
-DataSource = Annotated[SimulatedSource | CsvSource | ParquetSource, Field(discriminator="kind")]
+class LakeSource(_Frozen):
+    """The event lake the updater archives to (``training.data.lake``, ``docs/data.md``)."""
+
+    kind: Literal["lake"] = "lake"
+    uri: str = Field(description="the lake root: s3://bucket/prefix or a local folder (events/ below it)")
+    start: date | None = Field(default=None, description="first transaction day (UTC); None: all")
+    end: date | None = Field(default=None, description="last transaction day (UTC), inclusive; None: all")
+
+
+DataSource = Annotated[SimulatedSource | CsvSource | ParquetSource | LakeSource, Field(discriminator="kind")]
 
 
 class SplitConfig(_Frozen):

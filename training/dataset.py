@@ -30,15 +30,18 @@ LABEL_EVENT_COLUMNS = ("trans_num", "merchant", "event_time", "label_time", "is_
 
 def label_events_at_delay(df: pd.DataFrame, label_delay: int) -> pd.DataFrame:
     """One fraud label per ``is_fraud == 1`` row, arriving ``label_delay`` after its transaction
-    (sources that record no label arrivals)."""
-    if LABEL_COLUMN not in df:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in LABEL_EVENT_COLUMNS})
-    frauds = df.loc[df[LABEL_COLUMN].to_numpy() == 1, ["trans_num", "merchant", "event_time"]]
-    out: pd.DataFrame = frauds.astype({"trans_num": str, "merchant": str, "event_time": "int64"})
-    out = out.reset_index(drop=True)
-    out["label_time"] = out["event_time"] + int(label_delay)
-    out["is_fraud"] = True
-    return out
+    (sources that record no label arrivals); ``LABEL_EVENT_COLUMNS``, ``is_fraud`` int8."""
+    fraud = df.loc[df[LABEL_COLUMN].to_numpy() == 1] if LABEL_COLUMN in df else df.iloc[:0]
+    t = fraud["event_time"].to_numpy(dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "trans_num": fraud["trans_num"].astype(str).to_numpy(),
+            "merchant": fraud["merchant"].astype(str).to_numpy(),
+            "event_time": t,
+            "label_time": t + int(label_delay),
+            "is_fraud": np.ones(len(fraud), dtype=np.int8),
+        }
+    )
 
 
 def dob_seconds(dob: pd.Series) -> np.ndarray:

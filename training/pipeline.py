@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from fraud_core import spec
-from training.config import CsvSource, ParquetSource, PipelineConfig, SimulatedSource
-from training.dataset import build_features
+from training.config import CsvSource, LakeSource, ParquetSource, PipelineConfig, SimulatedSource
+from training.dataset import build_features, label_events_at_delay
 from training.evaluate import choose_threshold, evaluate, save_plots
 from training.registry import Candidate, GateDecision, Registry, publish, write_json
 from training.train import Splits, fit, importance, predict, time_splits, tune
@@ -38,9 +38,35 @@ class PipelineResult:
     boundaries: dict[str, int] = field(default_factory=dict)
 
 
-def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
-    """The canonical transaction frame from the configured source."""
+@dataclass(frozen=True)
+class SourceData:
+    """A source's transactions (canonical frame) and label events (``LABEL_EVENT_COLUMNS``)."""
+
+    transactions: pd.DataFrame
+    labels: pd.DataFrame
+
+
+def load_source(cfg: PipelineConfig) -> SourceData:
+    """Transactions and label events of the configured source: the lake's real label arrivals,
+    or, for sources without arrival times, a fraud label per fraud at ``event_time + delay``."""
+    from training.data.lake import read_lake
+
     source = cfg.source
+    if isinstance(source, LakeSource):
+        lake = read_lake(source.uri, source.start, source.end)
+        return SourceData(lake.transactions, lake.labels)
+    frame = load_transactions(cfg)
+    return SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))
+
+
+def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
+    """The canonical transaction frame from the configured source (lake: ``cc_num`` is the card
+    hash, ``is_fraud`` the latest label by arrival)."""
+    source = cfg.source
+    if isinstance(source, LakeSource):
+        from training.data.lake import read_lake_transactions
+
+        return read_lake_transactions(source.uri, source.start, source.end)
     if isinstance(source, SimulatedSource):
         from training.data.simulator import SimulatorConfig, kaggle_scale, simulate
 
@@ -172,14 +198,15 @@ def run_pipeline(
     started = time.perf_counter()
     if frame is None:
         step(f"loading transactions ({cfg.source.kind})")
-        df = load_transactions(cfg)
+        source = load_source(cfg)
     else:
-        df = frame
+        source = SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))
+    df = source.transactions
     seconds["load"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    step(f"point-in-time features for {len(df):,} transactions")
-    rows = build_features(df, cfg.label_delay_seconds)
+    step(f"point-in-time features for {len(df):,} transactions, {len(source.labels):,} label events")
+    rows = build_features(df, cfg.label_delay_seconds, labels=source.labels)
     seconds["features"] = time.perf_counter() - t0
 
     splits = time_splits(rows, cfg.split, cfg.label_delay_seconds)

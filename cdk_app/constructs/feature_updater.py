@@ -13,7 +13,7 @@ from cdk_app.constructs.common import log_group
 from cdk_app.constructs.feature_store import RedisFeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
-from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, Storage
+from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, LAKE_PREFIX, Storage
 from cdk_app.constructs.stream import EventStream
 from cdk_app.nag import acknowledge
 
@@ -32,6 +32,7 @@ class FeatureUpdater(Construct):
         config: StageConfig,
         network: Network,
         layer: lambda_.ILayerVersion,
+        arrow_layer: lambda_.ILayerVersion,
         storage: Storage,
         feature_store: RedisFeatureStore,
         stream: EventStream,
@@ -41,6 +42,7 @@ class FeatureUpdater(Construct):
         environment = {
             **feature_store.handler_environment(config, cfg.redis_timeout_ms),
             "DEAD_LETTER_URI": storage.dead_letter_uri,
+            "LAKE_URI": storage.lake_uri,
         }
         self.function = vpc_function(
             self,
@@ -56,9 +58,12 @@ class FeatureUpdater(Construct):
             security_group=network.updater_sg,
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
+            extra_layers=(arrow_layer,),  # pyarrow for the lake writer
         )
         feature_store.grant_connect(self.function)
         storage.grant_objects(self.function, "DeadLetters", DEAD_LETTER_PREFIX, read=False, write=True)
+        # the archive: PutObject under the lake prefix only (no read, no delete)
+        storage.grant_objects(self.function, "Lake", LAKE_PREFIX, read=False, write=True)
 
         # Batches that still fail after retries/bisecting: the mapping sends their metadata
         # (stream, shard/partition, offsets) here, so they can be replayed from the stream.

@@ -52,6 +52,7 @@ def vpc_function(
     security_group: ec2.ISecurityGroup,
     log_group: logs.ILogGroup,
     environment: dict[str, str],
+    extra_layers: tuple[lambda_.ILayerVersion, ...] = (),
 ) -> lambda_.Function:
     role = iam.Role(
         scope,
@@ -81,7 +82,7 @@ def vpc_function(
         architecture=lambda_architecture(config.architecture),
         handler=handler,
         code=lambda_code(),
-        layers=[layer],
+        layers=[layer, *extra_layers],
         description=f"{config.prefix} {description}",
         memory_size=memory_mb,
         timeout=cdk.Duration.seconds(timeout_seconds),

@@ -1,4 +1,5 @@
-"""S3 buckets (raw data, features, model store, dead letters), their access-log bucket and the data key."""
+"""S3 buckets (raw data, features, model store, dead letters, the event lake), their access-log
+bucket and the data key."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from cdk_app.config import StageConfig
 from cdk_app.constructs.common import OBJECT_ARN_REASON, grant_kms, removal_policy
 from cdk_app.nag import acknowledge
 
-BucketName = Literal["RawData", "Features", "Models", "DeadLetters"]
+BucketName = Literal["RawData", "Features", "Models", "DeadLetters", "Lake"]
 
 RAW_DATA_PREFIX = "datasets"
 FEATURES_PREFIX = "features"
 MODEL_STORE_PREFIX = "registry"
 MLFLOW_ARTIFACT_PREFIX = "mlflow"
 DEAD_LETTER_PREFIX = "updater"
+LAKE_PREFIX = "archive"  # the lake root: objects under archive/events/kind=.../dt=.../
 DEAD_LETTER_METRICS_ID = "EntireBucket"
 
 
@@ -33,6 +35,7 @@ class Storage(Construct):
     features: s3.Bucket
     models: s3.Bucket
     dead_letters: s3.Bucket
+    lake: s3.Bucket
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         super().__init__(scope, construct_id)
@@ -69,12 +72,19 @@ class Storage(Construct):
 
         self._prefix = config.prefix
 
-        def bucket(name: BucketName, *, expire_days: int | None = None, metrics: bool = False) -> s3.Bucket:
+        def bucket(
+            name: BucketName,
+            *,
+            expire_days: int | None = None,
+            metrics: bool = False,
+            transitions: list[s3.Transition] | None = None,
+        ) -> s3.Bucket:
             rules = [
                 s3.LifecycleRule(
                     abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
                     noncurrent_version_expiration=cdk.Duration.days(30),
                     expiration=cdk.Duration.days(expire_days) if expire_days else None,
+                    transitions=transitions,
                 )
             ]
             return s3.Bucket(
@@ -100,6 +110,27 @@ class Storage(Construct):
         self.features = bucket("Features")
         self.models = bucket("Models")
         self.dead_letters = bucket("DeadLetters", expire_days=90, metrics=True)
+        lake = config.lake
+        self.lake = bucket(
+            "Lake",
+            expire_days=lake.expire_after_days,
+            transitions=[
+                s3.Transition(
+                    storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                    transition_after=cdk.Duration.days(lake.infrequent_access_after_days),
+                ),
+                *(
+                    [
+                        s3.Transition(
+                            storage_class=s3.StorageClass.GLACIER_INSTANT_RETRIEVAL,
+                            transition_after=cdk.Duration.days(lake.glacier_ir_after_days),
+                        )
+                    ]
+                    if lake.glacier_ir_after_days is not None
+                    else []
+                ),
+            ],
+        )
 
     def bucket_name(self, bucket: BucketName) -> str:
         """Deterministic physical name, so other stacks build URIs and ARNs without cross-stack imports."""
@@ -119,6 +150,10 @@ class Storage(Construct):
     @property
     def dead_letter_uri(self) -> str:
         return self.uri("DeadLetters", DEAD_LETTER_PREFIX)
+
+    @property
+    def lake_uri(self) -> str:
+        return self.uri("Lake", LAKE_PREFIX)
 
     def grant_objects(
         self,

@@ -17,6 +17,7 @@ from cdk_app.constructs.mlflow import MlflowTracking
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import (
     FEATURES_PREFIX,
+    LAKE_PREFIX,
     MLFLOW_ARTIFACT_PREFIX,
     MODEL_STORE_PREFIX,
     RAW_DATA_PREFIX,
@@ -97,6 +98,7 @@ class TrainingJob(Construct):
         storage.grant_objects(task_role, "RawData", RAW_DATA_PREFIX, read=True)
         storage.grant_objects(task_role, "Features", FEATURES_PREFIX, read=True, write=True)
         storage.grant_objects(task_role, "Models", MODEL_STORE_PREFIX, read=True, write=True)
+        storage.grant_objects(task_role, "Lake", LAKE_PREFIX, read=True)
         mlflow.grant_tracking(task_role)
         # The sagemaker-mlflow client writes run artifacts straight to the artifact store.
         storage.grant_objects(task_role, "Models", MLFLOW_ARTIFACT_PREFIX, read=True, write=True)
@@ -111,6 +113,7 @@ class TrainingJob(Construct):
             environment={
                 "RAW_DATA_URI": storage.uri("RawData", RAW_DATA_PREFIX),
                 "FEATURES_URI": storage.uri("Features", FEATURES_PREFIX),
+                "LAKE_URI": storage.lake_uri,
                 "MODEL_STORE_URI": storage.model_store_uri,
                 "MODEL_NAME": config.model_name,
                 "MLFLOW_TRACKING_URI": mlflow.tracking_server_arn,

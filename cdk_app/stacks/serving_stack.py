@@ -8,7 +8,7 @@ from constructs import Construct
 from cdk_app.config import StageConfig
 from cdk_app.constructs.feature_store import RedisFeatureStore
 from cdk_app.constructs.feature_updater import FeatureUpdater
-from cdk_app.constructs.layer import SlimXGBoostLayer
+from cdk_app.constructs.layer import ArrowLayer, SlimXGBoostLayer
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.scorer_api import ScorerApi
 from cdk_app.constructs.storage import Storage
@@ -51,6 +51,7 @@ class ServingStack(cdk.Stack):
             config=config,
             network=network,
             layer=layer,
+            arrow_layer=ArrowLayer(self, "ArrowLayer", arch=config.architecture).layer,
             storage=storage,
             feature_store=feature_store,
             stream=stream,

@@ -8,6 +8,7 @@ from redis.cluster import RedisCluster
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.dead_letters import DeadLetterStore
+from fraud_adapters.lake import LakeWriter
 from fraud_adapters.model_store import ModelStore
 from fraud_adapters.publisher import (
     KafkaPublisher,
@@ -80,6 +81,15 @@ def dead_letter_store() -> DeadLetterStore:
 
 
 @lru_cache(maxsize=1)
+def lake_writer() -> LakeWriter | None:
+    """The event archive's writer when ``LAKE_URI`` is set (card ids hashed with the store's key)."""
+    cfg = settings()
+    if not cfg.lake_uri:
+        return None
+    return LakeWriter(open_blob_store(cfg.lake_uri), card_hasher(cfg))
+
+
+@lru_cache(maxsize=1)
 def publisher() -> Publisher:
     cfg = settings()
     if cfg.stream_kind == "kafka":
@@ -112,5 +122,5 @@ def kafka_publisher(bootstrap_servers: str) -> KafkaPublisher:
 def reset() -> None:
     """Forget every wired adapter (tests and local runs that change the environment)."""
     settings.cache_clear()
-    for factory in (feature_store, transaction_index, model_store, dead_letter_store, publisher):
+    for factory in (feature_store, transaction_index, model_store, dead_letter_store, lake_writer, publisher):
         factory.cache_clear()

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     labels_topic: str = "fraudsys.labels"
     kinesis_stream_name: str | None = None
     dead_letter_uri: str = "data/dead_letters"
+    #: The event archive (``s3://bucket/prefix`` or a local folder): the updater writes every
+    #: accepted event there before applying it (``fraud_adapters.lake``); unset: no archive.
+    lake_uri: str | None = None
     label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
     #: Time guard: an event or request dated more than this after the time the system received it
     #: is refused (422 at the API, a dead letter in the stream).

@@ -9,6 +9,7 @@ order-independent). If Redis fails, the whole batch is reported failed and redel
 """
 
 import json
+import time
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -19,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from fraud_adapters.dead_letters import DeadLetter
+from fraud_adapters.lake import LakeRecord, arrival_time
 from fraud_core import timeguard
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
@@ -65,8 +67,9 @@ class BatchCollector:
         self.dead_lettered = 0
         self.refused = 0
         self.skew = settings().max_clock_skew_seconds
-        #: where each accepted event came from: (source, payload), for late events' dead letters
-        self.origin: dict[int, tuple[str, bytes]] = {}
+        #: each accepted event's source, payload and receipt time (``timeguard.receipt``): for the
+        #: lake's rows and for late events' dead letters
+        self.origin: dict[int, tuple[str, bytes, int | None]] = {}
 
     def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
         if isinstance(record, KafkaEventRecord):
@@ -84,12 +87,13 @@ class BatchCollector:
         except PoisonRecordError as exc:
             self.dead_letter(source, str(exc), raw)
             return
-        reason = timeguard.refusal(event, timeguard.receipt(event, record_time), self.skew)
+        received = timeguard.receipt(event, record_time)
+        reason = timeguard.refusal(event, received, self.skew)
         if reason is not None:
             self.refused += 1
             self.dead_letter(source, f"refused by the time guard: {reason}", raw)
             return
-        self.origin[id(event)] = (source, raw)
+        self.origin[id(event)] = (source, raw, received)
         if isinstance(event, LabelEvent):
             self.labels.append(event)
         else:
@@ -99,6 +103,23 @@ class BatchCollector:
         where = bootstrap.dead_letter_store().put(DeadLetter.of(source, reason, raw))
         logger.warning("dead-lettered record", extra={"source": source, "reason": reason, "at": where})
         self.dead_lettered += 1
+
+
+def archive(collector: BatchCollector) -> None:
+    """Write the batch's accepted events to the lake (before Redis: a failure fails the batch)."""
+    writer = bootstrap.lake_writer()
+    if writer is None:
+        return
+    started = time.perf_counter()
+    records = []
+    events: list[TransactionEvent | LabelEvent] = [*collector.transactions, *collector.labels]
+    for event in events:
+        source, _, received = collector.origin[id(event)]
+        records.append(LakeRecord(event, source, arrival_time(event, received)))
+    writer.append(records)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name="ArchivedEvents", unit=MetricUnit.Count, value=len(records))
+    metrics.add_metric(name="ArchiveMilliseconds", unit=MetricUnit.Milliseconds, value=elapsed_ms)
 
 
 def _event_type(event: dict[str, Any]) -> EventType:
@@ -122,10 +143,11 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     collector = BatchCollector()
     with processor(records, collector.handle, context):
         processor.process()
+    archive(collector)  # raises -> whole batch retried; duplicates are dropped when the lake is read
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
-        source, raw = collector.origin[id(late)]
+        source, raw, _ = collector.origin[id(late)]
         collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)
     _index_transactions(collector.transactions)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)

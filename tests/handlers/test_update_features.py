@@ -1,11 +1,13 @@
 """The feature updater handler: MSK and Kinesis events, poison records, redelivery, Redis down."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from handlers import bootstrap, update_features
+from handlers.settings import settings
 from tests.support.events import FakeContext, kinesis_event, msk_event
 
 pytestmark = pytest.mark.integration
@@ -122,3 +124,64 @@ def test_applied_transactions_are_indexed_for_the_label_intake(lambda_env: Path)
     found = bootstrap.transaction_index().get(["t-1", "t-9"])
     assert list(found) == ["t-1"]
     assert (found["t-1"].merchant, found["t-1"].transaction_time) == ("m", 1_577_836_800)
+
+
+def test_accepted_events_are_archived_to_the_lake_before_redis(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.data.lake import read_lake
+
+    # given an updater with a lake folder
+    monkeypatch.setenv("LAKE_URI", str(lambda_env / "lake"))
+    bootstrap.reset()
+    label = {
+        "trans_num": "t-1",
+        "merchant": "m",
+        "transaction_time": "2020-01-01T00:00:00Z",
+        "label_time": "2020-01-09T00:00:00Z",
+    }
+    records = [
+        ("fraudsys.transactions", json.dumps(TX).encode()),
+        ("fraudsys.transactions", b"poison"),
+        ("fraudsys.labels", json.dumps(label).encode()),
+    ]
+
+    # when a batch is delivered twice
+    for _ in range(2):
+        assert update_features.handler(msk_event(records), FakeContext()) == {"batchItemFailures": []}
+
+    # then the accepted events are in the lake (the redelivery rewrote the same objects), with
+    # their source offsets, and read back once, the card hashed with the store's key
+    objects = sorted(
+        p.relative_to(lambda_env / "lake").as_posix() for p in (lambda_env / "lake").rglob("*.parquet")
+    )
+    assert [o.rsplit("/", 1)[0] for o in objects] == [
+        "events/kind=label/dt=2020-01-09",
+        "events/kind=transaction/dt=2020-01-01",
+    ]
+    data = read_lake(str(lambda_env / "lake"))
+    assert data.transactions["trans_num"].tolist() == ["t-1"]
+    assert data.transactions["cc_num"].tolist() == [bootstrap.card_hasher(settings())("4111111111111111")]
+    assert data.transactions["is_fraud"].tolist() == [1]
+    assert data.labels["label_time"].tolist() == [1_578_528_000]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(lambda_env / "lake" / objects[1]).to_pylist()
+    assert [r["source"] for r in rows] == ["kafka:fraudsys.transactions-0@0"]
+    assert abs(rows[0]["arrival_time"] - time.time()) < 120  # no received_at: the broker timestamp
+    # and Redis got the transaction as before
+    assert _card_events() == 1
+
+
+def test_a_failed_archive_write_fails_the_batch_and_leaves_redis_alone(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = lambda_env / "blocked"
+    blocker.write_text("a file where the lake folder should be")
+    monkeypatch.setenv("LAKE_URI", str(blocker))
+    bootstrap.reset()
+    with pytest.raises(NotADirectoryError):
+        update_features.handler(
+            msk_event([("fraudsys.transactions", json.dumps(TX).encode())]), FakeContext()
+        )
+    assert _card_events() == 0

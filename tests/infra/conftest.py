@@ -46,6 +46,7 @@ KINESIS_CONFIG = stage_config(
     # the cheapest cache: one shard without replica (no Multi-AZ, acknowledged for cdk-nag)
     redis={"num_shards": 1, "replicas_per_shard": 0},
     updater={"batch_size": 50, "max_batching_window_seconds": 0, "parallelization_factor": 2},
+    lake={"infrequent_access_after_days": 60, "glacier_ir_after_days": None, "expire_after_days": 365},
 )
 
 

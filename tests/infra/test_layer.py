@@ -16,12 +16,13 @@ from layers import build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = Path(__file__).with_name("layer_smoke.py")
+ARROW_SMOKE = Path(__file__).with_name("arrow_layer_smoke.py")
 MIB = 1024 * 1024
 
 
-def _pins() -> dict[str, str]:
+def _pins(requirements: Path = build.REQUIREMENTS) -> dict[str, str]:
     pins = {}
-    for raw in build.REQUIREMENTS.read_text(encoding="utf-8").splitlines():
+    for raw in requirements.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
@@ -42,6 +43,10 @@ def test_layer_pins_equal_uv_lock_versions() -> None:
     assert {
         name: (version, locked.get(name)) for name, version in pins.items() if locked.get(name) != version
     } == {}
+
+
+def test_arrow_layer_is_pyarrow_alone_at_the_locked_version() -> None:
+    assert _pins(build.ARROW_REQUIREMENTS) == {"pyarrow": _locked()["pyarrow"]}
 
 
 def test_layer_pins_cover_the_handler_dependencies_but_not_the_runtime_or_scipy() -> None:
@@ -152,3 +157,38 @@ def test_layer_builds_from_scratch_and_scores_in_isolation(tmp_path: Path) -> No
 
     # and a second build with unchanged inputs is a cache hit
     assert build.build_layer("x86_64", tmp_path) == built
+
+
+@pytest.mark.slow
+def test_arrow_layer_with_the_xgboost_layer_writes_the_lake_in_isolation(tmp_path: Path) -> None:
+    # given the updater's two layers, built from scratch
+    xgboost = build.build_layer("x86_64", tmp_path / "xgboost", force=True)
+    arrow = build.build_layer("x86_64", tmp_path / "arrow", force=True, kind="arrow")
+
+    # then both together stay under Lambda's 250 MB (unzipped, function and layers), with room
+    # for the function code; pyarrow's Flight, ORC, other clouds' filesystems and headers are gone
+    assert xgboost.unzipped_bytes + arrow.unzipped_bytes < 230 * 1000 * 1000, (xgboost, arrow)
+    assert arrow.unzipped_bytes < 110 * MIB, arrow
+    assert not list(arrow.python_dir.glob("pyarrow/libarrow_flight*"))
+    assert not (arrow.python_dir / "pyarrow" / "include").exists()
+
+    # when an isolated interpreter with only the layers and the Lambda code writes a lake batch
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(ARROW_SMOKE),
+            str(xgboost.python_dir),
+            str(arrow.python_dir),
+            str(REPO_ROOT / "lambdas"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # then it wrote and read back the Parquet object with the layer's pyarrow
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pyarrow"] == _locked()["pyarrow"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from aws_cdk.assertions import Match
 
-from .conftest import Synthesized
+from .conftest import Synthesized, stage_config
 
 
 def test_vpc_has_private_subnets_flow_logs_and_nat(msk: Synthesized) -> None:
@@ -55,7 +58,7 @@ def test_redis_accepts_only_the_lambda_security_groups(msk: Synthesized) -> None
 def test_data_buckets_are_encrypted_versioned_private_tls_only_and_logged(msk: Synthesized) -> None:
     data = msk.template("data")
 
-    data.resource_count_is("AWS::S3::Bucket", 5)  # raw, features, models, dead letters + access logs
+    data.resource_count_is("AWS::S3::Bucket", 6)  # raw, features, models, dead letters, lake + access logs
     data.resource_count_is("AWS::KMS::Key", 1)
     data.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
     kms_buckets = data.find_resources(
@@ -86,12 +89,12 @@ def test_data_buckets_are_encrypted_versioned_private_tls_only_and_logged(msk: S
         },
     )
     names = {str(b["Properties"]["BucketName"]) for b in kms_buckets.values()}
-    assert len(kms_buckets) == 4, names
-    for kind in ("rawdata", "features", "models", "deadletters"):
+    assert len(kms_buckets) == 5, names
+    for kind in ("rawdata", "features", "models", "deadletters", "lake"):
         assert any(f"fraudsys-tmsk-{kind}-" in n for n in names), (kind, names)
     # enforceSSL: every bucket policy denies aws:SecureTransport=false
     policies = data.find_resources("AWS::S3::BucketPolicy")
-    assert len(policies) == 5
+    assert len(policies) == 6
     for policy in policies.values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
         assert any(
@@ -99,6 +102,46 @@ def test_data_buckets_are_encrypted_versioned_private_tls_only_and_logged(msk: S
             and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
             for s in statements
         )
+
+
+def _lake_bucket(synthesized: Synthesized) -> dict[str, Any]:
+    buckets = synthesized.template("data").find_resources("AWS::S3::Bucket")
+    (lake,) = [b for b in buckets.values() if "-lake-" in str(b["Properties"].get("BucketName"))]
+    return dict(lake["Properties"])
+
+
+def test_lake_bucket_moves_to_cheaper_classes_and_keeps_per_stage(msk: Synthesized) -> None:
+    # given the test stage's lake: the defaults (IA at 30 days, Glacier IR at 90, kept for good)
+    lake = _lake_bucket(msk)
+
+    # then it is KMS-encrypted with the data key, logged, and transitions as configured
+    assert (
+        lake["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
+        == "aws:kms"
+    )
+    assert lake["LoggingConfiguration"]["LogFilePrefix"] == "lake/"
+    (rule,) = lake["LifecycleConfiguration"]["Rules"]
+    assert rule["Transitions"] == [
+        {"StorageClass": "STANDARD_IA", "TransitionInDays": 30},
+        {"StorageClass": "GLACIER_IR", "TransitionInDays": 90},
+    ]
+    assert "ExpirationInDays" not in rule
+
+
+def test_lake_retention_is_a_stage_setting(kinesis: Synthesized) -> None:
+    # given a stage that keeps the lake one year, without Glacier (conftest.KINESIS_CONFIG)
+    (rule,) = _lake_bucket(kinesis)["LifecycleConfiguration"]["Rules"]
+    assert rule["Transitions"] == [{"StorageClass": "STANDARD_IA", "TransitionInDays": 60}]
+    assert rule["ExpirationInDays"] == 365
+
+
+def test_lake_transitions_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="glacier_ir_after_days"):
+        stage_config("tbad", lake={"infrequent_access_after_days": 90, "glacier_ir_after_days": 60})
+    with pytest.raises(ValueError, match="expire_after_days"):
+        stage_config("tbad", lake={"expire_after_days": 60})
 
 
 def test_redis_is_a_cluster_of_configured_shards_multi_az_encrypted_with_auth_from_secret(

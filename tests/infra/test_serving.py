@@ -72,7 +72,7 @@ def test_both_functions_python313_in_vpc_traced_with_layer(
                 "Runtime": "python3.13",
                 "Architectures": [arch],
                 "TracingConfig": {"Mode": "Active"},
-                "Layers": [Match.any_value()],
+                "Layers": Match.any_value(),
                 "VpcConfig": Match.object_like(
                     {"SubnetIds": Match.any_value(), "SecurityGroupIds": [Match.any_value()]}
                 ),
@@ -126,6 +126,22 @@ def test_updater_environment(msk: Synthesized, kinesis: Synthesized) -> None:
         assert set(env) >= UPDATER_ENV
         assert env["REDIS_TIMEOUT_MS"] == "1000"
         assert "/updater" in str(env["DEAD_LETTER_URI"])
+        assert "-lake-" in str(env["LAKE_URI"])
+        assert "/archive" in str(env["LAKE_URI"])
+
+
+def test_updater_may_only_put_objects_under_the_lake_prefix(msk: Synthesized) -> None:
+    policies = msk.template("serving").find_resources("AWS::IAM::Policy")
+    lake_statements = [
+        statement
+        for policy in policies.values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "-lake-" in str(statement["Resource"]) and "update" in str(policy).lower()
+    ]
+    assert lake_statements
+    for statement in lake_statements:
+        assert statement["Action"] == "s3:PutObject"
+        assert str(statement["Resource"]).count("/archive/*") == 1
 
 
 def test_msk_event_source_mappings_one_per_topic_with_error_handling(msk: Synthesized) -> None:
@@ -356,3 +372,16 @@ def test_labels_api_model_agrees_with_the_pydantic_requests() -> None:
     assert items.max_items == MAX_LABELS_PER_REQUEST == EDGE_MAX_LABELS
     assert set(items.items.properties or {}) == set(one["properties"])  # type: ignore[union-attr]
     assert set(items.items.required or []) == set(one["required"])  # type: ignore[union-attr]
+
+
+def test_only_the_updater_carries_the_arrow_layer(msk: Synthesized) -> None:
+    serving = msk.template("serving")
+    scorer = _function(serving, "handlers.predict.handler")
+    updater = _function(serving, "handlers.update_features.handler")
+    assert len(scorer["Layers"]) == 1
+    assert len(updater["Layers"]) == 2
+    layers = serving.find_resources("AWS::Lambda::LayerVersion")
+    assert sorted(str(layer["Properties"]["Description"]).split(" (")[0] for layer in layers.values()) == [
+        "FraudSys arrow layer for the event lake",
+        "FraudSys slim XGBoost layer",
+    ]
