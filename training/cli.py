@@ -542,13 +542,7 @@ def labels_import(
     from training.label_import import ImportSummary, LabelFileError, import_labels, parse_rows
 
     if local:
-        for name, value in (
-            ("REDIS_URL", "redis://127.0.0.1:6380/0"),
-            ("STREAM_KIND", "kafka"),
-            ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
-        ):
-            os.environ.setdefault(name, value)
-        bootstrap.reset()
+        _use_local_stack()
     if settings().stream_kind == "none":
         console.print("[red]STREAM_KIND is none: labels would go nowhere[/red] (set it, or use --local)")
         raise typer.Exit(2)
@@ -588,6 +582,78 @@ def labels_import(
         console.print(f"line {line}: invalid: {reason}", markup=False, soft_wrap=True)
     if len(summary.invalid) > LISTED_LINES:
         console.print(f"... and {len(summary.invalid) - LISTED_LINES:,} more invalid rows")
+
+
+def _use_local_stack() -> None:
+    """The handlers' settings of the local stack (``fraudsys local up`` defaults) where unset."""
+    from handlers import bootstrap
+    from local_stack.stack import StackConfig, handler_environment
+
+    for name, value in handler_environment(StackConfig()).items():
+        os.environ.setdefault(name, value)
+    bootstrap.reset()
+
+
+@app.command()
+def backfill(
+    lake: Annotated[
+        str | None, typer.Option(help="the lake root (s3://bucket/prefix or a folder); default LAKE_URI")
+    ] = None,
+    newest: Annotated[
+        str | None,
+        typer.Option(help="the time the state is built up to (ISO 8601); default: the lake's latest event"),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="events per store write")] = 5000,
+    local: Annotated[
+        bool, typer.Option("--local", help="the local stack (`fraudsys local up`) for unset settings")
+    ] = False,
+) -> None:
+    """Materialize the online store (and the label intake's transaction index) from the event lake.
+
+    For go-live, a Redis loss or a layout change. Uses the handlers' settings (REDIS_URL,
+    REDIS_CLUSTER, CARD_HASH_KEY..., LABEL_DELAY_SECONDS, LAKE_URI), like the updater. Safe to run
+    while the stream is live and to run again: the writes are the updater's, idempotent."""
+    from datetime import UTC, datetime
+
+    from rich.progress import Progress
+
+    from handlers import bootstrap
+    from handlers.settings import settings
+    from training.backfill import backfill as run_backfill
+    from training.backfill import lake_start_day
+    from training.data.lake import read_lake
+
+    if local:
+        _use_local_stack()
+    uri = lake or settings().lake_uri
+    if not uri:
+        console.print("[red]no lake: give --lake or set LAKE_URI[/red]")
+        raise typer.Exit(2)
+    store = bootstrap.feature_store(5000)
+    until = int(datetime.fromisoformat(newest).replace(tzinfo=UTC).timestamp()) if newest else None
+    start = lake_start_day(store, until) if until is not None else None
+    with console.status(f"reading the lake {uri}"):
+        data = read_lake(uri, start=start)
+    if until is None and len(data.transactions):
+        until = int(data.transactions["event_time"].max())
+        data = read_lake(uri, start=lake_start_day(store, until))
+    with Progress(console=console) as progress:
+        task = progress.add_task("backfilling", total=None)
+        stats = run_backfill(
+            data.transactions,
+            data.labels,
+            store,
+            bootstrap.transaction_index(5000),
+            newest=until,
+            batch=batch,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"{stats.transactions:,} transactions and {stats.labels:,} labels since "
+        f"{datetime.fromtimestamp(stats.since, UTC):%Y-%m-%d %H:%M} in {stats.seconds:.1f} s "
+        f"({stats.rate:,.0f} events/s): {stats.applied:,} applied, {stats.duplicates:,} already there, "
+        f"{stats.late:,} older than their key's retention"
+    )
 
 
 def main() -> None:

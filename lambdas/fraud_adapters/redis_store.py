@@ -461,12 +461,20 @@ class RedisFeatureStore:
                 client.script_load(self._scripts[name][0])
         return replies
 
-    def apply(self, transactions: Sequence[TransactionEvent], labels: Sequence[LabelEvent]) -> ApplyResult:
-        """Apply a batch of events: idempotent, order-independent, one pipeline."""
+    def apply(
+        self,
+        transactions: Sequence[TransactionEvent],
+        labels: Sequence[LabelEvent],
+        cards_hashed: bool = False,
+    ) -> ApplyResult:
+        """Apply a batch of events: idempotent, order-independent, one pipeline.
+
+        ``cards_hashed``: the events' ``cc_num`` already holds the card's keyed hash (events read
+        back from the lake, ``fraudsys backfill``)."""
         cards: dict[str, list[TransactionEvent]] = defaultdict(list)
         merchants: dict[str, tuple[list[TransactionEvent], list[LabelEvent]]] = defaultdict(lambda: ([], []))
         for tx in transactions:
-            cards[self.hasher(tx.cc_num)].append(tx)
+            cards[tx.cc_num if cards_hashed else self.hasher(tx.cc_num)].append(tx)
             merchants[tx.merchant][0].append(tx)
         for label in labels:
             merchants[label.merchant][1].append(label)
