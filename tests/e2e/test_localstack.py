@@ -482,7 +482,7 @@ import base64
 event = {"Records": [{
     "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": r["PartitionKey"],
                 "sequenceNumber": r["SequenceNumber"], "data": base64.b64encode(r["Data"]).decode(),
-                "approximateArrivalTimestamp": 1700000000.0},
+                "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp()},
     "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-0:" + r["SequenceNumber"],
     "eventName": "aws:kinesis:record", "awsRegion": "us-east-1",
     "eventSourceARN": "arn:aws:kinesis:us-east-1:000000000000:stream/" + stream} for r in records]}
