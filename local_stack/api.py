@@ -208,7 +208,7 @@ class LocalApi:
         from handlers import bootstrap
 
         self.invoke("GET", "/health", None, {})
-        bootstrap.publisher()
+        bootstrap.publisher().warm()
 
     def _run(self) -> None:
         if self.socket is None:

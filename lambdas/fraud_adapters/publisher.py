@@ -30,6 +30,9 @@ class Publisher(Protocol):
     def take_late_failures(self) -> int:
         """Records that failed after ``publish`` returned (background delivery), since the last call."""
 
+    def warm(self, timeout: float = 10.0) -> None:
+        """Connect and learn the topics now, so that the first ``publish`` does not pay for it."""
+
     def close(self) -> None: ...
 
 
@@ -51,6 +54,9 @@ class NullPublisher:
 
     def take_late_failures(self) -> int:
         return 0
+
+    def warm(self, timeout: float = 10.0) -> None:
+        return None
 
     def close(self) -> None:
         return None
@@ -107,6 +113,12 @@ class KafkaPublisher:
             }
         )
         self.producer.poll(0)  # serves an OAUTHBEARER token callback (MSK IAM) before the first send
+
+    def warm(self, timeout: float = 10.0) -> None:
+        """Connect to the brokers and fetch both topics' metadata (librdkafka is lazy: without
+        this the first sync publish waits for the connection, the metadata and the ack)."""
+        for topic in self.topics.values():
+            self.producer.list_topics(topic, timeout=timeout)
 
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Send and wait for this call's acknowledgements only (not the rest of the queue);
@@ -175,6 +187,9 @@ class KinesisPublisher:
 
     def take_late_failures(self) -> int:
         return 0
+
+    def warm(self, timeout: float = 10.0) -> None:
+        return None  # boto3 connects on the first put; nothing to learn beforehand
 
     def close(self) -> None:
         return None
