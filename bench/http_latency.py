@@ -210,7 +210,7 @@ def serve(opts: ServerOptions) -> None:
         else:
             from tests.support.models import publish_test_model_to
 
-            publish_test_model_to(store, version="1")
+            publish_test_model_to(store, version="1", label_delay=cfg.label_delay_seconds)
             info["model"] = "tests.support.models.publish_test_model_to (10 trees, random data)"
         info["model_version"] = store.champion_version()
         info["train_seconds"] = time.perf_counter() - started

@@ -85,7 +85,7 @@ def train_and_publish(df: pd.DataFrame, label_delay: int, store_uri: str, seed: 
     except ValueError as exc:  # too little data: a split without frauds
         from tests.support.models import publish_test_model
 
-        publish_test_model(store_uri)
+        publish_test_model(store_uri, label_delay=label_delay)
         return {"model": f"tests.support.models.publish_test_model (training refused: {exc})"}
 
 

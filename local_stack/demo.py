@@ -68,7 +68,10 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int
     """POST a JSON body; the status and the JSON answer (``{}`` for an empty error answer)."""
     headers = {"Content-Type": "application/json"}
     status, raw = http_request("POST", url, json.dumps(body).encode(), headers, timeout)
-    return status, json.loads(raw) if raw or 200 <= status < 300 else {}
+    try:
+        return status, json.loads(raw) if raw or 200 <= status < 300 else {}
+    except json.JSONDecodeError:  # an error page, not the API's JSON: the caller counts the status
+        return status, {"message": raw.decode(errors="replace")[:500]}
 
 
 def wait_for_updates(stack: LocalStack, expected: int, timeout: float = 120.0) -> None:

@@ -63,7 +63,10 @@ class ModelStore:
         version: Any = json.loads(raw).get("version")
         return str(version) if version else None
 
-    def load(self, version: str) -> ModelFiles:
+    def load(self, version: str, label_delay: int | None = None) -> ModelFiles:
+        """A published version; refused (``ModelNotFoundError``) when it was built on another
+        feature spec, or with another label delay than ``label_delay`` (the merchant risk windows
+        the caller computes: a model trained with 7 days must not be served with 2)."""
         version_dir = self._path("versions", version)
         raw = self.blobs.get(f"{version_dir}/manifest.json")
         if raw is None:
@@ -75,6 +78,12 @@ class ModelStore:
             raise ModelNotFoundError(
                 f"model {manifest.version} was trained on feature spec {manifest.feature_spec_version}, "
                 f"this code computes {FEATURE_SPEC_VERSION}: retrain or deploy matching code"
+            )
+        if label_delay is not None and manifest.label_delay_seconds != label_delay:
+            raise ModelNotFoundError(
+                f"model {manifest.version} was trained with a label delay of "
+                f"{manifest.label_delay_seconds} s, "
+                f"this scorer computes {label_delay} s (LABEL_DELAY_SECONDS): retrain or configure it"
             )
         model = self.blobs.get(f"{version_dir}/{manifest.model_file}")
         if model is None:

@@ -106,12 +106,14 @@ for g = 1, #KEYS, 2 do
       out[#out + 1] = 'l'
     elseif redis.call('ZADD', events, t, member) == 1 then
       out[#out + 1] = 'a'
-      if dob ~= '' and (pt == nil or t > pt or (t == pt and trans_num > pn)) then
-        redis.call('HSET', profile, 't', t, 'n', trans_num, 'dob', dob)
-        pt, pn = t, trans_num
-      end
     else
       out[#out + 1] = 'd'
+    end
+    -- the profile follows the latest event with a dob by (time, trans_num), late ones included
+    -- (it has no retention), so its content does not depend on the arrival order
+    if dob ~= '' and (pt == nil or t > pt or (t == pt and trans_num > pn)) then
+      redis.call('HSET', profile, 't', t, 'n', trans_num, 'dob', dob)
+      pt, pn = t, trans_num
     end
   end
   redis.call('ZREMRANGEBYSCORE', events, '-inf', '(' .. string.format('%d', top - keep))

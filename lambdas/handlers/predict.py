@@ -62,7 +62,10 @@ def freeze_startup_objects() -> None:
 def scorer() -> Scorer:
     cfg = settings()
     models = ModelCache(
-        bootstrap.model_store(), cfg.model_pointer_ttl_seconds, cfg.reasons_method == "approx"
+        bootstrap.model_store(),
+        cfg.model_pointer_ttl_seconds,
+        cfg.reasons_method == "approx",
+        label_delay=cfg.label_delay_seconds,
     )
     return Scorer(bootstrap.feature_store(), models, cfg.label_delay_seconds)
 

@@ -171,10 +171,13 @@ class LoadedModel:
 class ModelCache:
     """The champion, loaded once per container and reloaded when the pointer moves."""
 
-    def __init__(self, store: ModelStore, ttl: float, approx_reasons: bool = False) -> None:
+    def __init__(
+        self, store: ModelStore, ttl: float, approx_reasons: bool = False, label_delay: int | None = None
+    ) -> None:
         self.pointer = ChampionCache(store, ttl)
         self.store = store
         self.approx_reasons = approx_reasons
+        self.label_delay = label_delay  # a champion trained with another delay is refused
         self.model: LoadedModel | None = None
 
     def get(self) -> LoadedModel:
@@ -190,7 +193,8 @@ class ModelCache:
             raise ModelUnavailableError(f"no champion model published in {self.store.blobs.uri}")
         if self.model is None or self.model.manifest.version != version:
             try:
-                self.model = LoadedModel.from_files(self.store.load(version), self.approx_reasons)
+                files = self.store.load(version, self.label_delay)
+                self.model = LoadedModel.from_files(files, self.approx_reasons)
             except ModelNotFoundError as exc:
                 if self.model is not None:
                     return self.model

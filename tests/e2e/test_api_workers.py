@@ -55,7 +55,11 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
     assert stack.api is None
     pids = [p.pid for p in stack.workers.processes]
     assert len(set(pids)) == 2
-    publish_test_model_to(ModelStore(open_blob_store(stack.cfg.model_store_uri)), version="1")
+    publish_test_model_to(
+        ModelStore(open_blob_store(stack.cfg.model_store_uri)),
+        version="1",
+        label_delay=stack.cfg.label_delay_seconds,
+    )
 
     # when requests arrive on new connections (urllib opens one per request)
     def first_is_scored() -> bool:

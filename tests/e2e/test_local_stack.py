@@ -178,7 +178,11 @@ def test_new_champion_is_picked_up_without_restart(stack: LocalStack, frame: pd.
 
     assert stack.api is not None
     body = _request(frame.iloc[-3].to_dict(), int(frame["event_time"].max()) + 9000, "e2e-champion")
-    publish_test_model_to(ModelStore(open_blob_store(stack.cfg.model_store_uri)), version="999")
+    publish_test_model_to(
+        ModelStore(open_blob_store(stack.cfg.model_store_uri)),
+        version="999",
+        label_delay=stack.cfg.label_delay_seconds,
+    )
     wait_until(
         lambda: post_json(f"{stack.api.url}/predict", body)[1].get("model_version") == "999",  # type: ignore[union-attr]
         timeout=20,

@@ -11,7 +11,7 @@ import xgboost as xgb
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
 from fraud_core import spec
-from handlers.scoring import LoadedModel, RowContributions, sigmoid
+from handlers.scoring import LoadedModel, ModelCache, ModelUnavailableError, RowContributions, sigmoid
 from tests.support.models import publish_test_model
 
 
@@ -174,3 +174,13 @@ def test_the_dev_card_hash_key_is_refused_on_lambda(monkeypatch: pytest.MonkeyPa
     # and a key of its own is accepted there, and pseudonymizes differently
     own = bootstrap.card_hasher(Settings(card_hash_key="a-deployment-key-of-32-characters"))
     assert own("4111111111111111") != local("4111111111111111")
+
+
+def test_a_champion_trained_with_another_label_delay_is_refused(tmp_path: Path) -> None:
+    # given a champion trained with the default 7-day delay, and a scorer computing 2 days
+    publish_test_model(str(tmp_path), version="4", label_delay=spec.DEFAULT_LABEL_DELAY)
+    models = ModelCache(ModelStore(LocalBlobStore(str(tmp_path))), ttl=0.0, label_delay=2 * spec.DAY)
+
+    # when the scorer loads it, then it refuses, saying why (the API answers 503)
+    with pytest.raises(ModelUnavailableError, match="label delay of 604800 s"):
+        models.get()

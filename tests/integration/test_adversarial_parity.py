@@ -320,3 +320,18 @@ def test_amounts_at_the_schema_bounds_cannot_overflow(harness: Harness) -> None:
     std = feature(offline, "q", "card_std_30d")
     assert math.isclose(std, exact, rel_tol=1e-12)
     assert std == pytest.approx(0.5)
+
+
+def test_a_late_event_still_gives_its_date_of_birth(harness: Harness) -> None:
+    # given a card whose only date of birth comes with an event that arrives late (after a newer
+    # event without one moved the card's retention point past it)
+    old = _tx_row("a", T0, dob="1980-01-01")
+    new = _tx_row("b", T0 + 32 * spec.DAY, dob=None)
+    for row in (new, old):
+        harness.send([(TX_TOPIC, transaction_event(row).model_dump_json().encode())])
+
+    # when a request without a dob is scored after both, then it sees that date of birth, as offline
+    query = _tx_row("q", T0 + 33 * spec.DAY, dob=None)
+    offline = build_features(pd.DataFrame([old, new, query]), DELAY).set_index("trans_num")
+    assert compare(harness, [query], offline) == []
+    assert feature(offline, "q", "age_years") > 0

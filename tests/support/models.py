@@ -9,6 +9,7 @@ from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ModelStore
 from fraud_core import spec
 from fraud_core.schemas import ModelManifest
+from handlers.settings import Settings
 
 
 def _booster(names: list[str], seed: int) -> bytes:
@@ -20,20 +21,26 @@ def _booster(names: list[str], seed: int) -> bytes:
     return bytes(booster.save_raw("ubj"))
 
 
-def publish_test_model(root: str, version: str = "1", threshold: float = 0.5, seed: int = 0) -> ModelManifest:
-    return publish_test_model_to(ModelStore(LocalBlobStore(root)), version, threshold, seed)
+def publish_test_model(
+    root: str, version: str = "1", threshold: float = 0.5, seed: int = 0, label_delay: int | None = None
+) -> ModelManifest:
+    return publish_test_model_to(ModelStore(LocalBlobStore(root)), version, threshold, seed, label_delay)
 
 
 def publish_test_model_to(
-    store: ModelStore, version: str, threshold: float = 0.5, seed: int = 0
+    store: ModelStore, version: str, threshold: float = 0.5, seed: int = 0, label_delay: int | None = None
 ) -> ModelManifest:
+    """``label_delay``: the manifest's (the scorer refuses another one); default the handlers'
+    ``LABEL_DELAY_SECONDS`` in this process's environment."""
+    if label_delay is None:
+        label_delay = Settings.from_env().label_delay_seconds
     manifest = ModelManifest(
         model_name=store.model_name,
         version=version,
         feature_names=list(spec.FEATURE_NAMES),
         feature_spec_version=spec.FEATURE_SPEC_VERSION,
         threshold=threshold,
-        label_delay_seconds=spec.DEFAULT_LABEL_DELAY,
+        label_delay_seconds=label_delay,
         created_at=datetime.now(UTC),
     )
     store.publish(
