@@ -151,7 +151,7 @@ def backfill(
     for transaction_chunk in batched(transaction_events(tx), batch, strict=False):
         count(store.apply(transaction_chunk, [], cards_hashed=True), len(transaction_chunk))
         if index is not None:
-            index.put(transaction_chunk)
+            index.put(transaction_chunk, cards_hashed=True)
     for label_chunk in batched(label_events(lab), batch, strict=False):
         count(store.apply([], label_chunk, cards_hashed=True), len(label_chunk))
     return BackfillStats(

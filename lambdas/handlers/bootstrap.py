@@ -66,7 +66,8 @@ def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
 @lru_cache(maxsize=2)
 def transaction_index(timeout_ms: int | None = None) -> TransactionIndex:
     """The transaction index on the feature store's Redis client (one connection pool)."""
-    return TransactionIndex(feature_store(timeout_ms).client, settings().label_delay_seconds)
+    store = feature_store(timeout_ms)
+    return TransactionIndex(store.client, settings().label_delay_seconds, card_key=store.hasher)
 
 
 @lru_cache(maxsize=1)

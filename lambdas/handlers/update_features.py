@@ -143,13 +143,13 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     collector = BatchCollector()
     with processor(records, collector.handle, context):
         processor.process()
+    claim_transaction_ids(collector)  # raises -> whole batch retried (a redelivery claims nothing new)
     archive(collector)  # raises -> whole batch retried; duplicates are dropped when the lake is read
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
         source, raw, _ = collector.origin[id(late)]
         collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)
-    _index_transactions(collector.transactions)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
     metrics.add_metric(name="LateEvents", unit=MetricUnit.Count, value=len(result.late))
@@ -172,10 +172,19 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     return response
 
 
-def _index_transactions(transactions: list[TransactionEvent]) -> None:
-    """Make the batch's transactions resolvable by the label intake (``POST /labels``): one
-    pipeline after the store apply; raises -> the whole batch is retried (both are idempotent)."""
-    bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).put(transactions)
+def claim_transaction_ids(collector: BatchCollector) -> None:
+    """The first transaction with an id owns it (``TransactionIndex.claim``, which also makes it
+    resolvable by the label intake): a different transaction under a known id is dead-lettered
+    before the archive and the store see it, so no event can alter another transaction's features."""
+    conflicts = bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).claim(collector.transactions)
+    if not conflicts:
+        return
+    refused = {id(tx) for tx in conflicts}
+    collector.transactions = [tx for tx in collector.transactions if id(tx) not in refused]
+    for tx in conflicts:
+        source, raw, _ = collector.origin.pop(id(tx))
+        collector.refused += 1
+        collector.dead_letter(source, "conflict: another transaction already holds this trans_num", raw)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -335,3 +335,26 @@ def test_a_late_event_still_gives_its_date_of_birth(harness: Harness) -> None:
     offline = build_features(pd.DataFrame([old, new, query]), DELAY).set_index("trans_num")
     assert compare(harness, [query], offline) == []
     assert feature(offline, "q", "age_years") > 0
+
+
+def test_a_reused_transaction_id_cannot_alter_the_first_transaction(harness: Harness) -> None:
+    # given a card's transaction, applied (and redelivered: not a conflict)
+    first = _tx_row("shared-id", T0, amt=10.0)
+    for _ in range(2):
+        harness.send([(TX_TOPIC, transaction_event(first).model_dump_json().encode())])
+
+    # when another card (or another amount) reuses its id, through the stream or the API
+    other = _tx_row("shared-id", T0 + 60, amt=999.0, card="4000000000000099")
+    harness.send([(TX_TOPIC, transaction_event(other).model_dump_json().encode())])
+
+    # then the impostor is dead-lettered as a conflict, and later transactions of both cards score
+    # as offline with the first one only (what the lake keeps)
+    [letter] = harness.dead_letters()
+    assert letter["reason"].startswith("conflict")
+    probes = [_tx_row("q1", T0 + 3600, amt=5.0), _tx_row("q2", T0 + 3700, amt=5.0, card="4000000000000099")]
+    offline = build_features(pd.DataFrame([first, *probes]), DELAY).set_index("trans_num")
+    for row in probes:  # each applied once scored
+        assert compare(harness, [row], offline) == []
+        harness.send([(TX_TOPIC, transaction_event(row).model_dump_json().encode())])
+    assert feature(offline, "q1", "card_sum_1h") == 10.0
+    assert feature(offline, "q2", "card_cnt_30d") == 0
