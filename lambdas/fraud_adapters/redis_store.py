@@ -412,35 +412,53 @@ class RedisFeatureStore:
     def _run(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Script calls, pipelined per node: one round trip on one redis-server, one per node
         on a cluster (redis-py's cluster pipeline refuses EVALSHA, so each node's calls go
-        through that node's connection). A call whose slot moved (resharding, failover) goes
-        once more through the cluster client, which follows the redirection."""
+        through that node's connection). On a cluster, a node that cannot be reached (failover)
+        makes the client re-read the slot map and the calls go once more; a call whose slot moved
+        (resharding) goes once more through the cluster client, which follows the redirection."""
         client = self.client
         if not isinstance(client, RedisCluster):
             replies = self._pipeline(client, calls)
         else:
-            by_node: dict[str, list[int]] = defaultdict(list)
-            nodes = {}
-            for i, (_, keys, _) in enumerate(calls):
-                node = client.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
-                nodes[node.name] = node
-                by_node[node.name].append(i)
-            replies = [None] * len(calls)
-            for name, indices in by_node.items():
-                connection = client.get_redis_connection(nodes[name])
-                for i, reply in zip(
-                    indices, self._pipeline(connection, [calls[i] for i in indices]), strict=True
-                ):
-                    replies[i] = reply
+            try:
+                replies = self._per_node(client, calls)
+            except (redis.ConnectionError, redis.TimeoutError):
+                client.nodes_manager.initialize()  # the new primaries of the failed node's slots
+                replies = self._per_node(client, calls)
             for i, reply in enumerate(replies):
                 if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
-                    name, keys, args = calls[i]
-                    replies[i] = client.evalsha(self._scripts[name][1], len(keys), *keys, *args)
+                    replies[i] = self._redirected(client, calls[i])
         for reply in replies:
             if isinstance(reply, Exception):
                 if isinstance(reply, redis.ResponseError) and str(reply).startswith("FSCORRUPT"):
                     raise CorruptStateError(str(reply).removeprefix("FSCORRUPT "))
                 raise reply
         return replies
+
+    def _per_node(self, client: RedisCluster, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        by_node: dict[str, list[int]] = defaultdict(list)
+        nodes = {}
+        for i, (_, keys, _) in enumerate(calls):
+            node = client.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
+            nodes[node.name] = node
+            by_node[node.name].append(i)
+        replies: list[Any] = [None] * len(calls)
+        for name, indices in by_node.items():
+            connection = client.get_redis_connection(nodes[name])
+            part = self._pipeline(connection, [calls[i] for i in indices])
+            for i, reply in zip(indices, part, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _redirected(self, client: RedisCluster, call: tuple[str, list[str], list[Any]]) -> Any:
+        """One call through the cluster client (it follows MOVED/ASK), loading the script where
+        the slot's new node does not know it."""
+        name, keys, args = call
+        source, sha = self._scripts[name]
+        try:
+            return client.evalsha(sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(source)  # on every primary
+            return client.evalsha(sha, len(keys), *keys, *args)
 
     def _pipeline(
         self, client: "redis.Redis", calls: Sequence[tuple[str, list[str], list[Any]]]

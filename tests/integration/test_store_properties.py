@@ -465,3 +465,19 @@ def test_members_no_layout_wrote_are_reported_not_misread(
     # when the state is read, then the store says which key it cannot read
     with pytest.raises(CorruptStateError, match="malformed"):
         store.read(CARDS[0], merchant, BASE_T + spec.DEFAULT_LABEL_DELAY + DAY)
+
+
+def test_nodes_that_lost_the_scripts_get_them_again(any_redis: AnyRedis) -> None:
+    # given a store that has written and read (its scripts are loaded on every node it used)
+    store = new_store(any_redis, spec.DEFAULT_LABEL_DELAY)
+    rows = [_row(f"T{i}", BASE_T + i * HOUR) for i in range(5)]
+    apply(store, [row.transaction() for row in rows[:3]])
+    before = store.read(CARDS[0], MERCHANTS[0], BASE_T + DAY).plain()
+
+    # when every node forgets its scripts (a restart, a failover to a fresh replica)
+    any_redis.script_flush()
+
+    # then reads and writes go on: the store loads them again and resends the calls
+    assert store.read(CARDS[0], MERCHANTS[0], BASE_T + DAY).plain() == before
+    result = store.apply([row.transaction() for row in rows[3:]], [])
+    assert (result.applied, result.duplicates) == (2, 0)
