@@ -223,10 +223,10 @@ class StageConfig(_Frozen):
     model_name: str = "fraudsys"
     label_delay_seconds: Annotated[int, Field(ge=0)] = 604_800
     #: Time guard (fraud_core.timeguard): how far after its receipt an event may be dated, and
-    #: how far before its receipt a POST /predict may be (a card authorization is real time;
-    #: offline authorizations reach issuers within days).
+    #: how far before its receipt a POST /predict may be: at most the store's out-of-order slack
+    #: (fraud_core.spec.HISTORY_SLACK, 1 day), the range in which its windows are exact.
     max_clock_skew_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
-    max_request_age_seconds: Annotated[int, Field(gt=0)] | None = 7 * 86_400
+    max_request_age_seconds: Annotated[int, Field(gt=0, le=86_400)] | None = 86_400
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"
     # prod keeps buckets, keys and the Redis snapshot on stack deletion; dev cleans up.

@@ -136,7 +136,13 @@ def build_features(
     volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
     intervals = fraud_intervals(
         key=merchant_codes[n:],
-        trans=pd.factorize(labels["trans_num"].astype(str))[0].astype(np.int64),
+        # a label chain is one transaction as its labels place it (merchant, id, time), like the
+        # online store, which keeps a merchant's labels by transaction time
+        trans=pd.MultiIndex.from_arrays(
+            [merchant_codes[n:], labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
+        )
+        .factorize()[0]
+        .astype(np.int64),
         trans_t=labels["event_time"].to_numpy(dtype=np.int64),
         arrival=labels["label_time"].to_numpy(dtype=np.int64),
         is_fraud=labels["is_fraud"].to_numpy(dtype=bool),

@@ -306,13 +306,14 @@ def decode_labels(members: Sequence[bytes], trans_t: Sequence[int]) -> FraudInte
     """The fraud intervals of a merchant's label members (``trans_num␟arrival␟0|1``)."""
     if not members:
         return NO_FRAUD_INTERVALS
-    codes: dict[bytes, int] = {}
+    codes: dict[tuple[bytes, int], int] = {}
     trans, arrival, fraud = [], [], []
-    for member in members:
+    for member, trans_time in zip(members, trans_t, strict=True):
         parts = member.split(b"\x1f")
         if len(parts) != 3 or parts[2] not in (b"0", b"1") or not parts[1].isdigit():
             raise CorruptStateError(f"malformed label member {member[:80]!r}")
-        trans.append(codes.setdefault(parts[0], len(codes)))
+        # a label chain: one transaction as its labels place it (id and time, at this merchant)
+        trans.append(codes.setdefault((parts[0], int(trans_time)), len(codes)))
         arrival.append(int(parts[1]))
         fraud.append(parts[2] == b"1")
     n = len(members)

@@ -113,7 +113,7 @@ def _label_stream(df: pd.DataFrame, rng: np.random.Generator) -> list[LabelEvent
     merchants = df["merchant"].unique().tolist()
     for row in df.sample(frac=0.25, random_state=5).to_dict("records"):
         tn, m, t = str(row["trans_num"]), str(row["merchant"]), int(row["event_time"])
-        kind = int(rng.integers(0, 7))
+        kind = int(rng.integers(0, 8))
         if kind == 0:  # on time
             labels.append(_label(tn, m, t, t + DELAY, True))
         elif kind == 1:  # late: 9 days after the transaction, long after the delay
@@ -129,9 +129,12 @@ def _label_stream(df: pd.DataFrame, rng: np.random.Generator) -> list[LabelEvent
             labels += [_label(tn, m, t, t + DELAY, True), _label(tn, m, t, t + DELAY, False)]
         elif kind == 5:  # a correction alone (the transaction was never reported)
             labels.append(_label(tn, m, t, t + DELAY, False))
-        else:  # a label naming another merchant than its transaction's
+        elif kind == 6:  # a label naming another merchant than its transaction's
             other = merchants[int(rng.integers(0, len(merchants)))]
             labels.append(_label(tn, other, t, t + DELAY, True))
+        else:  # a fraud label, then a correction that names another merchant (another chain)
+            other = merchants[int(rng.integers(0, len(merchants)))]
+            labels += [_label(tn, m, t, t + DELAY, True), _label(tn, other, t, t + DELAY + spec.DAY, False)]
     for i in range(20):  # transactions nobody knows, at known merchants, inside the windows
         t = int(df["event_time"].iloc[int(rng.integers(0, len(df)))])
         labels.append(_label(f"unknown-{i}", merchants[i % len(merchants)], t, t + DELAY, True))

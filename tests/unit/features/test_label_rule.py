@@ -54,3 +54,17 @@ def test_the_time_guard_refuses_the_future_of_the_receipt_only() -> None:
     assert timeguard.receipt(stamped, now + 3600) == now  # the earlier of stamp and broker time
     assert timeguard.request_refusal(now - 10 * spec.DAY, now, 300, None) is None
     assert timeguard.request_refusal(now - 10 * spec.DAY, now, 300, 7 * spec.DAY) is not None
+
+
+def test_a_label_chain_is_one_transaction_as_its_labels_place_it() -> None:
+    # given a fraud label placing transaction 1 at time 0, and a correction placing it at time 50
+    # (another transaction as far as the windows go: both paths keep them apart)
+    intervals = fraud_intervals(
+        key=np.zeros(2, dtype=np.int64),
+        trans=np.array([0, 1], dtype=np.int64),  # the (merchant, id, time) codes differ
+        trans_t=np.array([0, 50], dtype=np.int64),
+        arrival=np.array([100, 200], dtype=np.int64),
+        is_fraud=np.array([True, False]),
+    )
+    # then the fraud stands: the correction is for a transaction the first label does not name
+    assert intervals.until.tolist() == [np.iinfo(np.int64).max]
