@@ -25,28 +25,20 @@ from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, setting
 def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis | RedisCluster":
     """One node, or a cluster (``REDIS_CLUSTER``): the store's code is the same for both."""
     timeout = (timeout_ms or cfg.redis_timeout_ms) / 1000.0
-    password = secret_value(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None
-    if cfg.redis_cluster:
-        cluster: RedisCluster = RedisCluster.from_url(
-            cfg.redis_url,
-            password=password,
-            decode_responses=False,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
-        return cluster
-    client: redis.Redis = redis.Redis.from_url(
-        cfg.redis_url,
-        password=password,
-        decode_responses=False,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+    options = {
+        "password": secret_value(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None,
+        "decode_responses": False,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         # a connection idle for 30 s is PINGed before its next command (a second round trip for
         # that one request), so a connection dropped while the container was frozen, or by a
         # failover, is replaced before the read instead of failing it
-        health_check_interval=30,
-    )
+        "health_check_interval": 30,
+    }
+    if cfg.redis_cluster:
+        cluster: RedisCluster = RedisCluster.from_url(cfg.redis_url, **options)
+        return cluster
+    client: redis.Redis = redis.Redis.from_url(cfg.redis_url, **options)
     return client
 
 

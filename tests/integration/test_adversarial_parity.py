@@ -25,7 +25,7 @@ from local_stack.events import StreamRecord
 from local_stack.events import msk_event as build_msk_event
 from local_stack.replay import transaction_event
 from tests.support.events import FakeContext, api_gateway_event
-from tests.support.models import publish_test_model
+from tests.support.lambda_env import handler_environment
 from tests.support.streams import synthetic_stream
 from training.dataset import LABEL_EVENT_COLUMNS, build_features
 
@@ -83,17 +83,8 @@ def feature(offline: pd.DataFrame, trans_num: str, name: str) -> float:
 
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Harness]:
-    monkeypatch.setenv("REDIS_TIMEOUT_MS", "2000")
-    monkeypatch.setenv("MODEL_STORE_URI", str(tmp_path / "models"))
-    monkeypatch.setenv("DEAD_LETTER_URI", str(tmp_path / "dead"))
-    monkeypatch.setenv("LABEL_DELAY_SECONDS", str(DELAY))
-    monkeypatch.setenv("STREAM_KIND", "none")
-    bootstrap.reset()
-    predict.scorer.cache_clear()
-    publish_test_model(str(tmp_path / "models"))
-    yield Harness(tmp_path)
-    bootstrap.reset()
-    predict.scorer.cache_clear()
+    with handler_environment(monkeypatch, tmp_path, DELAY) as root:
+        yield Harness(root)
 
 
 def _label(trans_num: str, merchant: str, trans_t: int, arrival: int, is_fraud: bool) -> LabelEvent:

@@ -24,7 +24,7 @@ from handlers import bootstrap, predict, update_features
 from local_stack.demo import predict_body
 from local_stack.replay import transaction_event
 from tests.support.events import FakeContext, msk_event
-from tests.support.models import publish_test_model
+from tests.support.lambda_env import handler_environment
 from tests.support.streams import synthetic_stream
 from training.backfill import backfill
 from training.data.lake import read_lake
@@ -38,18 +38,8 @@ TX_TOPIC, LABEL_TOPIC = "fraudsys.transactions", "fraudsys.labels"
 
 @pytest.fixture
 def lake_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Path]:
-    monkeypatch.setenv("REDIS_TIMEOUT_MS", "2000")
-    monkeypatch.setenv("MODEL_STORE_URI", str(tmp_path / "models"))
-    monkeypatch.setenv("DEAD_LETTER_URI", str(tmp_path / "dead"))
-    monkeypatch.setenv("LAKE_URI", str(tmp_path / "lake"))
-    monkeypatch.setenv("LABEL_DELAY_SECONDS", str(DELAY))
-    monkeypatch.setenv("STREAM_KIND", "none")
-    bootstrap.reset()
-    predict.scorer.cache_clear()
-    publish_test_model(str(tmp_path / "models"))
-    yield tmp_path
-    bootstrap.reset()
-    predict.scorer.cache_clear()
+    with handler_environment(monkeypatch, tmp_path, DELAY, LAKE_URI=str(tmp_path / "lake")) as root:
+        yield root
 
 
 def _labels(df: pd.DataFrame) -> list[LabelEvent]:

@@ -12,11 +12,11 @@ import pytest
 
 from fraud_core import spec
 from fraud_core.schemas import PredictRequest
-from handlers import bootstrap, predict, update_features
+from handlers import predict, update_features
 from local_stack.demo import predict_body
 from local_stack.replay import label_event, transaction_event
 from tests.support.events import FakeContext, kinesis_event, msk_event
-from tests.support.models import publish_test_model
+from tests.support.lambda_env import handler_environment
 from tests.support.streams import synthetic_stream
 from training.dataset import build_features
 
@@ -40,17 +40,8 @@ def _request(row: dict[Any, Any]) -> PredictRequest:
 @pytest.fixture
 def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Path]:
     """The handlers' environment on one redis-server, or on a real 3-master Redis Cluster."""
-    monkeypatch.setenv("REDIS_TIMEOUT_MS", "2000")
-    monkeypatch.setenv("MODEL_STORE_URI", str(tmp_path / "models"))
-    monkeypatch.setenv("DEAD_LETTER_URI", str(tmp_path / "dead"))
-    monkeypatch.setenv("LABEL_DELAY_SECONDS", str(LABEL_DELAY))
-    monkeypatch.setenv("STREAM_KIND", "none")
-    bootstrap.reset()
-    predict.scorer.cache_clear()
-    publish_test_model(str(tmp_path / "models"))
-    yield tmp_path
-    bootstrap.reset()
-    predict.scorer.cache_clear()
+    with handler_environment(monkeypatch, tmp_path, LABEL_DELAY) as root:
+        yield root
 
 
 def test_online_features_equal_offline_rows(lambda_env: Path) -> None:
