@@ -119,12 +119,16 @@ def backfill(
     newest: int | None = None,
     batch: int = 5000,
     on_progress: Callable[[int, int], None] | None = None,
+    profiles: pd.DataFrame | None = None,
 ) -> BackfillStats:
     """Apply the lake's events that the store keeps (transactions dated after
     ``newest - retention``, ``newest`` default: the latest transaction) in batches of ``batch``.
 
     ``transactions``: the lake's canonical frame (``cc_num`` = card hash); ``labels``: its
-    label-event frame. ``on_progress(done, total)`` after every batch.
+    label-event frame; ``profiles``: each card's latest transaction with a date of birth before
+    the window (``training.data.lake.latest_dob_transactions``), applied after it: older than
+    their card's retention, they are not kept, but they set the card's dob profile as the
+    updater's did. ``on_progress(done, total)`` after every batch.
     """
     started = time.perf_counter()
     if newest is None:
@@ -154,6 +158,10 @@ def backfill(
             index.put(transaction_chunk, cards_hashed=True)
     for label_chunk in batched(label_events(lab), batch, strict=False):
         count(store.apply([], label_chunk, cards_hashed=True), len(label_chunk))
+    if profiles is not None and len(profiles):
+        older = profiles.loc[profiles["event_time"].to_numpy(dtype=np.int64) < since]
+        for profile_chunk in batched(transaction_events(older), batch, strict=False):
+            store.apply(profile_chunk, [], cards_hashed=True)  # late: the profile only
     return BackfillStats(
         transactions=len(tx),
         labels=len(lab),

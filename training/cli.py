@@ -621,7 +621,7 @@ def backfill(
     from handlers.settings import settings
     from training.backfill import backfill as run_backfill
     from training.backfill import lake_start_day
-    from training.data.lake import read_lake
+    from training.data.lake import latest_dob_transactions, read_lake
 
     if local:
         _use_local_stack()
@@ -637,6 +637,7 @@ def backfill(
     if until is None and len(data.transactions):
         until = int(data.transactions["event_time"].max())
         data = read_lake(uri, start=lake_start_day(store, until))
+    profiles = latest_dob_transactions(uri, lake_start_day(store, until)) if until is not None else None
     with Progress(console=console) as progress:
         task = progress.add_task("backfilling", total=None)
         stats = run_backfill(
@@ -647,6 +648,7 @@ def backfill(
             newest=until,
             batch=batch,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            profiles=profiles,
         )
     console.print(
         f"{stats.transactions:,} transactions and {stats.labels:,} labels since "

@@ -134,3 +134,34 @@ def test_redis_wiped_mid_stream_is_rebuilt_from_the_lake_exactly(lake_env: Path)
     # and the lake held the whole stream once (redelivery deduplicated at read)
     assert sorted(lake.transactions["trans_num"]) == sorted(df["trans_num"].astype(str))
     assert offline["merch_fraud_cnt_30d"].max() >= 1
+
+
+def test_a_date_of_birth_older_than_the_window_survives_a_backfill(lake_env: Path) -> None:
+    from training.backfill import lake_start_day
+    from training.data.lake import latest_dob_transactions
+
+    # given a card whose date of birth came 40 days before its newest transaction
+    base = synthetic_stream(n=3, n_cards=1, n_merchants=1, days=1, seed=9).to_dict("records")
+    t0 = int(base[0]["event_time"])
+    rows = [
+        base[0] | {"trans_num": "old", "event_time": t0, "dob": "1975-06-15"},
+        base[1] | {"trans_num": "new", "event_time": t0 + 40 * spec.DAY, "dob": None},
+    ]
+    batch = [(TX_TOPIC, transaction_event(r).model_dump_json().encode()) for r in rows]
+    assert update_features.handler(msk_event(batch), FakeContext()) == {"batchItemFailures": []}
+
+    # when Redis is lost and rebuilt from the lake (its window, plus each card's latest dob)
+    store = bootstrap.feature_store()
+    store.client.flushall()
+    lake = read_lake(str(lake_env / "lake"))
+    newest = int(lake.transactions["event_time"].max())
+    profiles = latest_dob_transactions(str(lake_env / "lake"), lake_start_day(store, newest))
+    backfill(lake.transactions, lake.labels, store, profiles=profiles)
+
+    # then a request without a dob sees the card's age, as offline
+    query = base[2] | {"trans_num": "q", "event_time": t0 + 41 * spec.DAY, "dob": None}
+    online = predict.scorer().score(PredictRequest.model_validate(predict_body(query))).features[0]
+    offline = build_features(pd.DataFrame([*rows, query]), DELAY).set_index("trans_num")
+    age = spec.FEATURE_NAMES.index("age_years")
+    assert online[age] == pytest.approx(float(offline.loc["q", ["age_years"]].to_numpy(dtype=float)[0]))
+    assert online[age] > 40

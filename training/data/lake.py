@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -91,6 +91,23 @@ def with_targets(frame: pd.DataFrame, labels: pd.DataFrame, cutoff: int | None =
     latest = latest_labels(labels, cutoff)
     target = frame["trans_num"].map(latest).fillna(0).to_numpy(dtype=np.int8)
     return frame.assign(is_fraud=target)
+
+
+def latest_dob_transactions(uri: str, before: date) -> pd.DataFrame:
+    """Each card's latest transaction (by time, then ``trans_num``) with a date of birth among
+    those dated before ``before`` (the canonical frame): what the online card profile holds for a
+    card whose dob came before the store's window (``fraudsys backfill``). Reads three columns
+    of the older partitions, then only the rows it keeps."""
+    dataset = _dataset(uri)
+    if dataset is None:
+        return transaction_frame(lake_schema().empty_table())
+    older = _day_filter("transaction", None, before - timedelta(days=1)) & pc.field("dob").is_valid()
+    keys = dataset.to_table(columns=["card", "event_time", "trans_num"], filter=older).to_pandas()
+    if keys.empty:
+        return transaction_frame(lake_schema().empty_table())
+    latest = keys.sort_values(["card", "event_time", "trans_num"]).drop_duplicates("card", keep="last")
+    wanted = pa.array(latest["trans_num"].astype(str).tolist())
+    return transaction_frame(_read(dataset, older & pc.field("trans_num").isin(wanted)))
 
 
 def transaction_frame(table: pa.Table) -> pd.DataFrame:
