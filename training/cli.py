@@ -171,6 +171,30 @@ def pipeline(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 
 @app.command()
+def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """The retraining loop on the running local stack (``fraudsys local up``): train on the events
+    its updater archived (the local lake, real label arrivals), register, let the champion gate
+    decide, publish; the scorer picks a new champion up within its pointer TTL. On AWS the
+    training task does the same on its schedule (TRAINING_SOURCE=lake)."""
+    from local_stack.stack import StackConfig
+
+    _use_local_stack()
+    stack = StackConfig()
+    local = [
+        "source.kind=lake",
+        f"source.uri={stack.lake_uri}",
+        f"model_store_uri={stack.model_store_uri}",
+        f"label_delay_seconds={stack.label_delay_seconds}",
+        f"registry.tracking_uri=http://127.0.0.1:{stack.mlflow_port}",
+    ]
+    try:
+        _run(config, [*local, *(set_ or [])], auto_promote=True)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red] (send traffic first: POST /predict, or `fraudsys local replay`)")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
 def train(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Train, evaluate and register a candidate (published, but the champion does not move)."""
     _run(config, set_, auto_promote=False)

@@ -130,7 +130,12 @@ def environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["label_delay_seconds"] = int(delay)
     if name := env.get("MODEL_NAME"):
         out["registry"] = {"model_name": name}
-    if raw := env.get("RAW_DATA_URI"):
+    if env.get("TRAINING_SOURCE", "raw") == "lake":
+        # the scheduled retraining: the events the system archived, with their real label arrivals
+        if not (lake := env.get("LAKE_URI")):
+            raise ValueError("TRAINING_SOURCE=lake needs LAKE_URI")
+        out["source"] = {"kind": "lake", "uri": lake}
+    elif raw := env.get("RAW_DATA_URI"):
         out["source"] = {"kind": "csv" if raw.endswith(".csv") else "parquet", "path": raw}
     return out
 

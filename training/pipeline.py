@@ -54,6 +54,8 @@ def load_source(cfg: PipelineConfig) -> SourceData:
     source = cfg.source
     if isinstance(source, LakeSource):
         lake = read_lake(source.uri, source.start, source.end)
+        if lake.transactions.empty:
+            raise ValueError(f"the lake {source.uri} holds no transactions (in {source.start}..{source.end})")
         return SourceData(lake.transactions, lake.labels)
     frame = load_transactions(cfg)
     return SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))

@@ -141,7 +141,9 @@ class TrainingJob(Construct):
             "before RunTask).",
         )
 
-        def target() -> targets.EcsTask:
+        def target(source: str) -> targets.EcsTask:
+            """``source``: ``lake`` trains on the archived traffic (the retraining loop); ``raw``
+            on RAW_DATA_URI (the first model, before the lake holds anything)."""
             return targets.EcsTask(
                 cluster=self.cluster,
                 task_definition=self.task_definition,
@@ -150,6 +152,12 @@ class TrainingJob(Construct):
                 subnet_selection=network.app_subnets,
                 security_groups=[network.training_sg],
                 assign_public_ip=False,
+                container_overrides=[
+                    targets.ContainerOverride(
+                        container_name=CONTAINER_NAME,
+                        environment=[targets.TaskEnvironmentVariable(name="TRAINING_SOURCE", value=source)],
+                    )
+                ],
             )
 
         self.schedule_rule = events.Rule(
@@ -157,14 +165,14 @@ class TrainingJob(Construct):
             "Schedule",
             description=f"{config.prefix}: retrain on schedule",
             schedule=events.Schedule.expression(cfg.schedule),
-            targets=[target()],
+            targets=[target("lake")],
         )
         self.on_demand_rule = events.Rule(
             self,
             "OnDemand",
             description=f"{config.prefix}: retrain when a {ON_DEMAND_DETAIL_TYPE} event arrives",
             event_pattern=events.EventPattern(source=[ON_DEMAND_SOURCE], detail_type=[ON_DEMAND_DETAIL_TYPE]),
-            targets=[target()],
+            targets=[target("raw")],
         )
 
     def run_task_command(self, network: Network) -> str:

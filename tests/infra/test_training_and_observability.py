@@ -92,6 +92,18 @@ def test_training_runs_on_a_schedule_and_on_demand(msk: Synthesized) -> None:
         "AWS::Events::Rule",
         {"EventPattern": {"source": [ON_DEMAND_SOURCE], "detail-type": [ON_DEMAND_DETAIL_TYPE]}},
     )
+    # the schedule retrains on the archived traffic (the lake); on demand, on the raw data set
+    rules = training.find_resources("AWS::Events::Rule").values()
+    sources = {
+        "schedule" if "ScheduleExpression" in rule["Properties"] else "on demand": json.loads(
+            rule["Properties"]["Targets"][0]["Input"]
+        )["containerOverrides"][0]["environment"]
+        for rule in rules
+    }
+    assert sources == {
+        "schedule": [{"name": "TRAINING_SOURCE", "value": "lake"}],
+        "on demand": [{"name": "TRAINING_SOURCE", "value": "raw"}],
+    }
 
 
 def test_mlflow_tracking_server_with_s3_artifacts_and_scoped_access(msk: Synthesized) -> None:

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from training.config import CsvSource, ParquetSource, SimulatedSource, load_config
+from training.config import CsvSource, LakeSource, ParquetSource, SimulatedSource, load_config
 from training.pipeline import materialize
 
 DEFAULT = Path("training/configs/default.yaml")
@@ -34,6 +34,19 @@ def test_task_environment_and_overrides() -> None:
     assert cfg.tuning.n_trials == 2
     csv = load_config(DEFAULT, env={"RAW_DATA_URI": "/data/fraudTrain.csv"})
     assert isinstance(csv.source, CsvSource)
+
+
+def test_the_scheduled_retraining_reads_the_lake() -> None:
+    # given the task's environment as the schedule starts it (TRAINING_SOURCE=lake)
+    env = {"RAW_DATA_URI": "s3://raw/kaggle.csv", "LAKE_URI": "s3://lake/archive", "TRAINING_SOURCE": "lake"}
+
+    # then it trains on the archived events, not the raw data set; without a lake it says why
+    cfg = load_config(DEFAULT, env=env)
+    assert isinstance(cfg.source, LakeSource)
+    assert cfg.source.uri == "s3://lake/archive"
+    with pytest.raises(ValueError, match="needs LAKE_URI"):
+        load_config(DEFAULT, env={"TRAINING_SOURCE": "lake"})
+    assert isinstance(load_config(DEFAULT, env={**env, "TRAINING_SOURCE": "raw"}).source, CsvSource)
 
 
 def test_unknown_key_is_rejected() -> None:
