@@ -234,7 +234,7 @@ def _lake_env(kind: str, workdir: Path) -> Iterator[None]:
                 {
                     "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{moto.port}",
                     "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",  # local moto  # pragma: allowlist secret
+                    "AWS_SECRET_ACCESS_KEY": "testing",  # local moto  # nosec B105  # pragma: allowlist secret
                     "AWS_DEFAULT_REGION": "us-east-1",
                 }
             )
