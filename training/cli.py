@@ -637,7 +637,7 @@ def backfill(
     For go-live, a Redis loss or a layout change. Uses the handlers' settings (REDIS_URL,
     REDIS_CLUSTER, CARD_HASH_KEY..., LABEL_DELAY_SECONDS, LAKE_URI), like the updater. Safe to run
     while the stream is live and to run again: the writes are the updater's, idempotent."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, time
 
     from rich.progress import Progress
 
@@ -645,7 +645,7 @@ def backfill(
     from handlers.settings import settings
     from training.backfill import backfill as run_backfill
     from training.backfill import lake_start_day
-    from training.data.lake import latest_dob_transactions, read_lake
+    from training.data.lake import latest_dob_transactions, newest_transaction_day, read_lake
 
     if local:
         _use_local_stack()
@@ -654,13 +654,16 @@ def backfill(
         console.print("[red]no lake: give --lake or set LAKE_URI[/red]")
         raise typer.Exit(2)
     store = bootstrap.feature_store(5000)
-    until = int(datetime.fromisoformat(newest).replace(tzinfo=UTC).timestamp()) if newest else None
+    if newest:
+        until: int | None = int(datetime.fromisoformat(newest).replace(tzinfo=UTC).timestamp())
+    else:  # the end of the lake's newest day: only the days the window needs are read
+        last_day = newest_transaction_day(uri)
+        until = int(datetime.combine(last_day, time.max, UTC).timestamp()) if last_day else None
     start = lake_start_day(store, until) if until is not None else None
     with console.status(f"reading the lake {uri}"):
         data = read_lake(uri, start=start)
-    if until is None and len(data.transactions):
+    if not newest and len(data.transactions):
         until = int(data.transactions["event_time"].max())
-        data = read_lake(uri, start=lake_start_day(store, until))
     profiles = latest_dob_transactions(uri, lake_start_day(store, until)) if until is not None else None
     with Progress(console=console) as progress:
         task = progress.add_task("backfilling", total=None)

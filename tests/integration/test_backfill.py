@@ -165,3 +165,29 @@ def test_a_date_of_birth_older_than_the_window_survives_a_backfill(lake_env: Pat
     age = spec.FEATURE_NAMES.index("age_years")
     assert online[age] == pytest.approx(float(offline.loc["q", ["age_years"]].to_numpy(dtype=float)[0]))
     assert online[age] > 40
+
+
+def test_the_backfill_command_rebuilds_the_store_from_the_lake(lake_env: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.data.lake import newest_transaction_day
+
+    # given transactions archived by the updater over 40 days, and Redis lost
+    rows = synthetic_stream(n=200, n_cards=5, n_merchants=3, days=40, seed=3).to_dict("records")
+    batch = [(TX_TOPIC, transaction_event(r).model_dump_json().encode()) for r in rows]
+    assert update_features.handler(msk_event(batch), FakeContext()) == {"batchItemFailures": []}
+    store = bootstrap.feature_store()
+    card = str(rows[-1]["cc_num"])
+    t = int(rows[-1]["event_time"]) + 1
+    before = store.read(card, str(rows[-1]["merchant"]), t).plain()
+    store.client.flushall()
+
+    # when `fraudsys backfill` runs with the handlers' settings (the newest day from the partition names)
+    assert newest_transaction_day(str(lake_env / "lake")) == _when(int(rows[-1]["event_time"])).date()
+    result = CliRunner().invoke(app, ["backfill"])
+
+    # then the card's state is what the updater had built
+    assert result.exit_code == 0, result.output
+    assert "transactions" in result.output
+    assert store.read(card, str(rows[-1]["merchant"]), t).plain() == before

@@ -93,6 +93,22 @@ def with_targets(frame: pd.DataFrame, labels: pd.DataFrame, cutoff: int | None =
     return frame.assign(is_fraud=target)
 
 
+def newest_transaction_day(uri: str) -> date | None:
+    """The newest day (partition) holding transactions, from the partition names alone: nothing
+    is read (``fraudsys backfill`` then reads only the days its window needs)."""
+    dataset = _dataset(uri)
+    if dataset is None:
+        return None
+    days = [
+        part.removeprefix("dt=")
+        for path in dataset.files
+        if "kind=transaction/" in path
+        for part in path.split("/")
+        if part.startswith("dt=")
+    ]
+    return date.fromisoformat(max(days)) if days else None
+
+
 def latest_dob_transactions(uri: str, before: date) -> pd.DataFrame:
     """Each card's latest transaction (by time, then ``trans_num``) with a date of birth among
     those dated before ``before`` (the canonical frame): what the online card profile holds for a
