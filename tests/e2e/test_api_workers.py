@@ -71,7 +71,9 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
             return False
 
     wait_until(first_is_scored, timeout=30, what="the first champion in the workers")
-    answers = [post_json(f"{stack.api_url}/predict", _body(i)) for i in range(1, REQUESTS)]
+    # (each worker's first score after the champion appeared loads it: as for the probe, a busy
+    # machine can take seconds there, which is not what this test is about)
+    answers = [post_json(f"{stack.api_url}/predict", _body(i), timeout=30) for i in range(1, REQUESTS)]
 
     # then every request is scored by the champion
     assert {status for status, _ in answers} == {200}
