@@ -286,12 +286,11 @@ def decode_card_rows(tails: bytes) -> np.ndarray[Any, Any]:
     return np.frombuffer(tails, dtype=_CARD_DTYPE)
 
 
-def decode_card_events(tails: bytes) -> CardEvents:
-    """Columns of a card's events from its members' fixed tails, in Redis order (by time, then
-    trans_num): one ``frombuffer``, the columns are views."""
-    if not tails:
+def decode_card_events(rows: np.ndarray[Any, Any]) -> CardEvents:
+    """Columns of a card's events from its decoded members (``decode_card_rows``: one
+    ``frombuffer``, in Redis order, by time then trans_num); the columns are views."""
+    if not len(rows):
         return NO_CARD_EVENTS
-    rows = decode_card_rows(tails)
     return card_events(
         t=rows["t"],
         cents=rows["cents"],
@@ -461,25 +460,25 @@ class RedisFeatureStore:
             client.script_load(source)  # on every primary
             return client.evalsha(sha, len(keys), *keys, *args)
 
+    def _send(self, client: "redis.Redis", calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self._scripts[name][1], len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
     def _pipeline(
         self, client: "redis.Redis", calls: Sequence[tuple[str, list[str], list[Any]]]
     ) -> list[Any]:
         """Calls in one non-transactional pipeline to one node; errors are returned, not raised.
         Scripts the node does not know yet (first use, restart, failover) are loaded and the
-        calls sent once more."""
-        replies: list[Any] = []
-        for attempt in (0, 1):
-            pipe = client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.evalsha(self._scripts[name][1], len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            missing = {
-                calls[i][0] for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)
-            }
-            if not missing or attempt:
-                break
-            for name in missing:
+        calls that failed for it are sent once more."""
+        replies = self._send(client, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:  # only these ran nothing: resending the others would apply them twice
+            for name in {calls[i][0] for i in missing}:
                 client.script_load(self._scripts[name][0])
+            for i, reply in zip(missing, self._send(client, [calls[i] for i in missing]), strict=True):
+                replies[i] = reply
         return replies
 
     def apply(
@@ -570,18 +569,13 @@ class RedisFeatureStore:
             ]
         )
         tails, profile_t, profile_dob = card_reply
-        rows = decode_card_rows(tails) if tails else None
+        rows = decode_card_rows(tails)  # once: the events and their dates of birth
         profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
-        dob = (
-            latest_dob(rows["t"], rows["dob_day"], profile, t)
-            if rows is not None
-            else (profile[1] if profile is not None and profile[0] < t else None)
-        )
         n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
         counts = merchant_reply[:-2]
         return OnlineState(
-            card_events=decode_card_events(tails),
-            dob=dob,
+            card_events=decode_card_events(rows),
+            dob=latest_dob(rows["t"], rows["dob_day"], profile, t),
             merchant_volume=tuple(counts[:n_volume]),
             merchant_risk=tuple(counts[n_volume:]),
             labels=decode_labels(merchant_reply[-2], merchant_reply[-1]),
