@@ -1,17 +1,11 @@
 """The transaction index against a real redis-server, standalone and as a (one-node) Redis Cluster."""
 
-import subprocess  # nosec B404
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 
 from fraud_adapters.tx_index import IndexedTransaction, TransactionIndex, index_ttl
 from fraud_core import spec
 from fraud_core.schemas import TransactionEvent
-from local_stack.services import free_port, redis_binary
 from tests.support.events import a_request
 
 pytestmark = pytest.mark.integration
@@ -72,40 +66,8 @@ def test_one_round_trip_per_batch(redis_client: "redis.Redis", monkeypatch: pyte
     assert len(sent) == 2  # one pipeline of GETs
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator["redis.RedisCluster"]:
-    """A real one-node Redis Cluster (every slot on one node): keys must name a slot, commands
-    go through redis-py's cluster client and its per-node pipelines."""
-    port = free_port()
-    workdir: Path = tmp_path_factory.mktemp("cluster")
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # nosec B603
-    try:
-        plain = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                plain.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        while plain.cluster("info")["cluster_state"] != "ok":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not come up")
-            time.sleep(0.05)
-        plain.close()
-        client = redis.RedisCluster(host="127.0.0.1", port=port)
-        yield client
-        client.close()
-    finally:
-        process.terminate()
-        process.wait(5)
-
-
-def test_works_on_a_redis_cluster(cluster: "redis.RedisCluster") -> None:
+def test_works_on_a_redis_cluster(redis_cluster_client: "redis.RedisCluster") -> None:
+    cluster = redis_cluster_client  # the suite's 3-master cluster (it waits for every node)
     # given the cluster client redis-py gives for a cluster-mode endpoint
     index = TransactionIndex(cluster, prefix="fsc")
     # when a batch whose keys fall into many slots is indexed and read back
