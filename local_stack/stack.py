@@ -311,8 +311,10 @@ class LocalStack:
         self.supervisor.services[self.supervisor.services.index(service)] = fresh
         self.services[name] = fresh
         wait_for_port(fresh.port)
-        if name == "kafka" and not self.cfg.durable_broker:
-            create_topics(self.cfg.kafka, self.cfg.partitions)  # an in-memory broker lost them
+        if name == "kafka":
+            # The first start keeps the log in memory, a restart on the local S3 (issue 19): the
+            # topics must be created there before anyone produces (auto-creation fails at times)
+            create_topics(self.cfg.kafka, self.cfg.partitions)
 
     @property
     def api_url(self) -> str:
