@@ -58,6 +58,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
@@ -228,15 +229,26 @@ class ApplyResult:
 
 
 class CardHasher:
-    """Keyed hash of card ids (HMAC-SHA256, 128 bits hex)."""
+    """Keyed hash of card ids (HMAC-SHA256, 128 bits hex).
+
+    The updater hashes each event's card three times (the id claim's digest, the archive, the
+    store); the latest ``CACHE`` results are kept in memory (never at rest), so repeats cost a
+    dictionary lookup instead of an HMAC (~1.7 us).
+    """
+
+    CACHE = 1 << 14
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the card hash key must be at least 16 bytes")
         self._key = key
+        self._cached = lru_cache(maxsize=self.CACHE)(self._hash)
+
+    def _hash(self, card_id: str) -> str:
+        return hmac.new(self._key, card_id.encode(), hashlib.sha256).hexdigest()[:32]
 
     def __call__(self, card_id: str) -> str:
-        return hmac.new(self._key, card_id.encode(), hashlib.sha256).hexdigest()[:32]
+        return self._cached(card_id)
 
 
 def merchant_hash(merchant: str) -> bytes:

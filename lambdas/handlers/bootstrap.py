@@ -46,6 +46,12 @@ def card_hasher(cfg: Settings) -> CardHasher:
     key = secret_value(cfg.card_hash_key_secret_arn) if cfg.card_hash_key_secret_arn else cfg.card_hash_key
     if key == DEV_CARD_HASH_KEY and os.environ.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda"):
         raise RuntimeError("set CARD_HASH_KEY_SECRET_ARN (or CARD_HASH_KEY) in AWS: the dev key is public")
+    return _hasher(key)
+
+
+@lru_cache(maxsize=2)
+def _hasher(key: str) -> CardHasher:
+    """One hasher (and its cache) per key for the store, the index, the lake and the publisher."""
     return CardHasher(key.encode())
 
 
@@ -115,5 +121,13 @@ def kafka_publisher(bootstrap_servers: str) -> KafkaPublisher:
 def reset() -> None:
     """Forget every wired adapter (tests and local runs that change the environment)."""
     settings.cache_clear()
-    for factory in (feature_store, transaction_index, model_store, dead_letter_store, lake_writer, publisher):
+    for factory in (
+        feature_store,
+        transaction_index,
+        model_store,
+        dead_letter_store,
+        lake_writer,
+        publisher,
+        _hasher,
+    ):
         factory.cache_clear()

@@ -43,7 +43,7 @@ class Settings(BaseModel):
     kinesis_stream_name: str | None = None
     dead_letter_uri: str = "data/dead_letters"
     #: The event archive (``s3://bucket/prefix`` or a local folder): the updater writes every
-    #: accepted event there before applying it (``fraud_adapters.lake``); unset: no archive.
+    #: accepted event there while applying it (``fraud_adapters.lake``); unset: no archive.
     lake_uri: str | None = None
     label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
     #: Time guard: an event or request dated more than this after the time the system received it

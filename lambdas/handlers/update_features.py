@@ -10,6 +10,7 @@ order-independent). If Redis fails, the whole batch is reported failed and redel
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -105,8 +106,12 @@ class BatchCollector:
         self.dead_lettered += 1
 
 
+#: One thread writes a batch's archive while the handler applies it to Redis.
+_ARCHIVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
+
+
 def archive(collector: BatchCollector) -> None:
-    """Write the batch's accepted events to the lake (before Redis: a failure fails the batch)."""
+    """Write the batch's accepted events to the lake (a failure fails the batch)."""
     writer = bootstrap.lake_writer()
     if writer is None:
         return
@@ -144,9 +149,16 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     with processor(records, collector.handle, context):
         processor.process()
     claim_transaction_ids(collector)  # raises -> whole batch retried (a redelivery claims nothing new)
-    archive(collector)  # raises -> whole batch retried; duplicates are dropped when the lake is read
     store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
-    result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
+    # The archive is written while Redis applies the batch (its Parquet encoding and PUT overlap
+    # the script calls' round trips); the batch succeeds only when both did, so either failure
+    # retries all of it: the store's apply is idempotent, the lake's reader drops duplicates.
+    archiving = _ARCHIVER.submit(archive, collector) if bootstrap.lake_writer() is not None else None
+    try:
+        result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
+    finally:
+        if archiving is not None:
+            archiving.result()  # raises -> whole batch retried
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
         source, raw, _ = collector.origin[id(late)]
         collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)

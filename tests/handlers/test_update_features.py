@@ -173,15 +173,22 @@ def test_accepted_events_are_archived_to_the_lake_before_redis(
     assert _card_events() == 1
 
 
-def test_a_failed_archive_write_fails_the_batch_and_leaves_redis_alone(
+def test_a_failed_archive_write_fails_the_batch_and_its_redelivery_is_archived_and_counted_once(
     lambda_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the archive is written while Redis applies the batch: a failed write fails the batch
     blocker = lambda_env / "blocked"
     blocker.write_text("a file where the lake folder should be")
     monkeypatch.setenv("LAKE_URI", str(blocker))
     bootstrap.reset()
+    event = msk_event([("fraudsys.transactions", json.dumps(TX).encode())])
     with pytest.raises(NotADirectoryError):
-        update_features.handler(
-            msk_event([("fraudsys.transactions", json.dumps(TX).encode())]), FakeContext()
-        )
-    assert _card_events() == 0
+        update_features.handler(event, FakeContext())
+    # when the lake is back, the redelivered batch is archived, and Redis counts the event once
+    from training.data.lake import read_lake
+
+    monkeypatch.setenv("LAKE_URI", str(lambda_env / "lake"))
+    bootstrap.reset()
+    assert update_features.handler(event, FakeContext()) == {"batchItemFailures": []}
+    assert read_lake(str(lambda_env / "lake")).transactions["trans_num"].tolist() == ["t-1"]
+    assert _card_events() == 1
