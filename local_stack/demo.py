@@ -1,25 +1,50 @@
-"""``fraudsys demo``: the README's main command, end to end on local defaults.
+"""``fraudsys demo``: the README's main command, the whole loop end to end on local defaults.
 
-simulate -> train, register, promote (MLflow server) -> publish the champion to S3 (moto) ->
-start the local stack -> replay history into the broker -> send live ``POST /predict`` requests
--> print decisions, fraud caught and latency -> stop (or keep the API running).
+start the local stack -> simulate -> train the launch model on the first ``LAUNCH_DAYS`` (a
+historical export), register, promote, publish -> replay the rest of the history into the
+broker (the updater applies and archives it to the local lake) -> send live ``POST /predict``
+requests -> the bank reports its chargebacks through ``POST /labels`` -> retrain from the lake
+(``fraudsys retrain``: real label arrivals) -> the champion gate compares the old and the new
+model on the same held-out days -> the scorer answers with the new champion -> print decisions,
+fraud caught and latency -> stop (or keep the API running).
 """
 
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fraud_core import spec
 from local_stack.services import http_request
 from local_stack.stack import LocalStack, StackConfig
 
 LIVE_DAYS = 5  # the last days of the simulated stream are sent as live requests, the rest replayed
+LAUNCH_DAYS = 60  # the launch model is trained on the first days only (a historical export)
+AFTER_REQUESTS = 300  # live requests scored again once the retrained champion serves
+
+
+@dataclass(frozen=True)
+class RetrainSummary:
+    """The loop's second half: chargebacks posted, the lake's training run and the gate."""
+
+    labels_posted: int
+    labels_accepted: int
+    rows: int
+    version: str
+    promoted: bool
+    reason: str
+    candidate_score: float
+    champion_score: float | None
+    champion_version: str | None
+    serving_version: str  # what POST /predict answers with afterwards
+    after_requests: int
+    after_errors: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,7 @@ class DemoSummary:
     replayed: int
     replay_seconds: float
     model_version: str
+    retrain: RetrainSummary | None = None
 
     @property
     def precision(self) -> float:
@@ -74,8 +100,12 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int
         return status, {"message": raw.decode(errors="replace")[:500]}
 
 
-def wait_for_updates(stack: LocalStack, expected: int, timeout: float = 120.0) -> None:
-    """Until the local event source has handed ``expected`` records to the updater."""
+def wait_for_updates(stack: LocalStack, expected: int, timeout: float | None = None) -> None:
+    """Until the local event source has handed ``expected`` records to the updater (default
+    timeout: 2 minutes plus 1 s per 1,000 records still to go, for a busy machine)."""
+    if timeout is None:
+        behind = expected - (stack.poller.processed if stack.poller is not None else expected)
+        timeout = 120.0 + max(behind, 0) / 1000
     deadline = time.monotonic() + timeout
     while stack.poller is not None and stack.poller.processed < expected:
         if time.monotonic() > deadline:
@@ -91,6 +121,7 @@ def run_demo(
     replay_rate: float = 5000.0,
     keep_running: bool = False,
     step: Callable[[str], None] = print,
+    retrain: bool = True,
 ) -> DemoSummary:
     from handlers.bootstrap import kafka_publisher
     from local_stack.replay import replay
@@ -102,7 +133,7 @@ def run_demo(
     stack.up()
     try:
         cfg = load_config(
-            Path(__file__).parent.parent / "training" / "configs" / "default.yaml",
+            _DEFAULT_CONFIG,
             overrides={
                 "data_dir": str(data_dir),
                 "model_store_uri": stack_cfg.model_store_uri,
@@ -112,20 +143,24 @@ def run_demo(
         )
         frame = load_transactions(cfg)
         step(f"simulated {len(frame):,} transactions ({int(frame['is_fraud'].sum()):,} frauds)")
-        result = run_pipeline(cfg, step=step, frame=frame)
+        first, last = int(frame["event_time"].min()), int(frame["event_time"].max())
+        launch = frame[frame["event_time"] < first + LAUNCH_DAYS * spec.DAY]
+        step(f"the launch model learns from the first {LAUNCH_DAYS} days ({len(launch):,} transactions)")
+        result = run_pipeline(cfg, step=step, frame=launch)
         step(
             f"model version {result.version}: {'champion' if result.promoted else 'not promoted'} "
             f"({result.decision.reason}); test AP {result.metrics.get('test_average_precision', 0.0):.3f}"
         )
 
-        live_start = int(frame["event_time"].max()) - LIVE_DAYS * spec.DAY
-        history = frame[
-            (frame["event_time"] < live_start)
-            & (frame["event_time"] >= live_start - spec.MAX_CARD_WINDOW - cfg.label_delay_seconds)
-        ]
-        live = frame[frame["event_time"] >= live_start].head(n_requests)
+        live_start = last - LIVE_DAYS * spec.DAY
+        history = frame[frame["event_time"] < live_start]
+        live_rows = frame[frame["event_time"] >= live_start]
+        live = live_rows.head(n_requests)
         publisher = kafka_publisher(stack_cfg.kafka)
-        step(f"replaying {len(history):,} transactions of history into the broker at {replay_rate:,.0f}/s")
+        step(
+            f"replaying {len(history):,} transactions of history into the broker at {replay_rate:,.0f}/s "
+            "(the updater applies them to Redis and archives them in the local lake)"
+        )
         stats = replay(
             history,
             lambda events: publisher.publish(events, timeout=10),
@@ -138,41 +173,162 @@ def run_demo(
             f"replayed {stats.transactions:,} transactions, {stats.labels:,} labels in {stats.seconds:.1f}s; "
             f"sending {len(live):,} live POST /predict requests"
         )
-
-        latencies: list[float] = []
-        flagged = caught = degraded = errors = 0
-        version = ""
-        for row in live.to_dict("records"):
-            started = time.perf_counter()
-            status, answer = post_json(f"{stack.api_url}/predict", predict_body(row))
-            latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                errors += 1
-                continue
-            version = answer["model_version"]
-            flagged += int(answer["is_fraud"])
-            caught += int(answer["is_fraud"] and row["is_fraud"] == 1)
-            degraded += int(answer["degraded"])
+        scored = _score(stack, live.to_dict("records"))
         summary = DemoSummary(
             requests=len(live),
-            flagged=flagged,
+            flagged=scored.flagged,
             frauds=int(live["is_fraud"].sum()),
-            caught=caught,
-            degraded=degraded,
-            errors=errors,
-            p50_ms=float(np.percentile(latencies, 50)) if latencies else 0.0,
-            p99_ms=float(np.percentile(latencies, 99)) if latencies else 0.0,
-            max_ms=max(latencies, default=0.0),
+            caught=scored.caught,
+            degraded=scored.degraded,
+            errors=scored.errors,
+            p50_ms=float(np.percentile(scored.latencies, 50)) if scored.latencies else 0.0,
+            p99_ms=float(np.percentile(scored.latencies, 99)) if scored.latencies else 0.0,
+            max_ms=max(scored.latencies, default=0.0),
             replayed=stats.transactions,
             replay_seconds=stats.seconds,
-            model_version=version,
+            model_version=scored.version,
         )
+        if retrain:
+            after = live_rows.iloc[len(live) : len(live) + AFTER_REQUESTS]
+            reported = frame[
+                (frame["is_fraud"] == 1)
+                & (
+                    (
+                        (frame["event_time"] < live_start)
+                        & (frame["event_time"] + cfg.label_delay_seconds > int(history["event_time"].max()))
+                    )
+                    | frame["trans_num"].isin(live["trans_num"])
+                )
+            ]
+            summary = replace(summary, retrain=_retrain(stack, stack_cfg, data_dir, reported, after, step))
         if keep_running:
             step(f"the API stays up at {stack.api_url} (POST /predict, GET /health, GET /metrics); Ctrl-C")
             serve_forever(stack)
         return summary
     finally:
         stack.down()
+
+
+_DEFAULT_CONFIG = Path(__file__).parent.parent / "training" / "configs" / "default.yaml"
+
+
+@dataclass
+class _Scored:
+    latencies: list[float] = field(default_factory=list)
+    flagged: int = 0
+    caught: int = 0
+    degraded: int = 0
+    errors: int = 0
+    version: str = ""
+
+
+def _score(stack: LocalStack, rows: list[dict[Any, Any]]) -> _Scored:
+    """Send each row as a live ``POST /predict``; count decisions and latency."""
+    out = _Scored()
+    for row in rows:
+        started = time.perf_counter()
+        status, answer = post_json(f"{stack.api_url}/predict", predict_body(row))
+        out.latencies.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            out.errors += 1
+            continue
+        out.version = answer["model_version"]
+        out.flagged += int(answer["is_fraud"])
+        out.caught += int(answer["is_fraud"] and row["is_fraud"] == 1)
+        out.degraded += int(answer["degraded"])
+    return out
+
+
+def post_labels(api_url: str, rows: pd.DataFrame, batch: int = 500) -> tuple[int, int]:
+    """Report ``rows`` as chargebacks through ``POST /labels`` (``batch`` per request); the labels
+    sent and accepted (an unknown transaction is not accepted)."""
+    sent = accepted = 0
+    ids = rows["trans_num"].astype(str).tolist()
+    for i in range(0, len(ids), batch):
+        body = {"labels": [{"transaction_id": tx, "is_fraud": True} for tx in ids[i : i + batch]]}
+        status, answer = post_json(f"{api_url}/labels", body, timeout=30.0)
+        if status != 202:
+            raise RuntimeError(f"POST /labels answered {status}: {answer.get('message', answer)}")
+        sent += len(body["labels"])
+        accepted += int(answer["accepted"])
+    return sent, accepted
+
+
+def _retrain(
+    stack: LocalStack,
+    stack_cfg: StackConfig,
+    data_dir: Path,
+    reported: pd.DataFrame,
+    after: pd.DataFrame,
+    step: Callable[[str], None],
+) -> RetrainSummary:
+    """Chargebacks through ``POST /labels``, the lake's training run (``fraudsys retrain``) and
+    the gate; then live requests until the scorer answers with the champion it decided on."""
+    from training.config import load_config
+    from training.pipeline import run_pipeline
+
+    # the labels stream reaches the updater, which archives it: count the records first
+    before = stack.poller.processed if stack.poller is not None else 0
+    sent, accepted = post_labels(stack.api_url, reported)
+    step(f"the bank reports {sent:,} chargebacks through POST /labels ({accepted:,} accepted)")
+    wait_for_updates(stack, before + accepted)
+    cfg = load_config(
+        _DEFAULT_CONFIG,
+        overrides={
+            "source": {"kind": "lake", "uri": stack_cfg.lake_uri},
+            "data_dir": str(data_dir / "retrain"),
+            "model_store_uri": stack_cfg.model_store_uri,
+            "label_delay_seconds": stack_cfg.label_delay_seconds,
+            "registry": {"tracking_uri": stack.endpoints().get("mlflow")},
+        },
+    )
+    step(f"retraining from the event log ({stack_cfg.lake_uri}): real label arrivals, as `fraudsys retrain`")
+    result = run_pipeline(cfg, step=step)
+    decision = result.decision
+    versus = (
+        f"v{decision.champion_version} {decision.champion_score:.4f}"
+        if decision.champion_score is not None
+        else "no comparable champion"
+    )
+    outcome = "promoted" if result.promoted else "kept the champion"
+    step(
+        f"gate: candidate v{result.version} {cfg.registry.gate_metric} {decision.candidate_score:.4f} "
+        f"vs champion {versus} on the same validation days -> {outcome}"
+    )
+    expected = result.version if result.promoted else (decision.champion_version or result.version)
+    rows = after.to_dict("records")
+    serving = wait_for_champion(stack, expected)
+    step(f"the scorer answers with v{serving}; scoring {len(rows):,} more live requests")
+    scored = _score(stack, rows)
+    return RetrainSummary(
+        labels_posted=sent,
+        labels_accepted=accepted,
+        rows=result.rows,
+        version=result.version,
+        promoted=result.promoted,
+        reason=decision.reason,
+        candidate_score=decision.candidate_score,
+        champion_score=decision.champion_score,
+        champion_version=decision.champion_version,
+        serving_version=scored.version or serving,
+        after_requests=len(rows),
+        after_errors=scored.errors,
+    )
+
+
+def wait_for_champion(stack: LocalStack, version: str, timeout: float = 60.0) -> str:
+    """Until ``GET /health`` names ``version`` as the champion (the scorer re-reads the champion
+    pointer every ``model_pointer_ttl_seconds``); the version it names."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        status, raw = http_request("GET", f"{stack.api_url}/health", b"", {}, 5.0)
+        if status == 200:
+            seen = str(json.loads(raw).get("model_version") or "")
+            if seen == version:
+                return seen
+        time.sleep(0.5)
+    raise TimeoutError(f"the scorer still serves v{seen or '?'} after {timeout:.0f} s, not v{version}")
 
 
 def serve_forever(stack: LocalStack) -> None:

@@ -496,8 +496,12 @@ def demo(
     s3_port: int = 5055,
     mlflow_port: int = 5050,
     api_workers: ApiWorkers = 1,
+    retrain: Annotated[
+        bool, typer.Option(help="close the loop: chargebacks via POST /labels, retrain from the lake, gate")
+    ] = True,
 ) -> None:
-    """The whole system end to end: simulate, train, promote, serve, stream, score, summarize."""
+    """The whole system end to end: simulate, train, promote, serve, stream, score, report
+    chargebacks, retrain from the event log, let the gate decide, serve the new champion."""
     from local_stack.demo import run_demo
     from local_stack.services import ServiceError
 
@@ -506,8 +510,8 @@ def demo(
         data_dir / "local", api_port, redis_port, kafka_port, s3_port, mlflow_port, True, api_workers
     )
     try:
-        summary = run_demo(data_dir, cfg, requests, replay_rate, keep_running, step=_step)
-    except ServiceError as exc:
+        summary = run_demo(data_dir, cfg, requests, replay_rate, keep_running, step=_step, retrain=retrain)
+    except (ServiceError, TimeoutError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     table = Table(title=f"live scoring through the local API (model {summary.model_version})")
@@ -527,10 +531,27 @@ def demo(
         ),
         ("history replayed", f"{summary.replayed:,} tx in {summary.replay_seconds:.1f} s"),
     ]
+    loop = summary.retrain
+    if loop is not None:
+        champion = (
+            f"v{loop.champion_version} {loop.champion_score:.4f}"
+            if loop.champion_score is not None
+            else "none"
+        )
+        rows += [
+            ("chargebacks via POST /labels", f"{loop.labels_accepted:,} of {loop.labels_posted:,} accepted"),
+            ("retrained from the lake", f"v{loop.version} on {loop.rows:,} transactions"),
+            ("gate (validation AP)", f"candidate {loop.candidate_score:.4f} vs champion {champion}"),
+            ("gate decision", "promoted" if loop.promoted else f"kept the champion: {loop.reason}"),
+            (
+                "then served",
+                f"v{loop.serving_version}: {loop.after_requests:,} requests, {loop.after_errors} errors",
+            ),
+        ]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    if summary.errors:
+    if summary.errors or (loop is not None and loop.after_errors):
         raise typer.Exit(1)
 
 

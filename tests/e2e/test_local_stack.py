@@ -19,7 +19,7 @@ from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
 from handlers import bootstrap
-from local_stack.demo import post_json, predict_body
+from local_stack.demo import post_json, post_labels, predict_body, wait_for_champion
 from local_stack.stack import DEAD_LETTER_BUCKET, TRANSACTIONS_TOPIC, LocalStack, StackConfig
 from training.config import load_config
 from training.pipeline import load_transactions, run_pipeline
@@ -183,11 +183,38 @@ def test_new_champion_is_picked_up_without_restart(stack: LocalStack, frame: pd.
         version="999",
         label_delay=stack.cfg.label_delay_seconds,
     )
+    assert wait_for_champion(stack, "999", timeout=20) == "999"  # GET /health names it
+    assert post_json(f"{stack.api.url}/predict", body)[1]["model_version"] == "999"
+
+
+def test_chargebacks_through_post_labels_reach_the_lake(stack: LocalStack, frame: pd.DataFrame) -> None:
+    from training.data.lake import read_lake
+
+    assert stack.api is not None
+    row = frame.iloc[-4].to_dict()
+    t0 = int(frame["event_time"].max()) + 10_800
+    assert post_json(f"{stack.api.url}/predict", _request(row, t0, "e2e-chargeback"))[0] == 200
+    # the id is known once the updater has indexed the scored transaction
+    reported = pd.DataFrame({"trans_num": ["e2e-chargeback"]})
+    wait_until(lambda: post_labels(stack.api_url, reported) == (1, 1), timeout=60, what="the indexed id")
+    # When the bank reports it with a transaction nobody scored
+    sent_at = int(time.time())
+    both = pd.DataFrame({"trans_num": ["e2e-chargeback", "never-scored"]})
+    assert post_labels(stack.api_url, both, batch=1) == (2, 1)  # one request per label
+
+    # Then the lake holds its label, arrived now (both posts: one row if in the same second),
+    # for the scored transaction only
+    def labels() -> pd.DataFrame:
+        found = read_lake(stack.cfg.lake_uri).labels
+        return found[found["trans_num"].isin(["e2e-chargeback", "never-scored"])]
+
     wait_until(
-        lambda: post_json(f"{stack.api.url}/predict", body)[1].get("model_version") == "999",  # type: ignore[union-attr]
-        timeout=20,
-        what="the new champion",
+        lambda: bool((labels()["label_time"] >= sent_at).any()), timeout=60, what="the label in the lake"
     )
+    found = labels()
+    assert set(found["trans_num"]) == {"e2e-chargeback"}
+    assert set(found["is_fraud"].tolist()) == {1}
+    assert int(found["event_time"].iloc[0]) == t0
 
 
 def test_poison_record_is_dead_lettered_and_the_stream_goes_on(
