@@ -58,18 +58,29 @@ def cents(amount: pd.Series | np.ndarray) -> np.ndarray:
 
 def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:
     """The row's date of birth, else the latest one of the card's transactions in earlier
-    seconds (what the online card profile holds when the scorer runs); epoch seconds or NaN."""
+    seconds if that transaction is at most ``spec.DOB_RETENTION`` old (what the online card
+    profile holds when the scorer runs); epoch seconds or NaN."""
     own = dob_seconds(df["dob"])
     card = pd.factorize(df["cc_num"].astype(str))[0][order]
     t = df["event_time"].to_numpy(dtype=np.int64)[order]
-    known = pd.Series(own[order]).groupby(card, sort=False).ffill().to_numpy()
+    sorted_own = own[order]
+    known = pd.Series(sorted_own).groupby(card, sort=False).ffill().to_numpy()
+    # the time of the transaction each known dob came from
+    known_t = (
+        pd.Series(np.where(np.isnan(sorted_own), np.nan, t.astype(np.float64)))
+        .groupby(card, sort=False)
+        .ffill()
+        .to_numpy()
+    )
     position = np.arange(len(order))
     starts = np.ones(len(order), dtype=bool)
     starts[1:] = (card[1:] != card[:-1]) | (t[1:] != t[:-1])
     first_of_second = np.maximum.accumulate(np.where(starts, position, 0))
     before = first_of_second - 1
     same_card = (before >= 0) & (card[np.maximum(before, 0)] == card)
-    earlier = np.where(same_card, known[np.maximum(before, 0)], np.nan)
+    source_t = known_t[np.maximum(before, 0)]
+    fresh = same_card & (t - source_t <= spec.DOB_RETENTION)  # NaN compares false: no dob
+    earlier = np.where(fresh, known[np.maximum(before, 0)], np.nan)
     filled = np.empty_like(own)
     filled[order] = np.where(np.isnan(own[order]), earlier, own[order])
     return filled

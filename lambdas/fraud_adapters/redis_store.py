@@ -35,7 +35,9 @@ the clock skew of their arrival (``fraud_core.timeguard``), so no single event c
 retention point. An event older than its key's retention point is *late*: not applied, not a
 duplicate, reported back to the caller (the updater counts and logs it). Every key also gets a
 wall-clock TTL of its retention plus a day (EXPIRE) refreshed by each event of its card or
-merchant, so idle keys disappear and an active card keeps its profile.
+merchant, so idle keys disappear. The card profile lives ``spec.DOB_RETENTION`` (400 days) after
+its dob's event, counted from the card's newest event, plus a day: as long as the offline rule
+remembers the dob, whether the card stays active or goes idle.
 
 Redelivery changes nothing: members are deterministic (a transaction's member is fixed by the
 event, a label's by ``(trans_num, arrival, is_fraud)``, the redelivery rule of
@@ -81,13 +83,13 @@ REDIS_SERVER_CONFIG: dict[str, str] = {"zset-max-listpack-value": "128"}
 #: hot key is cut into calls that each hold the server for a few milliseconds at most.
 WRITE_CHUNK = 256
 
-# KEYS: (card set, card profile) per card. ARGV: keep, ttl extra, then per card the number of
+# KEYS: (card set, card profile) per card. ARGV: keep, ttl extra, dob retention, then per card the number of
 # its events and per event t, member, trans_num, dob ('' if none). Returns one character per
 # event: a(pplied), d(uplicate), l(ate).
 _APPLY_CARD_LUA = """
-local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
+local keep, extra, dob_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-local i = 3
+local i = 4
 for g = 1, #KEYS, 2 do
   local events, profile = KEYS[g], KEYS[g + 1]
   local n = tonumber(ARGV[i])
@@ -119,19 +121,21 @@ for g = 1, #KEYS, 2 do
   end
   redis.call('ZREMRANGEBYSCORE', events, '-inf', '(' .. string.format('%d', top - keep))
   redis.call('EXPIRE', events, keep + extra)
-  if pt ~= nil then redis.call('EXPIRE', profile, keep + extra) end
+  -- the dob is remembered dob_keep after its event (spec.DOB_RETENTION), counted from the card's
+  -- newest event like the windows' retention
+  if pt ~= nil then redis.call('EXPIRE', profile, math.max(dob_keep - (top - pt), 0) + extra) end
 end
 return table.concat(out)
 """
 
-# KEYS: (transactions, labels) per merchant. ARGV: keep, ttl extra, then per merchant the
+# KEYS: (transactions, labels) per merchant. ARGV: keep, ttl extra, (unused), then per merchant the
 # number of its transactions and of its labels, per transaction t, trans_num, per label the
 # transaction time, member. Returns one character per event, each merchant's transactions
 # first: a(pplied), d(uplicate), l(ate).
 _APPLY_MERCHANT_LUA = """
 local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-local i = 3
+local i = 4
 for g = 1, #KEYS, 2 do
   local txs, labels = KEYS[g], KEYS[g + 1]
   local n_tx, n_labels = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -360,7 +364,7 @@ class _CallPacker:
             current = None
         if current is None:
             head = self.store.card_keep if script == "apply_card" else self.store.merchant_keep
-            current = self.open[slot] = ([], [head, spec.DAY], [])
+            current = self.open[slot] = ([], [head, spec.DAY, spec.DOB_RETENTION], [])
         current[0].extend(keys)
         current[1].extend(args)
         current[2].extend(events)

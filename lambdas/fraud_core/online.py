@@ -106,13 +106,17 @@ def latest_dob(event_t: I64, event_dob_day: I64, profile: tuple[int, date] | Non
     ``event_t``/``event_dob_day``: the card's events sorted by (time, trans_num), the day number
     of each one's date of birth or ``NO_DOB``; ``profile``: (time, dob) of the card's latest event
     with a date of birth, which also covers events older than the ones given. The latest event
-    with a dob in an earlier second wins; the profile only where it is itself earlier than ``t``.
+    with a dob in an earlier second wins; the profile only where it is itself earlier than ``t``;
+    neither if that event is more than ``spec.DOB_RETENTION`` older than ``t``.
     """
     hi = bisect_left(event_t.tolist(), t)
     known = (event_dob_day[:hi] != NO_DOB).nonzero()[0]
     if len(known):
-        return date.fromordinal(_EPOCH_ORDINAL + int(event_dob_day[known[-1]]))
-    if profile is not None and profile[0] < t:
+        latest = known[-1]
+        if t - int(event_t[latest]) > spec.DOB_RETENTION:
+            return None
+        return date.fromordinal(_EPOCH_ORDINAL + int(event_dob_day[latest]))
+    if profile is not None and profile[0] < t and t - profile[0] <= spec.DOB_RETENTION:
         return profile[1]
     return None
 

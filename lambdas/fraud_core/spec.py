@@ -39,6 +39,10 @@ DEFAULT_LABEL_DELAY: Final = 7 * DAY
 #: Extra history kept online beyond the longest window, so that a request up to this much
 #: older than the newest applied event still sees exact windows (out-of-order tolerance).
 HISTORY_SLACK: Final = DAY
+#: How long a card's date of birth is remembered: ``age_years`` uses the dob of the card's latest
+#: earlier event with one only if that event is at most this old (the online card profile
+#: expires then; a card is reissued within about three years, a dob seen once a year stays known).
+DOB_RETENTION: Final = 400 * DAY
 #: Default bound on how far an event may be dated after the time the system received it.
 MAX_CLOCK_SKEW: Final = 300
 
@@ -127,6 +131,7 @@ def _spec_version() -> str:
             sorted(EMPTY.items()),
             CATEGORIES,
             (NIGHT_START_HOUR, NIGHT_END_HOUR, SECONDS_PER_YEAR),
+            DOB_RETENTION,
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -290,10 +290,34 @@ def test_the_profile_lives_as_long_as_the_card(harness: Harness) -> None:
     client = store.client
     client.expire(profile, 60)  # as if its TTL had nearly run out
 
-    # when later events without a date of birth arrive, then they refresh the profile's TTL
+    # when later events without a date of birth arrive, then they refresh the profile's TTL: the
+    # dob is remembered DOB_RETENTION after its event, counted from the card's newest event
     later = _tx_row("b", T0 + 10 * spec.DAY, dob=None)
     harness.send([(TX_TOPIC, transaction_event(later).model_dump_json().encode())])
-    assert int(client.ttl(profile)) > spec.MAX_CARD_WINDOW
+    assert abs(int(client.ttl(profile)) - (spec.DOB_RETENTION - 10 * spec.DAY + spec.DAY)) < 60
+
+
+def test_an_idle_card_keeps_its_date_of_birth_as_long_as_offline_and_no_longer(harness: Harness) -> None:
+    # given a card whose date of birth came with its first event, idle for far longer than the
+    # windows' retention (its events have expired; only the profile remains)
+    first = _tx_row("a", T0, dob="1980-01-01")
+    harness.send([(TX_TOPIC, transaction_event(first).model_dump_json().encode())])
+    store = bootstrap.feature_store()
+    profile = store.card_keys(store.hasher("4000000000000001"))[1]
+    assert int(store.client.ttl(profile)) > spec.DOB_RETENTION  # not the windows' 31 days
+
+    # when it is used again 399 days later, and then 401 days after its dob event
+    back = _tx_row("b", T0 + 399 * spec.DAY, dob=None)
+    gone = _tx_row("c", T0 + 401 * spec.DAY, dob=None)
+    offline = build_features(pd.DataFrame([first, back, gone]), DELAY).set_index("trans_num")
+    assert compare(harness, [back], offline) == []
+    harness.send([(TX_TOPIC, transaction_event(back).model_dump_json().encode())])
+
+    # then it is known at first, forgotten past DOB_RETENTION, as offline; the profile expires then
+    assert compare(harness, [gone], offline) == []
+    assert feature(offline, "b", "age_years") > 0
+    assert feature(offline, "c", "age_years") == spec.EMPTY["age_years"]
+    assert int(store.client.ttl(profile)) <= spec.DAY + spec.DAY
 
 
 def test_amounts_at_the_schema_bounds_cannot_overflow(harness: Harness) -> None:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fraud_adapters.lake import EVENTS_PREFIX, SCHEMA_VERSION, lake_schema
+from fraud_core import spec
 from training.data.schema import CANONICAL_COLUMNS, CANONICAL_DTYPES, format_timestamps, sort_frame
 from training.dataset import LABEL_EVENT_COLUMNS
 
@@ -117,7 +118,9 @@ def latest_dob_transactions(uri: str, before: date) -> pd.DataFrame:
     dataset = _dataset(uri)
     if dataset is None:
         return transaction_frame(lake_schema().empty_table())
-    older = _day_filter("transaction", None, before - timedelta(days=1)) & pc.field("dob").is_valid()
+    # a dob older than spec.DOB_RETENTION before the window is forgotten in both paths
+    since = before - timedelta(seconds=spec.DOB_RETENTION + spec.MAX_CARD_WINDOW + spec.HISTORY_SLACK)
+    older = _day_filter("transaction", since, before - timedelta(days=1)) & pc.field("dob").is_valid()
     keys = dataset.to_table(columns=["card", "event_time", "trans_num"], filter=older).to_pandas()
     if keys.empty:
         return transaction_frame(lake_schema().empty_table())
