@@ -1,4 +1,4 @@
-"""Redis feature store: the online rolling state of cards and merchants (layout 4).
+"""Redis feature store: the online rolling state of cards and merchants (layout 5).
 
 Key format (``<p>`` is the prefix, default ``fs``). Every key carries a hash tag, so one card's
 keys share a slot and one merchant's keys share a slot: each script call touches one slot, and
@@ -21,6 +21,11 @@ key                             type         content
                                              member = trans_num
 ``<p>:{m:<merchant_hash>}:l``   sorted set   label events; score = transaction time, member =
                                              ``trans_num␟arrival␟0|1`` (1 = fraud)
+``<p>:{m:<merchant_hash>}:f``   sorted set   label chains whose latest label (greatest
+                                             ``(arrival, is_fraud)``) is a fraud; score =
+                                             transaction time, member = ``trans_num␟trans_t``
+``<p>:{m:<merchant_hash>}:a``   sorted set   the arrival index: score = arrival, member = the
+                                             label's member ``␟trans_t``
 ==============================  ===========  ====================================================
 
 ``card_hash`` is an HMAC-SHA256 of the card id with a secret key (card numbers never reach
@@ -42,9 +47,15 @@ remembers the dob, whether the card stays active or goes idle.
 Redelivery changes nothing: members are deterministic (a transaction's member is fixed by the
 event, a label's by ``(trans_num, arrival, is_fraud)``, the redelivery rule of
 ``fraud_core.schemas.LabelEvent``), so ``ZADD`` of a redelivered event adds nothing and it is
-counted as a duplicate. Label corrections are separate members; the read returns every label of
-the delayed window and ``fraud_core.features.fraud_intervals`` applies the one rule both paths
-use.
+counted as a duplicate. Label corrections are separate members.
+
+Merchant risk reads cost what the request's recency costs, not what the merchant's history
+does: the frauds set counts, per risk window (``ZCOUNT``, O(log n)), the chains that are frauds
+once every stored label has arrived; the read then returns only the chains with a label that
+arrived at or after the request time (for a request scored now, the labels of the last
+moments) with all their labels, and ``fraud_core.online`` corrects the counts with
+``fraud_core.features.fraud_intervals``, the one rule both paths use. Layout 4 stores (before
+the ``:f``/``:a`` keys) are rebuilt by ``fraudsys backfill``.
 
 Writes: one script handles many cards (or merchants); a batch's calls are cut at
 ``WRITE_CHUNK`` events, and on a cluster grouped by hash slot so that each call touches one
@@ -128,16 +139,31 @@ end
 return table.concat(out)
 """
 
-# KEYS: (transactions, labels) per merchant. ARGV: keep, ttl extra, (unused), then per merchant the
-# number of its transactions and of its labels, per transaction t, trans_num, per label the
-# transaction time, member. Returns one character per event, each merchant's transactions
-# first: a(pplied), d(uplicate), l(ate).
+# KEYS: (transactions, labels, frauds, arrivals) per merchant. ARGV: keep, ttl extra, (unused),
+# then per merchant the number of its transactions and of its labels, per transaction t,
+# trans_num, per label the transaction time, member. Returns one character per event, each
+# merchant's transactions first: a(pplied), d(uplicate), l(ate). A new label also goes to the
+# arrival index, and its chain's latest state (its label with the greatest (arrival, is_fraud))
+# puts the chain in the frauds set or takes it out.
 _APPLY_MERCHANT_LUA = """
 local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 local i = 4
-for g = 1, #KEYS, 2 do
-  local txs, labels = KEYS[g], KEYS[g + 1]
+local function latest_state(labels, frauds, t, tn)
+  local best_a, best_f = nil, nil
+  local prefix = tn .. '\\031'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', labels, t, t)) do
+    if string.sub(m, 1, #prefix) == prefix then
+      local a, f = string.match(m, '\\031(%d+)\\031([01])$')
+      a, f = tonumber(a), tonumber(f)
+      if best_a == nil or a > best_a or (a == best_a and f > best_f) then best_a, best_f = a, f end
+    end
+  end
+  local chain = prefix .. string.format('%d', t)
+  if best_f == 1 then redis.call('ZADD', frauds, t, chain) else redis.call('ZREM', frauds, chain) end
+end
+for g = 1, #KEYS, 4 do
+  local txs, labels, frauds, arrivals = KEYS[g], KEYS[g + 1], KEYS[g + 2], KEYS[g + 3]
   local n_tx, n_labels = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   i = i + 2
   local top = redis.call('ZRANGE', txs, -1, -1, 'WITHSCORES')[2]
@@ -153,6 +179,12 @@ for g = 1, #KEYS, 2 do
       out[#out + 1] = 'l'
     elseif redis.call('ZADD', e > n_tx and labels or txs, t, member) == 1 then
       out[#out + 1] = 'a'
+      if e > n_tx then
+        local tn, arrival = string.match(member, '^(.*)\\031(%d+)\\031[01]$')
+        if tn == nil then return redis.error_reply('FSCORRUPT malformed label member for ' .. labels) end
+        redis.call('ZADD', arrivals, arrival, member .. '\\031' .. string.format('%d', t))
+        latest_state(labels, frauds, t, tn)
+      end
     else
       out[#out + 1] = 'd'
     end
@@ -160,10 +192,19 @@ for g = 1, #KEYS, 2 do
   if top ~= nil then
     local floor = '(' .. string.format('%d', top - keep)
     redis.call('ZREMRANGEBYSCORE', txs, '-inf', floor)
+    -- labels leave the arrival index with their transaction (each once: amortized per label)
+    local old = redis.call('ZRANGEBYSCORE', labels, '-inf', floor, 'WITHSCORES')
+    for j = 1, #old, 2 do
+      redis.call('ZREM', arrivals, old[j] .. '\\031' .. string.format('%d', tonumber(old[j + 1])))
+    end
     redis.call('ZREMRANGEBYSCORE', labels, '-inf', floor)
+    redis.call('ZREMRANGEBYSCORE', frauds, '-inf', floor)
+    redis.call('ZREMRANGEBYSCORE', arrivals, '-inf', floor)
     redis.call('EXPIRE', txs, keep + extra)
   end
-  if redis.call('EXISTS', labels) == 1 then redis.call('EXPIRE', labels, keep + extra) end
+  for _, key in ipairs({labels, frauds, arrivals}) do
+    if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, keep + extra) end
+  end
 end
 return table.concat(out)
 """
@@ -180,21 +221,38 @@ local profile = redis.call('HMGET', KEYS[2], 't', 'dob')
 return {table.concat(members), profile[1] or '', profile[2] or ''}
 """
 
-# KEYS: merchant transactions, merchant labels. ARGV: the number of counts and their (min, max)
-# pairs, then the label range.
+# KEYS: merchant transactions, labels, frauds, arrivals. ARGV: the number of transaction counts
+# and their (min, max) pairs, the number of fraud counts and their pairs, then the request time
+# and the risk range [lo, hi). Returns the counts, then the label members and transaction times
+# of every chain in the risk range with a label that arrived at or after the request time.
 _READ_MERCHANT_LUA = """#!lua flags=no-writes
 local out = {}
-local n = tonumber(ARGV[1])
-local i = 2
-for _ = 1, n do
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
+local i = 1
+for _, key in ipairs({KEYS[1], KEYS[3]}) do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    out[#out + 1] = redis.call('ZCOUNT', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
 end
-local labels = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[i], ARGV[i + 1], 'WITHSCORES')
-local members, trans_t = {}, {}
-for j = 1, #labels, 2 do
-  members[#members + 1] = labels[j]
-  trans_t[#trans_t + 1] = tonumber(labels[j + 1])
+local lo, hi = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local seen, members, trans_t = {}, {}, {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[i], '+inf')) do
+  local tn, tt = string.match(m, '^(.*)\\031%d+\\031[01]\\031(%-?%d+)$')
+  if tn == nil then return redis.error_reply('FSCORRUPT malformed arrival member in ' .. KEYS[4]) end
+  local t = tonumber(tt)
+  local chain = tn .. '\\031' .. tt
+  if t >= lo and t < hi and not seen[chain] then
+    seen[chain] = true
+    local prefix = tn .. '\\031'
+    for _, label in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], t, t)) do
+      if string.sub(label, 1, #prefix) == prefix then
+        members[#members + 1] = label
+        trans_t[#trans_t + 1] = t
+      end
+    end
+  end
 end
 out[#out + 1] = members
 out[#out + 1] = trans_t
@@ -423,7 +481,7 @@ class RedisFeatureStore:
 
     def merchant_keys(self, merchant: str) -> list[str]:
         tag = f"{self.prefix}:{{m:{merchant_hash(merchant).hex()}}}"
-        return [f"{tag}:e", f"{tag}:l"]
+        return [f"{tag}:e", f"{tag}:l", f"{tag}:f", f"{tag}:a"]
 
     def _run(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Script calls, pipelined per node: one round trip on one redis-server, one per node
@@ -577,7 +635,10 @@ class RedisFeatureStore:
         count_args: list[Any] = [len(self._count_windows)]
         for start, end in self._count_windows:
             count_args += [t + start, f"({t + end}"]
-        count_args += [delayed - spec.MAX_MERCHANT_RISK_WINDOW, f"({delayed}"]
+        count_args.append(len(spec.MERCHANT_RISK_WINDOWS))  # chains whose latest label is a fraud
+        for _, seconds in spec.MERCHANT_RISK_WINDOWS:
+            count_args += [delayed - seconds, f"({delayed}"]
+        count_args += [t, delayed - spec.MAX_MERCHANT_RISK_WINDOW, delayed]
         card_reply, merchant_reply = self._run(
             [
                 ("read_card", self.card_keys(self.hasher(card_id)), [t - spec.MAX_CARD_WINDOW, f"({t}"]),
@@ -587,13 +648,14 @@ class RedisFeatureStore:
         tails, profile_t, profile_dob = card_reply
         rows = decode_card_rows(tails)  # once: the events and their dates of birth
         profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
-        n_volume = len(spec.MERCHANT_VOLUME_WINDOWS)
+        n_volume, n_risk = len(spec.MERCHANT_VOLUME_WINDOWS), len(spec.MERCHANT_RISK_WINDOWS)
         counts = merchant_reply[:-2]
         return OnlineState(
             card_events=decode_card_events(rows),
             dob=latest_dob(rows["t"], rows["dob_day"], profile, t),
             merchant_volume=tuple(counts[:n_volume]),
-            merchant_risk=tuple(counts[n_volume:]),
+            merchant_risk=tuple(counts[n_volume : n_volume + n_risk]),
+            latest_frauds=tuple(counts[n_volume + n_risk :]),
             labels=decode_labels(merchant_reply[-2], merchant_reply[-1]),
         )
 

@@ -25,6 +25,8 @@ BoolArray = NDArray[np.bool_]
 _KEY_SHIFT = 1 << 36
 _T_OFFSET = 1 << 34
 _NEVER = np.iinfo(np.int64).max
+#: ``FraudIntervals.until`` of a chain's latest label (no label after it).
+NEVER: int = int(_NEVER)
 EARTH_RADIUS_KM = 6371.0088
 
 

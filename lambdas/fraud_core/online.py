@@ -17,6 +17,7 @@ from fraud_core.features import (
     EARTH_RADIUS_KM,
     F64,
     I64,
+    NEVER,
     NO_FRAUD_INTERVALS,
     CardEvents,
     FraudIntervals,
@@ -58,8 +59,12 @@ class OnlineState:
     dob: date | None = None
     merchant_volume: tuple[int, ...] = (0,) * len(spec.MERCHANT_VOLUME_WINDOWS)
     merchant_risk: tuple[int, ...] = (0,) * len(spec.MERCHANT_RISK_WINDOWS)
-    #: the merchant's fraud intervals (``fraud_core.features.fraud_intervals``) in the risk windows
+    #: fraud intervals (``fraud_core.features.fraud_intervals``) of the merchant's label chains in
+    #: the risk windows: every chain when ``latest_frauds`` is None; else only the chains with a
+    #: label that arrived at or after the request time (the store's bounded read)
     labels: FraudIntervals = NO_FRAUD_INTERVALS
+    #: per risk window, the chains whose latest label (every label arrived) is a fraud
+    latest_frauds: tuple[int, ...] | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OnlineState) and self.plain() == other.plain()
@@ -93,7 +98,50 @@ class OnlineState:
                     strict=True,
                 )
             ),
+            "latest_frauds": self.latest_frauds,
         }
+
+
+def risk_frauds(state: OnlineState, t: int, label_delay: int) -> list[int]:
+    """Per risk window, the merchant's transactions in the delayed window that are frauds at
+    ``t`` (``fraud_core.features.merchant_frauds`` for one request, in plain Python)."""
+    delayed = t - label_delay
+    intervals = state.labels
+    labels = list(
+        zip(intervals.trans_t.tolist(), intervals.arrival.tolist(), intervals.until.tolist(), strict=True)
+    )
+    at_t = [
+        sum(
+            1
+            for trans_t, arrival, until in labels
+            if delayed - seconds <= trans_t < delayed and arrival < t <= until
+        )
+        for _, seconds in spec.MERCHANT_RISK_WINDOWS
+    ]
+    return correct_latest(state, at_t, t, label_delay)
+
+
+def correct_latest(state: OnlineState, at_t: list[int], t: int, label_delay: int) -> list[int]:
+    """Frauds per risk window at ``t`` from the store's bounded read: the chains that are frauds
+    once every label has arrived, minus those among ``state.labels`` (the chains with a label
+    arriving at or after ``t``) that are, plus ``at_t``, those that are frauds at ``t``
+    (``fraud_intervals``' rule). Without ``latest_frauds``, ``state.labels`` holds every chain and
+    ``at_t`` is the answer."""
+    if state.latest_frauds is None:
+        return at_t
+    delayed = t - label_delay
+    labels = state.labels
+    now = [
+        (int(tt), int(until))
+        for tt, until in zip(labels.trans_t.tolist(), labels.until.tolist(), strict=True)
+    ]
+    out = []
+    for latest, frauds, (_, seconds) in zip(
+        state.latest_frauds, at_t, spec.MERCHANT_RISK_WINDOWS, strict=True
+    ):
+        corrected = sum(1 for tt, until in now if until == NEVER and delayed - seconds <= tt < delayed)
+        out.append(latest - corrected + frauds)
+    return out
 
 
 #: Day number of a card event without a date of birth (card members, ``latest_dob``).
@@ -161,7 +209,8 @@ def vectorized_request_features(
     """The same row through the vectorized offline kernel (``fraud_core.features``) with one query."""
     t = np.array([epoch_seconds(request.transaction_time)], dtype=np.int64)
     card = card_aggregates(state.card_events, _ONE_KEY, t)
-    frauds = merchant_frauds(state.labels, _ONE_KEY, t, label_delay)
+    at_t = merchant_frauds(state.labels, _ONE_KEY, t, label_delay)[:, 0].tolist()
+    frauds = np.array(correct_latest(state, at_t, int(t[0]), label_delay), dtype=np.int64).reshape(-1, 1)
     merchant = MerchantAggregates(
         volume=np.array(state.merchant_volume, dtype=np.int64).reshape(-1, 1),
         risk_count=np.array(state.merchant_risk, dtype=np.int64).reshape(-1, 1),
@@ -288,19 +337,7 @@ def row_features(
     out.append(float(len(set(events.category[lo_d:hi].tolist()))))
     # merchant: volume and delayed-risk counts from Redis, frauds whose label arrived before t
     out += [float(v) for v in state.merchant_volume]
-    delayed = t - label_delay
-    intervals = state.labels
-    labels = list(
-        zip(intervals.trans_t.tolist(), intervals.arrival.tolist(), intervals.until.tolist(), strict=True)
-    )
-    frauds = [
-        sum(
-            1
-            for trans_t, arrival, until in labels
-            if delayed - seconds <= trans_t < delayed and arrival < t <= until
-        )
-        for seconds in _RISK_WINDOW_SECONDS
-    ]
+    frauds = risk_frauds(state, t, label_delay)
     out += [
         f / float(max(n, 1)) if n > 0 else empty["fraud_rate"]
         for f, n in zip(frauds, state.merchant_risk, strict=True)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from fraud_core.online import OnlineState
+from fraud_core.online import OnlineState, risk_frauds
 from fraud_core.schemas import MAX_LABELS_PER_REQUEST, LabelEvent
 from handlers import bootstrap, predict, update_features
+from handlers.settings import settings
 from tests.support.events import FakeContext, a_request, api_gateway_event, kinesis_event, msk_event
 from tests.support.services import Service
 
@@ -221,10 +222,10 @@ def test_on_kinesis_a_published_label_is_applied_as_a_label(lambda_env: Path) ->
     response = update_features.handler(kinesis_event([event.model_dump_json().encode()]), FakeContext())
     # then it is applied as a label, not dead-lettered as a bad transaction
     assert response == {"batchItemFailures": []}
-    state = bootstrap.feature_store().read(
-        "4111111111111111", MERCHANT, int((T0 + timedelta(days=9)).timestamp())
-    )
-    assert state.labels.trans_t.tolist() == [int(T0.timestamp())]
+    t = int((T0 + timedelta(days=9)).timestamp())
+    state = bootstrap.feature_store().read("4111111111111111", MERCHANT, t)
+    assert state.latest_frauds == (1, 1)  # its chain is a fraud in both risk windows
+    assert risk_frauds(state, t, settings().label_delay_seconds) == [1, 1]
     assert not list((lambda_env / "dead").rglob("*.json"))
 
 

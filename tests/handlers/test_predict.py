@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from fraud_core import spec
 from handlers import predict
 from tests.support.events import FakeContext, api_gateway_event
 from tests.support.models import publish_test_model
@@ -132,7 +131,7 @@ def test_redis_unreachable_gives_a_degraded_answer(lambda_env: Path, monkeypatch
 def test_unreadable_feature_state_gives_a_degraded_answer(lambda_env: Path, kind: str) -> None:
     from handlers import bootstrap
 
-    # given a card set or a merchant's fraud set holding a member no FraudSys code wrote, or a
+    # given a card set or a merchant's label arrival index holding a member no FraudSys code wrote, or a
     # card key of another type (Redis answers the read with an error reply, WRONGTYPE)
     publish_test_model(str(lambda_env / "models"))
     store = bootstrap.feature_store()
@@ -143,8 +142,8 @@ def test_unreadable_feature_state_gives_a_degraded_answer(lambda_env: Path, kind
     elif kind == "wrong type":
         store.client.set(card_set, b"not a sorted set")
     else:
-        labels = store.merchant_keys(VALID["merchant_name"])[1]
-        store.client.zadd(labels, {b"no-arrival-time": t - spec.DEFAULT_LABEL_DELAY - 60})
+        arrivals = store.merchant_keys(VALID["merchant_name"])[3]  # read from the request time on
+        store.client.zadd(arrivals, {b"no-arrival-time": t + 60})
 
     # when the transaction is scored, then it is answered from the request alone, not a 500
     status, body = call("POST", "/predict", VALID)

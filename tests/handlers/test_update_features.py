@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fraud_core.online import risk_frauds
 from handlers import bootstrap, update_features
 from handlers.settings import settings
 from tests.support.events import FakeContext, kinesis_event, msk_event
@@ -69,9 +70,10 @@ def test_label_topic_without_kind_is_a_label(lambda_env: Path) -> None:
         "label_time": "2020-01-02T00:00:00Z",
     }
     update_features.handler(msk_event([("fraudsys.labels", json.dumps(label).encode())]), FakeContext())
-    state = bootstrap.feature_store().read("4111111111111111", "m", 1_577_836_800 + 8 * 86400)
-    assert state.labels.trans_t.tolist() == [1_577_836_800]
-    assert state.labels.arrival.tolist() == [1_577_836_800 + 86400]
+    t = 1_577_836_800 + 8 * 86400
+    state = bootstrap.feature_store().read("4111111111111111", "m", t)
+    assert state.latest_frauds == (1, 1)
+    assert risk_frauds(state, t, settings().label_delay_seconds) == [1, 1]
 
 
 def test_redis_down_fails_the_whole_batch_for_redelivery(

@@ -449,8 +449,8 @@ def test_the_store_refuses_a_client_that_decodes_replies(redis_service: Service)
 
 @pytest.mark.parametrize(
     ("key", "member"),
-    [("card", b"too short for layout 4"), ("labels", b"T1-without-arrival")],
-    ids=["card member", "label member"],
+    [("card", b"too short for layout 4"), ("arrivals", b"T1-without-arrival")],
+    ids=["card member", "arrival member"],
 )
 def test_members_no_layout_wrote_are_reported_not_misread(
     redis_client: "redis.Redis", key: str, member: bytes
@@ -459,8 +459,9 @@ def test_members_no_layout_wrote_are_reported_not_misread(
     store = new_store(redis_client, spec.DEFAULT_LABEL_DELAY)
     apply(store, [_row("T0", BASE_T).transaction()])
     card, merchant = HASHER(CARDS[0]), MERCHANTS[0]
-    target = store.card_keys(card)[0] if key == "card" else store.merchant_keys(merchant)[1]
-    redis_client.zadd(target, {member: BASE_T})
+    target = store.card_keys(card)[0] if key == "card" else store.merchant_keys(merchant)[3]
+    # (the arrival index is read from the request time on: an arrival after it)
+    redis_client.zadd(target, {member: BASE_T if key == "card" else BASE_T + 2 * spec.DEFAULT_LABEL_DELAY})
 
     # when the state is read, then the store says which key it cannot read
     with pytest.raises(CorruptStateError, match="malformed"):

@@ -9,6 +9,7 @@ kernels is compared: empty windows, one event, ties, the exact-integer variance 
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraud_core import spec
-from fraud_core.features import fraud_intervals
+from fraud_core.features import FraudIntervals, fraud_intervals
 from fraud_core.online import OnlineState, card_events, request_features, vectorized_request_features
 from fraud_core.schemas import PredictRequest
 from tests.support.events import a_request
@@ -112,6 +113,72 @@ def _mismatches(request: PredictRequest, state: OnlineState, delay: int) -> list
 @given(cases())
 def test_single_row_kernel_equals_the_vectorized_kernel(case: Case) -> None:
     assert _mismatches(*case) == []
+
+
+def _chain_rows(delay: int) -> st.SearchStrategy[list[tuple[int, int, int, bool]]]:
+    """Label events (chain, transaction time, arrival, is_fraud) of a few transactions on the
+    risk windows' edges, arriving around the request time, several per chain."""
+    risk_edges = [delay + seconds for _, seconds in spec.MERCHANT_RISK_WINDOWS] + [delay]
+
+    @st.composite
+    def rows(draw: Draw) -> list[tuple[int, int, int, bool]]:
+        trans_t = [T - _offset(draw, risk_edges) for _ in range(draw(st.integers(0, 6)))]
+        return [
+            (j, trans_t[j], T + draw(st.integers(-2 * spec.DAY, spec.DAY)), draw(st.booleans()))
+            for j in range(len(trans_t))
+            for _ in range(draw(st.integers(1, 3)))
+        ]
+
+    return rows()
+
+
+def _intervals(rows: list[tuple[int, int, int, bool]]) -> FraudIntervals:
+    return fraud_intervals(
+        key=np.zeros(len(rows), dtype=np.int64),
+        trans=np.array([r[0] for r in rows], dtype=np.int64),
+        trans_t=np.array([r[1] for r in rows], dtype=np.int64),
+        arrival=np.array([r[2] for r in rows], dtype=np.int64),
+        is_fraud=np.array([r[3] for r in rows], dtype=bool),
+    )
+
+
+def _bounded(state: OnlineState, t: int, delay: int, chains: list[tuple[int, int, int, bool]]) -> OnlineState:
+    """The state as the store's bounded read gives it: per risk window the chains whose latest
+    label (greatest (arrival, is_fraud)) is a fraud, and the intervals of the chains with a
+    label arriving at or after ``t`` only."""
+    delayed = t - delay
+    latest: dict[int, tuple[int, bool]] = {}
+    trans_t: dict[int, int] = {}
+    for j, tt, arrival, fraud in chains:
+        trans_t[j] = tt
+        latest[j] = max(latest.get(j, (arrival, fraud)), (arrival, fraud))
+    counts = tuple(
+        sum(1 for j, (_, fraud) in latest.items() if fraud and delayed - seconds <= trans_t[j] < delayed)
+        for _, seconds in spec.MERCHANT_RISK_WINDOWS
+    )
+    affected = {j for j, _, arrival, _ in chains if arrival >= t}
+    return replace(
+        state, labels=_intervals([row for row in chains if row[0] in affected]), latest_frauds=counts
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases(), st.data())
+def test_the_bounded_label_read_gives_the_same_row(case: Case, data: st.DataObject) -> None:
+    # given a state with every label chain of the merchant, and the same state as the store's
+    # bounded read returns it (latest fraud counts, the chains with a label arriving from t on)
+    request, state, delay = case
+    t = int(request.transaction_time.timestamp())
+    chains = data.draw(_chain_rows(delay), label="chains")
+    full = replace(state, labels=_intervals(chains))
+    bounded = _bounded(full, t, delay, chains)
+    assert len(bounded.labels) <= len(full.labels)
+
+    # when both kernels compute the row from each, then all four agree
+    assert _mismatches(request, bounded, delay) == []
+    got = request_features(request, bounded, delay)
+    want = request_features(request, full, delay)
+    assert got.tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("n_events", [0, 1])
