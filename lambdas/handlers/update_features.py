@@ -27,8 +27,16 @@ from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
 from handlers.settings import settings
 
+#: the updater's Redis timeout when REDIS_TIMEOUT_MS is not set (deployed: ``updater.redis_timeout_ms``)
 UPDATER_REDIS_TIMEOUT_MS = 1000
 _EVENT = TypeAdapter[TransactionEvent | LabelEvent](TransactionEvent | LabelEvent)
+
+
+def updater_redis_timeout_ms() -> int:
+    """``REDIS_TIMEOUT_MS`` when set (the CDK sets ``updater.redis_timeout_ms``), else 1000 ms: the
+    scorer's 50 ms default is too short for a batch's pipeline."""
+    cfg = settings()
+    return cfg.redis_timeout_ms if "redis_timeout_ms" in cfg.model_fields_set else UPDATER_REDIS_TIMEOUT_MS
 
 
 class PoisonRecordError(ValueError):
@@ -145,7 +153,7 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
         processor.process()
     claim_transaction_ids(collector)  # raises -> whole batch retried (a redelivery claims nothing new)
     archive(collector)  # raises -> whole batch retried; duplicates are dropped when the lake is read
-    store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
+    store = bootstrap.feature_store(updater_redis_timeout_ms())
     result = store.apply(collector.transactions, collector.labels)  # raises -> whole batch retried
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
         source, raw, _ = collector.origin[id(late)]
@@ -176,7 +184,7 @@ def claim_transaction_ids(collector: BatchCollector) -> None:
     """The first transaction with an id owns it (``TransactionIndex.claim``, which also makes it
     resolvable by the label intake): a different transaction under a known id is dead-lettered
     before the archive and the store see it, so no event can alter another transaction's features."""
-    conflicts = bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).claim(collector.transactions)
+    conflicts = bootstrap.transaction_index(updater_redis_timeout_ms()).claim(collector.transactions)
     if not conflicts:
         return
     refused = {id(tx) for tx in conflicts}
