@@ -229,3 +229,14 @@ def test_alarm_topic_is_encrypted_tls_only_and_subscribed(msk: Synthesized) -> N
             )
         },
     )
+
+
+def test_the_mlflow_server_runs_the_clients_version(msk: Synthesized) -> None:
+    # the training image's client (uv.lock) and the tracking server agree on major.minor: an older
+    # server lacks REST calls the client makes (MLflow 3's logged models)
+    from importlib import metadata
+
+    major, minor, *_ = metadata.version("mlflow").split(".")
+    msk.template("training").has_resource_properties(
+        "AWS::SageMaker::MlflowTrackingServer", {"MlflowVersion": f"{major}.{minor}"}
+    )
