@@ -400,7 +400,28 @@ def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Perm
     """What AWS does with our roles on our behalf (not our code, so not recorded): the event source
     mapping's poller with the updater's role, and the MSK IAM producer of the scorer."""
     r = stage.resolver
-    declared: dict[str, list[Permission]] = {"scorer": [], "updater": []}
+    declared: dict[str, list[Permission]] = {"scorer": [], "updater": [], "training": []}
+    # the scheduled retraining (TRAINING_SOURCE=lake) reads the lake with pyarrow's own S3 client,
+    # which botocore hooks do not see: its requests, as S3 authorizes them
+    lake = _environment_of_task(stage)["LAKE_URI"].removeprefix("s3://")
+    lake_bucket, _, lake_prefix = lake.partition("/")
+    lake_key = next(
+        str(r.resolve(rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"], st.name))
+        for st, lid, res in stage.of_type("AWS::S3::Bucket")
+        if r.physical[(st.name, lid)]["Ref"] == lake_bucket
+        for rule in res["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    )
+    part = f"{lake_prefix}/events/kind=transaction/dt=2026-01-01/part-0.parquet"
+    declared["training"] += [
+        Permission(
+            "s3:ListBucket",
+            f"arn:{PARTITION}:s3:::{lake_bucket}",
+            (("s3:prefix", f"{lake_prefix}/events/"),),
+            why="lake listing (pyarrow)",
+        ),
+        Permission("s3:GetObject", f"arn:{PARTITION}:s3:::{lake_bucket}/{part}", why="lake read (pyarrow)"),
+        Permission("kms:Decrypt", lake_key, why="lake read (pyarrow), SSE-KMS"),
+    ]
     [(_, queue_lid, _)] = [q for q in stage.of_type("AWS::SQS::Queue")]
     queue = next(v["Arn"] for (_, lid), v in r.physical.items() if lid == queue_lid)
     declared["updater"].append(Permission("sqs:SendMessage", queue, why="on-failure destination"))
@@ -494,6 +515,7 @@ def test_the_recording_saw_the_real_paths(checked: Checked) -> None:
     assert {
         ("training", "s3", "PutObject"),  # artifacts and the published model
         ("training", "s3", "GetObject"),  # raw data, artifacts of the champion
+        ("training", "s3", "ListObjectsV2"),  # the raw data prefix
         ("scorer", "s3", "GetObject"),  # champion pointer, manifest, model
         ("scorer", "secretsmanager", "GetSecretValue"),
         ("updater", "s3", "PutObject"),  # lake and dead letters
