@@ -44,6 +44,10 @@ class VpcConfig(_Frozen):
     # Explicit AZ names keep synth offline when account and region are set (no context lookup).
     availability_zones: tuple[str, ...] | None = None
     flow_log_retention_days: RetentionDays = 30
+    #: Interface endpoints (Secrets Manager, CloudWatch Logs, Kinesis) in every app subnet: traffic
+    #: to those APIs stays in the VPC. Off: it goes through the NAT gateway (dev: ~$44/month saved,
+    #: docs/infra.md's cost table). The S3 gateway endpoint is free and always there.
+    interface_endpoints: bool = True
 
     @model_validator(mode="after")
     def _azs_match(self) -> VpcConfig:
@@ -184,8 +188,13 @@ class TrainingConfig(_Frozen):
     memory_mib: Annotated[int, Field(ge=512, le=122880)] = 8192
     ephemeral_storage_gib: Annotated[int, Field(ge=21, le=200)] = 50
     log_retention_days: RetentionDays = 90
+    #: ``server``: a SageMaker managed MLflow tracking server (billed per hour while it exists);
+    #: ``app``: a serverless SageMaker MLflow App (no server-hours: the cheap choice for dev).
+    mlflow: Literal["server", "app"] = "server"
     mlflow_server_size: Literal["Small", "Medium", "Large"] = "Small"
-    mlflow_version: str | None = None
+    #: the tracking server's MLflow version; None: the major.minor of the client in uv.lock
+    #: (``cdk_app.constructs.mlflow.client_mlflow_version``), so client and server agree
+    mlflow_version: Annotated[str, Field(pattern=r"^\d+\.\d+$")] | None = None
     # Container arguments after the image's ENTRYPOINT ("fraudsys"): the training CLI command.
     command: tuple[str, ...] = ("pipeline",)
 
@@ -231,6 +240,9 @@ class StageConfig(_Frozen):
     labels_topic: str = "fraudsys.labels"
     # prod keeps buckets, keys and the Redis snapshot on stack deletion; dev cleans up.
     retain_data: bool = False
+    #: API Gateway's CloudWatch role is an account-and-region-wide setting: exactly one stage per
+    #: account and region manages it (``true``); the others rely on it (``false``). See docs/infra.md.
+    manage_api_gateway_account: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     vpc: VpcConfig = VpcConfig()
     redis: RedisConfig = RedisConfig()
@@ -242,11 +254,24 @@ class StageConfig(_Frozen):
     lake: LakeConfig = LakeConfig()
     alarms: AlarmConfig = AlarmConfig()
     tags: Mapping[str, str] = Field(default_factory=dict)
+    #: the account's Lambda concurrent-executions quota in the stage's region (a new account: 10).
+    #: Reserved concurrency must leave AWS's minimum unreserved (100, or all of a quota <= 100):
+    #: synth fails early instead of the deploy ("decreases account's UnreservedConcurrentExecution
+    #: below its minimum value").
+    lambda_concurrency_quota: PositiveInt = 1000
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
+        reserved = (self.scorer.reserved_concurrency or 0) + (self.updater.reserved_concurrency or 0)
+        quota = self.lambda_concurrency_quota
+        if reserved and reserved > quota - min(100, quota):
+            raise ValueError(
+                f"reserved concurrency {reserved} (scorer + updater) leaves less than AWS's minimum "
+                f"unreserved concurrency of the account's quota {quota}: raise the quota "
+                "(lambda_concurrency_quota) or set reserved_concurrency to null"
+            )
         if self.account and self.region and self.vpc.availability_zones is None:
             raise ValueError("set vpc.availability_zones when account and region are set (offline synth)")
         return self
@@ -266,7 +291,18 @@ def load_stage_configs(context: Mapping[str, Any] | None, selected: str | None =
     unknown = sorted(set(names) - set(stages))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(stages)}")
-    return [StageConfig.model_validate({"name": name, **stages[name]}) for name in names]
+    configs = [StageConfig.model_validate({"name": name, **stages[name]}) for name in names]
+    owners: dict[tuple[str, str], str] = {}
+    for config in configs:
+        if config.manage_api_gateway_account and config.account and config.region:
+            place = (config.account, config.region)
+            if place in owners:
+                raise ValueError(
+                    f"stages {owners[place]} and {config.name} both manage API Gateway's account "
+                    f"settings in {place[0]}/{place[1]}: set manage_api_gateway_account: false in one"
+                )
+            owners[place] = config.name
+    return configs
 
 
 def read_cdk_json_context(path: Path = REPO_ROOT / "cdk.json") -> dict[str, Any]:

@@ -124,6 +124,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Settings the deployed training task passes as environment (see docs/infra.md)."""
     out: dict[str, Any] = {}
+    if data_dir := env.get("FRAUDSYS_DATA_DIR"):
+        # the container's writable work folder (training/Dockerfile: /app is read-only for the job)
+        out["data_dir"] = data_dir
     if uri := env.get("MODEL_STORE_URI"):
         out["model_store_uri"] = uri
     if delay := env.get("LABEL_DELAY_SECONDS"):

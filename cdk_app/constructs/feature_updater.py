@@ -9,7 +9,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app.config import StageConfig
-from cdk_app.constructs.common import log_group
+from cdk_app.constructs.common import log_group, removal_policy
 from cdk_app.constructs.feature_store import RedisFeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
@@ -73,6 +73,7 @@ class FeatureUpdater(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             retention_period=cdk.Duration.days(14),
+            removal_policy=removal_policy(config),  # prod: failed batches' metadata outlives the stack
         )
         acknowledge(
             self.failed_batches,

@@ -56,7 +56,8 @@ def layer_code(arch: Architecture, kind: build.LayerKind = "xgboost") -> lambda_
 
 
 class SlimXGBoostLayer(Construct):
-    """xgboost-cpu, numpy, pydantic, Powertools, redis/hiredis, kafka-python for python3.13."""
+    """xgboost-cpu, numpy, pydantic, Powertools, redis/hiredis, confluent-kafka (librdkafka) and the
+    MSK IAM signer for python3.13."""
 
     layer: lambda_.LayerVersion
 

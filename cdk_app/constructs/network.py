@@ -91,6 +91,8 @@ class Network(Construct):
         }
         if config.stream_kind == "kinesis":
             services["Kinesis"] = ec2.InterfaceVpcEndpointAwsService.KINESIS_STREAMS
+        if not config.vpc.interface_endpoints:
+            services = {}  # those APIs are reached through the NAT gateway (a cost choice: dev)
         for name, service in services.items():
             self.vpc.add_interface_endpoint(
                 name,

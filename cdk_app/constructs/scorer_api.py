@@ -63,6 +63,8 @@ MAX_LABELS_PER_REQUEST = 500
 #: WAF's size rule for bodies (the managed common rule set's ``SizeRestrictions_BODY`` limit):
 #: ``POST /labels`` is exempt, as a batch of 500 labels is ~50 KB.
 MAX_BODY_BYTES = 8 * 1024
+#: rules of AWSManagedRulesCommonRuleSet that only count (legitimate callers would be blocked)
+COMMON_RULES_COUNTED = ("SizeRestrictions_BODY", "NoUserAgent_HEADER")
 _LABEL_PROPERTIES = {
     "transaction_id": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=64),
     "is_fraud": apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN),
@@ -161,7 +163,9 @@ class ScorerApi(Construct):
             rest_api_name=f"{config.prefix}-scorer",
             description="FraudSys real-time scoring",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            cloud_watch_role=True,
+            # API Gateway's CloudWatch role is one setting per account and region: only the stage
+            # that manages it creates the role (kept on deletion, the setting points at it)
+            cloud_watch_role=config.manage_api_gateway_account,
             cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             deploy_options=apigw.StageOptions(
                 stage_name=API_STAGE,
@@ -185,11 +189,12 @@ class ScorerApi(Construct):
                 ),
             ),
         )
-        acknowledge(
-            self.api,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
-            "The account-level API Gateway logging role must use AWS's push-to-CloudWatch policy.",
-        )
+        if config.manage_api_gateway_account:
+            acknowledge(
+                self.api,
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+                "The account-level API Gateway logging role must use AWS's push-to-CloudWatch policy.",
+            )
         validator = self.api.add_request_validator(
             "Validator", validate_request_body=True, validate_request_parameters=True
         )
@@ -318,7 +323,9 @@ class ScorerApi(Construct):
         )
         # The common rule set blocks bodies over 8 KB (SizeRestrictions_BODY): it only counts here,
         # and this rule blocks them on every path but POST /labels, whose batches are larger
-        # (its size is bounded by the API model: at most MAX_LABELS_PER_REQUEST labels).
+        # (its size is bounded by the API model: at most MAX_LABELS_PER_REQUEST labels). It also
+        # blocks requests without a User-Agent (NoUserAgent_HEADER): only counted, as callers are
+        # services signing with SigV4 and an API key, and an HTTP client need not send one.
         large_body = wafv2.CfnWebACL.RuleProperty(
             name="LargeBodyOutsideLabels",
             priority=3,
@@ -367,7 +374,7 @@ class ScorerApi(Construct):
             visibility_config=visibility(f"{config.prefix}-scorer"),
             rules=[
                 rate_limit,
-                managed("AWSManagedRulesCommonRuleSet", 1, count=("SizeRestrictions_BODY",)),
+                managed("AWSManagedRulesCommonRuleSet", 1, count=COMMON_RULES_COUNTED),
                 managed("AWSManagedRulesKnownBadInputsRuleSet", 2),
                 large_body,
             ],

@@ -63,6 +63,8 @@ class Storage(Construct):
                 )
             ],
             removal_policy=policy,
+            # dev: CDK's custom resource empties the bucket (every version) before deleting it
+            auto_delete_objects=not config.retain_data,
         )
         acknowledge(
             self.access_logs,
@@ -104,6 +106,7 @@ class Storage(Construct):
                 lifecycle_rules=rules,
                 metrics=[s3.BucketMetrics(id=DEAD_LETTER_METRICS_ID)] if metrics else None,
                 removal_policy=policy,
+                auto_delete_objects=not config.retain_data,
             )
 
         self.raw_data = bucket("RawData")

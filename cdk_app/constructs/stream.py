@@ -16,7 +16,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from cdk_app.config import StageConfig, StreamKind, UpdaterConfig
-from cdk_app.constructs.common import grant_kms, log_group
+from cdk_app.constructs.common import grant_kms, log_group, removal_policy
 from cdk_app.constructs.network import Network
 from cdk_app.nag import acknowledge
 
@@ -119,6 +119,9 @@ class MskStream(EventStream):
             ),
             enhanced_monitoring="PER_TOPIC_PER_BROKER",
         )
+        # prod (retain_data): the brokers' data outlives the stack, like the buckets and Redis
+        self.cluster.apply_removal_policy(removal_policy(config))
+        configuration.apply_removal_policy(removal_policy(config))
         self.topics = {}
         for name in (config.transactions_topic, config.labels_topic):
             topic = msk.CfnTopic(
@@ -130,6 +133,7 @@ class MskStream(EventStream):
                 replication_factor=replication,
                 configs=base64.b64encode(f"min.insync.replicas={min_insync}".encode()).decode(),
             )
+            topic.apply_removal_policy(removal_policy(config))  # a deleted topic loses its records
             self.topics[name] = topic
 
         # AWS::MSK::Cluster returns no broker list; read it once per deploy (IAM listener string).
@@ -280,6 +284,7 @@ class KinesisStream(EventStream):
             else kinesis.StreamMode.PROVISIONED,
             shard_count=cfg.shard_count,
             retention_period=cdk.Duration.hours(cfg.retention_hours),
+            removal_policy=removal_policy(config),
         )
         acknowledge(
             self.stream,

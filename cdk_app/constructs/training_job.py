@@ -16,7 +16,6 @@ from cdk_app.constructs.common import log_group
 from cdk_app.constructs.mlflow import MlflowTracking
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import (
-    FEATURES_PREFIX,
     LAKE_PREFIX,
     MLFLOW_ARTIFACT_PREFIX,
     MODEL_STORE_PREFIX,
@@ -96,7 +95,6 @@ class TrainingJob(Construct):
         )
         task_role = self.task_definition.task_role
         storage.grant_objects(task_role, "RawData", RAW_DATA_PREFIX, read=True)
-        storage.grant_objects(task_role, "Features", FEATURES_PREFIX, read=True, write=True)
         storage.grant_objects(task_role, "Models", MODEL_STORE_PREFIX, read=True, write=True)
         storage.grant_objects(task_role, "Lake", LAKE_PREFIX, read=True)
         mlflow.grant_tracking(task_role)
@@ -112,7 +110,6 @@ class TrainingJob(Construct):
             ),
             environment={
                 "RAW_DATA_URI": storage.uri("RawData", RAW_DATA_PREFIX),
-                "FEATURES_URI": storage.uri("Features", FEATURES_PREFIX),
                 "LAKE_URI": storage.lake_uri,
                 "MODEL_STORE_URI": storage.model_store_uri,
                 "MODEL_NAME": config.model_name,

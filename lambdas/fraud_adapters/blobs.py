@@ -55,12 +55,31 @@ class S3BlobStore:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def get(self, name: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key.
+
+        S3 answers a missing key with 403, not 404, to a caller without ``s3:ListBucket`` on the
+        whole bucket; our roles may list their own prefix only (docs/infra.md, least privilege).
+        So a 403 is checked with a listing of that key (allowed by the prefix grant): absent ->
+        None, present -> the denial was real and is raised."""
+        from botocore.exceptions import ClientError
+
+        key = self._key(name)
         try:
-            response: Any = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
+            response: Any = self.client.get_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.NoSuchKey:
+            return None
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"AccessDenied", "403"}:
+                raise
+            if self._exists(key):
+                raise
             return None
         data: bytes = response["Body"].read()
         return data
+
+    def _exists(self, key: str) -> bool:
+        listed: Any = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        return any(item.get("Key") == key for item in listed.get("Contents", []))
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, ContentType=content_type)

@@ -1,10 +1,14 @@
 """Wires adapters from settings, lazily and once per container (no work at import time)."""
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import redis
 from redis.cluster import RedisCluster
+from redis.credentials import CredentialProvider
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.dead_letters import DeadLetterStore
@@ -21,12 +25,46 @@ from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
 from fraud_adapters.tx_index import TransactionIndex
 from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
+#: how long a warm container uses the AUTH token it read before reading the secret again
+AUTH_TOKEN_MAX_AGE_SECONDS = 60.0
+
+
+class SecretCredentialProvider(CredentialProvider):
+    """The Redis AUTH token from Secrets Manager, read again when a connection is opened more than
+    ``max_age_seconds`` after the last read. redis-py asks for credentials on every new connection
+    (connections already authenticated stay so), so after an ElastiCache AUTH rotation (``ROTATE``:
+    old and new token both valid, then ``SET``) a warm container's new connections use the new
+    token within a minute, at most one ``GetSecretValue`` a minute, none while connections last."""
+
+    def __init__(
+        self,
+        arn: str,
+        max_age_seconds: float = AUTH_TOKEN_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.arn = arn
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._token: str | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    def get_credentials(self) -> tuple[str]:
+        with self._lock:
+            now = self._clock()
+            if self._token is None or now - self._read_at >= self.max_age_seconds:
+                self._token = secret_value(self.arn)
+                self._read_at = now
+            return (self._token,)
+
 
 def redis_client(cfg: Settings, timeout_ms: int | None = None) -> "redis.Redis | RedisCluster":
     """One node, or a cluster (``REDIS_CLUSTER``): the store's code is the same for both."""
     timeout = (timeout_ms or cfg.redis_timeout_ms) / 1000.0
     options = {
-        "password": secret_value(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None,
+        "credential_provider": (
+            SecretCredentialProvider(cfg.redis_auth_secret_arn) if cfg.redis_auth_secret_arn else None
+        ),
         "decode_responses": False,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,

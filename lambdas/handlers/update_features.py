@@ -28,8 +28,16 @@ from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
 from handlers.settings import settings
 
+#: the updater's Redis timeout when REDIS_TIMEOUT_MS is not set (deployed: ``updater.redis_timeout_ms``)
 UPDATER_REDIS_TIMEOUT_MS = 1000
 _EVENT = TypeAdapter[TransactionEvent | LabelEvent](TransactionEvent | LabelEvent)
+
+
+def updater_redis_timeout_ms() -> int:
+    """``REDIS_TIMEOUT_MS`` when set (the CDK sets ``updater.redis_timeout_ms``), else 1000 ms: the
+    scorer's 50 ms default is too short for a batch's pipeline."""
+    cfg = settings()
+    return cfg.redis_timeout_ms if "redis_timeout_ms" in cfg.model_fields_set else UPDATER_REDIS_TIMEOUT_MS
 
 
 class PoisonRecordError(ValueError):
@@ -149,7 +157,7 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
     with processor(records, collector.handle, context):
         processor.process()
     claim_transaction_ids(collector)  # raises -> whole batch retried (a redelivery claims nothing new)
-    store = bootstrap.feature_store(UPDATER_REDIS_TIMEOUT_MS)
+    store = bootstrap.feature_store(updater_redis_timeout_ms())
     # The archive is written while Redis applies the batch (its Parquet encoding and PUT overlap
     # the script calls' round trips); the batch succeeds only when both did, so either failure
     # retries all of it: the store's apply is idempotent, the lake's reader drops duplicates.
@@ -188,7 +196,7 @@ def claim_transaction_ids(collector: BatchCollector) -> None:
     """The first transaction with an id owns it (``TransactionIndex.claim``, which also makes it
     resolvable by the label intake): a different transaction under a known id is dead-lettered
     before the archive and the store see it, so no event can alter another transaction's features."""
-    conflicts = bootstrap.transaction_index(UPDATER_REDIS_TIMEOUT_MS).claim(collector.transactions)
+    conflicts = bootstrap.transaction_index(updater_redis_timeout_ms()).claim(collector.transactions)
     if not conflicts:
         return
     refused = {id(tx) for tx in conflicts}

@@ -90,3 +90,18 @@ def msk(stages: dict[str, Synthesized]) -> Synthesized:
 @pytest.fixture(scope="session")
 def kinesis(stages: dict[str, Synthesized]) -> Synthesized:
     return stages["kinesis"]
+
+
+@pytest.fixture(scope="session")
+def real_assemblies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """cdk.json's own stages (dev, prod), synthesized once (bundling skipped): stage -> assembly."""
+    from cdk_app.config import CONTEXT_KEY, load_stage_configs
+
+    outdir = tmp_path_factory.mktemp("cdk.out.stages")
+    context = app_context()
+    app = cdk.App(context=context, outdir=str(outdir), analytics_reporting=False)
+    stages = [
+        FraudSysStage(app, f"FraudSys-{c.name}", config=c) for c in load_stage_configs(context[CONTEXT_KEY])
+    ]
+    app.synth()
+    return {stage.config.name: outdir / f"assembly-{stage.node.id}" for stage in stages}

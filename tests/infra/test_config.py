@@ -95,3 +95,54 @@ def test_explicit_environment_with_zones_is_accepted() -> None:
         vpc={"max_azs": 2, "availability_zones": ["eu-west-1a", "eu-west-1b"]},
     )
     assert config.prefix == "fraudsys-prod"
+
+
+def test_dev_deploys_on_a_new_account_without_reserved_concurrency() -> None:
+    # a new account's Lambda concurrency quota is 10: no reservation is possible there
+    dev = next(
+        c
+        for c in load_stage_configs(read_cdk_json_context(REPO_ROOT / "cdk.json")["fraudsys"])
+        if c.name == "dev"
+    )
+    assert dev.lambda_concurrency_quota == 10
+    assert dev.scorer.reserved_concurrency is None
+    assert dev.updater.reserved_concurrency is None
+
+
+@pytest.mark.parametrize(
+    ("quota", "scorer", "updater", "ok"),
+    [
+        (10, None, None, True),
+        (10, 1, None, False),
+        (1000, 400, 500, True),
+        (1000, 400, 501, False),
+        (150, 50, None, True),
+    ],
+)
+def test_reserved_concurrency_must_leave_the_minimum_unreserved(
+    quota: int, scorer: int | None, updater: int | None, ok: bool
+) -> None:
+    values: dict[str, Any] = {
+        "lambda_concurrency_quota": quota,
+        "scorer": {"reserved_concurrency": scorer},
+        "updater": {"reserved_concurrency": updater},
+    }
+    if ok:
+        stage_config("quota", **values)
+    else:
+        with pytest.raises(ValidationError, match="minimum unreserved"):
+            stage_config("quota", **values)
+
+
+def test_two_stages_in_one_account_do_not_both_manage_api_gateways_account_setting() -> None:
+    where = {
+        "account": "123456789012",
+        "region": "eu-west-1",
+        "vpc": {"availability_zones": ["eu-west-1a", "eu-west-1b"]},
+    }
+    with pytest.raises(ValueError, match="manage_api_gateway_account"):
+        load_stage_configs({"stages": {"dev": where, "prod": where}})
+    configs = load_stage_configs(
+        {"stages": {"dev": {**where, "manage_api_gateway_account": False}, "prod": where}}
+    )
+    assert [c.manage_api_gateway_account for c in configs] == [False, True]

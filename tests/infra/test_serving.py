@@ -342,7 +342,11 @@ def test_waf_lets_label_batches_past_the_body_size_rule_only_on_labels(msk: Synt
 
     # the managed common rule set only counts its 8 KB body rule ...
     common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
-    assert common["RuleActionOverrides"] == [{"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    # (and its missing User-Agent rule: service callers need not send one)
+    assert common["RuleActionOverrides"] == [
+        {"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}},
+        {"Name": "NoUserAgent_HEADER", "ActionToUse": {"Count": {}}},
+    ]
     # ... and a rule of ours blocks bodies over 8 KB (or beyond inspection) on every other path
     large = rules["LargeBodyOutsideLabels"]
     assert large["Action"] == {"Block": {}}

@@ -22,6 +22,7 @@ import redis
 from fraud_adapters.redis_store import RedisFeatureStore
 from handlers import bootstrap, predict, update_features
 from handlers.observability import logger as powertools_logger
+from handlers.settings import Settings
 from local_stack.replay import label_event, transaction_event
 from local_stack.services import RedisTls, Service, ServiceError, free_port, start_redis
 from local_stack.stack import LABELS_TOPIC, TRANSACTIONS_TOPIC, StackConfig, handler_environment
@@ -384,3 +385,58 @@ def test_card_numbers_never_reach_the_logs(
     assert "dead-lettered record" in output
     leaks = sorted(card for card in {*cards, CARD, "4000056655665556"} if card in output)
     assert leaks == []
+
+
+# --------------------------------------------------------------------------- AUTH rotation
+
+
+def test_a_warm_container_follows_an_auth_token_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ElastiCache's rotation: ROTATE (old and new token valid), the secret gets the new token,
+    then SET (only the new one). A warm container's new connections must use the new token."""
+    import boto3
+    from moto import mock_aws
+
+    old, new = secrets.token_hex(16), secrets.token_hex(16)
+    service = start_redis(free_port(), tmp_path / "redis", password=old)
+    now = [0.0]
+    try:
+        with mock_aws():
+            for name, value in {
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",  # pragma: allowlist secret
+            }.items():
+                monkeypatch.setenv(name, value)
+            secrets_client = boto3.client("secretsmanager")
+            arn = secrets_client.create_secret(Name="auth", SecretString=json.dumps({"token": old}))["ARN"]
+            cfg = Settings(
+                redis_url=f"redis://127.0.0.1:{service.port}/0",
+                redis_auth_secret_arn=arn,
+                redis_timeout_ms=2000,
+            )
+            client = bootstrap.redis_client(cfg)
+            assert isinstance(client, redis.Redis)
+            provider = client.connection_pool.connection_kwargs["credential_provider"]
+            assert isinstance(provider, bootstrap.SecretCredentialProvider)
+            provider._clock = lambda: now[0]
+            assert client.ping()
+
+            # when the token is rotated and the old one revoked (connections are dropped, as a
+            # failover or a frozen container's idle timeout would)
+            secrets_client.put_secret_value(SecretId=arn, SecretString=json.dumps({"token": new}))
+            admin = redis.Redis(port=service.port, password=old)
+            admin.config_set("requirepass", new)
+            redis.Redis(port=service.port, password=new).client_kill_filter(_type="normal", skipme=False)
+
+            # then, within the token's max age, reconnecting uses the cached (old) token and fails
+            client.connection_pool.disconnect()
+            with pytest.raises(redis.AuthenticationError):
+                client.ping()
+            # and once it is older than that, the container reads the secret again
+            now[0] += bootstrap.AUTH_TOKEN_MAX_AGE_SECONDS
+            client.connection_pool.disconnect()
+            assert client.ping()
+    finally:
+        service.stop()

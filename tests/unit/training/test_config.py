@@ -67,3 +67,10 @@ def test_s3_sources_are_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert materialize("/already/local", tmp_path) == Path("/already/local")
     with pytest.raises(FileNotFoundError):
         materialize("s3://raw/nothing-here", tmp_path)
+
+
+def test_the_container_work_folder_comes_from_the_environment() -> None:
+    # training/Dockerfile: /app is read-only for the job's user, FRAUDSYS_DATA_DIR is its home's
+    cfg = load_config(DEFAULT, env={"FRAUDSYS_DATA_DIR": "/home/fraudsys/work"})
+    assert str(cfg.data_dir) == "/home/fraudsys/work"
+    assert cfg.store_uri == "/home/fraudsys/work/model_store"
