@@ -16,7 +16,9 @@ key                             type         content
                                              little-endian; ties sort by trans_num like offline
 ``<p>:{c:<card_hash>}:p``       hash         card profile: ``t``, ``n`` (trans_num) and ``dob``
                                              of the card's latest event (by time, then
-                                             trans_num) that had a date of birth
+                                             trans_num) that had a date of birth; ``ot``,
+                                             ``on``, ``od`` (day number): the same among the
+                                             events below the card's retention point
 ``<p>:{m:<merchant_hash>}:e``   sorted set   merchant transactions; score = event time,
                                              member = trans_num
 ``<p>:{m:<merchant_hash>}:l``   sorted set   label events; score = transaction time, member =
@@ -70,7 +72,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
@@ -97,7 +99,9 @@ WRITE_CHUNK = 256
 # KEYS: (card set, card profile) per card. ARGV: keep, ttl extra, dob retention, then per card the number of
 # its events and per event t, member, trans_num, dob ('' if none). Returns one character per
 # event: a(pplied), d(uplicate), l(ate).
-_APPLY_CARD_LUA = """
+_APPLY_CARD_LUA = (
+    f"\nlocal NO_DOB = {NO_DOB}"
+    + """
 local keep, extra, dob_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local i = 4
@@ -111,13 +115,23 @@ for g = 1, #KEYS, 2 do
     local t = tonumber(ARGV[k])
     if top == nil or t > top then top = t end
   end
-  local pt = tonumber(redis.call('HGET', profile, 't') or '')
-  local pn = redis.call('HGET', profile, 'n') or ''
+  local saved = redis.call('HMGET', profile, 't', 'n', 'ot', 'on')
+  local pt, pn = tonumber(saved[1] or ''), saved[2] or ''
+  -- the older profile: the latest event with a dob among those below the retention point
+  -- (trimmed or late), for a request dated before the profile's event with no dob in its window
+  local ot, on, od = tonumber(saved[3] or ''), saved[4] or '', nil
+  local function older(t, tn, m)
+    local day = struct.unpack('<i8', m, #m - 7)
+    if day ~= NO_DOB and (ot == nil or t > ot or (t == ot and tn > on)) then
+      ot, on, od = t, tn, day
+    end
+  end
   for _ = 1, n do
     local t, member, trans_num, dob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     i = i + 4
     if t < top - keep then
       out[#out + 1] = 'l'
+      older(t, trans_num, member)
     elseif redis.call('ZADD', events, t, member) == 1 then
       out[#out + 1] = 'a'
     else
@@ -130,7 +144,16 @@ for g = 1, #KEYS, 2 do
       pt, pn = t, trans_num
     end
   end
-  redis.call('ZREMRANGEBYSCORE', events, '-inf', '(' .. string.format('%d', top - keep))
+  local floor = '(' .. string.format('%d', top - keep)
+  local trimmed = redis.call('ZRANGEBYSCORE', events, '-inf', floor, 'WITHSCORES')
+  for j = 1, #trimmed, 2 do
+    local m = trimmed[j]
+    older(tonumber(trimmed[j + 1]), string.sub(m, 1, #m - 57), m)
+  end
+  redis.call('ZREMRANGEBYSCORE', events, '-inf', floor)
+  if od ~= nil then
+    redis.call('HSET', profile, 'ot', string.format('%d', ot), 'on', on, 'od', string.format('%d', od))
+  end
   redis.call('EXPIRE', events, keep + extra)
   -- the dob is remembered dob_keep after its event (spec.DOB_RETENTION), counted from the card's
   -- newest event like the windows' retention
@@ -138,6 +161,7 @@ for g = 1, #KEYS, 2 do
 end
 return table.concat(out)
 """
+)
 
 # KEYS: (transactions, labels, frauds, arrivals) per merchant. ARGV: keep, ttl extra, (unused),
 # then per merchant the number of its transactions and of its labels, per transaction t,
@@ -209,17 +233,45 @@ end
 return table.concat(out)
 """
 
-# KEYS: card set, card profile. ARGV: the card range (min, max).
-_READ_CARD_LUA = """#!lua flags=no-writes
+# KEYS: card set, card profile. ARGV: the card range (min, max), the request time. Returns the
+# member tails, the profile's time and dob, and the latest dob before the range: when the profile
+# cannot answer (its event is not before the request) and no event of the range has a dob, the
+# first event with one below the range (kept, not yet trimmed), else the older profile.
+_READ_CARD_LUA = (
+    f"#!lua flags=no-writes\nlocal NO_DOB = {NO_DOB}"
+    + """
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 for j = 1, #members do
   local m = members[j]
   if #m < 57 then return redis.error_reply('FSCORRUPT malformed card member in ' .. KEYS[1]) end
   members[j] = string.sub(m, -56)
 end
-local profile = redis.call('HMGET', KEYS[2], 't', 'dob')
-return {table.concat(members), profile[1] or '', profile[2] or ''}
+local profile = redis.call('HMGET', KEYS[2], 't', 'dob', 'ot', 'od')
+local older_t, older_d = profile[3] or '', profile[4] or ''
+if profile[1] and tonumber(profile[1]) >= tonumber(ARGV[3]) then
+  local known = false
+  for j = #members, 1, -1 do
+    if struct.unpack('<i8', members[j], 49) ~= NO_DOB then known = true break end
+  end
+  local offset = 0
+  while not known do
+    local below = redis.call(
+      'ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 64)
+    for j = 1, #below, 2 do
+      local m = below[j]
+      local day = struct.unpack('<i8', m, #m - 7)
+      if day ~= NO_DOB then
+        older_t, older_d, known = below[j + 1], string.format('%d', day), true
+        break
+      end
+    end
+    if #below < 128 then break end
+    offset = offset + 64
+  end
+end
+return {table.concat(members), profile[1] or '', profile[2] or '', older_t, older_d}
 """
+)
 
 # KEYS: merchant transactions, labels, frauds, arrivals. ARGV: the number of transaction counts
 # and their (min, max) pairs, the number of fraud counts and their pairs, then the request time
@@ -641,18 +693,19 @@ class RedisFeatureStore:
         count_args += [t, delayed - spec.MAX_MERCHANT_RISK_WINDOW, delayed]
         card_reply, merchant_reply = self._run(
             [
-                ("read_card", self.card_keys(self.hasher(card_id)), [t - spec.MAX_CARD_WINDOW, f"({t}"]),
+                ("read_card", self.card_keys(self.hasher(card_id)), [t - spec.MAX_CARD_WINDOW, f"({t}", t]),
                 ("read_merchant", self.merchant_keys(merchant), count_args),
             ]
         )
-        tails, profile_t, profile_dob = card_reply
+        tails, profile_t, profile_dob, older_t, older_day = card_reply
         rows = decode_card_rows(tails)  # once: the events and their dates of birth
         profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
+        older = (int(older_t), _EPOCH + timedelta(days=int(older_day))) if older_t else None
         n_volume, n_risk = len(spec.MERCHANT_VOLUME_WINDOWS), len(spec.MERCHANT_RISK_WINDOWS)
         counts = merchant_reply[:-2]
         return OnlineState(
             card_events=decode_card_events(rows),
-            dob=latest_dob(rows["t"], rows["dob_day"], profile, t),
+            dob=latest_dob(rows["t"], rows["dob_day"], profile, t, older),
             merchant_volume=tuple(counts[:n_volume]),
             merchant_risk=tuple(counts[n_volume : n_volume + n_risk]),
             latest_frauds=tuple(counts[n_volume + n_risk :]),

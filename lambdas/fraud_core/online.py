@@ -148,14 +148,22 @@ def correct_latest(state: OnlineState, at_t: list[int], t: int, label_delay: int
 NO_DOB: int = -(1 << 62)
 
 
-def latest_dob(event_t: I64, event_dob_day: I64, profile: tuple[int, date] | None, t: int) -> date | None:
+def latest_dob(
+    event_t: I64,
+    event_dob_day: I64,
+    profile: tuple[int, date] | None,
+    t: int,
+    older: tuple[int, date] | None = None,
+) -> date | None:
     """The card's date of birth as of ``t``: the latest earlier one (``training.dataset``'s rule).
 
     ``event_t``/``event_dob_day``: the card's events sorted by (time, trans_num), the day number
     of each one's date of birth or ``NO_DOB``; ``profile``: (time, dob) of the card's latest event
     with a date of birth, which also covers events older than the ones given. The latest event
     with a dob in an earlier second wins; the profile only where it is itself earlier than ``t``;
-    neither if that event is more than ``spec.DOB_RETENTION`` older than ``t``.
+    else ``older``, (time, dob) of the latest event with a dob among those older than the ones
+    given (the store's retention point), for a request dated before the profile's event; none
+    if that event is more than ``spec.DOB_RETENTION`` older than ``t``.
     """
     hi = bisect_left(event_t.tolist(), t)
     known = (event_dob_day[:hi] != NO_DOB).nonzero()[0]
@@ -164,8 +172,9 @@ def latest_dob(event_t: I64, event_dob_day: I64, profile: tuple[int, date] | Non
         if t - int(event_t[latest]) > spec.DOB_RETENTION:
             return None
         return date.fromordinal(_EPOCH_ORDINAL + int(event_dob_day[latest]))
-    if profile is not None and profile[0] < t and t - profile[0] <= spec.DOB_RETENTION:
-        return profile[1]
+    for known_t, dob in (known for known in (profile, older) if known is not None):
+        if known_t < t:
+            return dob if t - known_t <= spec.DOB_RETENTION else None
     return None
 
 

@@ -320,6 +320,31 @@ def test_an_idle_card_keeps_its_date_of_birth_as_long_as_offline_and_no_longer(h
     assert int(store.client.ttl(profile)) <= spec.DAY + spec.DAY
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["trimmed", "below the window"])
+def test_a_request_dated_before_the_profile_finds_the_latest_earlier_dob(
+    harness: Harness, kept: bool
+) -> None:
+    # given a card's dob events: an old one, (kept: one the store still holds, below the window of
+    # the request to come), and the newest one, which the profile holds; applied newest first
+    rows = [_tx_row("a", T0, dob="1970-01-01")]
+    if kept:
+        rows.append(_tx_row("c", T0 + 9 * spec.DAY + 12 * spec.HOUR, dob="1980-01-01"))
+    rows.append(_tx_row("b", T0 + 40 * spec.DAY, dob="1990-01-01"))
+    for row in reversed(rows):
+        harness.send([(TX_TOPIC, transaction_event(row).model_dump_json().encode())])
+
+    # when a request without a dob is dated an hour before the newest event (out of order), with
+    # no event in its 30-day window
+    query = _tx_row("q", T0 + 40 * spec.DAY - spec.HOUR, dob=None)
+    offline = build_features(pd.DataFrame([*rows, query]), DELAY).set_index("trans_num")
+
+    # then it sees the latest earlier date of birth, as offline
+    assert compare(harness, [query], offline) == []
+    born = datetime(1980 if kept else 1970, 1, 1, tzinfo=UTC).timestamp()
+    expected = (int(query["event_time"]) - born) / spec.SECONDS_PER_YEAR
+    assert feature(offline, "q", "age_years") == pytest.approx(expected)
+
+
 def test_amounts_at_the_schema_bounds_cannot_overflow(harness: Harness) -> None:
     # given 1,000 transactions alternating $999,999 and $1,000,000 within 30 days
     rows = [_tx_row(f"x{i:04d}", T0 + i * 2000, amt=999_999.0 if i % 2 else 1_000_000.0) for i in range(1000)]
