@@ -6,6 +6,7 @@ transaction to the stream. Redis unreachable: the request-only baseline model an
 """
 
 import gc
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -33,7 +34,22 @@ from handlers.observability import logger, mask_card, metrics, tracer
 from handlers.scoring import FeatureStoreUnavailableError, ModelCache, ModelUnavailableError, Scorer
 from handlers.settings import settings
 
-app = APIGatewayRestResolver(enable_validation=True)
+
+def json_body(text: str) -> Any:
+    """The request body as JSON. A body the parser cannot take (nesting deeper than Python's
+    recursion limit, an integer of more than 4,300 digits) is a JSON error like any other
+    malformed body (a 4xx naming the problem), not an exception that fails the invocation."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as exc:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from exc
+    except ValueError as exc:  # int digits limit
+        raise json.JSONDecodeError(f"unreadable value: {str(exc)[:120]}", text, 0) from exc
+
+
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=json_body)
 app.configure_openapi(
     title="FraudSys scoring API",
     version="1.0.0",
@@ -205,4 +221,28 @@ def health() -> Response[Any]:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    refused = non_json_refusal(event)
+    if refused is not None:
+        return refused
     return app.resolve(event, context)
+
+
+def non_json_refusal(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A request with a body must send it as JSON (``application/json`` or ``+json``): any other
+    media type (a form, a multipart body with or without its boundary) is a 415 naming the
+    header, before the router's validation would try to parse it."""
+    if not event.get("body"):
+        return None
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    media = str(headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if not media or media == "application/json" or media.endswith("+json"):
+        return None
+    metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    message = f"Content-Type: {media[:80]!r} is not accepted; send the body as application/json"
+    return {
+        "statusCode": status.value,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps({"statusCode": status.value, "message": message}),
+        "isBase64Encoded": False,
+    }

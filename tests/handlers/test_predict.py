@@ -99,6 +99,39 @@ def test_malformed_json_is_a_422(lambda_env: Path) -> None:
     assert answer["message"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nested beyond Python's recursion limit
+        '{"a":' * 5_000 + "1" + "}" * 5_000,
+        json.dumps(VALID)[:-1] + ', "extra": ' + "9" * 5_000 + "}",  # beyond int's 4,300 digits
+        json.dumps(VALID).replace('"amount_usd": 42.5', '"amount_usd": ' + "9" * 5_000),
+    ],
+    ids=["deep array", "deep object", "5000-digit extra", "5000-digit amount"],
+)
+@pytest.mark.parametrize("path", ["/predict", "/labels"])
+def test_hostile_json_is_a_4xx_with_a_message(lambda_env: Path, raw: str, path: str) -> None:
+    publish_test_model(str(lambda_env / "models"))
+    assert len(raw) > 5_000  # each variant really is hostile
+    status, body = call("POST", path, raw=raw)
+    assert status == 422, body
+    assert body["statusCode"] == 422
+    assert body["message"]
+
+
+@pytest.mark.parametrize(
+    "media", ["multipart/form-data", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"]
+)
+def test_a_body_that_is_not_json_is_a_415_naming_the_header(lambda_env: Path, media: str) -> None:
+    event = api_gateway_event("POST", "/predict", raw_body="a=1")
+    event["headers"]["Content-Type"] = media
+    out = predict.handler(event, FakeContext())
+    assert out["statusCode"] == 415
+    body = json.loads(out["body"])
+    assert body["statusCode"] == 415
+    assert "Content-Type" in body["message"]
+
+
 def test_no_champion_is_a_503_with_a_reason(lambda_env: Path) -> None:
     status, answer = call("POST", "/predict", VALID)
     assert status == 503
