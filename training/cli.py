@@ -4,6 +4,7 @@ import enum
 import json
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,6 +28,21 @@ ConfigOption = Annotated[
     list[Path] | None, typer.Option("--config", "-c", help="YAML config(s), merged in order", exists=True)
 ]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tuning.n_trials=3")]
+TrainUntilOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--train-until",
+        formats=["%Y-%m-%d"],
+        help="as-of training: transactions and labels known before this day (00:00 UTC); "
+        "validation/test by whole days, then a refit (split.train_until)",
+    ),
+]
+
+
+def _as_of(set_: list[str] | None, train_until: datetime | None) -> list[str] | None:
+    if train_until is None:
+        return set_
+    return [f"split.train_until={train_until.date().isoformat()}", *(set_ or [])]
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -165,13 +181,17 @@ def _run(config: list[Path] | None, set_: list[str] | None, auto_promote: bool) 
 
 
 @app.command()
-def pipeline(config: ConfigOption = None, set_: SetOption = None) -> None:
+def pipeline(
+    config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None
+) -> None:
     """The whole job: data -> features -> tuning -> training -> evaluation -> registry -> champion gate."""
-    _run(config, set_, auto_promote=True)
+    _run(config, _as_of(set_, train_until), auto_promote=True)
 
 
 @app.command()
-def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
+def retrain(
+    config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None
+) -> None:
     """The retraining loop on the running local stack (``fraudsys local up``): train on the events
     its updater archived (the local lake, real label arrivals), register, let the champion gate
     decide, publish; the scorer picks a new champion up within its pointer TTL. On AWS the
@@ -188,16 +208,16 @@ def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
         f"registry.tracking_uri=http://127.0.0.1:{stack.mlflow_port}",
     ]
     try:
-        _run(config, [*local, *(set_ or [])], auto_promote=True)
+        _run(config, [*local, *(_as_of(set_, train_until) or [])], auto_promote=True)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red] (send traffic first: POST /predict, or `fraudsys local replay`)")
         raise typer.Exit(2) from exc
 
 
 @app.command()
-def train(config: ConfigOption = None, set_: SetOption = None) -> None:
+def train(config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None) -> None:
     """Train, evaluate and register a candidate (published, but the champion does not move)."""
-    _run(config, set_, auto_promote=False)
+    _run(config, _as_of(set_, train_until), auto_promote=False)
 
 
 @app.command()
@@ -232,9 +252,9 @@ def evaluate(
 
     from training.dataset import build_features
     from training.evaluate import evaluate as run_eval
-    from training.pipeline import load_transactions
+    from training.pipeline import load_source, make_splits
     from training.registry import Registry
-    from training.train import predict, time_splits
+    from training.train import predict
 
     cfg = _config(config, set_)
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
@@ -249,8 +269,9 @@ def evaluate(
         if version
         else registry.client.get_model_version_by_alias(cfg.registry.model_name, "champion")
     )
-    rows = build_features(load_transactions(cfg), cfg.label_delay_seconds)
-    test = time_splits(rows, cfg.split, cfg.label_delay_seconds).test
+    source = load_source(cfg)
+    rows = build_features(source.transactions, cfg.label_delay_seconds, labels=source.labels)
+    test = make_splits(cfg, rows).test
     p = predict(booster, test, list(booster.feature_names or []))
     metrics = run_eval(test, p, float(mv.tags.get("threshold", 0.5))).as_dict("test_")
     console.print(metrics_table(metrics, f"model version {mv.version} on the test split"))

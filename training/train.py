@@ -24,9 +24,11 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame
     boundaries: dict[str, int]  # epoch seconds: train_end, validation_start, test_start, end
+    #: as-of runs: every labelled row up to ``end`` the published model is refit on (training.asof)
+    refit: pd.DataFrame | None = None
 
 
-def _check(name: str, part: pd.DataFrame) -> None:
+def check_split(name: str, part: pd.DataFrame) -> None:
     if len(part) == 0 or part["is_fraud"].nunique() < 2:
         raise ValueError(
             f"the {name} split has {len(part)} rows and {int(part['is_fraud'].sum()) if len(part) else 0} "
@@ -56,7 +58,7 @@ def time_splits(rows: pd.DataFrame, cfg: SplitConfig, label_delay: int, warmup_d
         },
     )
     for name in ("train", "validation", "test"):
-        _check(name, getattr(parts, name))
+        check_split(name, getattr(parts, name))
     return parts
 
 
@@ -100,6 +102,13 @@ def fit(
     best = int(booster.best_iteration)
     score = float(booster.best_score)
     return booster[: best + 1], score
+
+
+def fit_rounds(
+    train: pd.DataFrame, params: dict[str, Any], rounds: int, features: Sequence[str] = spec.FEATURE_NAMES
+) -> xgb.Booster:
+    """Train exactly ``rounds`` rounds, no early stopping (the refit of a chosen model)."""
+    return xgb.train(params, matrix(train, features), num_boost_round=rounds, verbose_eval=False)
 
 
 def time_folds(train: pd.DataFrame, n_folds: int, gap: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
