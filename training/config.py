@@ -76,6 +76,11 @@ class TuningConfig(_Frozen):
     early_stopping_rounds: int = Field(default=20, ge=1)
     seed: int = 7
     nthread: int = 2
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        default="median",
+        description="stop unpromising trials on their per-round validation AUCPR (none: all run)",
+    )
+    pruner_warmup_rounds: int = Field(default=10, ge=0, description="rounds of each trial never pruned")
 
 
 class ThresholdConfig(_Frozen):
