@@ -280,26 +280,58 @@ def evaluate(
 
 @app.command()
 def score(
-    input_csv: Annotated[Path, typer.Argument(exists=True, help="transactions in the Kaggle CSV schema")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(exists=True, help="a Kaggle-schema CSV, or a Parquet folder from `fraudsys ingest`"),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("data/scores.csv"),
+    from_day: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="first day scored (00:00 UTC)")
+    ] = None,
+    until_day: Annotated[
+        datetime | None,
+        typer.Option("--until", formats=["%Y-%m-%d"], help="score transactions before this day (00:00 UTC)"),
+    ] = None,
+    block_days: Annotated[
+        int, typer.Option(min=1, help="days scored together (memory: history + block)")
+    ] = 7,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Batch scoring / backtest with the published champion: trans_num, fraud_probability, is_fraud."""
-    from training.data.kaggle import read_transactions_csv
+    """Batch scoring / backtest with the published champion, streamed by day (memory does not grow
+    with the file): trans_num, predicted_fraud, fraud_probability, model_version."""
+    import itertools
+
+    from fraud_adapters.model_store import ModelNotFoundError
+    from training.asof import day_start
     from training.data.schema import DataFormatError
-    from training.pipeline import score_file
+    from training.scoring import SCORE_COLUMNS, csv_chunks, load_champion, parquet_chunks, score_stream
 
     cfg = _config(config, set_)
+    start = day_start(from_day.date()) if from_day else None
+    end = day_start(until_day.date()) if until_day else None
+    chunks = parquet_chunks(input_path, start, end) if input_path.is_dir() else csv_chunks(input_path)
     try:
-        frame = read_transactions_csv(input_csv)
-    except DataFormatError as exc:
+        first = list(itertools.islice(chunks, 1))  # a malformed file is reported before the model
+        model = load_champion(cfg.store_uri, cfg.registry.model_name)
+    except (DataFormatError, ModelNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    scores = score_file(frame, cfg.store_uri, cfg.registry.model_name)
     output.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(output, index=False)
-    console.print(f"{len(scores):,} scored, {int(scores['is_fraud'].sum()):,} flagged -> {output}")
+    scored = flagged = 0
+    chunks = itertools.chain(first, chunks)
+    try:
+        with output.open("w", newline="") as sink, console.status(f"scoring {input_path}") as status:
+            sink.write(",".join(SCORE_COLUMNS) + "\n")
+            for part in score_stream(chunks, model, start, end, block_days):
+                part.to_csv(sink, header=False, index=False)
+                scored += len(part)
+                flagged += int(part["predicted_fraud"].sum())
+                status.update(f"scoring {input_path}: {scored:,} transactions")
+    except (DataFormatError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{scored:,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
 
 
 local_app = typer.Typer(no_args_is_help=True, help="The local stack on 127.0.0.1 (no Docker, no cloud).")

@@ -348,25 +348,8 @@ def run_pipeline(
 
 
 def score_file(frame: pd.DataFrame, store_uri: str, model_name: str) -> pd.DataFrame:
-    """Batch scoring / backtest with the published champion and point-in-time features."""
-    import xgboost as xgb
+    """Batch scoring / backtest with the published champion and point-in-time features
+    (``training.scoring``: ``SCORE_COLUMNS``, streamed by day)."""
+    from training.scoring import load_champion, score_frame
 
-    from fraud_adapters.blobs import open_blob_store
-    from fraud_adapters.model_store import ModelNotFoundError, ModelStore
-
-    store = ModelStore(open_blob_store(store_uri), model_name)
-    version = store.champion_version()
-    if version is None:
-        raise ModelNotFoundError(f"no champion published in {store_uri}: run `fraudsys pipeline` first")
-    files = store.load(version)
-    booster = xgb.Booster()
-    booster.load_model(bytearray(files.model))
-    rows = build_features(frame, files.manifest.label_delay_seconds)
-    p = predict(booster, rows, files.manifest.feature_names)
-    return pd.DataFrame(
-        {
-            "trans_num": rows["trans_num"].to_numpy(),
-            "fraud_probability": p,
-            "is_fraud": (p >= files.manifest.threshold).astype(np.int8),
-        }
-    )
+    return score_frame(frame, load_champion(store_uri, model_name))

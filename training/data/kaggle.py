@@ -82,6 +82,15 @@ def read_transactions_csv(path: StrPath) -> pd.DataFrame:
     return _to_frame(table, source, 0, index_name, check_unique=True)
 
 
+def iter_transactions_csv(path: StrPath, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """One Kaggle-format CSV as canonical frames of `chunk_rows` rows, read as a stream (memory
+    bounded by the chunk size; `trans_num` uniqueness is checked within each chunk only)."""
+    source = os.fspath(path)
+    index_name = check_header(path)
+    for first_row, table in _chunks(path, chunk_rows):
+        yield _to_frame(table, source, first_row, index_name, check_unique=True)
+
+
 def write_transactions_csv(df: pd.DataFrame, path: StrPath) -> None:
     """Write `df` (validated first) as a Kaggle CSV: unnamed 0..n-1 index column, Kaggle order.
 

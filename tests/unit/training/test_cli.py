@@ -65,9 +65,10 @@ def test_pipeline_then_score_end_to_end(tmp_path: Path) -> None:
     scored = runner.invoke(app, ["score", str(csv), "-o", str(out), "--set", f"data_dir={tmp_path}"])
     assert scored.exit_code == 0, scored.output
     scores = pd.read_csv(out)
-    assert list(scores.columns) == ["trans_num", "fraud_probability", "is_fraud"]
+    assert list(scores.columns) == ["trans_num", "predicted_fraud", "fraud_probability", "model_version"]
     assert len(scores) == len(pd.read_csv(csv))
     assert scores["fraud_probability"].between(0, 1).all()
+    assert set(scores["model_version"].astype(str)) == {report["version"]}
 
 
 @pytest.mark.slow
