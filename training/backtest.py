@@ -196,6 +196,8 @@ def write_report(table: pd.DataFrame, out: Path, top_k: int = 100) -> list[Path]
 
 def _markdown(table: pd.DataFrame) -> str:
     def cell(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))  # counts (float where a scenario has no row in a period)
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
