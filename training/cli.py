@@ -4,6 +4,7 @@ import enum
 import json
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,6 +28,21 @@ ConfigOption = Annotated[
     list[Path] | None, typer.Option("--config", "-c", help="YAML config(s), merged in order", exists=True)
 ]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tuning.n_trials=3")]
+TrainUntilOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--train-until",
+        formats=["%Y-%m-%d"],
+        help="as-of training: transactions and labels known before this day (00:00 UTC); "
+        "validation/test by whole days, then a refit (split.train_until)",
+    ),
+]
+
+
+def _as_of(set_: list[str] | None, train_until: datetime | None) -> list[str] | None:
+    if train_until is None:
+        return set_
+    return [f"split.train_until={train_until.date().isoformat()}", *(set_ or [])]
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -165,13 +181,17 @@ def _run(config: list[Path] | None, set_: list[str] | None, auto_promote: bool) 
 
 
 @app.command()
-def pipeline(config: ConfigOption = None, set_: SetOption = None) -> None:
+def pipeline(
+    config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None
+) -> None:
     """The whole job: data -> features -> tuning -> training -> evaluation -> registry -> champion gate."""
-    _run(config, set_, auto_promote=True)
+    _run(config, _as_of(set_, train_until), auto_promote=True)
 
 
 @app.command()
-def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
+def retrain(
+    config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None
+) -> None:
     """The retraining loop on the running local stack (``fraudsys local up``): train on the events
     its updater archived (the local lake, real label arrivals), register, let the champion gate
     decide, publish; the scorer picks a new champion up within its pointer TTL. On AWS the
@@ -188,16 +208,16 @@ def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
         f"registry.tracking_uri=http://127.0.0.1:{stack.mlflow_port}",
     ]
     try:
-        _run(config, [*local, *(set_ or [])], auto_promote=True)
+        _run(config, [*local, *(_as_of(set_, train_until) or [])], auto_promote=True)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red] (send traffic first: POST /predict, or `fraudsys local replay`)")
         raise typer.Exit(2) from exc
 
 
 @app.command()
-def train(config: ConfigOption = None, set_: SetOption = None) -> None:
+def train(config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None) -> None:
     """Train, evaluate and register a candidate (published, but the champion does not move)."""
-    _run(config, set_, auto_promote=False)
+    _run(config, _as_of(set_, train_until), auto_promote=False)
 
 
 @app.command()
@@ -232,9 +252,9 @@ def evaluate(
 
     from training.dataset import build_features
     from training.evaluate import evaluate as run_eval
-    from training.pipeline import load_transactions
+    from training.pipeline import load_source, make_splits
     from training.registry import Registry
-    from training.train import predict, time_splits
+    from training.train import predict
 
     cfg = _config(config, set_)
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
@@ -249,8 +269,9 @@ def evaluate(
         if version
         else registry.client.get_model_version_by_alias(cfg.registry.model_name, "champion")
     )
-    rows = build_features(load_transactions(cfg), cfg.label_delay_seconds)
-    test = time_splits(rows, cfg.split, cfg.label_delay_seconds).test
+    source = load_source(cfg)
+    rows = build_features(source.transactions, cfg.label_delay_seconds, labels=source.labels)
+    test = make_splits(cfg, rows).test
     p = predict(booster, test, list(booster.feature_names or []))
     metrics = run_eval(test, p, float(mv.tags.get("threshold", 0.5))).as_dict("test_")
     console.print(metrics_table(metrics, f"model version {mv.version} on the test split"))
@@ -259,26 +280,133 @@ def evaluate(
 
 @app.command()
 def score(
-    input_csv: Annotated[Path, typer.Argument(exists=True, help="transactions in the Kaggle CSV schema")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(exists=True, help="a Kaggle-schema CSV, or a Parquet folder from `fraudsys ingest`"),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("data/scores.csv"),
+    from_day: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="first day scored (00:00 UTC)")
+    ] = None,
+    until_day: Annotated[
+        datetime | None,
+        typer.Option("--until", formats=["%Y-%m-%d"], help="score transactions before this day (00:00 UTC)"),
+    ] = None,
+    block_days: Annotated[
+        int, typer.Option(min=1, help="days scored together (memory: history + block)")
+    ] = 7,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Batch scoring / backtest with the published champion: trans_num, fraud_probability, is_fraud."""
-    from training.data.kaggle import read_transactions_csv
+    """Batch scoring / backtest with the published champion, streamed by day (memory does not grow
+    with the file): trans_num, predicted_fraud, fraud_probability, model_version."""
+    import itertools
+
+    from fraud_adapters.model_store import ModelNotFoundError
+    from training.asof import day_start
     from training.data.schema import DataFormatError
-    from training.pipeline import score_file
+    from training.scoring import SCORE_COLUMNS, csv_chunks, load_champion, parquet_chunks, score_stream
 
     cfg = _config(config, set_)
+    start = day_start(from_day.date()) if from_day else None
+    end = day_start(until_day.date()) if until_day else None
+    chunks = parquet_chunks(input_path, start, end) if input_path.is_dir() else csv_chunks(input_path)
     try:
-        frame = read_transactions_csv(input_csv)
-    except DataFormatError as exc:
+        first = list(itertools.islice(chunks, 1))  # a malformed file is reported before the model
+        model = load_champion(cfg.store_uri, cfg.registry.model_name)
+    except (DataFormatError, ModelNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    scores = score_file(frame, cfg.store_uri, cfg.registry.model_name)
     output.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(output, index=False)
-    console.print(f"{len(scores):,} scored, {int(scores['is_fraud'].sum()):,} flagged -> {output}")
+    scored = flagged = 0
+    chunks = itertools.chain(first, chunks)
+    try:
+        with output.open("w", newline="") as sink, console.status(f"scoring {input_path}") as status:
+            sink.write(",".join(SCORE_COLUMNS) + "\n")
+            for part in score_stream(chunks, model, start, end, block_days):
+                part.to_csv(sink, header=False, index=False)
+                scored += len(part)
+                flagged += int(part["predicted_fraud"].sum())
+                status.update(f"scoring {input_path}: {scored:,} transactions")
+    except (DataFormatError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{scored:,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
+
+
+@app.command()
+def backtest(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    periods: Annotated[int, typer.Option(min=1, help="test weeks, slid one after the other")] = 4,
+    train_days: Annotated[int, typer.Option(min=1, help="days of each training window")] = 56,
+    test_days: Annotated[int, typer.Option(min=1, help="days of each test period")] = 7,
+    top_k: Annotated[int, typer.Option(min=1, help="k of card precision top-k")] = 100,
+    rounds: Annotated[int, typer.Option(min=1, help="boosting rounds of every period's model")] = 150,
+    keep_detected_cards: Annotated[
+        bool, typer.Option(help="keep cards already found compromised in the next days' top k")
+    ] = False,
+    output_dir: Annotated[Path | None, typer.Option(help="default: <data_dir>/backtest")] = None,
+) -> None:
+    """Prequential backtest (Fraud Detection Handbook): train on a window, skip the label delay,
+    test a week, slide, repeat; per period AUC, AP, recall at 1% FPR, CP@k (and per fraud
+    scenario for simulated data); a CSV/markdown table, a plot, an MLflow run."""
+    from training.backtest import BacktestConfig, log_to_mlflow, run_backtest, write_report
+    from training.config import SimulatedSource
+    from training.pipeline import load_source
+
+    cfg = _config(config, set_)
+    if isinstance(cfg.source, SimulatedSource):  # the simulator knows each row's scenario
+        from training.data.simulator import SimulatorConfig, kaggle_scale, run_simulation
+        from training.dataset import label_events_at_delay
+
+        base = kaggle_scale() if cfg.source.scale == "kaggle" else SimulatorConfig()
+        fields = cfg.source.model_dump()
+        updates = {k: v for k, v in fields.items() if k in SimulatorConfig.model_fields and v is not None}
+        simulation = run_simulation(base.model_copy(update=updates))
+        transactions = simulation.transactions.assign(scenario=simulation.scenario.to_numpy())
+        labels = label_events_at_delay(transactions, cfg.label_delay_seconds)
+    else:
+        source = load_source(cfg)
+        transactions, labels = source.transactions, source.labels
+    settings = BacktestConfig(
+        periods=periods,
+        train_days=train_days,
+        test_days=test_days,
+        top_k=top_k,
+        rounds=rounds,
+        remove_detected_cards=not keep_detected_cards,
+        nthread=cfg.tuning.nthread,
+        seed=cfg.tuning.seed,
+    )
+    try:
+        table = run_backtest(
+            transactions,
+            labels,
+            cfg.label_delay_seconds,
+            settings,
+            on_period=lambda r: _step(
+                f"period {r['period']} ({r['test_start']}..{r['test_end']}): AP {r['average_precision']:.4f}"
+            ),
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    files = write_report(table, output_dir or cfg.data_dir / "backtest", top_k)
+    run_id = log_to_mlflow(
+        table, files, cfg.tracking_uri(), cfg.registry.experiment, {"source": cfg.source.kind}
+    )
+    shown = Table(title=f"prequential backtest, {periods} periods of {test_days} days")
+    columns = ["period", "test_start", "test_frauds", "roc_auc", "average_precision", "recall_at_1pct_fpr"]
+    columns.append(f"card_precision_at_{top_k}")
+    for name in columns:
+        shown.add_column(name, justify="right")
+    for values in table.to_dict("records"):
+        shown.add_row(
+            *(f"{values[c]:.4f}" if isinstance(values[c], float) else str(values[c]) for c in columns)
+        )
+    console.print(shown)
+    console.print(f"report: {', '.join(str(f) for f in files)}; MLflow run {run_id}")
 
 
 local_app = typer.Typer(no_args_is_help=True, help="The local stack on 127.0.0.1 (no Docker, no cloud).")

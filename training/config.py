@@ -47,11 +47,26 @@ DataSource = Annotated[SimulatedSource | CsvSource | ParquetSource | LakeSource,
 
 
 class SplitConfig(_Frozen):
-    """Time-ordered splits: train | gap (label delay) | validation | test, sized in days from the end."""
+    """Time-ordered splits: train | gap (label delay) | validation | test.
+
+    Without ``train_until`` the windows are counted back from the last event. With it (as-of
+    training, ``training.asof``) only transactions before the cutoff (00:00 UTC of that day) and
+    labels that arrived before it are used; the windows are whole UTC days ending where labels
+    stop being complete (cutoff - label delay), and the published model is refit on all of it.
+    """
 
     validation_days: int = Field(default=14, gt=0)
     test_days: int = Field(default=14, gt=0)
     gap_days: int | None = Field(default=None, description="None: the label delay")
+    train_until: date | None = Field(
+        default=None, description="as-of cutoff (00:00 UTC, exclusive); None: all data, no refit"
+    )
+    history_days: int | None = Field(
+        default=None, gt=0, description="as-of: days before the cutoff to read; None: all"
+    )
+    refit: bool = Field(
+        default=True, description="as-of: refit the chosen model on all labelled days before the cutoff"
+    )
 
 
 class TuningConfig(_Frozen):
@@ -61,6 +76,11 @@ class TuningConfig(_Frozen):
     early_stopping_rounds: int = Field(default=20, ge=1)
     seed: int = 7
     nthread: int = 2
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        default="median",
+        description="stop unpromising trials on their per-round validation AUCPR (none: all run)",
+    )
+    pruner_warmup_rounds: int = Field(default=10, ge=0, description="rounds of each trial never pruned")
 
 
 class ThresholdConfig(_Frozen):

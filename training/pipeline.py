@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from fraud_core import spec
+from training.asof import asof_splits, known_at, read_range
 from training.config import CsvSource, LakeSource, ParquetSource, PipelineConfig, SimulatedSource
 from training.dataset import build_features, label_events_at_delay
 from training.evaluate import choose_threshold, evaluate, save_plots
 from training.registry import Candidate, GateDecision, Registry, publish, write_json
-from training.train import Splits, fit, importance, predict, time_splits, tune
+from training.train import Splits, base_params, fit, fit_rounds, importance, predict, time_splits, tune
 
 Step = Callable[[str], None]
 
@@ -48,17 +49,56 @@ class SourceData:
 
 def load_source(cfg: PipelineConfig) -> SourceData:
     """Transactions and label events of the configured source: the lake's real label arrivals,
-    or, for sources without arrival times, a fraud label per fraud at ``event_time + delay``."""
+    or, for sources without arrival times, a fraud label per fraud at ``event_time + delay``.
+
+    As of ``split.train_until`` (``training.asof``): only what was known before the cutoff. The
+    lake reads only the day partitions of the range and the labels that arrived by then, the
+    Parquet source only the months of the range; a CSV or a simulation is cut after loading.
+    """
+    from datetime import UTC, datetime, timedelta
+
     from training.data.lake import read_lake
 
     source = cfg.source
+    window = read_range(cfg.split)
     if isinstance(source, LakeSource):
-        lake = read_lake(source.uri, source.start, source.end)
+        start, end, arrived_by = source.start, source.end, None
+        if window is not None:
+            first, cutoff = window
+            last_day = datetime.fromtimestamp(cutoff, UTC).date() - timedelta(days=1)
+            end = min(end, last_day) if end is not None else last_day
+            if first is not None:
+                first_day = datetime.fromtimestamp(first, UTC).date()
+                start = max(start, first_day) if start is not None else first_day
+            arrived_by = cutoff - 1
+        lake = read_lake(source.uri, start, end, cutoff=arrived_by)
         if lake.transactions.empty:
-            raise ValueError(f"the lake {source.uri} holds no transactions (in {source.start}..{source.end})")
-        return SourceData(lake.transactions, lake.labels)
-    frame = load_transactions(cfg)
-    return SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))
+            raise ValueError(f"the lake {source.uri} holds no transactions (in {start}..{end})")
+        data = SourceData(lake.transactions, lake.labels)
+    else:
+        frame = load_transactions(cfg)
+        data = SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))
+    return as_of(cfg, data)
+
+
+def as_of(cfg: PipelineConfig, data: SourceData) -> SourceData:
+    """``data`` as known at the cutoff of ``split.train_until`` (unchanged without one)."""
+    window = read_range(cfg.split)
+    if window is None:
+        return data
+    start, cutoff = window
+    transactions, labels = known_at(data.transactions, data.labels, cutoff, start)
+    if transactions.empty:
+        raise ValueError(f"no transaction before the cutoff {cfg.split.train_until}")
+    return SourceData(transactions, labels)
+
+
+def make_splits(cfg: PipelineConfig, rows: pd.DataFrame) -> Splits:
+    """The as-of windows with ``split.train_until``, else the windows counted from the last event."""
+    window = read_range(cfg.split)
+    if window is None:
+        return time_splits(rows, cfg.split, cfg.label_delay_seconds)
+    return asof_splits(rows, cfg.split, cfg.label_delay_seconds, window[1])
 
 
 def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
@@ -86,7 +126,9 @@ def load_transactions(cfg: PipelineConfig) -> pd.DataFrame:
     if isinstance(source, ParquetSource):
         from training.data.kaggle import read_parquet_dataset
 
-        return read_parquet_dataset(materialize(str(source.path), cfg.data_dir / "raw"))
+        window = read_range(cfg.split)
+        start, end = window if window is not None else (None, None)
+        return read_parquet_dataset(materialize(str(source.path), cfg.data_dir / "raw"), start=start, end=end)
     raise TypeError(f"unknown source {source!r}")
 
 
@@ -122,6 +164,7 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
     step("fitting the model and the request-only baseline")
     booster, _ = fit(splits.train, splits.validation, params, cfg.tuning)
     baseline, _ = fit(splits.train, splits.validation, params, cfg.tuning, spec.REQUEST_ONLY_FEATURES)
+    rounds, baseline_rounds = booster.num_boosted_rounds(), baseline.num_boosted_rounds()
 
     p_val = predict(booster, splits.validation)
     y_val = splits.validation["is_fraud"].to_numpy().astype(int)
@@ -139,6 +182,18 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
     }
     y_test = splits.test["is_fraud"].to_numpy().astype(int)
     artifacts = save_plots(y_test, p_test, importance(booster), threshold, out)
+    tags = {k: str(v) for k, v in splits.boundaries.items()}
+    tags["fit_until"] = str(splits.boundaries["train_end"])
+    if splits.refit is not None:
+        # The hyperparameters, the rounds and the threshold were chosen on validation and the
+        # test metrics measured on days this model never saw; the published model is the same
+        # recipe refit on every labelled day, up to the cutoff minus the label delay.
+        step(f"refitting on {len(splits.refit):,} labelled rows up to the cutoff - the label delay")
+        refit_params = {**params, **_class_weight(splits.refit, cfg)}
+        booster = fit_rounds(splits.refit, refit_params, rounds)
+        baseline = fit_rounds(splits.refit, refit_params, baseline_rounds, spec.REQUEST_ONLY_FEATURES)
+        metrics |= {"refit_rows": float(len(splits.refit)), "refit_rounds": float(rounds)}
+        tags["fit_until"] = str(splits.boundaries["end"])
     return Candidate(
         booster=booster,
         baseline=baseline,
@@ -146,8 +201,13 @@ def train_candidate(cfg: PipelineConfig, splits: Splits, out: Path, step: Step =
         threshold=threshold,
         metrics=metrics,
         artifacts=artifacts,
-        tags={k: str(v) for k, v in splits.boundaries.items()},
+        tags=tags,
     )
+
+
+def _class_weight(rows: pd.DataFrame, cfg: PipelineConfig) -> dict[str, float]:
+    """The class weight of ``base_params`` for ``rows``."""
+    return {"scale_pos_weight": base_params(rows, cfg.tuning.nthread, cfg.tuning.seed)["scale_pos_weight"]}
 
 
 def publish_registered(cfg: PipelineConfig, registry: Registry, version: str, champion: bool) -> str:
@@ -193,16 +253,23 @@ def _sync_champion(cfg: PipelineConfig, registry: Registry, champion: str, step:
 
 
 def run_pipeline(
-    cfg: PipelineConfig, auto_promote: bool = True, step: Step = _quiet, frame: pd.DataFrame | None = None
+    cfg: PipelineConfig,
+    auto_promote: bool = True,
+    step: Step = _quiet,
+    frame: pd.DataFrame | None = None,
+    data: SourceData | None = None,
 ) -> PipelineResult:
-    """The whole job; ``frame`` (canonical transactions) replaces the configured source if given."""
+    """The whole job; ``frame`` (canonical transactions, labels at the delay) or ``data``
+    (transactions and label events) replaces the configured source if given."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    if frame is None:
+    if data is not None:
+        source = as_of(cfg, data)
+    elif frame is not None:
+        source = as_of(cfg, SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds)))
+    else:
         step(f"loading transactions ({cfg.source.kind})")
         source = load_source(cfg)
-    else:
-        source = SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds))
     df = source.transactions
     seconds["load"] = time.perf_counter() - started
 
@@ -211,7 +278,7 @@ def run_pipeline(
     rows = build_features(df, cfg.label_delay_seconds, labels=source.labels)
     seconds["features"] = time.perf_counter() - t0
 
-    splits = time_splits(rows, cfg.split, cfg.label_delay_seconds)
+    splits = make_splits(cfg, rows)
     t0 = time.perf_counter()
     report_dir = cfg.data_dir / "reports"
     candidate = train_candidate(cfg, splits, report_dir, step)
@@ -219,8 +286,15 @@ def run_pipeline(
 
     step("registering in MLflow")
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
+    # As of a cutoff the published model is refit on the validation days too: champion and
+    # candidate are then compared on the test days (scored by the candidate before its refit).
+    held_out = "test" if splits.refit is not None else "validation"
     decision = registry.gate(
-        candidate, splits.validation, cfg.registry.gate_metric, cfg.registry.min_improvement
+        candidate,
+        getattr(splits, held_out),
+        cfg.registry.gate_metric,
+        cfg.registry.min_improvement,
+        split=held_out,
     )
     version, run_id = registry.register(candidate, splits.validation)
     registry.client.set_model_version_tag(cfg.registry.model_name, version, "gate", decision.reason)
@@ -274,25 +348,8 @@ def run_pipeline(
 
 
 def score_file(frame: pd.DataFrame, store_uri: str, model_name: str) -> pd.DataFrame:
-    """Batch scoring / backtest with the published champion and point-in-time features."""
-    import xgboost as xgb
+    """Batch scoring / backtest with the published champion and point-in-time features
+    (``training.scoring``: ``SCORE_COLUMNS``, streamed by day)."""
+    from training.scoring import load_champion, score_frame
 
-    from fraud_adapters.blobs import open_blob_store
-    from fraud_adapters.model_store import ModelNotFoundError, ModelStore
-
-    store = ModelStore(open_blob_store(store_uri), model_name)
-    version = store.champion_version()
-    if version is None:
-        raise ModelNotFoundError(f"no champion published in {store_uri}: run `fraudsys pipeline` first")
-    files = store.load(version)
-    booster = xgb.Booster()
-    booster.load_model(bytearray(files.model))
-    rows = build_features(frame, files.manifest.label_delay_seconds)
-    p = predict(booster, rows, files.manifest.feature_names)
-    return pd.DataFrame(
-        {
-            "trans_num": rows["trans_num"].to_numpy(),
-            "fraud_probability": p,
-            "is_fraud": (p >= files.manifest.threshold).astype(np.int8),
-        }
-    )
+    return score_frame(frame, load_champion(store_uri, model_name))

@@ -84,10 +84,16 @@ class Registry:
         return str(version.version), booster, dict(version.tags)
 
     def gate(
-        self, candidate: Candidate, validation: pd.DataFrame, metric: str, min_improvement: float
+        self,
+        candidate: Candidate,
+        validation: pd.DataFrame,
+        metric: str,
+        min_improvement: float,
+        split: str = "validation",
     ) -> GateDecision:
-        """Promote only if the candidate beats the champion on the candidate's validation data."""
-        score = candidate.metrics[f"validation_{metric}"]
+        """Promote only if the candidate beats the champion on the same held-out rows:
+        ``validation`` is the candidate's ``split`` (its score: ``metrics[f"{split}_{metric}"]``)."""
+        score = candidate.metrics[f"{split}_{metric}"]
         current = self.champion()
         if current is None:
             return GateDecision(True, "no champion yet", score, None, None)
@@ -97,10 +103,17 @@ class Registry:
         names = list(booster.feature_names or [])
         probabilities = np.asarray(booster.inplace_predict(validation[names].to_numpy(dtype=np.float64)))
         champion_score = float(getattr(evaluate(validation, probabilities, 0.5), metric))
+        first = int(validation["event_time"].min())
+        seen = tags.get("fit_until")
+        # a champion fit on some of these days scores them optimistically: the gate is conservative
+        where = f"on the {split} days"
+        if seen and int(seen) > first:
+            until = datetime.fromtimestamp(int(seen), UTC).date().isoformat()
+            where += f", part of which the champion was fit on (until {until})"
         if score > champion_score + min_improvement:
-            reason = f"{metric} {score:.4f} beats champion v{version} {champion_score:.4f}"
+            reason = f"{metric} {score:.4f} beats champion v{version} {champion_score:.4f} {where}"
             return GateDecision(True, reason, score, champion_score, version)
-        reason = f"{metric} {score:.4f} does not beat champion v{version} {champion_score:.4f}"
+        reason = f"{metric} {score:.4f} does not beat champion v{version} {champion_score:.4f} {where}"
         return GateDecision(False, reason, score, champion_score, version)
 
     def register(self, candidate: Candidate, validation: pd.DataFrame) -> tuple[str, str]:
@@ -133,6 +146,9 @@ class Registry:
             self.model_name, version, "feature_spec_version", spec.FEATURE_SPEC_VERSION
         )
         self.client.set_model_version_tag(self.model_name, version, "threshold", str(candidate.threshold))
+        for key in ("fit_until", "cutoff"):  # the gate reads them off the champion
+            if key in candidate.tags:
+                self.client.set_model_version_tag(self.model_name, version, key, candidate.tags[key])
         return version, run.info.run_id
 
     def promote(self, version: str) -> None:

@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,9 @@ from numpy.typing import NDArray
 
 from fraud_core import spec
 from training.config import SplitConfig, TuningConfig
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +27,11 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame
     boundaries: dict[str, int]  # epoch seconds: train_end, validation_start, test_start, end
+    #: as-of runs: every labelled row up to ``end`` the published model is refit on (training.asof)
+    refit: pd.DataFrame | None = None
 
 
-def _check(name: str, part: pd.DataFrame) -> None:
+def check_split(name: str, part: pd.DataFrame) -> None:
     if len(part) == 0 or part["is_fraud"].nunique() < 2:
         raise ValueError(
             f"the {name} split has {len(part)} rows and {int(part['is_fraud'].sum()) if len(part) else 0} "
@@ -56,7 +61,7 @@ def time_splits(rows: pd.DataFrame, cfg: SplitConfig, label_delay: int, warmup_d
         },
     )
     for name in ("train", "validation", "test"):
-        _check(name, getattr(parts, name))
+        check_split(name, getattr(parts, name))
     return parts
 
 
@@ -80,12 +85,31 @@ def base_params(train: pd.DataFrame, nthread: int, seed: int) -> dict[str, Any]:
     }
 
 
+class PruningCallback(xgb.callback.TrainingCallback):
+    """Reports each round's validation metric to an Optuna trial (step ``offset + round``) and
+    stops the trial when its pruner says so: what ``optuna_integration.XGBoostPruningCallback``
+    does, without that extra package."""
+
+    def __init__(self, trial: "optuna.Trial", offset: int = 0, metric: str = "aucpr") -> None:
+        self.trial, self.offset, self.metric = trial, offset, metric
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict[str, Any]) -> bool:
+        import optuna
+
+        score = float(evals_log["validation"][self.metric][-1])
+        self.trial.report(score, self.offset + epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"round {epoch}: validation {self.metric} {score:.4f}")
+        return False
+
+
 def fit(
     train: pd.DataFrame,
     validation: pd.DataFrame,
     params: dict[str, Any],
     cfg: TuningConfig,
     features: Sequence[str] = spec.FEATURE_NAMES,
+    callbacks: Sequence[xgb.callback.TrainingCallback] = (),
 ) -> tuple[xgb.Booster, float]:
     """Train with early stopping on ``validation``; returns the booster cut at its best round."""
     dtrain, dvalid = matrix(train, features), matrix(validation, features)
@@ -96,10 +120,18 @@ def fit(
         evals=[(dvalid, "validation")],
         early_stopping_rounds=cfg.early_stopping_rounds,
         verbose_eval=False,
+        callbacks=list(callbacks) or None,
     )
     best = int(booster.best_iteration)
     score = float(booster.best_score)
     return booster[: best + 1], score
+
+
+def fit_rounds(
+    train: pd.DataFrame, params: dict[str, Any], rounds: int, features: Sequence[str] = spec.FEATURE_NAMES
+) -> xgb.Booster:
+    """Train exactly ``rounds`` rounds, no early stopping (the refit of a chosen model)."""
+    return xgb.train(params, matrix(train, features), num_boost_round=rounds, verbose_eval=False)
 
 
 def time_folds(train: pd.DataFrame, n_folds: int, gap: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
@@ -120,6 +152,7 @@ def tune(
     cfg: TuningConfig,
     gap: int,
     on_trial: Callable[[int, float], None] | None = None,
+    study_callbacks: Sequence[Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]] = (),
 ) -> tuple[dict[str, Any], float]:
     """Optuna TPE search over time-series folds of the training split; mean validation AUCPR."""
     import optuna
@@ -143,15 +176,34 @@ def tune(
             "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
             "gamma": trial.suggest_float("gamma", 0.0, 5.0),
         }
-        scores = [fit(a, b, params, cfg)[1] for a, b in folds]
+        scores = []
+        for k, (a, b) in enumerate(folds):
+            # fold k reports rounds k * max_rounds + r: trials are compared fold by fold, round by round
+            prune = [PruningCallback(trial, k * cfg.max_rounds)] if cfg.pruner != "none" else []
+            scores.append(fit(a, b, params, cfg, callbacks=prune)[1])
         score = float(np.mean(scores))
         if on_trial is not None:
             on_trial(trial.number, score)
         return score
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-    study.optimize(objective, n_trials=cfg.n_trials)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=pruner(cfg)
+    )
+    study.optimize(objective, n_trials=cfg.n_trials, callbacks=list(study_callbacks))
     return {**base, **study.best_params}, float(study.best_value)
+
+
+def pruner(cfg: TuningConfig) -> "optuna.pruners.BasePruner":
+    """The configured pruner; a pruned trial counts as a trial but never as the best one."""
+    import optuna
+
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.pruner_warmup_rounds)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(cfg.pruner_warmup_rounds, 1), max_resource=cfg.max_rounds
+        )
+    return optuna.pruners.NopPruner()
 
 
 def predict(booster: xgb.Booster, rows: pd.DataFrame, features: Sequence[str] = spec.FEATURE_NAMES) -> F64:

@@ -82,6 +82,15 @@ def read_transactions_csv(path: StrPath) -> pd.DataFrame:
     return _to_frame(table, source, 0, index_name, check_unique=True)
 
 
+def iter_transactions_csv(path: StrPath, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """One Kaggle-format CSV as canonical frames of `chunk_rows` rows, read as a stream (memory
+    bounded by the chunk size; `trans_num` uniqueness is checked within each chunk only)."""
+    source = os.fspath(path)
+    index_name = check_header(path)
+    for first_row, table in _chunks(path, chunk_rows):
+        yield _to_frame(table, source, first_row, index_name, check_unique=True)
+
+
 def write_transactions_csv(df: pd.DataFrame, path: StrPath) -> None:
     """Write `df` (validated first) as a Kaggle CSV: unnamed 0..n-1 index column, Kaggle order.
 
@@ -190,8 +199,18 @@ def ingest_csv_to_parquet(
     return report
 
 
-def read_parquet_dataset(out_dir: StrPath, *, months: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read a dataset written by `ingest_csv_to_parquet` (optionally only some 'YYYY-MM' months)."""
+def read_parquet_dataset(
+    out_dir: StrPath,
+    *,
+    months: Iterable[str] | None = None,
+    start: int | None = None,
+    end: int | None = None,
+) -> pd.DataFrame:
+    """Read a dataset written by `ingest_csv_to_parquet` (optionally only some 'YYYY-MM' months).
+
+    `start` / `end` (epoch seconds, `end` exclusive): only the transactions dated in that range;
+    the month partitions outside it are not opened, the others are filtered while read.
+    """
     root = Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
@@ -199,12 +218,24 @@ def read_parquet_dataset(out_dir: StrPath, *, months: Iterable[str] | None = Non
     parts = sorted(
         p
         for p in root.glob(f"{PARTITION_PREFIX}*/part-*.parquet")
-        if wanted is None or p.parent.name in wanted
+        if (wanted is None or p.parent.name in wanted) and _month_overlaps(p.parent.name, start, end)
     )
     if not parts:
         return empty_frame()
-    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    filters = [("event_time", ">=", start)] if start is not None else []
+    filters += [("event_time", "<", end)] if end is not None else []
+    table = pa.concat_tables([pq.read_table(p, filters=filters or None) for p in parts])
+    if table.num_rows == 0:
+        return empty_frame()
     return validate_frame(table.to_pandas(), source=os.fspath(root))
+
+
+def _month_overlaps(partition: str, start: int | None, end: int | None) -> bool:
+    """Whether the partition `month=YYYY-MM` holds days in `[start, end)`."""
+    month = np.datetime64(partition.removeprefix(PARTITION_PREFIX), "M")
+    first = int(month.astype("datetime64[s]").astype(np.int64))
+    after = int((month + np.timedelta64(1, "M")).astype("datetime64[s]").astype(np.int64))
+    return (start is None or after > start) and (end is None or first < end)
 
 
 def read_ingest_report(out_dir: StrPath) -> IngestReport:

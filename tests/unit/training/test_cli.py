@@ -65,9 +65,10 @@ def test_pipeline_then_score_end_to_end(tmp_path: Path) -> None:
     scored = runner.invoke(app, ["score", str(csv), "-o", str(out), "--set", f"data_dir={tmp_path}"])
     assert scored.exit_code == 0, scored.output
     scores = pd.read_csv(out)
-    assert list(scores.columns) == ["trans_num", "fraud_probability", "is_fraud"]
+    assert list(scores.columns) == ["trans_num", "predicted_fraud", "fraud_probability", "model_version"]
     assert len(scores) == len(pd.read_csv(csv))
     assert scores["fraud_probability"].between(0, 1).all()
+    assert set(scores["model_version"].astype(str)) == {report["version"]}
 
 
 @pytest.mark.slow
@@ -140,3 +141,31 @@ def test_score_without_champion_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["score", str(csv), "--set", f"data_dir={tmp_path}"])
     assert result.exit_code != 0
     assert "no champion" in str(result.exception) + result.output
+
+
+@pytest.mark.slow
+def test_weekly_as_of_retraining_publishes_the_refit_and_gates_on_the_test_days(tmp_path: Path) -> None:
+    import xgboost as xgb
+
+    tiny = [*TINY, "--set", "source.n_days=90", "--set", f"data_dir={tmp_path}"]
+    # Given a champion trained as of 2019-03-17
+    first = runner.invoke(app, ["pipeline", "--train-until", "2019-03-17", *tiny])
+    assert first.exit_code == 0, first.output
+    report = json.loads(next((tmp_path / "reports").glob("metrics-v1.json")).read_text())
+    cutoff = 1552780800  # 2019-03-17T00:00:00Z
+    assert report["boundaries"]["cutoff"] == cutoff
+    assert report["boundaries"]["end"] == cutoff - 7 * 86400
+    # Then the published model is the refit, with the rounds chosen on validation
+    store = ModelStore(LocalBlobStore(tmp_path / "model_store"))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(store.load("1").model))
+    assert booster.num_boosted_rounds() == report["metrics"]["refit_rounds"]
+    assert report["metrics"]["refit_rows"] > report["metrics"]["validation_n"] + report["metrics"]["test_n"]
+
+    # When next week's candidate is trained as of 2019-03-24
+    second = runner.invoke(app, ["train", "--train-until", "2019-03-24", *tiny])
+    assert second.exit_code == 0, second.output
+    # Then the gate compared both on the candidate's test days, which the champion was fit on
+    reason = " ".join(second.output.split())
+    assert "on the test days, part of which the champion was fit on (until 2019-03-10)" in reason
+    assert store.champion_version() == "1"
