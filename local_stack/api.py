@@ -7,8 +7,9 @@ current event on the app object). The HTTP server is uvicorn (httptools parser, 
 Extra routes served here, not by the Lambda:
 ``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of ``POST /predict`` and
 ``GET /health`` carry a ``Server-Timing`` header (milliseconds): ``handler`` (the invocation,
-with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``) and
-``read`` (its Redis read), as ``handlers.predict.last_timings`` kept them on this thread. A
+with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``), ``model``
+(in it, the champion: pointer check, load when it changed) and ``read`` (its Redis read), as
+``handlers.predict.last_timings`` kept them on this thread. A
 client can then split its latency into the handler (Redis read, the rest of scoring, and the
 Powertools, validation and publish around it) and everything outside: HTTP, event building,
 queueing and the client itself.
@@ -31,7 +32,8 @@ LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
 MAX_BODY_BYTES = 256 * 1024
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
 SERVER_TIMING = "Server-Timing"
-TIMED = (("score", "score_ms"), ("read", "read_ms"))  # Server-Timing name, handlers.predict.last_timings
+# Server-Timing name, handlers.predict.last_timings attribute
+TIMED = (("score", "score_ms"), ("model", "model_ms"), ("read", "read_ms"))
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

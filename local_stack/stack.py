@@ -237,7 +237,12 @@ class LocalStack:
                     cfg.gil_switch_interval_ms / 1000,
                 ).start()
             else:
-                self.api = LocalApi(port=cfg.api_port).start()
+                # like each worker: warm (imports, champion, Redis, Kafka producer) before binding,
+                # so the first request costs what the next ones do
+                self.api = LocalApi(port=cfg.api_port, bind=False)
+                self.api.warm()
+                self.api.bind()
+                self.api.start()
             self.poller = self._start_poller()
         except BaseException:
             self.down()

@@ -44,8 +44,8 @@ app.configure_openapi(
 app.include_router(labels.router)  # POST /labels
 
 
-#: The timings of the last score on this thread (``score_ms``, ``read_ms``), for long-lived local
-#: servers to report (``local_stack.api``: ``Server-Timing``); a Lambda never reads them.
+#: The timings of the last score on this thread (``score_ms``, ``model_ms``, ``read_ms``), for
+#: long-lived local servers to report (``local_stack.api``: ``Server-Timing``); a Lambda never reads them.
 last_timings = threading.local()
 
 
@@ -136,6 +136,7 @@ def predict(request: PredictRequest) -> PredictResponse:
         raise TimeGuardError("transaction_time", refused)
     scored = scorer().score(request)
     last_timings.score_ms, last_timings.read_ms = scored.total_ms, scored.read_ms
+    last_timings.model_ms = scored.model_ms
     response = scored.response
     metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=scored.total_ms)
     metrics.add_metric(name="FeatureReadLatency", unit=MetricUnit.Milliseconds, value=scored.read_ms)

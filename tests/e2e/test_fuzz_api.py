@@ -246,7 +246,7 @@ def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:
 
 def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
     """``Server-Timing`` lets a client split its latency: the handler invocation, within it
-    ``Scorer.score``, within that the Redis read (milliseconds)."""
+    ``Scorer.score``, within that the champion check (``model``) and the Redis read (milliseconds)."""
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
     try:
         conn.request("POST", "/predict", json.dumps(VALID), {"Content-Type": "application/json"})
@@ -260,6 +260,7 @@ def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
 
     timing = server_timing(scored.getheader("Server-Timing", "").encode())
     assert scored.status == 200
-    assert set(timing) == {"handler", "score", "read"}
+    assert set(timing) == {"handler", "score", "model", "read"}
     assert 0 < timing["read"] <= timing["score"] <= timing["handler"] < 10_000
+    assert 0 <= timing["model"] <= timing["score"] - timing["read"] + 0.01  # both inside score
     assert set(server_timing(health.getheader("Server-Timing", "").encode())) == {"handler"}
