@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from local_stack import metrics
-from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics
+from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics, warm_instance
 
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
 MAX_BODY_BYTES = 256 * 1024
@@ -55,6 +55,7 @@ class LocalApi:
     ) -> None:
         import uvicorn
 
+        warm_instance()  # no ColdStart EMF line on the terminal
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
         self.host = host
