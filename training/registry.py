@@ -166,6 +166,13 @@ class Registry:
     def promote(self, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
 
+    def restore_champion(self, previous: str | None) -> None:
+        """Put the alias back where it was (``None``: no champion) after a failed publish."""
+        if previous is None:
+            self.client.delete_registered_model_alias(self.model_name, CHAMPION)
+        else:
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, previous)
+
     def load_version(self, version: str) -> tuple[xgb.Booster, xgb.Booster | None, dict[str, str], str]:
         """A registered version's booster, baseline, tags and run id (for `fraudsys promote`)."""
         import mlflow
