@@ -44,6 +44,8 @@ LAKE_BUCKET = "fraudsys-lake"
 # Buckets saved to <run_dir>/s3 at `down` and restored at `up` (local_stack.s3_snapshot); not the
 # broker's: the broker starts empty at every `up`.
 PERSISTENT_BUCKETS = (MODELS_BUCKET, DEAD_LETTER_BUCKET, LAKE_BUCKET)
+# moto's dummy credentials (the local S3); one line, so that bandit's nosec applies to it alone
+LOCAL_DUMMY_SECRET = "testing"  # noqa: S105  # nosec B105  # pragma: allowlist secret
 TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
 
@@ -150,7 +152,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "LABEL_DELAY_SECONDS": str(cfg.label_delay_seconds),
         "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{cfg.s3_port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # moto dummy credentials, local S3  # nosec B105  # pragma: allowlist secret
+        "AWS_SECRET_ACCESS_KEY": LOCAL_DUMMY_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
