@@ -3,6 +3,7 @@ worker scores, the stream still reaches Redis once per transaction, ``/metrics``
 workers up, and ``down`` leaves no worker behind."""
 
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from fraud_adapters.blobs import open_blob_store
-from fraud_adapters.model_store import ModelStore
+from fraud_adapters.model_store import ChampionCache, ModelStore
 from handlers import bootstrap
 from local_stack.demo import post_json
 from local_stack.stack import LocalStack, StackConfig
@@ -68,6 +69,9 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
         timeout=60,
         what="the first champion in the workers",
     )
+    # one worker sees it; the other may have found no champion less than a second ago and keeps
+    # that answer for ChampionCache.missing_ttl: past it, every worker re-reads the pointer
+    time.sleep(ChampionCache.missing_ttl + 0.2)
     answers = [post_json(f"{stack.api_url}/predict", _body(i), timeout=30) for i in range(1, REQUESTS)]
 
     # then every request is scored by the champion
