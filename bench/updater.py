@@ -228,13 +228,14 @@ def _lake_env(kind: str, workdir: Path) -> Iterator[None]:
             import boto3
 
             from local_stack.services import free_port, start_moto
+            from local_stack.stack import LOCAL_DUMMY_SECRET
 
             moto = start_moto(free_port())
             os.environ.update(
                 {
                     "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{moto.port}",
                     "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",  # local moto  # nosec B105  # pragma: allowlist secret
+                    "AWS_SECRET_ACCESS_KEY": LOCAL_DUMMY_SECRET,
                     "AWS_DEFAULT_REGION": "us-east-1",
                 }
             )

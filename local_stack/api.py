@@ -7,8 +7,9 @@ current event on the app object). The HTTP server is uvicorn (httptools parser, 
 Extra routes served here, not by the Lambda:
 ``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of ``POST /predict`` and
 ``GET /health`` carry a ``Server-Timing`` header (milliseconds): ``handler`` (the invocation,
-with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``) and
-``read`` (its Redis read), as ``handlers.predict.last_timings`` kept them on this thread. A
+with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``), ``model``
+(in it, the champion: pointer check, load when it changed) and ``read`` (its Redis read), as
+``handlers.predict.last_timings`` kept them on this thread. A
 client can then split its latency into the handler (Redis read, the rest of scoring, and the
 Powertools, validation and publish around it) and everything outside: HTTP, event building,
 queueing and the client itself.
@@ -25,13 +26,15 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from local_stack import metrics
-from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics
+from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics, warm_instance
 
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
+LOCAL_ROUTES = {"/metrics", "/openapi.json"}  # GET only, served here
 MAX_BODY_BYTES = 256 * 1024
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
 SERVER_TIMING = "Server-Timing"
-TIMED = (("score", "score_ms"), ("read", "read_ms"))  # Server-Timing name, handlers.predict.last_timings
+# Server-Timing name, handlers.predict.last_timings attribute
+TIMED = (("score", "score_ms"), ("model", "model_ms"), ("read", "read_ms"))
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,8 +46,11 @@ class BodyTooLargeError(Exception):
     pass
 
 
-def _message(text: str) -> bytes:
-    return json.dumps({"message": text}).encode()
+def _error(status: HTTPStatus, message: str) -> bytes:
+    """The API's error body (``handlers.errors``), for the answers this server gives itself."""
+    from handlers.errors import error_body
+
+    return json.dumps(error_body(status.value, message)).encode()
 
 
 class LocalApi:
@@ -53,6 +59,7 @@ class LocalApi:
     ) -> None:
         import uvicorn
 
+        warm_instance()  # no ColdStart EMF line on the terminal
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
         self.host = host
@@ -90,7 +97,9 @@ class LocalApi:
         try:
             raw = await self._body(receive)
         except BodyTooLargeError:
-            await self._send(send, 413, _message("request body too large"))
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            message = f"request body too large: at most {MAX_BODY_BYTES} bytes"
+            await self._send(send, status.value, _error(status, message))
             return
         if method == "GET" and path == "/metrics":
             await self._send(send, 200, metrics.exposition(), CONTENT_TYPE_LATEST)
@@ -101,9 +110,15 @@ class LocalApi:
             await self._send(send, 200, app.get_openapi_json_schema().encode())
             return
         if (method, path) not in LAMBDA_ROUTES:
-            known = path in {p for _, p in LAMBDA_ROUTES}
-            status = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
-            await self._send(send, status.value, _message(f"{method} {path}: {status.phrase}"))
+            from handlers.errors import ROUTES, route_not_found
+
+            if path in LOCAL_ROUTES and path not in ROUTES:
+                status = HTTPStatus.METHOD_NOT_ALLOWED
+                message, allow = f"{method} {path}: {status.phrase} (allowed: GET)", {"Allow": "GET"}
+            else:
+                status, message, allow = route_not_found(method, path)
+            allow_header = [(k.lower().encode(), v.encode()) for k, v in allow.items()]
+            await self._send(send, status.value, _error(status, message), extra_headers=allow_header)
             return
         body = raw.decode("utf-8", errors="replace") if raw else None
         code, payload, out_headers = self.invoke(method, path, body, headers)

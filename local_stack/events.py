@@ -1,6 +1,7 @@
 """The event shapes AWS hands to the Lambdas, built locally: API Gateway REST proxy and MSK."""
 
 import base64
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -95,6 +96,19 @@ def msk_event(records: Iterable[StreamRecord], bootstrap_servers: str = "127.0.0
         "bootstrapServers": bootstrap_servers,
         "records": grouped,
     }
+
+
+def warm_instance() -> None:
+    """The local API's handlers run in an instance warmed before it serves, as Lambda's
+    provisioned concurrency does: Powertools emits no ``ColdStart`` metric there. Its cold-start
+    metric is printed as a raw EMF line even with POWERTOOLS_METRICS_DISABLED (it goes through
+    ``single_metric``, which ignores the setting); locally that line landed in the terminal, in
+    the middle of the demo's table. Powertools reads AWS_LAMBDA_INITIALIZATION_TYPE once, at
+    import: this sets the flag it derives from it."""
+    from aws_lambda_powertools.metrics.provider import cold_start
+
+    os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency"
+    cold_start.is_cold_start = False
 
 
 def quiet_lambda_metrics() -> None:

@@ -2,10 +2,12 @@
 broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``.
 For tests, ``redis_cluster()`` also starts a real Redis Cluster (three masters by default)."""
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,13 +90,34 @@ class Service:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        """SIGTERM to the service's process group (its own: ``_start``), then SIGKILL to what is
+        left of it after ``timeout``: a service's children go too (the MLflow server's uvicorn
+        worker outlived a SIGTERM to ``mlflow server`` alone)."""
+        group = self.process.pid
+        _signal_group(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(group, signal.SIGKILL)
+            self.process.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(group):
+            _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _start(
@@ -113,8 +136,17 @@ def _start(
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         out = log.open("ab")
-    # a fixed argv list of a local service, no shell
-    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # type: ignore[arg-type]  # nosec B603
+    # A fixed argv list of a local service, no shell. Its own session and process group: Ctrl-C
+    # in a terminal signals the foreground group, i.e. `fraudsys local up` (or the demo), which
+    # then stops the services in order (the local S3 saved first, then each whole group); sent
+    # to the services as well, it killed the S3 server before its snapshot was saved.
+    process = subprocess.Popen(  # nosec B603
+        argv,
+        stdout=out,  # type: ignore[arg-type]
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     service = Service(name, port, process, log)
     try:
         wait_for_port(port, timeout, process)

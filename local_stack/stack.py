@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 from local_stack import s3_snapshot
 from local_stack.api import LocalApi
+from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.events import StreamRecord
 from local_stack.poller import KafkaPoller, PollerConfig
 from local_stack.services import (
@@ -42,6 +44,8 @@ LAKE_BUCKET = "fraudsys-lake"
 # Buckets saved to <run_dir>/s3 at `down` and restored at `up` (local_stack.s3_snapshot); not the
 # broker's: the broker starts empty at every `up`.
 PERSISTENT_BUCKETS = (MODELS_BUCKET, DEAD_LETTER_BUCKET, LAKE_BUCKET)
+# moto's dummy credentials (the local S3); one line, so that bandit's nosec applies to it alone
+LOCAL_DUMMY_SECRET = "testing"  # noqa: S105  # nosec B105  # pragma: allowlist secret
 TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
 
@@ -75,6 +79,12 @@ class StackConfig:
     # The API process hands the GIL over every 0.5 ms instead of 5: a request thread that wakes
     # from a Redis or Kafka round trip waits less behind the other threads (docs/benchmarks-http.md)
     gil_switch_interval_ms: float = 0.5
+    # before the API starts, make the local S3 serve a champion (local_stack.champion): the one
+    # restored there, else one of these local model stores', else the stack's MLflow alias's, else
+    # (train_champion) a quick model trained now. Off by default: tests publish their own.
+    champion: bool = False
+    champion_model_stores: tuple[Path, ...] = ()
+    train_champion: bool = True
 
     @classmethod
     def on_free_ports(cls, run_dir: Path, **settings: Any) -> "StackConfig":
@@ -142,7 +152,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "LABEL_DELAY_SECONDS": str(cfg.label_delay_seconds),
         "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{cfg.s3_port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # moto dummy credentials, local S3  # nosec B105  # pragma: allowlist secret
+        "AWS_SECRET_ACCESS_KEY": LOCAL_DUMMY_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
@@ -189,6 +199,8 @@ class LocalStack:
     services: dict[str, Service] = field(default_factory=dict)
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
+    champion_report: "ChampionReport | None" = None
+    on_step: Callable[[str], None] | None = None  # progress lines (the CLI prints them)
 
     def _set_environment(self, env: dict[str, str]) -> None:
         """The handlers read their settings from the process environment; ``down`` restores it."""
@@ -225,6 +237,16 @@ class LocalStack:
                 log.info("local S3: %d objects restored from %s", restored, cfg.s3_snapshot_dir)
             self.s3_restored = True
             create_buckets()
+            if cfg.champion:
+                self.champion_report = ensure_champion(
+                    cfg.model_store_uri,
+                    cfg.label_delay_seconds,
+                    cfg.champion_model_stores,
+                    self.endpoints().get("mlflow"),
+                    cfg.run_dir / "quickstart",
+                    cfg.train_champion,
+                    step=self.on_step or log.info,
+                )
             self._reset_handlers()
             self.saved_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000)
@@ -237,7 +259,12 @@ class LocalStack:
                     cfg.gil_switch_interval_ms / 1000,
                 ).start()
             else:
-                self.api = LocalApi(port=cfg.api_port).start()
+                # like each worker: warm (imports, champion, Redis, Kafka producer) before binding,
+                # so the first request costs what the next ones do
+                self.api = LocalApi(port=cfg.api_port, bind=False)
+                self.api.warm()
+                self.api.bind()
+                self.api.start()
             self.poller = self._start_poller()
         except BaseException:
             self.down()

@@ -18,8 +18,31 @@ done
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v uv >/dev/null 2>&1; then
+  # --user: the binary goes to the user's base (~/.local/bin), not into one Python's own bin
+  # folder, where pyenv would find it only for that version (inside this repo: .python-version)
   echo "bootstrap: installing uv"
-  python3 -m pip install --quiet uv
+  python3 -m pip install --quiet --user uv
+  PATH="$(python3 -m site --user-base)/bin:$PATH"
+fi
+
+# `uv` must also work outside this repo (`uv run --project ...`, the README's commands from another
+# folder). Installed by pip into pyenv's 3.13, it is reached through a pyenv shim that answers
+# "command not found" wherever another Python version is selected: link the binary itself.
+if ! (cd / && uv --version) >/dev/null 2>&1; then
+  uv_binary="$(command -v uv)"
+  if command -v pyenv >/dev/null 2>&1 && [ "$uv_binary" = "$(pyenv root)/shims/uv" ]; then
+    uv_binary="$(pyenv which uv)"
+  fi
+  link_dir="$HOME/.local/bin"
+  mkdir -p "$link_dir"
+  ln -sf "$uv_binary" "$link_dir/uv"
+  if (cd / && uv --version) >/dev/null 2>&1; then
+    echo "bootstrap: linked $link_dir/uv -> $uv_binary"
+  else
+    echo "bootstrap: uv is at $uv_binary, linked as $link_dir/uv; outside this repo \`uv\` is still" \
+      "shadowed (pyenv's shim, or $link_dir not on PATH): put $link_dir first in PATH," \
+      "e.g. export PATH=\"$link_dir:\$PATH\" in ~/.bashrc, or call $link_dir/uv"
+  fi
 fi
 
 if ! command -v redis-server >/dev/null 2>&1; then

@@ -180,12 +180,39 @@ def _run(config: list[Path] | None, set_: list[str] | None, auto_promote: bool) 
     console.print(f"{result.rows:,} transactions, {result.frauds:,} frauds; {timings}")
 
 
+LocalOption = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="to the running local stack (`fraudsys local up` defaults): its MLflow and local S3 model "
+        "store, with its dummy credentials and region",
+    ),
+]
+
+
+def _local_stack_overrides() -> list[str]:
+    """The local stack's settings (environment and config) for a training command."""
+    from local_stack.stack import StackConfig
+
+    _use_local_stack()
+    stack = StackConfig()
+    return [
+        f"model_store_uri={stack.model_store_uri}",
+        f"label_delay_seconds={stack.label_delay_seconds}",
+        f"registry.tracking_uri=http://127.0.0.1:{stack.mlflow_port}",
+    ]
+
+
 @app.command()
 def pipeline(
-    config: ConfigOption = None, set_: SetOption = None, train_until: TrainUntilOption = None
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    train_until: TrainUntilOption = None,
+    local: LocalOption = False,
 ) -> None:
     """The whole job: data -> features -> tuning -> training -> evaluation -> registry -> champion gate."""
-    _run(config, _as_of(set_, train_until), auto_promote=True)
+    overrides = [*(_local_stack_overrides() if local else []), *(_as_of(set_, train_until) or [])]
+    _run(config, overrides, auto_promote=True)
 
 
 @app.command()
@@ -198,15 +225,7 @@ def retrain(
     training task does the same on its schedule (TRAINING_SOURCE=lake)."""
     from local_stack.stack import StackConfig
 
-    _use_local_stack()
-    stack = StackConfig()
-    local = [
-        "source.kind=lake",
-        f"source.uri={stack.lake_uri}",
-        f"model_store_uri={stack.model_store_uri}",
-        f"label_delay_seconds={stack.label_delay_seconds}",
-        f"registry.tracking_uri=http://127.0.0.1:{stack.mlflow_port}",
-    ]
+    local = ["source.kind=lake", f"source.uri={StackConfig().lake_uri}", *_local_stack_overrides()]
     try:
         _run(config, [*local, *(_as_of(set_, train_until) or [])], auto_promote=True)
     except ValueError as exc:
@@ -423,10 +442,12 @@ def _stack_config(
     mlflow: bool,
     api_workers: int = 1,
     publish_mode: str = "sync",
+    **more: Any,
 ) -> "StackConfig":
     from local_stack.stack import StackConfig
 
     return StackConfig(
+        **more,
         run_dir=run_dir,
         api_port=api_port,
         redis_port=redis_port,
@@ -480,6 +501,17 @@ def local_up(
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
     api_workers: ApiWorkers = 1,
     publish_mode: PublishModeOption = PublishMode.sync,
+    champion: Annotated[
+        bool,
+        typer.Option(
+            help="serve a champion from the first request: the local S3's, else --models-from's, "
+            "else the stack MLflow's, else a quick one trained now"
+        ),
+    ] = True,
+    models_from: Annotated[
+        list[Path] | None,
+        typer.Option(help="local model store(s) to take the champion from (default: data/model_store)"),
+    ] = None,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API and the updater poller."""
     from local_stack.demo import serve_forever
@@ -497,8 +529,10 @@ def local_up(
         mlflow,
         api_workers,
         publish_mode.value,
+        champion=champion,
+        champion_model_stores=tuple(models_from or [Path("data/model_store")]),
     )
-    stack = LocalStack(cfg)
+    stack = LocalStack(cfg, on_step=_step)
     try:
         with console.status("starting the local stack"):
             stack.up()
@@ -508,9 +542,12 @@ def local_up(
     try:
         for name, url in stack.endpoints().items():
             console.print(f"{name:>7}: {url}")
+        if stack.champion_report is not None:
+            console.print(f" model: {stack.champion_report.message}", soft_wrap=True)
         console.print(
-            "models: publish with `fraudsys pipeline --set model_store_uri=s3://fraudsys-models/models` "
-            "and AWS_ENDPOINT_URL_S3 set as above; Ctrl-C stops everything"
+            "models: `uv run fraudsys pipeline --local` trains, registers and publishes a new one "
+            "to this stack (no credentials needed); Ctrl-C stops everything",
+            soft_wrap=True,
         )
         serve_forever(stack)
     finally:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fraud_adapters.blobs import open_blob_store
+from fraud_adapters.model_store import ModelStore
 from fraud_core import spec
 from training.asof import asof_splits, known_at, read_range
 from training.config import CsvSource, LakeSource, ParquetSource, PipelineConfig, SimulatedSource
@@ -239,9 +241,6 @@ def publish_registered(cfg: PipelineConfig, registry: Registry, version: str, ch
 def _sync_champion(cfg: PipelineConfig, registry: Registry, champion: str, step: Step) -> None:
     """The registry's champion is what the scorer must serve: when the model store points
     elsewhere (a new or emptied bucket, a failed publish), publish the champion again."""
-    from fraud_adapters.blobs import open_blob_store
-    from fraud_adapters.model_store import ModelStore
-
     store = ModelStore(open_blob_store(cfg.store_uri), cfg.registry.model_name)
     serving = store.champion_version()
     if serving != champion:
@@ -299,9 +298,9 @@ def run_pipeline(
     version, run_id = registry.register(candidate, splits.validation)
     registry.client.set_model_version_tag(cfg.registry.model_name, version, "gate", decision.reason)
     promoted = auto_promote and decision.promote
-    if promoted:
-        registry.promote(version)
     step(f"publishing version {version} to {cfg.store_uri}" + (" as champion" if promoted else ""))
+    # The version's files first: a publish that fails (no credentials, store unreachable) leaves
+    # the registry's champion alias and the store's pointer where they were.
     published = publish(
         cfg.store_uri,
         cfg.registry.model_name,
@@ -312,8 +311,16 @@ def run_pipeline(
         cfg.label_delay_seconds,
         candidate.metrics,
         run_id,
-        champion=promoted,
+        champion=False,
     )
+    if promoted:
+        previous = decision.champion_version
+        registry.promote(version)
+        try:
+            ModelStore(open_blob_store(cfg.store_uri), cfg.registry.model_name).set_champion(version)
+        except BaseException:
+            registry.restore_champion(previous)
+            raise
     if not promoted and decision.champion_version is not None:
         _sync_champion(cfg, registry, decision.champion_version, step)
     seconds["total"] = time.perf_counter() - started

@@ -51,9 +51,37 @@ class Registered:
     published_to: str | None
 
 
+def quiet_mlflow_client(tracking_uri: str) -> None:
+    """Two warnings MLflow logs that say nothing about this project's runs:
+
+    - the ``sagemaker-mlflow`` plugin (installed for the deployed SageMaker MLflow) registers a
+      request header provider that parses the tracking URI as an ARN on every request: with any
+      other URI it fails (``list index out of range``) and MLflow logs a warning per request. It
+      is left out unless the URI is an ARN.
+    - ``Failed to resolve installed pip version`` when a model is logged: uv environments have no
+      pip; the model's requirements are given explicitly (``pip_requirements``).
+    """
+    from mlflow.tracking.request_header import registry
+
+    if not tracking_uri.startswith("arn:"):
+        providers = registry._request_header_provider_registry
+        providers._registry = [
+            p for p in providers._registry if not type(p).__module__.startswith("sagemaker_mlflow")
+        ]
+    environment_log = logging.getLogger("mlflow.utils.environment")
+    if _no_pip_version_warning not in environment_log.filters:
+        environment_log.addFilter(_no_pip_version_warning)
+
+
+def _no_pip_version_warning(record: logging.LogRecord) -> bool:
+    return "Failed to resolve installed pip version" not in record.getMessage()
+
+
 class Registry:
     def __init__(self, tracking_uri: str, experiment: str, model_name: str) -> None:
         import mlflow
+
+        quiet_mlflow_client(tracking_uri)
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # mlflow.set_*_uri also export MLFLOW_*_URI; keep the caller's environment as it was, so
@@ -153,6 +181,13 @@ class Registry:
 
     def promote(self, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+
+    def restore_champion(self, previous: str | None) -> None:
+        """Put the alias back where it was (``None``: no champion) after a failed publish."""
+        if previous is None:
+            self.client.delete_registered_model_alias(self.model_name, CHAMPION)
+        else:
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, previous)
 
     def load_version(self, version: str) -> tuple[xgb.Booster, xgb.Booster | None, dict[str, str], str]:
         """A registered version's booster, baseline, tags and run id (for `fraudsys promote`)."""

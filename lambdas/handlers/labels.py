@@ -35,6 +35,7 @@ from fraud_core.schemas import (
     LabelsResponse,
 )
 from handlers import bootstrap
+from handlers.errors import error_response
 from handlers.observability import logger, metrics
 
 router = Router()  # type: ignore[no-untyped-call]
@@ -119,7 +120,7 @@ def post_labels(body: Annotated[LabelsBody, Body()]) -> Response[Any]:
     except LabelIntakeUnavailableError as exc:
         logger.error("label intake unavailable", extra={"reason": str(exc), "labels": len(labels)})
         metrics.add_metric(name="Unavailable", unit=MetricUnit.Count, value=1)
-        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"statusCode": 503, "message": str(exc)})
+        return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
     metrics.add_metric(name="LabelsAccepted", unit=MetricUnit.Count, value=answer.accepted)
     metrics.add_metric(name="LabelsUnknown", unit=MetricUnit.Count, value=answer.unknown)
     logger.info(

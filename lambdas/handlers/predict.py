@@ -9,13 +9,18 @@ import gc
 import json
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -30,6 +35,7 @@ from fraud_core.schemas import (
 )
 from fraud_core.spec import FEATURE_SPEC_VERSION
 from handlers import bootstrap, labels
+from handlers.errors import error_body, error_response, json_position, route_not_found
 from handlers.observability import logger, mask_card, metrics, tracer
 from handlers.scoring import FeatureStoreUnavailableError, ModelCache, ModelUnavailableError, Scorer
 from handlers.settings import settings
@@ -60,8 +66,8 @@ app.configure_openapi(
 app.include_router(labels.router)  # POST /labels
 
 
-#: The timings of the last score on this thread (``score_ms``, ``read_ms``), for long-lived local
-#: servers to report (``local_stack.api``: ``Server-Timing``); a Lambda never reads them.
+#: The timings of the last score on this thread (``score_ms``, ``model_ms``, ``read_ms``), for
+#: long-lived local servers to report (``local_stack.api``: ``Server-Timing``); a Lambda never reads them.
 last_timings = threading.local()
 
 
@@ -86,17 +92,25 @@ def scorer() -> Scorer:
     return Scorer(bootstrap.feature_store(), models, cfg.label_delay_seconds)
 
 
-def _error(status: HTTPStatus, message: str, detail: list[dict[str, Any]] | None = None) -> Response[Any]:
-    body: dict[str, Any] = {"statusCode": status.value, "message": message}
-    if detail is not None:
-        body["detail"] = detail
-    return Response(status_code=status.value, content_type=content_types.APPLICATION_JSON, body=body)
+_error = error_response
+
+
+def _json_error(err: Mapping[str, Any], document: Any) -> dict[str, Any]:
+    """Powertools reports a body that is not JSON at ``loc: ["body", <character offset>]``,
+    which read as a field named by a number: say where it is, as line and column."""
+    offset = err["loc"][1] if len(err["loc"]) > 1 and isinstance(err["loc"][1], int) else 0
+    line, column = json_position(document if isinstance(document, str) else "", offset)
+    reason = (err.get("ctx") or {}).get("error", "")
+    msg = f"invalid JSON at line {line} column {column}" + (f" ({reason})" if reason else "")
+    return {"loc": ["body"], "type": "json_invalid", "msg": msg}
 
 
 @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
 def _invalid(exc: RequestValidationError) -> Response[Any]:
     detail = [
-        {"loc": [str(p) for p in err["loc"]], "type": err["type"], "msg": err.get("msg", "")}
+        _json_error(err, exc.body)
+        if err["type"] == "json_invalid"
+        else {"loc": [str(p) for p in err["loc"]], "type": err["type"], "msg": err.get("msg", "")}
         for err in exc.errors()
     ]
     message = "; ".join(
@@ -104,6 +118,21 @@ def _invalid(exc: RequestValidationError) -> Response[Any]:
     )
     metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
     return _error(HTTPStatus.UNPROCESSABLE_ENTITY, message or "invalid request", detail)
+
+
+@app.exception_handler(RequestUnsupportedContentType)  # type: ignore[untyped-decorator]
+def _unsupported_media_type(exc: RequestUnsupportedContentType) -> Response[Any]:
+    content_type = app.current_event.headers.get("content-type", "") or "none"
+    metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
+    detail = [{"loc": ["body"], "type": "unsupported_content_type", "msg": f"Content-Type {content_type}"}]
+    message = f"unsupported Content-Type {content_type}: send application/json"
+    return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, message, detail)
+
+
+@app.not_found
+def _not_found(exc: NotFoundError) -> Response[Any]:
+    status, message, headers = route_not_found(app.current_event.http_method, app.current_event.path)
+    return _error(status, message, headers=headers)
 
 
 @app.exception_handler([ModelUnavailableError, FeatureStoreUnavailableError])  # type: ignore[untyped-decorator]
@@ -152,6 +181,7 @@ def predict(request: PredictRequest) -> PredictResponse:
         raise TimeGuardError("transaction_time", refused)
     scored = scorer().score(request)
     last_timings.score_ms, last_timings.read_ms = scored.total_ms, scored.read_ms
+    last_timings.model_ms = scored.model_ms
     response = scored.response
     metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=scored.total_ms)
     metrics.add_metric(name="FeatureReadLatency", unit=MetricUnit.Milliseconds, value=scored.read_ms)
@@ -243,6 +273,6 @@ def non_json_refusal(event: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "statusCode": status.value,
         "headers": {"Content-Type": content_types.APPLICATION_JSON},
-        "body": json.dumps({"statusCode": status.value, "message": message}),
+        "body": json.dumps(error_body(status, message)),
         "isBase64Encoded": False,
     }

@@ -73,6 +73,7 @@ def rejection_is_json_with_message(
         assert isinstance(body, dict), body
         assert isinstance(body.get("message"), str), body
         assert body["message"].strip(), body
+        assert body.get("statusCode") == response.status_code, body
 
 
 def test_the_openapi_document_lists_the_lambda_routes(api_schema: "schemathesis.BaseSchema") -> None:
@@ -132,15 +133,23 @@ def test_openapi_fuzz_no_server_errors_and_json_rejections(
     assert all(code < 500 for code in statuses)
 
 
-def raw_request(api: LocalApi, request: bytes) -> tuple[int, bytes]:
-    """One raw HTTP/1.1 exchange (``Connection: close``): status and body."""
+def raw_exchange(api: LocalApi, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 exchange (``Connection: close``): status, headers (lower-case) and body."""
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
         sock.sendall(request)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def raw_request(api: LocalApi, request: bytes) -> tuple[int, bytes]:
+    """One raw HTTP/1.1 exchange (``Connection: close``): status and body."""
+    status, _, body = raw_exchange(api, request)
+    return status, body
 
 
 def post(path: str, body: bytes, content_type: str = "application/json", method: str = "POST") -> bytes:
@@ -190,18 +199,45 @@ JUNK: dict[str, bytes] = {
     "labels both shapes": post("/labels", b'{"transaction_id": "t", "is_fraud": true, "labels": []}'),
     "wrong method on labels": post("/labels", b"", method="GET"),
     "path traversal": post("/../../etc/passwd", b"", method="GET"),
+    "text content type": post("/predict", b"hello", "text/plain"),
+    "post on metrics": post("/metrics", b"", method="POST"),
+}
+# the status (and, for a 405, the Allow header) of some: one error shape for every answer
+EXPECTED: dict[str, tuple[int, str | None]] = {
+    "not json": (422, None),
+    "body too large": (413, None),
+    "unknown path": (404, None),
+    "wrong method on predict": (405, "POST"),
+    "wrong method on health": (405, "GET"),
+    "wrong method on labels": (405, "POST"),
+    "post on metrics": (405, "GET"),
+    "text content type": (415, None),
 }
 
 
 @pytest.mark.parametrize("name", list(JUNK))
 def test_junk_requests_get_json_4xx_with_message(api: LocalApi, name: str) -> None:
-    status, body = raw_request(api, JUNK[name])
+    status, headers, body = raw_exchange(api, JUNK[name])
 
     assert 400 <= status < 500, (status, body[:300])
     answer = json.loads(body)
     assert isinstance(answer, dict)
     assert isinstance(answer.get("message"), str)
     assert answer["message"].strip()
+    assert answer["statusCode"] == status, answer
+    assert headers["content-type"] == "application/json"
+    if name in EXPECTED:
+        expected_status, allow = EXPECTED[name]
+        assert status == expected_status, answer
+        assert headers.get("allow") == allow, headers
+
+
+def test_a_body_that_is_not_json_is_placed_by_line_and_column(api: LocalApi) -> None:
+    status, body = raw_request(api, post("/predict", b'{\n  "cc_num": "4111",\n  "amount_usd": ,\n}'))
+    answer = json.loads(body)
+    assert status == 422, answer
+    assert "invalid JSON at line 3 column 17" in answer["message"], answer
+    assert answer["detail"][0]["loc"] == ["body"], answer  # no character offset posing as a field
 
 
 def test_a_valid_request_still_scores_after_the_fuzzing(api: LocalApi, tmp_path: Path) -> None:
@@ -246,7 +282,7 @@ def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:
 
 def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
     """``Server-Timing`` lets a client split its latency: the handler invocation, within it
-    ``Scorer.score``, within that the Redis read (milliseconds)."""
+    ``Scorer.score``, within that the champion check (``model``) and the Redis read (milliseconds)."""
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
     try:
         conn.request("POST", "/predict", json.dumps(VALID), {"Content-Type": "application/json"})
@@ -260,6 +296,7 @@ def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
 
     timing = server_timing(scored.getheader("Server-Timing", "").encode())
     assert scored.status == 200
-    assert set(timing) == {"handler", "score", "read"}
+    assert set(timing) == {"handler", "score", "model", "read"}
     assert 0 < timing["read"] <= timing["score"] <= timing["handler"] < 10_000
+    assert 0 <= timing["model"] <= timing["score"] - timing["read"] + 0.01  # both inside score
     assert set(server_timing(health.getheader("Server-Timing", "").encode())) == {"handler"}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import redis
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.model_store import ModelStore
@@ -31,12 +32,20 @@ NAMES = list(spec.FEATURE_NAMES)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true. A probe that raises (a connection refused or reset, a
+    client timeout on a busy machine) counts as not yet: it is tried again until the deadline,
+    and the last error is named if it never succeeds."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+        except (OSError, redis.RedisError) as exc:  # URLError, timeouts, refused/reset connections
+            last_error = exc
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    cause = f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{cause}")
 
 
 def get_json(url: str) -> tuple[int, dict[str, Any]]:
