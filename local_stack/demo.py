@@ -189,6 +189,8 @@ def run_demo(
             model_version=scored.version,
         )
         if retrain:
+            # every scored transaction reaches the updater (index, lake) before its chargeback
+            wait_for_updates(stack, stats.transactions + stats.labels + len(live) - scored.errors)
             after = live_rows.iloc[len(live) : len(live) + AFTER_REQUESTS]
             reported = frame[
                 (frame["is_fraud"] == 1)

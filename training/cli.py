@@ -4,6 +4,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -671,6 +672,9 @@ def demo(
     from local_stack.services import ServiceError
 
     _sigterm_as_interrupt()
+    # every run tells the same story from an empty stack: the previous run's lake, registry and
+    # champion (kept in the local S3 snapshot and MLflow's database) would change the gate's decisions
+    shutil.rmtree(data_dir / "local", ignore_errors=True)
     cfg = _stack_config(
         data_dir / "local", api_port, redis_port, kafka_port, s3_port, mlflow_port, True, api_workers
     )
