@@ -120,13 +120,18 @@ def _invalid(exc: RequestValidationError) -> Response[Any]:
     return _error(HTTPStatus.UNPROCESSABLE_ENTITY, message or "invalid request", detail)
 
 
-@app.exception_handler(RequestUnsupportedContentType)  # type: ignore[untyped-decorator]
-def _unsupported_media_type(exc: RequestUnsupportedContentType) -> Response[Any]:
-    content_type = app.current_event.headers.get("content-type", "") or "none"
+def _unsupported(content_type: str) -> tuple[str, list[dict[str, Any]]]:
+    """The 415's message and detail (counted as an invalid request), whichever check found it."""
+    content_type = content_type[:80] or "none"
     metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
     detail = [{"loc": ["body"], "type": "unsupported_content_type", "msg": f"Content-Type {content_type}"}]
-    message = f"unsupported Content-Type {content_type}: send application/json"
-    return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, message, detail)
+    return f"unsupported Content-Type {content_type}: send application/json", detail
+
+
+@app.exception_handler(RequestUnsupportedContentType)  # type: ignore[untyped-decorator]
+def _unsupported_media_type(exc: RequestUnsupportedContentType) -> Response[Any]:
+    content_type = app.current_event.headers.get("content-type", "") or ""
+    return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, *_unsupported(content_type))
 
 
 @app.not_found
@@ -267,12 +272,10 @@ def non_json_refusal(event: dict[str, Any]) -> dict[str, Any] | None:
     media = str(headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if not media or media == "application/json" or media.endswith("+json"):
         return None
-    metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
-    message = f"Content-Type: {media[:80]!r} is not accepted; send the body as application/json"
     return {
         "statusCode": status.value,
         "headers": {"Content-Type": content_types.APPLICATION_JSON},
-        "body": json.dumps(error_body(status, message)),
+        "body": json.dumps(error_body(status, *_unsupported(media))),
         "isBase64Encoded": False,
     }
