@@ -23,6 +23,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
 UNPRIVILEGED = 65534  # nobody
+#: Run as that user, with no capability but reading every file (the image's files stay readable).
+AS_UNPRIVILEGED = [
+    "setpriv",
+    f"--reuid={UNPRIVILEGED}",
+    f"--regid={UNPRIVILEGED}",
+    "--clear-groups",
+    "--inh-caps=-all,+dac_read_search",
+    "--ambient-caps=-all,+dac_read_search",
+]
 TINY = [
     "--set",
     "source.n_cards=60",
@@ -176,15 +185,7 @@ def test_entrypoint_trains_as_an_unprivileged_user_on_a_read_only_app(tmp_path: 
     assert final.entrypoint == ["fraudsys"]
     command = [sys.executable, "-c", launcher, str(REPO_ROOT), str(app), *final.cmd, *TINY]
     result = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={UNPRIVILEGED}",
-            f"--regid={UNPRIVILEGED}",
-            "--clear-groups",
-            "--inh-caps=-all,+dac_read_search",
-            "--ambient-caps=-all,+dac_read_search",
-            *command,
-        ],
+        [*AS_UNPRIVILEGED, *command],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -209,12 +210,7 @@ def test_the_emulated_user_cannot_write_the_app_folder(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     probe = subprocess.run(
         [
-            "setpriv",
-            f"--reuid={UNPRIVILEGED}",
-            f"--regid={UNPRIVILEGED}",
-            "--clear-groups",
-            "--inh-caps=-all,+dac_read_search",
-            "--ambient-caps=-all,+dac_read_search",
+            *AS_UNPRIVILEGED,
             sys.executable,
             "-c",
             f"open({str(folder / 'x')!r}, 'w')",
