@@ -83,7 +83,7 @@ from redis.crc import key_slot
 
 from fraud_core import spec
 from fraud_core.features import NO_FRAUD_INTERVALS, CardEvents, FraudIntervals, fraud_intervals
-from fraud_core.online import NO_CARD_EVENTS, NO_DOB, OnlineState, card_events, latest_dob
+from fraud_core.online import NO_CARD_EVENTS, NO_DOB, CardSummary, OnlineState, card_events, latest_dob
 from fraud_core.schemas import LabelEvent, TransactionEvent, to_cents
 
 #: Server settings the layout is sized for: card members are 89 bytes (a 32-character trans_num,
@@ -92,21 +92,88 @@ from fraud_core.schemas import LabelEvent, TransactionEvent, to_cents
 #: redis-servers (local_stack.services) and the ElastiCache parameter group (cdk_app).
 REDIS_SERVER_CONFIG: dict[str, str] = {"zset-max-listpack-value": "128"}
 
+#: A card gets time tiles once it holds more events than this (in its 31 days): below it a read
+#: returns the events (~60 for an ordinary card, cheaper than tiles and ~6 KB), above it a read
+#: costs the same whatever the card's activity (docs/benchmarks.md, bench.store_cost).
+TILE_THRESHOLD = 256
+
 #: The most events one script call applies: Redis runs one script at a time, so a batch of a
 #: hot key is cut into calls that each hold the server for a few milliseconds at most.
 WRITE_CHUNK = 256
 
-# KEYS: (card set, card profile) per card. ARGV: keep, ttl extra, dob retention, then per card the number of
-# its events and per event t, member, trans_num, dob ('' if none). Returns one character per
-# event: a(pplied), d(uplicate), l(ate).
+#: Card tiles (a busy card): exact aggregates of the card's events per clock hour and per UTC
+#: day, so that a read sums at most ~150 tiles and the events of the six partial hours where
+#: its windows' edges fall, whatever the card's activity. One tile is a packed string:
+#: count, sum of cents, the square sums A, B, C (cents = a * 2**16 + b, so
+#: cents**2 = A * 2**32 + B * 2**16 + C with every term exact in a double), max cents, the
+#: category bit mask, the time and day number of the latest event with a date of birth, then
+#: that event's trans_num (length-prefixed) and, in hour tiles, the spec.DISTINCT_MERCHANTS_CAP
+#: smallest distinct merchant hashes (8 bytes each, sorted): a tile is a function of its events,
+#: whatever their order, and min(distinct, cap) over a window is exact from them.
+_TILE_LUA = (
+    f"\nlocal NO_DOB = {NO_DOB}\nlocal CAP = {spec.DISTINCT_MERCHANTS_CAP}\n"
+    + """
+local TILE_HEAD = '<dddddddddH'
+local function tile_new()
+  return {0, 0, 0, 0, 0, 0, 0, NO_DOB, NO_DOB, tn = '', m = {}}
+end
+local function tile_decode(v)
+  if not v then return tile_new() end
+  local x = {struct.unpack(TILE_HEAD, v)}
+  local pos = x[11]
+  local tile = {x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], m = {}}
+  tile.tn = string.sub(v, pos, pos + x[10] - 1)
+  for p = pos + x[10], #v - 7, 8 do tile.m[#tile.m + 1] = string.sub(v, p, p + 7) end
+  return tile
+end
+local function tile_encode(tile)
+  return struct.pack(TILE_HEAD, tile[1], tile[2], tile[3], tile[4], tile[5], tile[6], tile[7],
+    tile[8], tile[9], #tile.tn) .. tile.tn .. table.concat(tile.m)
+end
+-- one event (time, trans_num, member) into a tile; merchants only in hour tiles
+local function tile_add(tile, t, tn, m, merchants)
+  if #m < 57 then error(redis.error_reply('FSCORRUPT malformed card member')) end
+  local c = struct.unpack('<i8', m, #m - 47)
+  local a = math.floor(c / 65536)
+  local b = c - a * 65536
+  tile[1] = tile[1] + 1
+  tile[2] = tile[2] + c
+  tile[3] = tile[3] + a * a
+  tile[4] = tile[4] + 2 * a * b
+  tile[5] = tile[5] + b * b
+  if c > tile[6] then tile[6] = c end
+  tile[7] = bit.bor(tile[7], bit.lshift(1, struct.unpack('<i8', m, #m - 39)))
+  local day = struct.unpack('<i8', m, #m - 7)
+  if day ~= NO_DOB and (tile[9] == NO_DOB or t > tile[8] or (t == tile[8] and tn > tile.tn)) then
+    tile[8], tile[9], tile.tn = t, day, tn
+  end
+  if merchants then  -- the CAP smallest distinct merchant hashes: the same whatever the order
+    local code = string.sub(m, #m - 15, #m - 8)
+    for _, known in ipairs(tile.m) do if known == code then return end end
+    if #tile.m < CAP or code < tile.m[#tile.m] then
+      tile.m[#tile.m + 1] = code
+      table.sort(tile.m)
+      if #tile.m > CAP then tile.m[#tile.m] = nil end
+    end
+  end
+end
+"""
+)
+
+# KEYS: (card set, card profile, card tiles) per card. ARGV: keep, ttl extra, dob retention, the
+# tile threshold (a card gets tiles once it holds more events than this; negative: never), then
+# per card the number of its events and per event t, member, trans_num, dob ('' if none).
+# Returns one character per event: a(pplied), d(uplicate), l(ate).
 _APPLY_CARD_LUA = (
-    f"\nlocal NO_DOB = {NO_DOB}"
+    _TILE_LUA
     + """
 local keep, extra, dob_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local threshold = tonumber(ARGV[4])
 local out = {}
-local i = 4
-for g = 1, #KEYS, 2 do
-  local events, profile = KEYS[g], KEYS[g + 1]
+local i = 5
+for g = 1, #KEYS, 3 do
+  local events, profile, tiles = KEYS[g], KEYS[g + 1], KEYS[g + 2]
+  local tiled = redis.call('EXISTS', tiles) == 1
   local n = tonumber(ARGV[i])
   i = i + 1
   local top = redis.call('ZRANGE', events, -1, -1, 'WITHSCORES')[2]
@@ -114,6 +181,24 @@ for g = 1, #KEYS, 2 do
   for k = i, i + 4 * (n - 1), 4 do
     local t = tonumber(ARGV[k])
     if top == nil or t > top then top = t end
+  end
+  -- the retention point: tiles only exist whole above it (one that starts below it is never
+  -- read, so none is written: the tiles are a function of the kept events, whatever the order)
+  local low = top - keep
+  local cache = {}
+  local function tiles_add(t, tn, m)
+    local hour, day = math.floor(t / 3600), math.floor(t / 86400)
+    for _, slot in ipairs({{'h', hour, 3600}, {'d', day, 86400}}) do
+      if slot[2] * slot[3] >= low then
+        local field = slot[1] .. string.format('%d', slot[2])
+        local tile = cache[field]
+        if tile == nil then
+          tile = tile_decode(redis.call('HGET', tiles, field))
+          cache[field] = tile
+        end
+        tile_add(tile, t, tn, m, slot[1] == 'h')
+      end
+    end
   end
   local saved = redis.call('HMGET', profile, 't', 'n', 'ot', 'on')
   local pt, pn = tonumber(saved[1] or ''), saved[2] or ''
@@ -134,6 +219,7 @@ for g = 1, #KEYS, 2 do
       older(t, trans_num, member)
     elseif redis.call('ZADD', events, t, member) == 1 then
       out[#out + 1] = 'a'
+      if tiled then tiles_add(t, trans_num, member) end
     else
       out[#out + 1] = 'd'
     end
@@ -154,6 +240,36 @@ for g = 1, #KEYS, 2 do
   if od ~= nil then
     redis.call('HSET', profile, 'ot', string.format('%d', ot), 'on', on, 'od', string.format('%d', od))
   end
+  if not tiled and threshold >= 0 and redis.call('ZCARD', events) > threshold then
+    tiled = true  -- built once from the kept events, then kept up to date event by event
+    local all = redis.call('ZRANGE', events, 0, -1, 'WITHSCORES')
+    for j = 1, #all, 2 do
+      local m = all[j]
+      tiles_add(tonumber(all[j + 1]), string.sub(m, 1, #m - 57), m)
+    end
+    cache.lo = -math.floor(-low / 3600)
+    cache.lod = -math.floor(-low / 86400)
+  end
+  if tiled then
+    local fields = {}
+    for field, tile in pairs(cache) do
+      fields[#fields + 1] = field
+      fields[#fields + 1] = type(tile) == 'table' and tile_encode(tile) or string.format('%d', tile)
+    end
+    if #fields > 0 then redis.call('HSET', tiles, unpack(fields)) end
+    local bounds = redis.call('HMGET', tiles, 'lo', 'lod')
+    local hour_lo, day_lo = -math.floor(-low / 3600), -math.floor(-low / 86400)
+    local dead = {}
+    for h = tonumber(bounds[1]), hour_lo - 1 do dead[#dead + 1] = 'h' .. string.format('%d', h) end
+    for d = tonumber(bounds[2]), day_lo - 1 do dead[#dead + 1] = 'd' .. string.format('%d', d) end
+    for j = 1, #dead, 4096 do
+      redis.call('HDEL', tiles, unpack(dead, j, math.min(j + 4095, #dead)))
+    end
+    if #dead > 0 then
+      redis.call('HSET', tiles, 'lo', string.format('%d', hour_lo), 'lod', string.format('%d', day_lo))
+    end
+    redis.call('EXPIRE', tiles, keep + extra)
+  end
   redis.call('EXPIRE', events, keep + extra)
   -- the dob is remembered dob_keep after its event (spec.DOB_RETENTION), counted from the card's
   -- newest event like the windows' retention
@@ -163,7 +279,7 @@ return table.concat(out)
 """
 )
 
-# KEYS: (transactions, labels, frauds, arrivals) per merchant. ARGV: keep, ttl extra, (unused),
+# KEYS: (transactions, labels, frauds, arrivals) per merchant. ARGV: keep, ttl extra, (two unused),
 # then per merchant the number of its transactions and of its labels, per transaction t,
 # trans_num, per label the transaction time, member. Returns one character per event, each
 # merchant's transactions first: a(pplied), d(uplicate), l(ate). A new label also goes to the
@@ -172,7 +288,7 @@ return table.concat(out)
 _APPLY_MERCHANT_LUA = """
 local keep, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-local i = 4
+local i = 5
 local function latest_state(labels, frauds, t, tn)
   local best_a, best_f = nil, nil
   local prefix = tn .. '\\031'
@@ -233,43 +349,188 @@ end
 return table.concat(out)
 """
 
-# KEYS: card set, card profile. ARGV: the card range (min, max), the request time. Returns the
-# member tails, the profile's time and dob, and the latest dob before the range: when the profile
-# cannot answer (its event is not before the request) and no event of the range has a dob, the
-# first event with one below the range (kept, not yet trimmed), else the older profile.
+# KEYS: card set, card profile, card tiles. ARGV: the card range (min, max), the request time.
+# A card without tiles: returns the member tails, the profile's time and dob, and the latest dob
+# before the range: when the profile cannot answer (its event is not before the request) and no
+# event of the range has a dob, the first event with one below the range (kept, not yet
+# trimmed), else the older profile. A tiled card: returns 'T', then per window (shortest first)
+# count, sum, A, B, C, max; the previous event's time, merch_lat, merch_long ('' if none); the
+# distinct merchants (capped) and the category mask of the distinct window; the latest dob before
+# the request as (kind, time, dob): kind 'p' (the profile: dob is ISO), 'd' (a day number) or ''.
 _READ_CARD_LUA = (
-    f"#!lua flags=no-writes\nlocal NO_DOB = {NO_DOB}"
+    "#!lua flags=no-writes"
+    + _TILE_LUA
+    + f"\nlocal WINDOWS = {{{', '.join(str(seconds) for _, seconds in spec.CARD_WINDOWS)}}}"
+    + f"\nlocal DISTINCT = {spec.DISTINCT_WINDOW}"
     + """
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
-for j = 1, #members do
-  local m = members[j]
-  if #m < 57 then return redis.error_reply('FSCORRUPT malformed card member in ' .. KEYS[1]) end
-  members[j] = string.sub(m, -56)
-end
-local profile = redis.call('HMGET', KEYS[2], 't', 'dob', 'ot', 'od')
-local older_t, older_d = profile[3] or '', profile[4] or ''
-if profile[1] and tonumber(profile[1]) >= tonumber(ARGV[3]) then
-  local known = false
-  for j = #members, 1, -1 do
-    if struct.unpack('<i8', members[j], 49) ~= NO_DOB then known = true break end
+local events, profile_key, tiles = KEYS[1], KEYS[2], KEYS[3]
+local profile = redis.call('HMGET', profile_key, 't', 'dob', 'ot', 'od', 'on')
+if redis.call('EXISTS', tiles) == 0 then
+  local members = redis.call('ZRANGEBYSCORE', events, ARGV[1], ARGV[2])
+  for j = 1, #members do
+    local m = members[j]
+    if #m < 57 then return redis.error_reply('FSCORRUPT malformed card member in ' .. events) end
+    members[j] = string.sub(m, -56)
   end
-  local offset = 0
-  while not known do
-    local below = redis.call(
-      'ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 64)
-    for j = 1, #below, 2 do
-      local m = below[j]
-      local day = struct.unpack('<i8', m, #m - 7)
-      if day ~= NO_DOB then
-        older_t, older_d, known = below[j + 1], string.format('%d', day), true
-        break
+  local older_t, older_d = profile[3] or '', profile[4] or ''
+  if profile[1] and tonumber(profile[1]) >= tonumber(ARGV[3]) then
+    local known = false
+    for j = #members, 1, -1 do
+      if struct.unpack('<i8', members[j], 49) ~= NO_DOB then known = true break end
+    end
+    local offset = 0
+    while not known do
+      local below = redis.call(
+        'ZREVRANGEBYSCORE', events, '(' .. ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 64)
+      for j = 1, #below, 2 do
+        local m = below[j]
+        local day = struct.unpack('<i8', m, #m - 7)
+        if day ~= NO_DOB then
+          older_t, older_d, known = below[j + 1], string.format('%d', day), true
+          break
+        end
+      end
+      if #below < 128 then break end
+      offset = offset + 64
+    end
+  end
+  return {table.concat(members), profile[1] or '', profile[2] or '', older_t, older_d}
+end
+
+-- a tiled card: every window is cut into the pieces [t - w, t - w') between consecutive window
+-- starts; a piece is the raw events of its partial first and last hours, hour tiles up to the
+-- day boundaries and day tiles between them
+local t = tonumber(ARGV[3])
+local function int(x) return string.format('%d', x) end
+local function checked(m)
+  if #m < 57 then error(redis.error_reply('FSCORRUPT malformed card member in ' .. events)) end
+  return m
+end
+local acc = {0, 0, 0, 0, 0, 0}
+local seen, n_merchants, mask = {}, 0, 0
+local function merchant(code)
+  if n_merchants < CAP and not seen[code] then
+    seen[code] = true
+    n_merchants = n_merchants + 1
+  end
+end
+local function raw(lo, hi, distinct)
+  if lo >= hi then return end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', events, int(lo), '(' .. int(hi))) do
+    checked(m)
+    local c = struct.unpack('<i8', m, #m - 47)
+    local a = math.floor(c / 65536)
+    local b = c - a * 65536
+    acc[1], acc[2] = acc[1] + 1, acc[2] + c
+    acc[3], acc[4], acc[5] = acc[3] + a * a, acc[4] + 2 * a * b, acc[5] + b * b
+    if c > acc[6] then acc[6] = c end
+    if distinct then
+      mask = bit.bor(mask, bit.lshift(1, struct.unpack('<i8', m, #m - 39)))
+      merchant(string.sub(m, #m - 15, #m - 8))
+    end
+  end
+end
+local function tiled(fields, distinct)
+  if #fields == 0 then return end
+  local values = redis.call('HMGET', tiles, unpack(fields))
+  for j = 1, #fields do
+    if values[j] then
+      local tile = tile_decode(values[j])
+      for k = 1, 5 do acc[k] = acc[k] + tile[k] end
+      if tile[6] > acc[6] then acc[6] = tile[6] end
+      if distinct then
+        mask = bit.bor(mask, tile[7])
+        for _, code in ipairs(tile.m) do merchant(code) end
       end
     end
-    if #below < 128 then break end
-    offset = offset + 64
   end
 end
-return {table.concat(members), profile[1] or '', profile[2] or '', older_t, older_d}
+-- tiles that start below the retention point are partial: a request older than the slack
+-- reads the events there instead (as an untiled card does)
+local tiles_from = tonumber(redis.call('HGET', tiles, 'lo')) * 3600
+local function piece(lo, hi, distinct)
+  if lo < tiles_from then
+    local cut = math.min(hi, tiles_from)
+    raw(lo, cut, distinct)
+    if cut >= hi then return end
+    lo = cut
+  end
+  local h_lo, h_hi = -math.floor(-lo / 3600), math.floor(hi / 3600)
+  if h_lo >= h_hi then return raw(lo, hi, distinct) end
+  raw(lo, h_lo * 3600, distinct)
+  raw(h_hi * 3600, hi, distinct)
+  local d_lo, d_hi = -math.floor(-h_lo / 24), math.floor(h_hi / 24)
+  local fields = {}
+  if d_lo >= d_hi then
+    for h = h_lo, h_hi - 1 do fields[#fields + 1] = 'h' .. int(h) end
+  else
+    for h = h_lo, d_lo * 24 - 1 do fields[#fields + 1] = 'h' .. int(h) end
+    for h = d_hi * 24, h_hi - 1 do fields[#fields + 1] = 'h' .. int(h) end
+    for d = d_lo, d_hi - 1 do fields[#fields + 1] = 'd' .. int(d) end
+  end
+  tiled(fields, distinct)
+end
+local out = {'T'}
+local function push(...)
+  for _, x in ipairs({...}) do out[#out + 1] = x end
+end
+local right = t
+for _, w in ipairs(WINDOWS) do
+  piece(t - w, right, t - w >= t - DISTINCT)
+  for k = 1, 6 do out[#out + 1] = acc[k] end
+  right = t - w
+end
+local prev = redis.call('ZREVRANGEBYSCORE', events, '(' .. int(t), int(t - WINDOWS[#WINDOWS]), 'LIMIT', 0, 1)
+if prev[1] then
+  local m = checked(prev[1])
+  local lat, long = struct.unpack('<dd', m, #m - 31)
+  push(int(struct.unpack('<i8', m, #m - 55)), string.format('%.17g', lat), string.format('%.17g', long))
+else
+  push('', '', '')
+end
+push(n_merchants, mask)
+-- the date of birth: the profile when its event is before t, else the latest kept event with a
+-- dob before t (the raw events of t's hour, then hour tiles back to the day, then day tiles),
+-- else the older profile (events below the retention point), whichever is later
+if profile[1] and tonumber(profile[1]) < t then
+  push('p', profile[1], profile[2])
+  return out
+end
+local best_t, best_n, best_d = nil, '', nil
+local hour = math.floor(t / 3600)
+local recent = redis.call('ZREVRANGEBYSCORE', events, '(' .. int(t), int(hour * 3600), 'WITHSCORES')
+for j = 1, #recent, 2 do
+  local m = checked(recent[j])
+  local day = struct.unpack('<i8', m, #m - 7)
+  if day ~= NO_DOB then
+    best_t, best_n, best_d = tonumber(recent[j + 1]), string.sub(m, 1, #m - 57), day
+    break
+  end
+end
+if best_t == nil then
+  local bounds = redis.call('HMGET', tiles, 'lo', 'lod')
+  local fields = {}
+  local first_day = math.floor(hour / 24)
+  local lowest = math.max(first_day * 24, tonumber(bounds[1] or hour))
+  for h = hour - 1, lowest, -1 do fields[#fields + 1] = 'h' .. int(h) end
+  for d = first_day - 1, tonumber(bounds[2] or first_day), -1 do fields[#fields + 1] = 'd' .. int(d) end
+  for j = 1, #fields, 256 do
+    local values = redis.call('HMGET', tiles, unpack(fields, j, math.min(j + 255, #fields)))
+    for k = 1, #values do
+      if values[k] then
+        local tile = tile_decode(values[k])
+        if tile[9] ~= NO_DOB then best_t, best_n, best_d = tile[8], tile.tn, tile[9] break end
+      end
+    end
+    if best_t ~= nil then break end
+  end
+end
+local ot, od, on = tonumber(profile[3] or ''), profile[4], profile[5] or ''
+if ot ~= nil and (best_t == nil or ot > best_t or (ot == best_t and on > best_n)) then
+  best_t, best_d = ot, tonumber(od)
+end
+if best_t == nil then push('', '', '') else push('d', int(best_t), int(best_d)) end
+return out
 """
 )
 
@@ -427,6 +688,42 @@ def decode_card_events(rows: np.ndarray[Any, Any]) -> CardEvents:
     )
 
 
+_N_WINDOWS = len(spec.CARD_WINDOWS)
+
+
+def decode_card_summary(reply: Sequence[Any], t: int) -> tuple[CardSummary, date | None]:
+    """A tiled card's read (``_READ_CARD_LUA``): its summary for ``t`` and its date of birth."""
+    windows = reply[1 : 1 + 6 * _N_WINDOWS]
+    count, total, sumsq, top = [], [], [], []
+    for j in range(0, len(windows), 6):
+        n, cents, a, b, c, most = (int(x) for x in windows[j : j + 6])
+        count.append(n)
+        total.append(cents)
+        sumsq.append((a << 32) + (b << 16) + c)
+        top.append(most)
+    prev_t, prev_lat, prev_long, merchants, mask, kind, dob_t, dob_value = reply[1 + 6 * _N_WINDOWS :]
+    has_prev = prev_t != b""
+    summary = CardSummary(
+        count=tuple(count),
+        total=tuple(total),
+        sumsq=tuple(sumsq),
+        max_cents=tuple(top),
+        prev_t=int(prev_t) if has_prev else -1,
+        prev_merch_lat=float(prev_lat) if has_prev else 0.0,
+        prev_merch_long=float(prev_long) if has_prev else 0.0,
+        distinct_merchants=int(merchants),
+        distinct_categories=int(mask).bit_count(),
+    )
+    dob: date | None = None
+    if kind == b"p":
+        dob = date.fromisoformat(dob_value.decode())
+    elif kind == b"d":
+        dob = _EPOCH + timedelta(days=int(dob_value))
+    if kind and t - int(dob_t) > spec.DOB_RETENTION:
+        dob = None
+    return summary, dob
+
+
 def decode_labels(members: Sequence[bytes], trans_t: Sequence[int]) -> FraudIntervals:
     """The fraud intervals of a merchant's label members (``trans_num␟arrival␟0|1``)."""
     if not members:
@@ -474,7 +771,8 @@ class _CallPacker:
             current = None
         if current is None:
             head = self.store.card_keep if script == "apply_card" else self.store.merchant_keep
-            current = self.open[slot] = ([], [head, spec.DAY, spec.DOB_RETENTION], [])
+            head_args = [head, spec.DAY, spec.DOB_RETENTION, self.store.tile_threshold]
+            current = self.open[slot] = ([], head_args, [])
         current[0].extend(keys)
         current[1].extend(args)
         current[2].extend(events)
@@ -502,6 +800,7 @@ class RedisFeatureStore:
         label_delay: int = spec.DEFAULT_LABEL_DELAY,
         prefix: str = "fs",
         write_chunk: int = WRITE_CHUNK,
+        tile_threshold: int = TILE_THRESHOLD,
     ) -> None:
         encoder = client.get_encoder()
         if encoder.decode_responses:
@@ -511,6 +810,8 @@ class RedisFeatureStore:
         self.label_delay = label_delay
         self.prefix = prefix
         self.write_chunk = write_chunk
+        #: events above which a card is tiled; negative: never (the tiles' tests compare both)
+        self.tile_threshold = tile_threshold
         self.card_keep = spec.MAX_CARD_WINDOW + spec.HISTORY_SLACK
         self.merchant_keep = label_delay + spec.MAX_MERCHANT_RISK_WINDOW + spec.HISTORY_SLACK
         self._scripts = {
@@ -529,7 +830,7 @@ class RedisFeatureStore:
 
     def card_keys(self, card_hash: str) -> list[str]:
         tag = f"{self.prefix}:{{c:{card_hash}}}"
-        return [f"{tag}:e", f"{tag}:p"]
+        return [f"{tag}:e", f"{tag}:p", f"{tag}:t"]
 
     def merchant_keys(self, merchant: str) -> list[str]:
         tag = f"{self.prefix}:{{m:{merchant_hash(merchant).hex()}}}"
@@ -697,15 +998,21 @@ class RedisFeatureStore:
                 ("read_merchant", self.merchant_keys(merchant), count_args),
             ]
         )
-        tails, profile_t, profile_dob, older_t, older_day = card_reply
-        rows = decode_card_rows(tails)  # once: the events and their dates of birth
-        profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
-        older = (int(older_t), _EPOCH + timedelta(days=int(older_day))) if older_t else None
         n_volume, n_risk = len(spec.MERCHANT_VOLUME_WINDOWS), len(spec.MERCHANT_RISK_WINDOWS)
         counts = merchant_reply[:-2]
+        if card_reply[0] == b"T":
+            events, summary, dob = NO_CARD_EVENTS, *decode_card_summary(card_reply, t)
+        else:
+            tails, profile_t, profile_dob, older_t, older_day = card_reply
+            rows = decode_card_rows(tails)  # once: the events and their dates of birth
+            profile = (int(profile_t), date.fromisoformat(profile_dob.decode())) if profile_t else None
+            older = (int(older_t), _EPOCH + timedelta(days=int(older_day))) if older_t else None
+            events, summary = decode_card_events(rows), None
+            dob = latest_dob(rows["t"], rows["dob_day"], profile, t, older)
         return OnlineState(
-            card_events=decode_card_events(rows),
-            dob=latest_dob(rows["t"], rows["dob_day"], profile, t, older),
+            card_events=events,
+            card_summary=summary,
+            dob=dob,
             merchant_volume=tuple(counts[:n_volume]),
             merchant_risk=tuple(counts[n_volume : n_volume + n_risk]),
             latest_frauds=tuple(counts[n_volume + n_risk :]),
