@@ -40,6 +40,20 @@ TrainUntilOption = Annotated[
 ]
 
 
+class Engine(enum.StrEnum):
+    pandas = "pandas"
+    spark = "spark"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="feature engine: pandas (one process) or spark (PySpark local mode, or the cluster's under "
+        "spark-submit; needs the `spark` extra and Java 17+): the same rows (training/spark_features.py)"
+    ),
+]
+
+
 def _as_of(set_: list[str] | None, train_until: datetime | None) -> list[str] | None:
     if train_until is None:
         return set_
@@ -147,7 +161,13 @@ def ingest(
 def features(
     config: ConfigOption = None,
     set_: SetOption = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("data/features.parquet"),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="a Parquet file; with --engine spark a folder partitioned by day (dt=)"
+        ),
+    ] = Path("data/features.parquet"),
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """Point-in-time feature rows for the configured source, written as Parquet."""
     import time
@@ -156,6 +176,9 @@ def features(
     from training.pipeline import load_transactions
 
     cfg = _config(config, set_)
+    if engine is Engine.spark:
+        _spark_features(cfg, output)
+        return
     frame = load_transactions(cfg)
     started = time.perf_counter()
     with console.status(f"features for {len(frame):,} rows"):
@@ -167,11 +190,41 @@ def features(
     )
 
 
-def _run(config: list[Path] | None, set_: list[str] | None, auto_promote: bool) -> None:
+def _spark_features(cfg: PipelineConfig, output: Path) -> None:
+    """``features --engine spark``: a Parquet source is read by Spark itself (it may be larger than
+    this machine's memory), any other source is loaded here first; the table is partitioned by day."""
+    import time
+
+    from training.config import ParquetSource
+    from training.spark_features import feature_rows, spark_frame, spark_session, write_feature_table
+
+    started = time.perf_counter()
+    with spark_session() as spark, console.status("features on Spark"):
+        if isinstance(cfg.source, ParquetSource):
+            transactions = spark.read.parquet(str(cfg.source.path))
+        else:
+            from training.pipeline import load_transactions
+
+            transactions = spark_frame(spark, load_transactions(cfg))
+        write_feature_table(feature_rows(spark, transactions, cfg.label_delay_seconds), str(output))
+        written = spark.read.parquet(str(output))
+        rows, columns = written.count(), len(written.columns)
+    seconds = time.perf_counter() - started
+    console.print(f"{rows:,} rows x {columns} columns (with dt) in {seconds:.1f} s -> {output}/dt=*")
+
+
+def _run(
+    config: list[Path] | None, set_: list[str] | None, auto_promote: bool, engine: Engine = Engine.pandas
+) -> None:
     from training.pipeline import run_pipeline
 
     cfg = _config(config, set_)
-    result = run_pipeline(cfg, auto_promote=auto_promote, step=_step)
+    if engine is Engine.spark:
+        from training.spark_features import build_features_spark
+
+        result = run_pipeline(cfg, auto_promote=auto_promote, step=_step, features=build_features_spark)
+    else:
+        result = run_pipeline(cfg, auto_promote=auto_promote, step=_step)
     console.print(metrics_table(result.metrics, f"model version {result.version}"))
     state = "[green]champion[/green]" if result.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"version {result.version}: {state} ({result.decision.reason})")
@@ -210,10 +263,11 @@ def pipeline(
     set_: SetOption = None,
     train_until: TrainUntilOption = None,
     local: LocalOption = False,
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """The whole job: data -> features -> tuning -> training -> evaluation -> registry -> champion gate."""
     overrides = [*(_local_stack_overrides() if local else []), *(_as_of(set_, train_until) or [])]
-    _run(config, overrides, auto_promote=True)
+    _run(config, overrides, auto_promote=True, engine=engine)
 
 
 @app.command()
@@ -317,9 +371,11 @@ def score(
     ] = 7,
     config: ConfigOption = None,
     set_: SetOption = None,
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """Batch scoring / backtest with the published champion, streamed by day (memory does not grow
-    with the file): trans_num, predicted_fraud, fraud_probability, model_version."""
+    with the file): trans_num, predicted_fraud, fraud_probability, model_version. With --engine
+    spark the features of the whole range are built by Spark, the rows sorted by time."""
     import itertools
 
     from fraud_adapters.model_store import ModelNotFoundError
@@ -330,6 +386,9 @@ def score(
     cfg = _config(config, set_)
     start = day_start(from_day.date()) if from_day else None
     end = day_start(until_day.date()) if until_day else None
+    if engine is Engine.spark:
+        _spark_score(cfg, input_path, output, start, end)
+        return
     chunks = parquet_chunks(input_path, start, end) if input_path.is_dir() else csv_chunks(input_path)
     try:
         first = list(itertools.islice(chunks, 1))  # a malformed file is reported before the model
@@ -352,6 +411,35 @@ def score(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"{scored:,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
+
+
+def _spark_score(
+    cfg: PipelineConfig, input_path: Path, output: Path, start: int | None, end: int | None
+) -> None:
+    """``score --engine spark``: a Parquet folder is read by Spark, a CSV loaded here first."""
+    from fraud_adapters.model_store import ModelNotFoundError
+    from training.data.schema import DataFormatError
+    from training.scoring import SCORE_COLUMNS, load_champion
+    from training.spark_features import score_rows, spark_frame, spark_session
+
+    try:
+        model = load_champion(cfg.store_uri, cfg.registry.model_name)
+        with spark_session() as spark, console.status(f"scoring {input_path} on Spark"):
+            if input_path.is_dir():
+                transactions = spark.read.parquet(str(input_path))
+            else:
+                from training.data.kaggle import read_transactions_csv
+
+                transactions = spark_frame(spark, read_transactions_csv(input_path))
+            scores = score_rows(spark, transactions, model, start, end)
+            table = scores.orderBy("event_time", "trans_num").toPandas()
+    except (DataFormatError, ModelNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table[list(SCORE_COLUMNS)].to_csv(output, index=False)
+    flagged = int(table["predicted_fraud"].sum())
+    console.print(f"{len(table):,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
 
 
 @app.command()

@@ -20,6 +20,8 @@ from training.registry import Candidate, GateDecision, Registry, publish, write_
 from training.train import Splits, base_params, fit, fit_rounds, importance, predict, time_splits, tune
 
 Step = Callable[[str], None]
+#: ``build_features``' signature: (transactions, label delay, label events) -> feature rows.
+FeatureBuilder = Callable[[pd.DataFrame, int, pd.DataFrame | None], pd.DataFrame]
 
 
 def _quiet(_: str) -> None:
@@ -257,9 +259,11 @@ def run_pipeline(
     step: Step = _quiet,
     frame: pd.DataFrame | None = None,
     data: SourceData | None = None,
+    features: FeatureBuilder = build_features,
 ) -> PipelineResult:
     """The whole job; ``frame`` (canonical transactions, labels at the delay) or ``data``
-    (transactions and label events) replaces the configured source if given."""
+    (transactions and label events) replaces the configured source if given. ``features``
+    builds the rows (``training.spark_features.build_features_spark``: the same rows on Spark)."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if data is not None:
@@ -274,7 +278,7 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     step(f"point-in-time features for {len(df):,} transactions, {len(source.labels):,} label events")
-    rows = build_features(df, cfg.label_delay_seconds, labels=source.labels)
+    rows = features(df, cfg.label_delay_seconds, source.labels)
     seconds["features"] = time.perf_counter() - t0
 
     splits = make_splits(cfg, rows)
