@@ -281,9 +281,7 @@ class StageConfig(_Frozen):
     def _consistent(self) -> StageConfig:
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
-        reserved = sum(
-            part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver)
-        )
+        reserved = sum(part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver))
         quota = self.lambda_concurrency_quota
         if reserved and reserved > quota - min(100, quota):
             raise ValueError(
