@@ -167,11 +167,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             fresh()
             if beside is not None:
                 beside.start()
-            cpu0 = _server_cpu(client)
+            cpu0, own0 = _server_cpu(client), time.process_time_ns()
             report.add("handler: batch (first delivery)", time_each(handler, range(len(msk))))
-            cpu1 = _server_cpu(client)
+            cpu1, own1 = _server_cpu(client), time.process_time_ns()
             report.add("handler: batch (redelivery, all duplicates)", time_each(handler, range(len(msk))))
-            cpu2 = _server_cpu(client)
+            cpu2, own2 = _server_cpu(client), time.process_time_ns()
+        # the updater's process, every thread (with --updater-archives, the archive thread too)
+        for label, spent in (("first delivery", own1 - own0), ("redelivery, all duplicates", own2 - own1)):
+            report.values[f"handler process CPU per batch, {label} (ms, all threads)"] = round(
+                spent / len(msk) / 1e6, 2
+            )
         if beside is not None:
             report.values["archiver beside the updater: batches archived meanwhile"] = beside.stop()
         server_cpu_ms = {
