@@ -10,7 +10,7 @@ order-independent). If Redis fails, the whole batch is reported failed and redel
 The event lake is written by the archiver (``handlers.archive_events``), a consumer of its own.
 For backwards compatibility an updater with ``LAKE_URI`` set still archives each batch itself,
 on a second thread while Redis applies it (the deployed stacks set ``LAKE_URI`` on the archiver
-only: archiving here costs the updater a fifth of its throughput, docs/benchmarks.md).
+only: archiving here costs the updater ~36 % more CPU per batch, docs/benchmarks.md).
 """
 
 import time
