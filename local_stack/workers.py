@@ -21,8 +21,9 @@ Parquet encoding never shares the updater's interpreter (docs/benchmarks.md, the
 import multiprocessing
 import os
 import shutil
-import signal
+import subprocess  # nosec B404  # the archiver's process: this interpreter
 import sys
+import threading
 import time
 import warnings
 from multiprocessing.synchronize import Event
@@ -107,78 +108,109 @@ class ApiWorkers:
         self.processes.clear()
 
 
-_STOP, _PROCESSED = 0, 1
+#: the archiver process's configuration (its ``PollerConfig`` as JSON), in its environment
+ARCHIVER_CONFIG_ENV = "FRAUDSYS_ARCHIVER_POLLER"
 
 
-def _archive(parent: int, env: dict[str, str], cfg: "PollerConfig", shared: Any, ready: Event) -> None:
-    # The stack stops this process (``stop``) after the updater and before it saves the local S3:
-    # Ctrl-C in the terminal must not end it half-way through a batch, out of that order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(env)
+def archiver_main() -> None:
+    """The archiver process: its poller until its stdin closes (the stack asks it to stop, or the
+    stack is gone). Reports ``ready`` and then ``processed <n>`` lines on stdout."""
+    import json
+
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     import pyarrow.parquet  # noqa: F401  # the import the first batch would pay (~0.2-0.5 s)
 
     from handlers.archive_events import handler
-    from local_stack.poller import KafkaPoller, dead_letter_batch
+    from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
 
-    before = shared[_PROCESSED]  # a restarted archiver counts on
+    fields = json.loads(os.environ[ARCHIVER_CONFIG_ENV])
+    cfg = PollerConfig(**{**fields, "topics": tuple(fields["topics"])})
+    stop = threading.Event()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, name="stdin", daemon=True).start()
     poller = KafkaPoller(cfg, handler, dead_letter_batch).start()
-    ready.set()
+    print("ready", flush=True)
     try:
-        while not shared[_STOP] and os.getppid() == parent:  # an orphan stops too
-            shared[_PROCESSED] = before + poller.processed
-            time.sleep(0.2)
+        while not stop.wait(0.2):
+            print(f"processed {poller.processed}", flush=True)
     finally:
         poller.stop()  # the batch under way is archived and committed
-        shared[_PROCESSED] = before + poller.processed
+        print(f"processed {poller.processed}", flush=True)
 
 
 class ArchiverWorker:
-    """The archiver's poller in a process of its own; ``processed`` counts the records it has
-    archived (or skipped as poison) and committed, redeliveries included. ``start`` again after
-    ``stop`` (or a crash) resumes from the group's committed offsets."""
+    """The archiver's poller in a process of its own (``python -c ...archiver_main()``, in a session
+    of its own: the terminal's Ctrl-C reaches the stack, which stops it after the updater and
+    before it saves the local S3). ``processed`` counts the records it has archived (or skipped
+    as poison) and committed, redeliveries included; ``start`` again after ``stop`` (or a crash)
+    resumes from the group's committed offsets and counts on."""
 
     def __init__(self, cfg: "PollerConfig", env: dict[str, str]) -> None:
         self.cfg = cfg
         self.env = env
-        self._context = multiprocessing.get_context("spawn")
-        # [stop flag, records processed]: shared memory without a lock (one writer each), which a
-        # killed archiver cannot leave held (a multiprocessing Event or locked Value can be)
-        self._shared = self._context.RawArray("q", 2)
-        self.process: Any = None
+        self.name = "fraudsys-archiver"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._before = 0  # processed by the earlier processes
+        self._processed = 0
+        self._reader: threading.Thread | None = None
 
     @property
     def processed(self) -> int:
-        return int(self._shared[_PROCESSED])
+        return self._before + self._processed
 
     def start(self, timeout: float = 120.0) -> "ArchiverWorker":
-        self._shared[_STOP] = 0
-        ready = self._context.Event()
-        self.process = self._context.Process(
-            target=_archive,
-            args=(os.getpid(), self.env, self.cfg, self._shared, ready),
-            name="fraudsys-archiver",
-            daemon=True,
+        import dataclasses
+        import json
+
+        self._before, self._processed = self.processed, 0
+        ready = threading.Event()
+        config = json.dumps(dataclasses.asdict(self.cfg))
+        process = subprocess.Popen(  # this interpreter, fixed arguments  # nosec B603
+            [sys.executable, "-c", "from local_stack.workers import archiver_main; archiver_main()"],
+            env={**os.environ, **self.env, ARCHIVER_CONFIG_ENV: config},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
-        self.process.start()
+        self.process = process
+
+        def read() -> None:
+            for line in process.stdout or ():
+                word, _, count = line.decode().partition(" ")
+                if word.strip() == "ready":
+                    ready.set()
+                elif word == "processed":
+                    self._processed = int(count)
+
+        self._reader = threading.Thread(target=read, name="archiver-stdout", daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.2):
-            if not self.process.is_alive() or time.monotonic() > deadline:
-                code = self.process.exitcode
+            if process.poll() is not None or time.monotonic() > deadline:
+                code = process.poll()
                 self.stop()
                 raise RuntimeError(f"the archiver did not start (exit code {code})")
         return self
 
     def dead(self) -> list[str]:
-        return [self.process.name] if self.process is not None and not self.process.is_alive() else []
+        return [self.name] if self.process is not None and self.process.poll() is not None else []
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the archiver to finish its batch and stop; kill it after ``timeout`` seconds."""
-        self._shared[_STOP] = 1
-        if self.process is None:
+        """Ask the archiver to finish its batch and stop (its stdin closes); kill it after
+        ``timeout`` seconds."""
+        process, self.process = self.process, None
+        if process is None:
             return
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self.process = None
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
