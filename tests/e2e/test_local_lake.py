@@ -177,7 +177,7 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
         t = int(datetime(2020, 6, 22, tzinfo=UTC).timestamp())
 
         def applied() -> list[int]:
-            return [len(store.read(card, "fraud_Kirlin and Sons", t).card_events) for card in cards]
+            return [store.read(card, "fraud_Kirlin and Sons", t).card(t).count[-1] for card in cards]
 
         deadline = time.monotonic() + 30
         while sum(applied()) < 20 and time.monotonic() < deadline:

@@ -197,7 +197,7 @@ def test_an_updater_without_lake_uri_writes_no_lake(lambda_env: Path) -> None:
     assert update_features.handler(event, FakeContext()) == {"batchItemFailures": []}
     assert bootstrap.lake_writer() is None
     assert not list(lambda_env.rglob("*.parquet"))
-    assert len(bootstrap.feature_store().read("4111111111111111", "m", T0 + 1).card_events) == 1
+    assert bootstrap.feature_store().read("4111111111111111", "m", T0 + 1).card(T0 + 1).count[-1] == 1
 
 
 def test_unknown_event_shape_is_rejected(lambda_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
