@@ -18,8 +18,9 @@ merchants, ``groupBy(...).applyInPandas``:
    ``build_features`` (``ID_COLUMNS``, ``is_fraud``, ``spec.FEATURE_NAMES``).
 
 The result equals ``build_features`` of the whole table row for row
-(``tests/integration/test_spark_features.py``), given the canonical frame's contract of unique
-``trans_num`` (the tie-break of same-second events). Two shuffles of the input rows, no join.
+(``tests/spark/test_spark_features.py``), given the canonical frame's contract of unique
+``trans_num`` (the tie-break of same-second events). Two shuffles of the input rows and one of the
+feature rows (by day, for the table), no join.
 
 Local mode (``local_session``) is the default Spark; the same job runs under ``spark-submit`` on
 a cluster (EMR Serverless: ``docs/architecture.md``), reading and writing Parquet URIs::
@@ -172,7 +173,6 @@ def configure(spark: SparkSession) -> None:
 def canonical_input(frame: DataFrame) -> DataFrame:
     """The columns ``build_features`` reads, cast to ``INPUT_TYPES`` (a ``dob`` of Parquet date
     type becomes ``YYYY-MM-DD``; other columns, such as ingest's ``month``, are dropped)."""
-
     missing = [c for c in INPUT_TYPES if c not in frame.columns and c not in OPTIONAL_INPUTS]
     if missing:
         raise ValueError(f"the transactions lack the columns {missing}")
