@@ -474,6 +474,7 @@ class Run:
     sent: list[float] = field(default_factory=list)
     done: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)  # each request's status code, or the error's name
     timings: list[dict[str, float]] = field(default_factory=list)  # Server-Timing of each answer
     statuses: Counter[str] = field(default_factory=Counter)
     started: float = 0.0
@@ -489,6 +490,7 @@ class Run:
         self.sent.append(sent)
         self.done.append(done)
         self.ok.append(status == "200")
+        self.status.append(status)
         self.statuses[status] += 1
 
     @property
