@@ -22,6 +22,7 @@ from fraud_adapters.publisher import (
     kafka_security_config,
 )
 from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
+from fraud_adapters.store_marker import StoreMarker
 from fraud_adapters.tx_index import TransactionIndex
 from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
@@ -97,6 +98,12 @@ def _hasher(key: str) -> CardHasher:
 def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
     cfg = settings()
     return RedisFeatureStore(redis_client(cfg, timeout_ms), card_hasher(cfg), cfg.label_delay_seconds)
+
+
+def store_marker(timeout_ms: int | None = None) -> StoreMarker:
+    """The feature store's fill marker, on the store's Redis client."""
+    store = feature_store(timeout_ms)
+    return StoreMarker(store.client, store.prefix)
 
 
 @lru_cache(maxsize=2)
