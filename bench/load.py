@@ -203,6 +203,11 @@ def overload_row(run: Run, seconds: float, good_ms: float) -> dict[str, Any]:
     if ok.any():
         p50, p99 = np.percentile(latency[ok], [50, 99])
         row |= {"p50_ok_ms": float(p50), "p99_ok_ms": float(p99), "max_ok_ms": float(latency[ok].max())}
+        for name in ("queue", "handler"):  # Server-Timing of the 200s: the wait, the invocation
+            values = np.array([run.timings[i].get(name, np.nan) for i in np.flatnonzero(ok)])
+            if len(values) and not np.isnan(values).all():
+                p50, p99 = np.nanpercentile(values, [50, 99])
+                row |= {f"{name}_p50_ms": float(p50), f"{name}_p99_ms": float(p99)}
     if refused.any():
         row["refusal_p50_ms"], row["refusal_p99_ms"] = (
             float(v) for v in np.percentile(latency[refused], [50, 99])
@@ -263,6 +268,9 @@ SWEEP_KEYS = (
     "refused_503",
     "refusal_p99_ms",
     "other_errors",
+    "queue_p50_ms",
+    "handler_p50_ms",
+    "handler_p99_ms",
 )
 
 

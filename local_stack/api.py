@@ -73,14 +73,16 @@ ESTIMATE_WEIGHT = 0.1
 
 @dataclass
 class Ticket:
-    """One admitted request: its deadline (``time.monotonic()``), its share of the estimated
-    queued work, and whether its client has gone away (set by the event loop)."""
+    """One admitted request: its deadline (``time.monotonic()``), its handler time estimate, when
+    the handler thread took it (``started``), and whether its client has gone away (set by the
+    event loop)."""
 
     route: str
     arrived: float
     deadline: float
     estimate_ms: float
     gone: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None
 
     def expired(self) -> bool:
         return self.gone.is_set() or time.monotonic() >= self.deadline
@@ -91,15 +93,18 @@ class Admission:
     """Admission control of one handler thread (used from the event loop only: no lock).
 
     ``admit`` refuses (returns the reason) when ``max_queue`` requests are admitted and not
-    finished, or when the work admitted before it plus its own (each route's handler time, a
-    moving average) would end past its deadline; an idle handler takes any request, so a slow
-    spell cannot make the estimate refuse everything for ever."""
+    finished, or when a request admitted now would end past its deadline: the requests ahead of
+    it, each taking ``drain_ms`` (the handler thread's measured pace while requests wait: from
+    one start to the next, everything included), then its own handler time (each route's moving
+    average). An idle handler takes any request, so a slow spell cannot make the estimates
+    refuse everything for ever."""
 
     deadline_ms: float = 250.0
     max_queue: int = 128
     outstanding: int = 0
-    backlog_ms: float = 0.0  # the estimates of the outstanding requests, added up
+    drain_ms: float = FIRST_ESTIMATE_MS
     estimates_ms: dict[str, float] = field(default_factory=dict)
+    last_started: float | None = None
 
     def admit(self, route: str, arrived: float) -> Ticket | str:
         now = time.monotonic()
@@ -107,19 +112,25 @@ class Admission:
         deadline = arrived + self.deadline_ms / 1000
         if self.outstanding >= self.max_queue:
             return f"overloaded: {self.outstanding} requests queued"
-        if self.outstanding and now + (self.backlog_ms + estimate) / 1000 > deadline:
+        ahead_ms = self.outstanding * self.drain_ms
+        if self.outstanding and now + (ahead_ms + estimate) / 1000 > deadline:
             return (
-                f"overloaded: the {self.outstanding} requests queued (~{self.backlog_ms:.0f} ms) leave "
+                f"overloaded: the {self.outstanding} requests queued (~{ahead_ms:.0f} ms) leave "
                 f"no time to answer within the {self.deadline_ms:g} ms deadline"
             )
         self.outstanding += 1
-        self.backlog_ms += estimate
         return Ticket(route, arrived, deadline, estimate)
 
     def finished(self, ticket: Ticket, handler_ms: float | None) -> None:
-        """``handler_ms``: the invocation's time, None if the request was dropped before it."""
+        """``handler_ms``: the invocation's time, None if the request was dropped before it.
+        Tickets finish in the order the one handler thread started them."""
         self.outstanding -= 1
-        self.backlog_ms = max(self.backlog_ms - ticket.estimate_ms, 0.0) if self.outstanding else 0.0
+        if ticket.started is not None:
+            if self.last_started is not None and ticket.arrived <= self.last_started:
+                # it waited while the one before ran: the thread went from that one to this one
+                pace = (ticket.started - self.last_started) * 1000
+                self.drain_ms += ESTIMATE_WEIGHT * (pace - self.drain_ms)
+            self.last_started = ticket.started
         if handler_ms is not None:
             old = self.estimates_ms.get(ticket.route, handler_ms)
             self.estimates_ms[ticket.route] = old + ESTIMATE_WEIGHT * (handler_ms - old)
@@ -264,9 +275,9 @@ class LocalApi:
     ) -> "Invoked | str":
         """On the handler thread: the invocation with the ticket's deadline, or (not invoked) why
         not: ``expired`` or ``client_gone``."""
+        ticket.started = started = time.monotonic()
         if ticket.gone.is_set():
             return "client_gone"
-        started = time.monotonic()
         if started >= ticket.deadline:
             return "expired"
         context = LocalContext("fraudsys-scorer", deadline=ticket.deadline, gone=ticket.gone.is_set)
