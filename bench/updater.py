@@ -14,7 +14,8 @@ they arrive), each on an empty redis-server and each followed by a redelivery of
 
 ``--lake folder`` (a temp folder) or ``--lake s3`` (a local moto S3 server) sets ``LAKE_URI``: the
 handler passes then archive every batch before applying it, and ``LakeWriter.append`` is also
-timed alone.
+timed alone. ``--appendonly`` runs redis-server with an append-only file flushed every second,
+as the local stack does (``StackConfig.redis_appendonly``).
 """
 
 import contextlib
@@ -77,6 +78,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--lake", choices=["none", "folder", "s3"], default="none", help="archive to a lake (LAKE_URI)"
     )
+    p.add_argument(
+        "--appendonly", action="store_true", help="redis-server with an AOF, fsync every second (local stack)"
+    )
     args = p.parse_args(argv)
     from fraud_adapters.redis_store import encode_card_member
     from handlers import bootstrap, update_features
@@ -111,6 +115,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         store = bootstrap.feature_store(update_features.UPDATER_REDIS_TIMEOUT_MS)
         client = store.client
         labels_topic = "fraudsys.labels"
+        if args.appendonly:
+            client.config_set("appendfsync", "everysec")
+            client.config_set("appendonly", "yes")
+        report.values["redis appendonly"] = client.config_get("appendonly")["appendonly"]
 
         def fresh() -> None:
             client.flushall()
