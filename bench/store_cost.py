@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Report, Samples, command_line, finish, parser
-from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
+from fraud_adapters.redis_store import TILE_THRESHOLD, CardHasher, RedisFeatureStore
 from fraud_core import spec
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from tests.support.services import redis_server
@@ -54,14 +54,33 @@ def _apply_all(store: RedisFeatureStore, events: Sequence[TransactionEvent], siz
         store.apply(events[start : start + size], [])
 
 
-def _read_times(store: RedisFeatureStore, card: str, merchant: str, t: int, n: int) -> Samples:
+def _read_times(store: RedisFeatureStore, card: str, merchant: str, t: int, n: int) -> tuple[Samples, str]:
+    """Client-side samples of ``store.read`` and, from SLOWLOG, the p50 / p99 of the time Redis
+    spent in the script that read the card (``{c:``) or the merchant (``{m:``) key, whichever
+    costs more: the part that a busy key makes grow and that holds Redis for other clients."""
+    client = store.client
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 4 * n + 16)
+    client.slowlog_reset()
     samples = Samples()
     for _ in range(n):
         started, cpu = time.perf_counter_ns(), time.thread_time_ns()
         store.read(card, merchant, t)
         samples.cpu.append(time.thread_time_ns() - cpu)
         samples.wall.append(time.perf_counter_ns() - started)
-    return samples
+    entries = client.slowlog_get(4 * n + 16)
+    client.config_set("slowlog-log-slower-than", 10_000)
+    server = []
+    for tag in (b"{c:", b"{m:"):
+        durations = [
+            e["duration"] / 1000.0
+            for e in entries
+            if e["command"].startswith(b"EVALSHA") and tag in e["command"]
+        ]
+        if durations:
+            server.append((float(np.percentile(durations, 99)), float(np.median(durations))))
+    p99, p50 = max(server)
+    return samples, f"{p50:.3f} / {p99:.3f}"
 
 
 def _longest_script_ms(client: Any) -> float:
@@ -109,17 +128,27 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         members = client.zrange(store.card_keys(HASHER(cards[0]))[0], 0, -1)
         report.values["card member size (bytes)"] = int(np.median([len(m) for m in members]))
 
-        # a hot card: 30,000 transactions in 30 days
-        client.flushall()
+        # a hot card: 30,000 transactions in 30 days, stored as events (every read returns them:
+        # the layout before tiles) and as time tiles (the store's default above TILE_THRESHOLD)
         hot_card = "4999999999999999"
         t_end = T0 + 30 * spec.DAY
         hot = [
             _tx(hot_card, f"merchant {i % 50}", i, T0 + i * (30 * spec.DAY // 30_000)) for i in range(30_000)
         ]
-        _apply_all(store, hot, 1000)
-        report.add(
-            "read: card with 30,000 tx in 30 days", _read_times(store, hot_card, "quiet", t_end, args.reads)
-        )
+        for layout, threshold in (("events", -1), ("tiles", TILE_THRESHOLD)):
+            client.flushall()
+            layout_store = RedisFeatureStore(client, HASHER, tile_threshold=threshold)
+            _apply_all(layout_store, hot, 1000)
+            for label, at in (("at its newest event", t_end), ("23h30m17s earlier", t_end - 84_617)):
+                name = f"read: card with 30,000 tx in 30 days, {layout}, request {label}"
+                samples, server = _read_times(layout_store, hot_card, "quiet", at, args.reads)
+                report.add(name, samples)
+                report.values[f"{name}: in Redis, p50 / p99 ms"] = server
+            if threshold >= 0:
+                keys = layout_store.card_keys(HASHER(hot_card))
+                report.values["hot card memory: events, tiles (bytes)"] = ", ".join(
+                    f"{int(client.memory_usage(k, samples=0) or 0):,}" for k in (keys[0], keys[2])
+                )
 
         # a hot merchant: 1,000,000 transactions, 50,000 fraud labels in its windows
         client.flushall()
@@ -148,18 +177,23 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ]
         for start in range(0, len(labels), 10_000):
             store.apply([], labels[start : start + 10_000])
-        report.add(
-            "read: merchant with 1M tx, 50k frauds in window",
-            _read_times(store, "4000000000000001", merchant, t_end, max(args.reads // 10, 20)),
-        )
-        report.add(
-            "read: the same merchant, a request dated 1 day earlier (its labels since then corrected)",
-            _read_times(store, "4000000000000001", merchant, t_end - spec.DAY, max(args.reads // 10, 20)),
-        )
+        for name, at in (
+            ("read: merchant with 1M tx, 50k frauds in window", t_end),
+            (
+                "read: the same merchant, a request dated 1 day earlier (its labels since corrected)",
+                t_end - spec.DAY,
+            ),
+        ):
+            samples, server = _read_times(store, "4000000000000001", merchant, at, max(args.reads // 10, 20))
+            report.add(name, samples)
+            report.values[f"{name}: in Redis, p50 / p99 ms"] = server
 
         # the longest script call while a batch of 10,000 events is applied
         for name, batch in (
-            ("one card", [_tx(hot_card, f"merchant {i % 50}", i, T0 + i * 60) for i in range(10_000)]),
+            (
+                "one card (tiled)",
+                [_tx(hot_card, f"merchant {i % 50}", i, T0 + i * 60) for i in range(10_000)],
+            ),  # noqa: E501
             (
                 "1,000 cards",
                 [_tx(cards[i % 1000], f"merchant {i % 700}", i, T0 + i * 60) for i in range(10_000)],

@@ -401,7 +401,7 @@ def assemble_features(q: Queries, card: CardAggregates, merchant: MerchantAggreg
     put("card_secs_since_prev", np.where(has_prev, gap, empty["secs_since_prev"]))
     hop = haversine_km(card.prev_merch_lat, card.prev_merch_long, q.merch_lat, q.merch_long)
     put("card_speed_kmh", np.where(has_prev, hop / (gap / 3600.0), empty["speed_kmh"]))
-    put("card_distinct_merchants_24h", card.distinct_merchants)
+    put("card_distinct_merchants_24h", np.minimum(card.distinct_merchants, spec.DISTINCT_MERCHANTS_CAP))
     put("card_distinct_categories_24h", card.distinct_categories)
 
     out[:, _VOLUME_COLUMNS] = merchant.volume.T

@@ -9,8 +9,10 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fraud_core import spec
 from fraud_core.features import (
@@ -19,6 +21,7 @@ from fraud_core.features import (
     I64,
     NEVER,
     NO_FRAUD_INTERVALS,
+    CardAggregates,
     CardEvents,
     FraudIntervals,
     MerchantAggregates,
@@ -51,11 +54,64 @@ def card_events(
 NO_CARD_EVENTS = card_events(_NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_FLOATS, _NO_FLOATS)
 
 
+@dataclass(frozen=True, slots=True)
+class CardSummary:
+    """A card's exact aggregates as of one request time ``t``: per window of
+    ``spec.CARD_WINDOWS`` (shortest first) over its events in ``[t - w, t)``, the latest event
+    before ``t`` within the longest window, and the distinct counts of ``[t - 24h, t)``.
+
+    ``summarize_card`` computes it from the card's events; the store's tiled read (a busy card)
+    computes the same numbers inside Redis from time tiles, and ``row_features`` turns either
+    into features with one set of formulas.
+    """
+
+    count: tuple[int, ...]
+    total: tuple[int, ...]  # cents
+    sumsq: tuple[int, ...]  # cents squared
+    max_cents: tuple[int, ...]
+    prev_t: int  # -1: no event in the longest window
+    prev_merch_lat: float
+    prev_merch_long: float
+    #: distinct merchants, exact or any value >= spec.DISTINCT_MERCHANTS_CAP (the feature caps it)
+    distinct_merchants: int
+    distinct_categories: int
+
+
+def summarize_card(events: CardEvents, t: int) -> CardSummary:
+    """The ``CardSummary`` of a card's events (sorted by time) for a request at ``t``."""
+    times: list[int] = events.t.tolist()
+    hi = bisect_left(times, t)  # events strictly before t (sorted by time)
+    amounts: list[int] = events.cents[:hi].tolist()
+    count, total, sumsq, top = [], [], [], []
+    for seconds in _CARD_WINDOW_SECONDS:
+        window = amounts[bisect_left(times, t - seconds, 0, hi) :]
+        count.append(len(window))
+        total.append(sum(window))
+        sumsq.append(sum(c * c for c in window))
+        top.append(max(window) if window else 0)
+    lo_d = bisect_left(times, t - spec.DISTINCT_WINDOW, 0, hi)
+    has_prev = count[-1] > 0
+    return CardSummary(
+        count=tuple(count),
+        total=tuple(total),
+        sumsq=tuple(sumsq),
+        max_cents=tuple(top),
+        prev_t=times[hi - 1] if has_prev else -1,
+        prev_merch_lat=float(events.merch_lat[hi - 1]) if has_prev else 0.0,
+        prev_merch_long=float(events.merch_long[hi - 1]) if has_prev else 0.0,
+        distinct_merchants=len(set(events.merchant[lo_d:hi].tolist())),
+        distinct_categories=len(set(events.category[lo_d:hi].tolist())),
+    )
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class OnlineState:
     """Everything the scorer reads for one request (one Redis round trip), as columns."""
 
     card_events: CardEvents = NO_CARD_EVENTS
+    #: the card's aggregates computed by the store for the request time (a tiled card); when
+    #: set, ``card_events`` is empty and features come from this
+    card_summary: CardSummary | None = None
     dob: date | None = None
     merchant_volume: tuple[int, ...] = (0,) * len(spec.MERCHANT_VOLUME_WINDOWS)
     merchant_risk: tuple[int, ...] = (0,) * len(spec.MERCHANT_RISK_WINDOWS)
@@ -87,6 +143,7 @@ class OnlineState:
                     strict=True,
                 )
             ],
+            "card_summary": self.card_summary,
             "dob": self.dob,
             "merchant_volume": self.merchant_volume,
             "merchant_risk": self.merchant_risk,
@@ -217,7 +274,8 @@ def vectorized_request_features(
 ) -> F64:
     """The same row through the vectorized offline kernel (``fraud_core.features``) with one query."""
     t = np.array([epoch_seconds(request.transaction_time)], dtype=np.int64)
-    card = card_aggregates(state.card_events, _ONE_KEY, t)
+    summary = state.card_summary
+    card = card_aggregates(state.card_events, _ONE_KEY, t) if summary is None else _aggregates(summary)
     at_t = merchant_frauds(state.labels, _ONE_KEY, t, label_delay)[:, 0].tolist()
     frauds = np.array(correct_latest(state, at_t, int(t[0]), label_delay), dtype=np.int64).reshape(-1, 1)
     merchant = MerchantAggregates(
@@ -249,6 +307,29 @@ def vectorized_request_features(
         dob_t=floats[5],
     )
     return assemble_features(queries, card, merchant)
+
+
+def _aggregates(summary: CardSummary) -> CardAggregates:
+    """A summary as the vectorized kernel's one-query aggregates."""
+
+    def column(values: tuple[int, ...]) -> I64:
+        return np.array(values, dtype=np.int64).reshape(-1, 1)
+
+    def one(value: float, dtype: type) -> NDArray[Any]:
+        return np.array([value], dtype=dtype)
+
+    return CardAggregates(
+        count=column(summary.count),
+        sum_cents=column(summary.total),
+        sumsq_hi=column(tuple(s >> 32 for s in summary.sumsq)),
+        sumsq_lo=column(tuple(s & 0xFFFFFFFF for s in summary.sumsq)),
+        max_cents=column(summary.max_cents),
+        prev_t=one(summary.prev_t, np.int64),
+        prev_merch_lat=one(summary.prev_merch_lat, np.float64),
+        prev_merch_long=one(summary.prev_merch_long, np.float64),
+        distinct_merchants=one(summary.distinct_merchants, np.int64),
+        distinct_categories=one(summary.distinct_categories, np.int64),
+    )
 
 
 def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -292,10 +373,7 @@ def row_features(
     pipeline (``tests/integration``).
     """
     empty = spec.EMPTY
-    events = state.card_events
-    times: list[int] = events.t.tolist()
-    hi = bisect_left(times, t)  # events strictly before t (sorted by time)
-    amounts: list[int] = events.cents[:hi].tolist()
+    card = state.card_summary if state.card_summary is not None else summarize_card(state.card_events, t)
     amt = cents / 100.0
     hour = (t // spec.HOUR) % 24
     dow = (t // spec.DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
@@ -312,13 +390,10 @@ def row_features(
         math.log1p(city_pop),
         _haversine_km(lat, long, merch_lat, merch_long),
     ]
-    # card windows [t - w, t), shortest first: suffixes of the events before t
+    # card windows [t - w, t), shortest first
     count = total = 0
     var_num = mean = 0.0
-    for seconds in _CARD_WINDOW_SECONDS:
-        window = amounts[bisect_left(times, t - seconds, 0, hi) :]
-        count, total = len(window), sum(window)
-        sumsq = sum(c * c for c in window)
+    for count, total, sumsq, top in zip(card.count, card.total, card.sumsq, card.max_cents, strict=True):
         n, safe_n = float(count), float(max(count, 1))
         var_num = float(max(count * sumsq - total * total, 0))  # exact integers, rounded once
         mean = total / safe_n / 100.0 if count > 0 else empty["mean"]
@@ -326,24 +401,21 @@ def row_features(
             n,
             total / 100.0,
             mean,
-            max(window) / 100.0 if count > 0 else empty["max"],
+            top / 100.0 if count > 0 else empty["max"],
             math.sqrt(var_num) / safe_n / 100.0 if count > 1 else empty["std"],
         ]
     # the loop ended on the longest window (30 days): ratio, z-score and previous event use it
     out.append(amt / mean if mean > 0 else empty["amt_ratio"])
     deviation = float(count * cents - total)
     out.append(deviation / math.sqrt(var_num) if var_num > 0 else empty["amt_zscore"])
-    if count > 0:
-        gap = t - times[hi - 1]
-        hop = _haversine_km(
-            float(events.merch_lat[hi - 1]), float(events.merch_long[hi - 1]), merch_lat, merch_long
-        )
+    if card.prev_t >= 0:
+        gap = t - card.prev_t
+        hop = _haversine_km(card.prev_merch_lat, card.prev_merch_long, merch_lat, merch_long)
         out += [float(gap), hop / (gap / 3600.0)]
     else:
         out += [empty["secs_since_prev"], empty["speed_kmh"]]
-    lo_d = bisect_left(times, t - spec.DISTINCT_WINDOW, 0, hi)
-    out.append(float(len(set(events.merchant[lo_d:hi].tolist()))))
-    out.append(float(len(set(events.category[lo_d:hi].tolist()))))
+    out.append(float(min(card.distinct_merchants, spec.DISTINCT_MERCHANTS_CAP)))
+    out.append(float(card.distinct_categories))
     # merchant: volume and delayed-risk counts from Redis, frauds whose label arrived before t
     out += [float(v) for v in state.merchant_volume]
     frauds = risk_frauds(state, t, label_delay)

@@ -30,6 +30,11 @@ CARD_WINDOWS: Final[tuple[tuple[str, int], ...]] = (
 MAX_CARD_WINDOW: Final = max(seconds for _, seconds in CARD_WINDOWS)
 #: Window of the distinct-merchant / distinct-category counts.
 DISTINCT_WINDOW: Final = DAY
+#: ``card_distinct_merchants_24h`` counts distinct merchants up to this many: a card at more
+#: merchants in a day is as unusual at 32 as at 500, and the cap lets the online store answer
+#: from a bounded structure (per-hour tiles keep at most this many merchants) whatever the
+#: card's activity. Categories (14) need no cap.
+DISTINCT_MERCHANTS_CAP: Final = 32
 #: Merchant volume windows (no delay) and risk windows (shifted back by the label delay).
 MERCHANT_VOLUME_WINDOWS: Final[tuple[tuple[str, int], ...]] = (("24h", DAY), ("7d", 7 * DAY))
 MERCHANT_RISK_WINDOWS: Final[tuple[tuple[str, int], ...]] = (("7d", 7 * DAY), ("30d", 30 * DAY))
@@ -126,6 +131,7 @@ def _spec_version() -> str:
             FEATURE_NAMES,
             CARD_WINDOWS,
             DISTINCT_WINDOW,
+            DISTINCT_MERCHANTS_CAP,
             MERCHANT_VOLUME_WINDOWS,
             MERCHANT_RISK_WINDOWS,
             sorted(EMPTY.items()),

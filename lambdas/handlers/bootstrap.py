@@ -97,7 +97,12 @@ def _hasher(key: str) -> CardHasher:
 @lru_cache(maxsize=2)
 def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
     cfg = settings()
-    return RedisFeatureStore(redis_client(cfg, timeout_ms), card_hasher(cfg), cfg.label_delay_seconds)
+    return RedisFeatureStore(
+        redis_client(cfg, timeout_ms),
+        card_hasher(cfg),
+        cfg.label_delay_seconds,
+        tile_threshold=cfg.card_tile_threshold,
+    )
 
 
 def store_marker(timeout_ms: int | None = None) -> StoreMarker:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fraud_adapters.redis_store import TILE_THRESHOLD
 from fraud_core import spec
 
 DEV_CARD_HASH_KEY = "fraudsys-local-development-key"
@@ -48,6 +49,9 @@ class Settings(BaseModel):
     #: accepted event there while applying it (``fraud_adapters.lake``); unset: no archive.
     lake_uri: str | None = None
     label_delay_seconds: int = Field(default=spec.DEFAULT_LABEL_DELAY, ge=0)
+    #: A card gets time tiles in Redis once it holds more events than this (its reads then cost
+    #: the same whatever its activity; ``fraud_adapters.redis_store``); negative: never.
+    card_tile_threshold: int = TILE_THRESHOLD
     #: Time guard: an event or request dated more than this after the time the system received it
     #: is refused (422 at the API, a dead letter in the stream).
     max_clock_skew_seconds: int = Field(default=spec.MAX_CLOCK_SKEW, ge=0, le=spec.HISTORY_SLACK)

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from fraud_core import spec
+from fraud_core.online import summarize_card
 from fraud_core.schemas import LabelEvent, PredictRequest
 from handlers import bootstrap, predict, update_features
 from local_stack.demo import predict_body
@@ -81,9 +82,13 @@ def feature(offline: pd.DataFrame, trans_num: str, name: str) -> float:
     return float(offline.loc[trans_num, [name]].to_numpy(dtype=float)[0])
 
 
-@pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Harness]:
-    with handler_environment(monkeypatch, tmp_path, DELAY) as root:
+@pytest.fixture(params=["events", "tiles"])
+def harness(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str, request: pytest.FixtureRequest
+) -> Iterator[Harness]:
+    """Cards stored as events, or as time tiles from their first event (``CARD_TILE_THRESHOLD=0``)."""
+    tiles = {"CARD_TILE_THRESHOLD": "0"} if request.param == "tiles" else {}
+    with handler_environment(monkeypatch, tmp_path, DELAY, **tiles) as root:
         yield Harness(root)
 
 
@@ -260,7 +265,9 @@ def test_an_event_older_than_its_retention_is_late_not_a_duplicate(harness: Harn
     [letter] = harness.dead_letters()
     assert letter["reason"].startswith("late")
     store = bootstrap.feature_store()
-    assert len(store.read("4000000000000001", "fraud_Kirlin and Sons", T0 + 1).card_events) == 1
+    state = store.read("4000000000000001", "fraud_Kirlin and Sons", T0 + 1)
+    card = state.card_summary or summarize_card(state.card_events, T0 + 1)
+    assert card.count[-1] == 1
 
 
 def test_dates_of_birth_follow_event_time_whatever_the_arrival_order(harness: Harness) -> None:
@@ -401,3 +408,91 @@ def test_a_reused_transaction_id_cannot_alter_the_first_transaction(harness: Har
         harness.send([(TX_TOPIC, transaction_event(row).model_dump_json().encode())])
     assert feature(offline, "q1", "card_sum_1h") == 10.0
     assert feature(offline, "q2", "card_cnt_30d") == 0
+
+
+def test_a_busy_card_at_many_merchants_matches_offline_before_and_after_its_tiles(harness: Harness) -> None:
+    # given a card with 900 transactions in 12 days (more than the tile threshold), at 80
+    # merchants in 9 categories (more distinct merchants a day than the cap), with same-second
+    # ties, amounts at the schema's bound, some without a date of birth, and its offline rows
+    rng = np.random.default_rng(7)
+    times = np.sort(T0 + rng.integers(0, 12 * spec.DAY, 900))
+    times[100:110] = times[100]  # a same-second burst
+    categories = list(spec.CATEGORIES[:9])
+    rows = [
+        _tx_row(
+            f"busy-{i:04d}",
+            int(t),
+            amt=float(rng.choice([0.01, 12.5, 999_999.99, 1e6, round(float(rng.uniform(1, 900)), 2)])),
+            merchant=f"merchant_{int(rng.integers(0, 80))}",
+            category=categories[int(rng.integers(0, len(categories)))],
+            merch_lat=40.0 + float(rng.random()),
+            dob=None if rng.random() < 0.3 else "1980-01-01",
+        )
+        for i, t in enumerate(times)
+    ]
+    df = pd.DataFrame(rows)
+    offline = build_features(df, DELAY).set_index("trans_num")
+    assert offline["card_distinct_merchants_24h"].max() == spec.DISTINCT_MERCHANTS_CAP
+
+    # when the first 200 reach the real updater (shuffled, in batches of 50) and are scored at
+    # their times, then the other 700 the same way, and all 900 are scored again
+    def send(part: list[dict[str, Any]]) -> None:
+        order = rng.permutation(len(part))
+        for start in range(0, len(part), 50):
+            chunk = [part[i] for i in order[start : start + 50]]
+            payloads = [(TX_TOPIC, transaction_event(r).model_dump_json().encode()) for r in chunk]
+            assert harness.send(payloads) == {"batchItemFailures": []}
+
+    send(rows[:200])
+    mismatches = compare(harness, rows[:200], offline)
+    send(rows[200:])
+    mismatches += compare(harness, rows, offline)
+
+    # then every feature of every transaction matches, whether its card was read as events
+    # (below the threshold) or as tiles
+    assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
+    card = bootstrap.feature_store().card_keys(bootstrap.feature_store().hasher("4000000000000001"))
+    assert bootstrap.feature_store().client.exists(card[2]) == 1  # the card has tiles
+
+
+def test_a_busy_merchant_with_many_labels_matches_offline(harness: Harness) -> None:
+    # given one merchant with 3,000 transactions of 300 cards in 45 days (and a quiet second
+    # merchant), labels for a quarter of them with every arrival pattern (on time, late, early,
+    # reversed and back, same-second pairs, corrections alone, other merchant, unknown
+    # transactions, redeliveries), and its offline rows
+    df = synthetic_stream(n=3000, n_cards=300, n_merchants=1, days=45, seed=23)
+    quiet = df.sample(frac=0.03, random_state=1).index
+    df.loc[quiet, "merchant"] = "fraud_Quiet Corner"
+    rng = np.random.default_rng(5)
+    labels = _label_stream(df, rng)
+    label_frame = pd.DataFrame(
+        [(e.trans_num, e.merchant, e.event_time, e.arrival_time, e.is_fraud) for e in labels],
+        columns=list(LABEL_EVENT_COLUMNS),
+    )
+    offline = build_features(df, DELAY, labels=label_frame).set_index("trans_num")
+    events = [
+        (int(r["event_time"]), TX_TOPIC, transaction_event(r).model_dump_json().encode())
+        for r in df.to_dict("records")
+    ]
+    events += [(e.arrival_time, LABEL_TOPIC, e.model_dump_json().encode()) for e in labels]
+    events.sort(key=lambda e: e[0])
+
+    # when every event before t reaches the real updater (shuffled batches) and every fifth
+    # transaction is scored at its time
+    applied, mismatches = 0, []
+    for i, t in enumerate(sorted(set(df["event_time"].tolist()))):
+        end = applied
+        while end < len(events) and events[end][0] < t:
+            end += 1
+        batch = [(topic, value) for _, topic, value in events[applied:end]]
+        applied = end
+        if batch:
+            order = rng.permutation(len(batch))
+            assert harness.send([batch[j] for j in order]) == {"batchItemFailures": []}
+        if i % 5 == 0:
+            mismatches += compare(harness, df[df["event_time"] == t].to_dict("records"), offline)
+
+    # then every feature matches, and the merchant's windows were busy with frauds
+    assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
+    assert offline["merch_cnt_7d"].max() >= 400
+    assert offline["merch_fraud_cnt_30d"].max() >= 50

@@ -37,10 +37,15 @@ def _request(row: dict[Any, Any]) -> PredictRequest:
     return PredictRequest.model_validate(predict_body(row))
 
 
-@pytest.fixture
-def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str) -> Iterator[Path]:
-    """The handlers' environment on one redis-server, or on a real 3-master Redis Cluster."""
-    with handler_environment(monkeypatch, tmp_path, LABEL_DELAY) as root:
+@pytest.fixture(params=["events", "tiles"])
+def lambda_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, handler_redis: str, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """The handlers' environment on one redis-server, or on a real 3-master Redis Cluster; cards
+    stored as events (the stream's cards stay below the tile threshold) or as time tiles from
+    their first event (``CARD_TILE_THRESHOLD=0``)."""
+    tiles = {"CARD_TILE_THRESHOLD": "0"} if request.param == "tiles" else {}
+    with handler_environment(monkeypatch, tmp_path, LABEL_DELAY, **tiles) as root:
         yield root
 
 

@@ -15,7 +15,7 @@ fraud labels. Checked:
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -27,7 +27,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraud_adapters.redis_store import CardHasher, CorruptStateError, RedisFeatureStore
+from fraud_adapters.redis_store import TILE_THRESHOLD, CardHasher, CorruptStateError, RedisFeatureStore
 from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
@@ -199,9 +199,21 @@ def streams(draw: Draw, days: int, max_rows: int = MAX_ROWS) -> Stream:
     return Stream(rows, delay)
 
 
+#: The card layout under test: events only (no card of these small streams reaches
+#: ``TILE_THRESHOLD``) or tiles from a card's first event (``tile_threshold=0``).
+LAYOUT = {"tile_threshold": TILE_THRESHOLD}
+
+
+@pytest.fixture(autouse=True, params=[TILE_THRESHOLD, 0], ids=["events", "tiles"])
+def card_layout(request: pytest.FixtureRequest) -> Iterator[None]:
+    LAYOUT["tile_threshold"] = request.param
+    yield
+    LAYOUT["tile_threshold"] = TILE_THRESHOLD
+
+
 def new_store(client: AnyRedis, label_delay: int) -> RedisFeatureStore:
     client.flushall()
-    return RedisFeatureStore(client, HASHER, label_delay=label_delay)
+    return RedisFeatureStore(client, HASHER, label_delay=label_delay, tile_threshold=LAYOUT["tile_threshold"])
 
 
 def apply(store: RedisFeatureStore, batch: Sequence[Event]) -> None:
