@@ -67,8 +67,12 @@ def _error(status: HTTPStatus, message: str) -> bytes:
 
 #: a route's handler time before its first invocation was measured (ms)
 FIRST_ESTIMATE_MS = 5.0
-#: weight of the latest handler time in a route's estimate
+#: weight of the latest measure in the moving averages (a route's handler time, the pace)
 ESTIMATE_WEIGHT = 0.1
+#: a request is admitted when the estimates say it ends within this share of its deadline: the
+#: rest is slack for the estimates' error (the pace changes with the machine's load), so that
+#: an admitted request is answered in time rather than dropped when its deadline passes
+ADMIT_WITHIN = 0.5
 
 
 @dataclass
@@ -93,11 +97,11 @@ class Admission:
     """Admission control of one handler thread (used from the event loop only: no lock).
 
     ``admit`` refuses (returns the reason) when ``max_queue`` requests are admitted and not
-    finished, or when a request admitted now would end past its deadline: the requests ahead of
-    it, each taking ``drain_ms`` (the handler thread's measured pace while requests wait: from
-    one start to the next, everything included), then its own handler time (each route's moving
-    average). An idle handler takes any request, so a slow spell cannot make the estimates
-    refuse everything for ever."""
+    finished, or when a request admitted now would not end within ``ADMIT_WITHIN`` of its
+    deadline: the requests ahead of it, each taking ``drain_ms`` (the handler thread's measured
+    pace while requests wait: from one start to the next, everything included), then its own
+    handler time (each route's moving average). An idle handler takes any request, so a slow
+    spell cannot make the estimates refuse everything for ever."""
 
     deadline_ms: float = 250.0
     max_queue: int = 128
@@ -113,7 +117,8 @@ class Admission:
         if self.outstanding >= self.max_queue:
             return f"overloaded: {self.outstanding} requests queued"
         ahead_ms = self.outstanding * self.drain_ms
-        if self.outstanding and now + (ahead_ms + estimate) / 1000 > deadline:
+        admit_by = arrived + ADMIT_WITHIN * self.deadline_ms / 1000
+        if self.outstanding and now + (ahead_ms + estimate) / 1000 > admit_by:
             return (
                 f"overloaded: the {self.outstanding} requests queued (~{ahead_ms:.0f} ms) leave "
                 f"no time to answer within the {self.deadline_ms:g} ms deadline"
