@@ -124,7 +124,7 @@ def health(stack: LocalStack) -> dict[str, Any]:
 def card_events(card: str, minutes: int) -> int:
     """The card's events in the store, as a request at ``T0 + minutes`` reads them."""
     t = int((T0 + timedelta(minutes=minutes)).timestamp())
-    return len(bootstrap.feature_store().read(card, "fraud_Kirlin and Sons", t).card_events)
+    return int(bootstrap.feature_store().read(card, "fraud_Kirlin and Sons", t).card(t).count[-1])
 
 
 def indexed(transaction_id: str) -> bool:
