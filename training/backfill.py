@@ -6,7 +6,8 @@ applied through the store's own write path (``RedisFeatureStore.apply``, the upd
 state is the one the updater would have built. Safe to run while the stream is live and to run
 again: the store's writes are idempotent (a redelivered event changes nothing) and order
 independent, so an event both backfilled and streamed counts once. The transaction index (label
-intake) is rebuilt with the same transactions.
+intake) is rebuilt with the same transactions. Once every event is applied, the store's fill
+marker is written (``fraud_adapters.store_marker``): the scorer serves full features again.
 """
 
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fraud_adapters.redis_store import ApplyResult, RedisFeatureStore
+from fraud_adapters.store_marker import StoreMarker
 from fraud_adapters.tx_index import TransactionIndex
 from fraud_core.schemas import LabelEvent, TransactionEvent
 
@@ -162,6 +164,7 @@ def backfill(
         older = profiles.loc[profiles["event_time"].to_numpy(dtype=np.int64) < since]
         for profile_chunk in batched(transaction_events(older), batch, strict=False):
             store.apply(profile_chunk, [], cards_hashed=True)  # late: the profile only
+    StoreMarker(store.client, store.prefix).mark("fraudsys backfill")  # complete: full features again
     return BackfillStats(
         transactions=len(tx),
         labels=len(lab),
