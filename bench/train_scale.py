@@ -32,7 +32,7 @@ from bench.common import Report, command_line, finish, parser
 from bench.spark_features import RESULT, generate, measure
 from fraud_core import spec
 
-PARAMS = {"max_depth": 6, "learning_rate": 0.1}
+PARAMS: dict[str, Any] = {"max_depth": 6, "learning_rate": 0.1}
 
 
 def features_file(data: Path, label_delay: int) -> Path:
@@ -134,7 +134,8 @@ def child_spark(path: Path, args: argparse.Namespace) -> None:
         tree_method="hist",
         scale_pos_weight=params["scale_pos_weight"],
         random_state=7,
-        **PARAMS,
+        max_depth=PARAMS["max_depth"],
+        learning_rate=PARAMS["learning_rate"],
     )
     model = classifier.fit(rows)
     t2 = time.perf_counter()
