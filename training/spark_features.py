@@ -26,6 +26,7 @@ Local mode (``local_session``) is the default Spark; the same job runs under ``s
 a cluster (EMR Serverless: ``docs/architecture.md``), reading and writing Parquet URIs::
 
     spark-submit training/spark_features.py --transactions s3://.../parquet --output s3://.../features
+    spark-submit training/spark_features.py --lake s3://<lake>/archive --output s3://.../features
     uv run python -m training.spark_features --transactions data/kaggle/parquet --output data/features
 """
 
@@ -452,17 +453,84 @@ def score_rows(
     return rows.mapInPandas(scored, schema=schema + "event_time bigint")
 
 
+def read_lake(spark: SparkSession, uri: str) -> tuple[DataFrame, DataFrame]:
+    """The event lake's transactions (the columns ``canonical_input`` reads, ``cc_num`` = the card
+    hash, ``is_fraud`` = the latest label by arrival, same second: fraud wins) and its label
+    events, deduplicated by the rules of ``training.data.lake.read_lake`` (``docs/data.md``): a
+    transaction's earliest arrival (then earliest ingest, then smallest source) wins; one label per
+    (``trans_num``, ``label_time``, ``is_fraud``). ``uri``: the lake root (``events/`` below it)."""
+    from pyspark.sql.window import Window
+
+    from fraud_adapters.lake import EVENTS_PREFIX, SCHEMA_VERSION
+
+    root = f"{uri.rstrip('/')}/{EVENTS_PREFIX}"
+    events = spark.read.option("basePath", root).parquet(root)
+    if not events.where(sf.col("schema_version") > SCHEMA_VERSION).isEmpty():
+        raise ValueError(f"the lake holds rows of schema version > {SCHEMA_VERSION}: upgrade the reader")
+    first = Window.partitionBy("trans_num").orderBy("arrival_time", "ingest_time", "source")
+    transactions = (
+        events.where(sf.col("kind") == "transaction")
+        .withColumn("_n", sf.row_number().over(first))
+        .where(sf.col("_n") == 1)
+        .select(
+            "trans_num",
+            sf.col("card").alias("cc_num"),
+            "merchant",
+            "event_time",
+            "category",
+            "amt",
+            "lat",
+            "long",
+            "merch_lat",
+            "merch_long",
+            "city_pop",
+            "dob",
+        )
+    )
+    labels = (
+        events.where(sf.col("kind") == "label")
+        .select(
+            "trans_num",
+            "merchant",
+            "event_time",
+            sf.col("arrival_time").alias("label_time"),
+            sf.col("is_fraud").cast("tinyint").alias("is_fraud"),
+        )
+        .dropDuplicates(["trans_num", "label_time", "is_fraud"])
+    )
+    latest = Window.partitionBy("trans_num").orderBy(sf.col("label_time").desc(), sf.col("is_fraud").desc())
+    targets = (
+        labels.withColumn("_n", sf.row_number().over(latest))
+        .where(sf.col("_n") == 1)
+        .select("trans_num", sf.col("is_fraud").alias("_target"))
+    )
+    labelled = (
+        transactions.join(targets, "trans_num", "left")
+        .withColumn(LABEL_COLUMN, sf.coalesce(sf.col("_target"), sf.lit(0)).cast("tinyint"))
+        .drop("_target")
+    )
+    return labelled, labels
+
+
 def run_job(
     spark: SparkSession,
-    transactions_uri: str,
+    transactions_uri: str | None,
     output_uri: str,
     label_delay: int = spec.DEFAULT_LABEL_DELAY,
     labels_uri: str | None = None,
     config: SparkFeatureConfig | None = None,
+    lake_uri: str | None = None,
 ) -> None:
-    """Parquet in, the feature table out: the job both local mode and a cluster run."""
-    transactions = spark.read.parquet(transactions_uri)
-    labels = spark.read.parquet(labels_uri) if labels_uri else None
+    """Parquet in (canonical transactions and optional label events, or the event lake), the
+    feature table out: the job both local mode and a cluster run."""
+    labels: DataFrame | None
+    if lake_uri is not None:
+        transactions, labels = read_lake(spark, lake_uri)
+    elif transactions_uri is not None:
+        transactions = spark.read.parquet(transactions_uri)
+        labels = spark.read.parquet(labels_uri) if labels_uri else None
+    else:
+        raise ValueError("the job needs --transactions or --lake")
     write_feature_table(feature_rows(spark, transactions, label_delay, labels, config), output_uri)
 
 
@@ -492,7 +560,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "transactions: spark-submit training/spark_features.py ..., or python -m training.spark_features ... "
         "for local mode",
     )
-    p.add_argument("--transactions", required=True, help="Parquet URI: canonical columns (fraudsys ingest)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--transactions", help="Parquet URI: canonical columns (fraudsys ingest)")
+    source.add_argument(
+        "--lake", help="the event lake's root URI (events/ below it): transactions and label arrivals"
+    )
     p.add_argument(
         "--labels",
         help="Parquet URI of label events (trans_num, merchant, event_time, label_time, is_fraud); "
@@ -512,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     config = SparkFeatureConfig(bucket_rows=args.bucket_rows, split_rows=args.split_rows)
     with spark_session(args.cores, args.driver_memory) as spark:
-        run_job(spark, args.transactions, args.output, args.label_delay, args.labels, config)
+        run_job(spark, args.transactions, args.output, args.label_delay, args.labels, config, args.lake)
 
 
 if __name__ == "__main__":

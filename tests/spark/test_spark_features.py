@@ -301,3 +301,100 @@ def test_cli_pipeline_and_score_with_the_spark_engine(spark: SparkSession, tmp_p
     # Then the same transactions get the same probabilities and decisions
     assert len(scores["pandas"]) > 1_000
     pd.testing.assert_frame_equal(scores["spark"], scores["pandas"], check_exact=False, rtol=1e-9)
+
+
+def write_lake(frame: pd.DataFrame, labels: pd.DataFrame, root: Path, seed: int = 5) -> int:
+    """``frame`` and ``labels`` as the archiver lays them out (``fraud_adapters.lake``), with 5 %
+    of the transactions delivered again later with other values (the first arrival must win);
+    returns the number of redelivered rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fraud_adapters.lake import lake_schema
+
+    rng = np.random.default_rng(seed)
+    arrival = frame["event_time"].to_numpy() + rng.integers(0, 5, len(frame))
+    tx = pd.DataFrame(
+        {
+            "schema_version": np.int16(1),
+            "kind": "transaction",
+            "trans_num": frame["trans_num"].astype(str),
+            "card": frame["cc_num"].astype(str),
+            "merchant": frame["merchant"].astype(str),
+            "category": frame["category"].astype(str),
+            "amt": frame["amt"].astype(float),
+            "event_time": frame["event_time"].astype(np.int64),
+            "arrival_time": arrival,
+            "lat": frame["lat"].astype(float),
+            "long": frame["long"].astype(float),
+            "city_pop": frame["city_pop"].astype(np.int64),
+            "merch_lat": frame["merch_lat"].astype(float),
+            "merch_long": frame["merch_long"].astype(float),
+            "dob": pd.to_datetime(frame["dob"].replace("", None)).dt.date,
+            "is_fraud": None,
+            "reported_at": None,
+            "source": [f"kafka:fraudsys.transactions-0@{i}" for i in range(len(frame))],
+            "ingest_time": arrival * 1000,
+        }
+    )
+    again = tx.sample(frac=0.05, random_state=seed)
+    again = again.assign(
+        arrival_time=again["arrival_time"] + 3_600,
+        amt=again["amt"] * 7 + 1,
+        ingest_time=again["ingest_time"] + 9,
+    )
+    lab = pd.DataFrame(
+        {
+            "schema_version": np.int16(1),
+            "kind": "label",
+            "trans_num": labels["trans_num"].astype(str),
+            "card": None,
+            "merchant": labels["merchant"].astype(str),
+            "category": None,
+            "amt": None,
+            "event_time": labels["event_time"].astype(np.int64),
+            "arrival_time": labels["label_time"].astype(np.int64),
+            "lat": None,
+            "long": None,
+            "city_pop": None,
+            "merch_lat": None,
+            "merch_long": None,
+            "dob": None,
+            "is_fraud": labels["is_fraud"].astype(bool),
+            "reported_at": None,
+            "source": [f"kafka:fraudsys.labels-0@{i}" for i in range(len(labels))],
+            "ingest_time": labels["label_time"].astype(np.int64) * 1000,
+        }
+    )
+    for kind, rows, when in (
+        ("transaction", pd.concat([tx, again]), "event_time"),
+        ("label", lab, "arrival_time"),
+    ):
+        day = pd.to_datetime(rows[when], unit="s").dt.strftime("%Y-%m-%d")
+        for value, part in rows.groupby(day):
+            folder = root / "events" / f"kind={kind}" / f"dt={value}"
+            folder.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(part, schema=lake_schema(), preserve_index=False)
+            pq.write_table(table, folder / "part-0.parquet")
+    return len(again)
+
+
+def test_the_job_reads_the_event_lake_as_training_reads_it(spark: SparkSession, tmp_path: Path) -> None:
+    from training.data.lake import read_lake
+
+    # Given an event lake with redelivered transactions and label arrivals (reversals, late ones)
+    frame = simulate(SimulatorConfig(seed=5, n_cards=300, n_merchants=60, n_days=90))
+    labels = make_labels(frame)
+    redelivered = write_lake(frame, labels, tmp_path / "lake")
+    assert redelivered > 100
+    # When the job reads the lake itself (as the EMR Serverless step does)
+    main(["--lake", str(tmp_path / "lake"), "--output", str(tmp_path / "out"), "--bucket-rows", "20000"])
+    # Then it has the rows of build_features on the lake as the pandas pipeline reads it (the first
+    # arrival of each transaction, the latest label by arrival as its target)
+    lake = read_lake(str(tmp_path / "lake"))
+    expected = build_features(lake.transactions, DELAY, lake.labels)
+    table = _read_table(tmp_path / "out")
+    assert len(table) == len(frame)
+    actual = table.set_index("trans_num").loc[expected["trans_num"]].reset_index()
+    assert_same_rows(expected, actual[list(expected.columns)])
+    assert 0 < expected[LABEL_COLUMN].sum() < frame[LABEL_COLUMN].sum() + 300  # reversals and chargebacks
