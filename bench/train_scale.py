@@ -99,6 +99,7 @@ def child_single(path: Path, rate: float, args: argparse.Namespace) -> None:
 
 
 def child_spark(path: Path, args: argparse.Namespace) -> None:
+    from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as sf
     from xgboost.spark import SparkXGBClassifier
 
@@ -123,8 +124,14 @@ def child_spark(path: Path, args: argparse.Namespace) -> None:
         .withColumn("is_validation", t >= b["validation_start"])
         .repartition(args.spark_workers)
     )
+    # one vector column: xgboost.spark reads a list of numeric feature columns on GPUs only (on
+    # CPU its partition reader then fails with KeyError 'values')
+    assembler = VectorAssembler(
+        inputCols=list(spec.FEATURE_NAMES), outputCol="features", handleInvalid="keep"
+    )
+    rows = assembler.transform(rows).select("features", "is_fraud", "is_validation")
     classifier = SparkXGBClassifier(
-        features_col=list(spec.FEATURE_NAMES),
+        features_col="features",
         label_col="is_fraud",
         validation_indicator_col="is_validation",
         num_workers=args.spark_workers,
