@@ -146,28 +146,12 @@ class SparkFeatureJob(Construct):
         self.entry_point = s3_assets.Asset(
             self, "EntryPoint", path=str(REPO_ROOT / "training" / "spark_features.py")
         )
-        for asset in (self.code, self.entry_point):
-            asset.grant_read(self.role)
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM5[Action::s3:GetObject*]",
-            "CDK's asset grant (read of the job's two code objects in the bootstrap assets bucket).",
-        )
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM5[Action::s3:GetBucket*]",
-            "CDK's asset grant (read of the job's two code objects in the bootstrap assets bucket).",
-        )
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM5[Action::s3:List*]",
-            "CDK's asset grant (read of the job's two code objects in the bootstrap assets bucket).",
-        )
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*]",
-            "CDK's asset grant on the bootstrap assets bucket: the object keys are content hashes known "
-            "only at synth; the job reads its own code from there.",
+        # the two code objects only (not CDK's grant_read: s3:GetObject*/List* on the whole bucket)
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[a.bucket.arn_for_objects(a.s3_object_key) for a in (self.code, self.entry_point)],
+            )
         )
         logs_id = stack.get_logical_id(cast(cdk.CfnElement, self.logs.node.default_child))
         application_id = stack.get_logical_id(self.application)

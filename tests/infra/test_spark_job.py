@@ -111,6 +111,10 @@ def test_the_execution_role_reaches_the_lake_and_the_feature_table_only(msk: Syn
     assert objects
     assert all(any(fragment in resource for fragment in allowed) for resource in objects), objects
     assert not any(resource.endswith(":::*") or resource == "*" for resource in objects)
+    # the code: its two objects in CDK's assets bucket, no more
+    code = [resource for resource in objects if "cdk-hnb659fds-assets-" in resource]
+    assert len(code) == 2
+    assert sorted(resource.rsplit(".", 1)[1] for resource in code) == ["py", "zip"]
     # writes (put, delete) only under the features prefix
     writes = [
         render(r)

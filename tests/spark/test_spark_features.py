@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from fraud_core import spec
-from training.cli import app
+from fraudsys_cli import app
 from training.data.simulator import SimulatorConfig, simulate
 from training.dataset import ID_COLUMNS, LABEL_COLUMN, build_features, label_events_at_delay
 from training.spark_features import (
