@@ -138,7 +138,8 @@ def retrain(
     """The retraining loop on the running local stack (``fraudsys local up``): train on the events
     its updater archived (the local lake, real label arrivals), register, let the champion gate
     decide, publish; the scorer picks a new champion up within its pointer TTL. On AWS the
-    training task does the same on its schedule (TRAINING_SOURCE=lake)."""
+    scheduled workflow does the same: the Spark step builds the features from the lake, then the
+    training task trains on them (TRAINING_SOURCE=features)."""
     from local_stack.stack import StackConfig
 
     local = ["source.kind=lake", f"source.uri={StackConfig().lake_uri}", *local_stack_overrides()]
