@@ -48,26 +48,26 @@ def vpc_function(
     timeout_seconds: int,
     reserved_concurrency: int | None,
     layer: lambda_.ILayerVersion,
-    network: Network,
-    security_group: ec2.ISecurityGroup,
+    network: Network | None,
+    security_group: ec2.ISecurityGroup | None,
     log_group: logs.ILogGroup,
     environment: dict[str, str],
     extra_layers: tuple[lambda_.ILayerVersion, ...] = (),
 ) -> lambda_.Function:
+    # network None: a platform: localstack stage (no VPC there); the function runs outside any
+    managed = "AWSLambdaVPCAccessExecutionRole" if network is not None else "AWSLambdaBasicExecutionRole"
     role = iam.Role(
         scope,
         f"{construct_id}Role",
         assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
         description=f"{config.prefix} {description}",
-        managed_policies=[
-            iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AWSLambdaVPCAccessExecutionRole")
-        ],
+        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(f"service-role/{managed}")],
     )
     acknowledge(
         role,
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",
-        "AWS's minimal policy for a VPC Lambda: ENI management and its own log streams; the ENI "
-        "actions have no resource-level scoping.",
+        f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/{managed}]",
+        "AWS's minimal policy for a Lambda (in a VPC: ENI management, whose actions have no "
+        "resource-level scoping) and its own log streams.",
     )
     acknowledge(
         role,
@@ -88,9 +88,9 @@ def vpc_function(
         timeout=cdk.Duration.seconds(timeout_seconds),
         reserved_concurrent_executions=reserved_concurrency,
         role=role,
-        vpc=network.vpc,
-        vpc_subnets=network.app_subnets,
-        security_groups=[security_group],
+        vpc=network.vpc if network else None,
+        vpc_subnets=network.app_subnets if network else None,
+        security_groups=[security_group] if security_group else None,
         tracing=lambda_.Tracing.ACTIVE,
         log_group=log_group,
         environment=environment,
