@@ -72,7 +72,7 @@ def aws_environment(endpoint: str) -> dict[str, str]:
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL_S3": endpoint,
         "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
     }
@@ -229,7 +229,8 @@ def deploy(
     step: Callable[[str], None] = lambda _message: None,
     timeout: float = 900.0,
 ) -> Deployment:
-    """``cdklocal bootstrap`` then ``cdklocal deploy`` of the ``localstack`` stage at ``endpoint``.
+    """``cdk synth`` of the ``localstack`` stage and ``cdklocal bootstrap`` at ``endpoint`` side by
+    side, then ``cdklocal deploy`` of the synthesized stacks.
 
     ``redis_url``: where the functions reach Redis (default: the stage's, the compose file's
     Redis from the host). Running it again updates the stacks in place."""
@@ -248,34 +249,63 @@ def deploy(
         "CDK_DISABLE_CLI_TELEMETRY": "true",
     }
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="fraudsys-cdklocal-") as work:
+    context = [f"fraudsys:stages={STAGE}", "fraudsys:nag=false"]  # cdk-nag runs in tests/infra
+    if redis_url:
+        context.append(f"fraudsys:redis_url={redis_url}")
+    with tempfile.TemporaryDirectory(prefix="fraudsys-cdklocal-") as tmp:
+        work = Path(tmp)
+        assembly = work / "cdk.out"
         started = time.monotonic()
-        step("cdklocal bootstrap")
-        # from a folder without cdk.json: bootstrapping an explicit environment needs no synth
-        _run(
-            [str(CDKLOCAL), "bootstrap", f"aws://{ACCOUNT}/{REGION}", "--no-notices"],
-            env,
-            Path(work),
-            "cdklocal bootstrap",
-            timeout,
-        )
-        timings["bootstrap_s"] = time.monotonic() - started
+        step(f"cdk synth {STACKS}, cdklocal bootstrap")
+        # The synth (jsii, the layers) and the bootstrap stack are independent: side by side.
+        synth_log = work / "synth.log"
+        with synth_log.open("wb") as out:
+            synth = subprocess.Popen(  # nosec B603 - fixed argv
+                [
+                    str(CDKLOCAL),
+                    "synth",
+                    *(arg for c in context for arg in ("-c", c)),
+                    "--quiet",
+                    "--no-notices",
+                    "--output",
+                    str(assembly),
+                ],
+                env=env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            # from a folder without cdk.json: bootstrapping an explicit environment needs no synth
+            _run(
+                [str(CDKLOCAL), "bootstrap", f"aws://{ACCOUNT}/{REGION}", "--no-notices"],
+                env,
+                work,
+                "cdklocal bootstrap",
+                timeout,
+            )
+            timings["bootstrap_s"] = time.monotonic() - started
+            code = synth.wait(timeout=timeout)
+        finally:
+            if synth.poll() is None:
+                synth.kill()
+                synth.wait()
+        if code != 0:
+            raise LocalStackError(f"cdk synth failed ({code}):\n{tail(synth_log, 4000)}")
+        timings["synth_s"] = time.monotonic() - started
         started = time.monotonic()
         step(f"cdklocal deploy {STACKS}")
-        context = [f"fraudsys:stages={STAGE}", "fraudsys:nag=false"]  # cdk-nag: tests/infra
-        if redis_url:
-            context.append(f"fraudsys:redis_url={redis_url}")
         _run(
             [
                 str(CDKLOCAL),
                 "deploy",
                 STACKS,
-                *(arg for c in context for arg in ("-c", c)),
+                "--app",
+                str(assembly),
                 "--require-approval",
                 "never",
                 "--no-notices",
-                "--output",
-                str(Path(work) / "cdk.out"),
             ],
             env,
             REPO_ROOT,
