@@ -307,7 +307,9 @@ class StageConfig(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
         if self.platform == "localstack" and self.stream_kind != "kinesis":
-            raise ValueError("a localstack stage needs stream_kind: kinesis (LocalStack community has no MSK)")
+            raise ValueError(
+                "a localstack stage needs stream_kind: kinesis (LocalStack community has no MSK)"
+            )
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
         reserved = sum(part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver))

@@ -21,7 +21,13 @@ class DataStack(cdk.Stack):
     stream: EventStream
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: StageConfig, network: Network | None, **kwargs: Any
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        network: Network | None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.storage = Storage(self, "Storage", config=config)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -69,10 +68,12 @@ def free_port() -> int:
 class HostRuntimeExecutor(RuntimeExecutor):
     """One execution environment: one host process, one invocation at a time."""
 
-    def __init__(self, id: str, function_version: FunctionVersion) -> None:  # noqa: A002 - LocalStack's signature
+    def __init__(self, id: str, function_version: FunctionVersion) -> None:
         super().__init__(id=id, function_version=function_version)
         self.port = free_port()
-        self.executor_endpoint = ExecutorEndpoint(self.id, container_address="127.0.0.1", container_port=self.port)
+        self.executor_endpoint = ExecutorEndpoint(
+            self.id, container_address="127.0.0.1", container_port=self.port
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.gettempdir()) / "fraudsys-lambda-logs" / f"{self._name()}-{self.id}.log"
 
@@ -107,15 +108,14 @@ class HostRuntimeExecutor(RuntimeExecutor):
         self.executor_endpoint.start()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+            self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(RUNTIME_SCRIPT)],
                 cwd=task_root,
                 env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            )  # in LocalStack's process group: stopping LocalStack's group ends every function
         LOG.debug("started %s (pid %s) for %s", self.id, self.process.pid, self._name())
         threading.Thread(target=self._watch, name=f"lambda-host-{self.id}", daemon=True).start()
         self.executor_endpoint.wait_for_startup()
@@ -129,23 +129,23 @@ class HostRuntimeExecutor(RuntimeExecutor):
         future = self.executor_endpoint.startup_future
         if future is not None and not future.done():
             future.set_exception(
-                LambdaRuntimeException(f"runtime process exited with {code} during init: {self.get_logs()[-2000:]}")
+                LambdaRuntimeException(
+                    f"runtime process exited with {code} during init: {self.get_logs()[-2000:]}"
+                )
             )
 
     def stop(self) -> None:
         process = self.process
         if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
                 process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
         try:
             self.executor_endpoint.shutdown()
-        except Exception as exc:  # noqa: BLE001 - as the docker executor: log and go on
+        except Exception as exc:
             LOG.debug("executor endpoint of %s not shut down cleanly: %s", self.id, exc)
 
     def get_address(self) -> str:

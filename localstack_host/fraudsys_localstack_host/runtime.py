@@ -100,7 +100,7 @@ class InvokeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -114,7 +114,7 @@ def main() -> None:
     try:
         module_name, _, function_name = os.environ["_HANDLER"].rpartition(".")
         handler = getattr(importlib.import_module(module_name), function_name)
-    except Exception as exc:  # noqa: BLE001 - an init error is reported, as Lambda does
+    except Exception as exc:
         traceback.print_exc()
         post(f"/status/{RUNTIME_ID}/error", error_body(exc))
         raise SystemExit(1) from exc
@@ -124,11 +124,13 @@ def main() -> None:
         request_id = str(invocation["invoke-id"])
         os.environ["_X_AMZN_TRACE_ID"] = str(invocation.get("trace-id") or "")
         logs.clear()
-        context = Context(request_id, str(invocation.get("invoked-function-arn", "")), time.monotonic() + TIMEOUT_S)
+        context = Context(
+            request_id, str(invocation.get("invoked-function-arn", "")), time.monotonic() + TIMEOUT_S
+        )
         try:
             result = handler(json.loads(invocation.get("payload") or "null"), context)
             body, outcome = json.dumps(result).encode(), "response"
-        except Exception as exc:  # noqa: BLE001 - the handler's error is the invocation's result
+        except Exception as exc:
             traceback.print_exc()
             body, outcome = error_body(exc), "error"
         post(f"/invocations/{request_id}/logs", json.dumps({"logs": "".join(logs)}).encode())
