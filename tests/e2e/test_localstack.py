@@ -281,3 +281,20 @@ def test_the_localstack_stage_is_the_cdk_app_and_not_a_second_definition() -> No
         "put_role_policy",
     ):
         assert call_name not in source
+
+
+def test_the_cli_without_localstack_exits_with_the_hint() -> None:
+    from typer.testing import CliRunner
+
+    from local_stack.services import free_port
+    from training.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["local", "localstack-deploy", "--endpoint", f"http://127.0.0.1:{free_port()}"],
+        env={"COLUMNS": "250"},
+    )
+
+    assert result.exit_code == 1
+    assert "no LocalStack answers" in result.output
+    assert "docker-compose.localstack.yml" in result.output

@@ -126,7 +126,8 @@ def test_npx_cdk_synth_of_every_stage(tmp_path: Path) -> None:
         ["npx", "--no-install", "cdk", "synth", "--quiet", "--output", str(tmp_path)], tmp_path, {}
     )
 
-    # then it succeeds for dev and prod
+    # then it succeeds for dev and prod (five stacks) and localstack (no network, no training)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     for stage in ("dev", "prod"):
         assert len(list((tmp_path / f"assembly-FraudSys-{stage}").glob("*.template.json"))) == 5
+    assert len(list((tmp_path / "assembly-FraudSys-localstack").glob("*.template.json"))) == 3
