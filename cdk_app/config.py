@@ -20,6 +20,8 @@ CONTEXT_KEY = "fraudsys"
 STAGE_SELECT_KEY = "fraudsys:stages"
 #: ``-c fraudsys:redis_url=redis://...``: the Redis of every ``platform: localstack`` stage
 REDIS_URL_KEY = "fraudsys:redis_url"
+#: ``-c fraudsys:bundle_layers=true``: ``LocalStackConfig.bundle_layers`` of those stages
+BUNDLE_LAYERS_KEY = "fraudsys:bundle_layers"
 
 StreamKind = Literal["msk", "kinesis"]
 #: ``aws``: everything of docs/infra.md; ``localstack``: the same app for LocalStack's community
@@ -255,6 +257,10 @@ class LocalStackConfig(_Frozen):
     #: of a LocalStack that runs them as host processes see the same. Lambda containers on the
     #: compose network reach it as redis://redis:6379/0: deploy with ``-c fraudsys:redis_url=...``.
     redis_url: Annotated[str, Field(pattern=r"^rediss?://")] = "redis://127.0.0.1:6390/0"
+    #: the layers' packages also inside each function's code asset: LocalStack's community
+    #: edition does not mount layers in its Lambda containers (the Docker path, a Pro feature
+    #: there); its host executor (localstack_host) applies them. ``-c fraudsys:bundle_layers=true``
+    bundle_layers: bool = False
 
 
 class StageConfig(_Frozen):

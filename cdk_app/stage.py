@@ -13,6 +13,7 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from cdk_app.config import (
+    BUNDLE_LAYERS_KEY,
     CONTEXT_KEY,
     REDIS_URL_KEY,
     STAGE_SELECT_KEY,
@@ -109,10 +110,19 @@ def add_stages(app: cdk.App) -> list[FraudSysStage]:
     """One stage per entry of ``context.fraudsys.stages`` (or those named by ``-c fraudsys:stages=dev``)."""
     selected = app.node.try_get_context(STAGE_SELECT_KEY)
     configs = load_stage_configs(app.node.try_get_context(CONTEXT_KEY), selected)
-    redis_url = app.node.try_get_context(REDIS_URL_KEY)
-    if redis_url:  # where a LocalStack stage's functions reach Redis (docs/localstack.md)
+    # a LocalStack stage's Redis and layer bundling, from the cdklocal command line (docs/localstack.md)
+    overrides = {
+        "redis_url": app.node.try_get_context(REDIS_URL_KEY),
+        "bundle_layers": str(app.node.try_get_context(BUNDLE_LAYERS_KEY)).lower() == "true" or None,
+    }
+    overrides = {key: value for key, value in overrides.items() if value}
+    if overrides:
         configs = [
-            c.model_copy(update={"localstack": LocalStackConfig(redis_url=redis_url)})
+            c.model_copy(
+                update={
+                    "localstack": LocalStackConfig.model_validate({**c.localstack.model_dump(), **overrides})
+                }
+            )
             if c.platform == "localstack"
             else c
             for c in configs

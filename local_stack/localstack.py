@@ -226,6 +226,7 @@ def deploy(
     endpoint: str,
     redis_url: str | None = None,
     *,
+    bundle_layers: bool = False,
     step: Callable[[str], None] = lambda _message: None,
     timeout: float = 900.0,
 ) -> Deployment:
@@ -233,7 +234,9 @@ def deploy(
     side, then ``cdklocal deploy`` of the synthesized stacks.
 
     ``redis_url``: where the functions reach Redis (default: the stage's, the compose file's
-    Redis from the host). Running it again updates the stacks in place."""
+    Redis from the host). ``bundle_layers``: the layers' packages inside each function's code
+    too, for LocalStack's Lambda containers (Docker), which do not apply layers. Running it again
+    updates the stacks in place."""
     health = localstack_health(endpoint)
     if health is None:
         raise LocalStackError(
@@ -252,6 +255,8 @@ def deploy(
     context = [f"fraudsys:stages={STAGE}", "fraudsys:nag=false"]  # cdk-nag runs in tests/infra
     if redis_url:
         context.append(f"fraudsys:redis_url={redis_url}")
+    if bundle_layers:
+        context.append("fraudsys:bundle_layers=true")
     with tempfile.TemporaryDirectory(prefix="fraudsys-cdklocal-") as tmp:
         work = Path(tmp)
         assembly = work / "cdk.out"

@@ -629,6 +629,10 @@ def local_localstack_deploy(
         str | None,
         typer.Option(help="Redis as the functions see it (default: the localstack stage's, in cdk.json)"),
     ] = None,
+    bundle_layers: Annotated[
+        bool,
+        typer.Option(help="layers inside the code too: LocalStack's Lambda containers (Docker) skip layers"),
+    ] = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="remove the deployed stacks instead")] = False,
 ) -> None:
     """Deploy cdk.json's localstack stage (the CDK app) into LocalStack with cdklocal."""
@@ -642,7 +646,7 @@ def local_localstack_deploy(
             localstack.destroy(where)
             console.print(f"removed {localstack.STACKS}")
             return
-        deployment = localstack.deploy(where, redis_url, step=_step)
+        deployment = localstack.deploy(where, redis_url, bundle_layers=bundle_layers, step=_step)
         version = localstack.publish_champion(deployment, model_store) if model_store else None
     except (localstack.LocalStackError, BotoCoreError, ClientError) as exc:
         console.print(f"[red]{exc}[/red]")

@@ -64,6 +64,7 @@ class EventArchiver(Construct):
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
             extra_layers=(arrow_layer,),  # pyarrow for the lake writer
+            layer_kinds=("xgboost", "arrow"),
         )
         feature_store.card_hash_key.grant_read(self.function)
         # the archive: PutObject under the lake prefix only (no read, no delete), and the data key

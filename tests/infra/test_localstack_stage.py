@@ -4,10 +4,11 @@ community edition lacks, and nothing its CloudFormation or its executor cannot r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from aws_cdk.assertions import Match
 
-from .conftest import LOCALSTACK_CONFIG, Synthesized
+from .conftest import LOCALSTACK_CONFIG, Synthesized, app_context
 
 
 def test_it_has_no_network_and_no_training_stack(stages: dict[str, Synthesized]) -> None:
@@ -65,3 +66,33 @@ def test_it_needs_nothing_localstack_community_lacks(stages: dict[str, Synthesiz
     stages["localstack"].template("serving").has_resource_properties(
         "AWS::IAM::Policy", Match.object_like({"PolicyDocument": Match.any_value()})
     )
+
+
+def test_bundled_layers_put_the_layers_packages_into_the_code(tmp_path: Path) -> None:
+    """For LocalStack's Lambda containers (Docker), which do not apply layers."""
+    from cdk_app.constructs.function import CodeWithLayers
+
+    # when the code of the archiver (both layers) is bundled
+    CodeWithLayers("x86_64", ("xgboost", "arrow")).try_bundle(str(tmp_path))
+
+    # then the handlers and both layers' packages sit at the code's root, without caches
+    assert (tmp_path / "handlers" / "predict.py").is_file()
+    assert (tmp_path / "xgboost").is_dir()
+    assert (tmp_path / "pyarrow").is_dir()
+    assert not list((tmp_path / "handlers").glob("__pycache__"))
+
+
+def test_bundle_layers_comes_from_the_command_line() -> None:
+    import aws_cdk as cdk
+
+    from cdk_app.stage import add_stages
+
+    app = cdk.App(
+        context=app_context(
+            **{"fraudsys:stages": "localstack", "fraudsys:bundle_layers": "true", "fraudsys:nag": "false"}
+        )
+    )
+    (stage,) = add_stages(app)
+
+    assert stage.config.localstack.bundle_layers
+    assert stage.config.localstack.redis_url == "redis://127.0.0.1:6390/0"  # cdk.json's, kept
