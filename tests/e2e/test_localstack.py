@@ -286,8 +286,8 @@ def test_the_localstack_stage_is_the_cdk_app_and_not_a_second_definition() -> No
 def test_the_cli_without_localstack_exits_with_the_hint() -> None:
     from typer.testing import CliRunner
 
+    from fraudsys_cli import app
     from local_stack.services import free_port
-    from training.cli import app
 
     result = CliRunner().invoke(
         app,
