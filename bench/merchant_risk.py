@@ -300,20 +300,44 @@ def run(
     return results
 
 
+METRICS = ("roc_auc", "ap", "recall_1pct", "cp100", "cm_recall_1pct", "cm_cp100")
+
+
 def summary(results: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(results)
-    base = frame[frame["set"] == "base"].set_index("period")
+    """Per feature set: the median of each metric over the periods, the median of its per-period
+    difference to ``base`` and wins/losses/periods; the same test week (by its start) is one
+    period whichever run it came from (the base model is deterministic: one thread, one seed)."""
+    # one row per (week, set), each field from the first run that has it
+    frame = pd.DataFrame(results).groupby(["test_start", "set"], sort=False).first().reset_index()
+    base = frame[frame["set"] == "base"].set_index("test_start")
     rows = []
     for name, group in frame.groupby("set", sort=False):
-        g = group.set_index("period")
-        row: dict[str, Any] = {"set": name}
-        for metric in ("roc_auc", "ap", "recall_1pct", "cp100", "cm_recall_1pct", "cm_cp100"):
+        g = group.set_index("test_start")
+        row: dict[str, Any] = {"set": name, "periods": len(g)}
+        metrics = [
+            *METRICS,
+            *(m for m in ("cm_at_merchant_recall_1pct", "cm_followup_recall_1pct") if m in g),
+        ]
+        for metric in metrics:
             row[metric] = float(g[metric].median())
-            delta = (g[metric] - base[metric]).dropna()
+            delta = (g[metric] - base[metric].reindex(g.index)).dropna()
             row[f"d_{metric}"] = float(delta.median()) if len(delta) else float("nan")
             row[f"wins_{metric}"] = f"{int((delta > 0).sum())}/{int((delta < 0).sum())}/{len(delta)}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def read_results(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Results from ``--json`` files or from the runs' printed lines (one JSON object a line)."""
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("{\n") or text.lstrip().startswith('{"preset"'):
+            out += json.loads(text)["results"]
+        else:
+            out += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return out
 
 
 def main() -> None:
@@ -324,7 +348,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=150)
     parser.add_argument("--nthread", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--summarize", nargs="+", metavar="RESULTS", help="only summarize earlier runs")
     args = parser.parse_args()
+    if args.summarize:
+        with pd.option_context("display.width", 300, "display.max_columns", 60):
+            print(
+                summary(read_results(args.summarize)).to_string(
+                    index=False, float_format=lambda v: f"{v:.4f}"
+                )
+            )
+        return
     started = time.perf_counter()
     tx, labels = simulation(args.preset)
     print(
