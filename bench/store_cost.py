@@ -193,7 +193,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             (
                 "one card (tiled)",
                 [_tx(hot_card, f"merchant {i % 50}", i, T0 + i * 60) for i in range(10_000)],
-            ),  # noqa: E501
+            ),
             (
                 "1,000 cards",
                 [_tx(cards[i % 1000], f"merchant {i % 700}", i, T0 + i * 60) for i in range(10_000)],
