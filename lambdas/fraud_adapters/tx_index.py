@@ -35,14 +35,21 @@ Measured with ``MEMORY USAGE`` on redis-server 7.0 (jemalloc): see docs/architec
 """
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pydantic_core
 import redis
 
 from fraud_core import spec
 from fraud_core.schemas import TransactionEvent
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _SEP = "\x1f"
 # KEYS: the entries' keys; ARGV: the TTL, then one value per key. Cluster mode disabled only:
@@ -114,8 +121,7 @@ class TransactionIndex:
         """The entry's value; ``cards_hashed``: ``cc_num`` already holds the keyed card hash."""
         hashed = cards_hashed or self.card_key is None
         card = event.cc_num if hashed or self.card_key is None else self.card_key(event.cc_num)
-        content = event.model_copy(update={"cc_num": card}).model_dump_json(exclude={"received_at"})
-        digest = hashlib.blake2b(content.encode(), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(content_json(event, card), digest_size=8).hexdigest()
         return f"{event.event_time}{_SEP}{digest}{_SEP}{event.merchant}"
 
     def claim(self, transactions: Sequence[TransactionEvent]) -> list[TransactionEvent]:
@@ -184,3 +190,170 @@ class TransactionIndex:
 
     def _pipeline(self) -> Any:
         return self.client.pipeline(transaction=False)  # both client kinds; never MULTI/EXEC
+
+
+def content_json(event: TransactionEvent, card: str) -> bytes:
+    """What the content digest hashes: the event as JSON without ``received_at``, with ``card``
+    (the keyed hash) as ``cc_num``."""
+    return event.model_copy(update={"cc_num": card}).model_dump_json(exclude={"received_at"}).encode()
+
+
+#: ``TransactionEvent``'s fields in its JSON (``content_json``), and the lake column each comes from
+_CONTENT_COLUMNS = {
+    "kind": None,
+    "trans_num": "trans_num",
+    "cc_num": "card",
+    "merchant": "merchant",
+    "category": "category",
+    "amt": "amt",
+    "transaction_time": "event_time",
+    "lat": "lat",
+    "long": "long",
+    "city_pop": "city_pop",
+    "merch_lat": "merch_lat",
+    "merch_long": "merch_long",
+    "dob": "dob",
+}
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def bulk_values(table: "pa.Table") -> "pa.Array":
+    """``TransactionIndex.encode`` of many transactions at once (``fraudsys backfill``): ``table``
+    has the lake's columns (``fraud_adapters.lake``: ``card`` is the keyed hash, ``event_time``
+    whole seconds, ``dob`` a date). The JSON of ``content_json`` is assembled column by column from
+    pydantic's own serialization of the values (floats as one ``to_json`` of the column, text that
+    needs escaping value by value), then hashed row by row; the first row is checked against
+    ``content_json``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fields = [name for name in TransactionEvent.model_fields if name != "received_at"]
+    if fields != list(_CONTENT_COLUMNS):
+        raise RuntimeError("TransactionEvent's fields changed: update tx_index._CONTENT_COLUMNS")
+    n = table.num_rows
+    if n == 0:
+        return pa.array([], pa.binary())
+    pieces: list[Any] = []  # text, or arrays of one value per row
+
+    def text(value: str) -> None:
+        if pieces and isinstance(pieces[-1], str):
+            pieces[-1] += value
+        else:
+            pieces.append(value)
+
+    comma = False  # the last piece's values end with the comma before the next field
+    for i, (name, column) in enumerate(_CONTENT_COLUMNS.items()):
+        text(("{" if i == 0 else "" if comma else ",") + f'"{name}":')
+        comma = False
+        if column is None:
+            text(pydantic_core.to_json("transaction").decode())
+            continue
+        values = table[column].combine_chunks()
+        if name == "transaction_time":
+            # 'YYYY-MM-DD hh:mm:ss' (event times are 1971..2200), written as pydantic writes UTC
+            when = pc.cast(pc.cast(values, pa.timestamp("s")), pa.string())
+            text('"')
+            pieces.append(pc.replace_substring(when, " ", "T", max_replacements=1))
+            text('Z"')
+        elif name == "dob":  # a date is its ISO text (date32: years 1..9999, zero-padded) in quotes
+            quoted = pc.binary_join_element_wise('"', pc.cast(values, pa.string()), '"', "")
+            pieces.append(pc.fill_null(quoted, "null"))
+        elif name == "city_pop":
+            pieces.append(pc.cast(values, pa.string()))
+        elif pa.types.is_floating(values.type):
+            pieces.append(_json_floats(values))
+            comma = True
+        elif _plain_text(values):  # JSON quotes it as is
+            text('"')
+            pieces.append(values)
+            text('"')
+        else:
+            pieces.append(_json_distinct(values))
+    text("}")
+    binary = [p.cast(pa.binary()) if isinstance(p, pa.Array) else p.encode() for p in pieces]
+    content = pc.binary_join_element_wise(*binary, b"")
+    first = TransactionEvent.model_construct(
+        trans_num=table["trans_num"][0].as_py(),
+        cc_num=table["card"][0].as_py(),
+        merchant=table["merchant"][0].as_py(),
+        category=table["category"][0].as_py(),
+        amt=table["amt"][0].as_py(),
+        transaction_time=datetime.fromtimestamp(table["event_time"][0].as_py(), UTC),
+        lat=table["lat"][0].as_py(),
+        long=table["long"][0].as_py(),
+        city_pop=table["city_pop"][0].as_py(),
+        merch_lat=table["merch_lat"][0].as_py(),
+        merch_long=table["merch_long"][0].as_py(),
+        dob=table["dob"][0].as_py(),
+        received_at=None,
+    )
+    if content[0].as_py() != content_json(first, first.cc_num):
+        raise RuntimeError(f"bulk index values disagree with TransactionIndex.encode: {content[0]!r}")
+    hexes = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(_digests(content))])
+    t = pc.cast(table["event_time"].combine_chunks(), pa.string()).cast(pa.binary())
+    merchant = table["merchant"].combine_chunks().cast(pa.binary())
+    return pc.binary_join_element_wise(t, hexes.cast(pa.binary()), merchant, _SEP.encode())
+
+
+def _digests(content: "pa.Array") -> bytes:
+    """The hex BLAKE2b-64 of each value, 16 bytes each, back to back."""
+    offsets = np.frombuffer(
+        content.buffers()[1], dtype=np.int32, count=len(content) + 1, offset=4 * content.offset
+    )
+    data = memoryview(content.buffers()[2])
+    start = hashlib.blake2b(digest_size=8)  # copied: cheaper than building one per value
+    out = []
+    bounds = offsets.tolist()
+    for first, last in itertools.pairwise(bounds):
+        hashed = start.copy()
+        hashed.update(data[first:last])
+        out.append(hashed.digest())
+    nibbles = np.frombuffer(b"".join(out), dtype=np.uint8)
+    hexes = np.empty(2 * len(nibbles), dtype=np.uint8)
+    hexes[0::2], hexes[1::2] = _HEX[nibbles >> 4], _HEX[nibbles & 15]
+    return hexes.tobytes()
+
+
+def _json_floats(values: "pa.Array") -> "pa.Array":
+    """Each float as pydantic's JSON writes it, with the comma that follows it (one ``to_json`` of
+    the whole column, cut after each comma)."""
+    import pyarrow as pa
+
+    if values.null_count:
+        raise ValueError("the index values need every float of a transaction")
+    body = np.frombuffer(
+        pydantic_core.to_json(values.to_numpy(zero_copy_only=False).tolist()), dtype=np.uint8
+    )
+    offsets = np.empty(len(values) + 1, dtype=np.int32)
+    offsets[0], offsets[-1] = 1, len(body)  # after '[', and the ']' becomes the last comma
+    offsets[1:-1] = np.flatnonzero(body == ord(",")) + 1
+    body = body.copy()
+    body[-1] = ord(",")
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(body)]
+    )
+
+
+#: bytes JSON writes as they are: printable ASCII but the quote and the backslash
+_PLAIN = np.zeros(256, dtype=bool)
+_PLAIN[0x20:0x7F] = True
+_PLAIN[[ord('"'), ord("\\")]] = False
+
+
+def _plain_text(values: "pa.Array") -> bool:
+    if values.null_count or not len(values):
+        return False
+    offsets = np.frombuffer(
+        values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=4 * values.offset
+    )
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return bool(_PLAIN[data].all())
+
+
+def _json_distinct(values: "pa.Array") -> "pa.Array":
+    """Each value as pydantic's JSON writes it, serialized once per distinct value."""
+    import pyarrow as pa
+
+    encoded = values.dictionary_encode()
+    texts = [pydantic_core.to_json(v).decode() for v in encoded.dictionary.to_pylist()]
+    return pa.array(texts, pa.string()).take(encoded.indices)

@@ -1,0 +1,604 @@
+"""Bulk writes of the online store and the transaction index from columns (``fraudsys backfill``).
+
+The updater's path (``RedisFeatureStore.apply``) costs ~45 us of Python per event (pydantic
+events, script arguments packed one by one) and ~4 us of Redis per event (one ``redis.call`` per
+event inside the scripts). This writer builds the same state from Arrow columns:
+
+- members, keys and the commands' RESP bytes are built column-wise (pyarrow, numpy) with the
+  store's own encodings (``card_member_tails``, ``merchant_hash_codes``, ``tx_index.bulk_values``);
+  Python touches each card and merchant, not each event;
+- a card's members go in with one native ``ZADD``, then the store's ``apply_card`` script in bulk
+  mode (``-1`` events) derives the rest from the set (profile, older profile, trim, tiles, TTLs),
+  in the same ``MULTI``/``EXEC``: no other client (the live updater) runs between the two, so
+  the result is the one the updater's script builds whatever interleaves with the stream;
+- a card with more than the store's ``write_chunk`` events (a busy card, whose tiles are kept
+  event by event) goes through ``apply_card`` with pre-encoded arguments, ``write_chunk`` per call;
+- a merchant's transactions go in with one ``ZADD``, then ``apply_merchant`` with no event trims
+  its keys and sets their TTLs (same ``MULTI``/``EXEC``); labels go through ``store.apply``;
+- the transaction index: one ``SET ... EX`` per transaction, the value of ``TransactionIndex``.
+
+Each ``MULTI``/``EXEC`` holds at most ``chunk`` events (the server runs one at a time: a few
+milliseconds at most). The commands go to each node through two connections (the store's, whose
+replies hiredis parses, and the index's, whose replies are checked to be ``+OK`` as raw bytes), each
+fed by a thread while the caller encodes the next commands. On a Redis Cluster, a transaction holds
+the keys of one hash slot and goes to its node; a reply that is an error (a slot that moved, a
+node that restarted) fails the run: it is safe to run again.
+"""
+
+import contextlib
+import queue
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import hiredis
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from fraud_adapters.redis_store import (
+    CorruptStateError,
+    RedisFeatureStore,
+    card_member_tails,
+    merchant_hash_codes,
+)
+from fraud_adapters.tx_index import TransactionIndex, bulk_values
+from fraud_core import spec
+from fraud_core.online import NO_DOB
+from fraud_core.schemas import to_cents_array
+
+#: The columns ``BulkWriter.transactions`` reads (the lake's names and types,
+#: ``fraud_adapters.lake``): ``card`` holds the keyed card hash, ``event_time`` epoch seconds.
+TRANSACTION_SCHEMA = pa.schema(
+    [
+        ("trans_num", pa.string()),
+        ("card", pa.string()),
+        ("merchant", pa.string()),
+        ("category", pa.string()),
+        ("amt", pa.float64()),
+        ("event_time", pa.int64()),
+        ("lat", pa.float64()),
+        ("long", pa.float64()),
+        ("city_pop", pa.int64()),
+        ("merch_lat", pa.float64()),
+        ("merch_long", pa.float64()),
+        ("dob", pa.date32()),
+    ]
+)
+TRANSACTION_COLUMNS = tuple(TRANSACTION_SCHEMA.names)
+
+#: Events per ``MULTI``/``EXEC``: ~1-2 ms of the server (docs/benchmarks.md).
+CHUNK = 512
+#: Rows encoded at once: the work goes to Redis slab by slab, cards, merchants and index in turn.
+SLAB = 16_384
+
+#: A piece of a key's rows in a call: (hash slot, the key's keys, first row, end row).
+type _Piece = tuple[int, list[bytes], int, int]
+
+
+@dataclass
+class BulkCounts:
+    """What the writes did: ``applied`` members kept, ``duplicates`` already there, ``late``
+    below their card's retention point (written and trimmed, as the updater's script does);
+    ``indexed`` transaction index entries written."""
+
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    indexed: int = 0
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _resp_rows(*columns: Any, head: bytes = b"", tail: bytes = b"") -> tuple[memoryview, list[int]]:
+    """Per row, ``head``, each column's value as a RESP bulk string, ``tail``, back to back: the
+    bytes of all rows and the offset of each row (row i is ``data[offsets[i]:offsets[i + 1]]``)."""
+    parts: list[Any] = [head] if head else []
+    for column in columns:
+        values = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(
+            pa.binary()
+        )
+        length = pc.cast(pc.binary_length(values), pa.string()).cast(pa.binary())
+        parts += [b"$", length, b"\r\n", values, b"\r\n"]
+    if tail:
+        parts.append(tail)
+    joined = pc.binary_join_element_wise(*parts, b"")
+    offsets = np.frombuffer(
+        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
+    )
+    return memoryview(joined.buffers()[2]), offsets.tolist()
+
+
+def _groups(codes: np.ndarray[Any, Any]) -> tuple[list[int], list[int]]:
+    """Starts and ends of the runs of equal values in sorted ``codes``."""
+    if not len(codes):
+        return [], []
+    cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+    return [0, *cuts], [*cuts, len(codes)]
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[Any]]:
+    encoded = column.combine_chunks().dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
+
+def _raise_errors(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, list):
+            _raise_errors(reply)
+        elif isinstance(reply, Exception):
+            if isinstance(reply, redis.ResponseError) and str(reply).startswith("FSCORRUPT"):
+                raise CorruptStateError(str(reply).removeprefix("FSCORRUPT "))
+            raise reply
+
+
+class _Pipe:
+    """Pipelined raw commands on a connection of its own: one thread sends the payloads, another
+    reads their replies, so the server always has the next commands while the caller encodes
+    more; at most ``window`` bytes are in flight. ``done`` callbacks run in the reading thread."""
+
+    def __init__(self, client: "redis.Redis", window: int = 64 << 20) -> None:
+        self._pool = client.connection_pool
+        self._connection = self._pool.get_connection()
+        # the connection is ours until close(): its socket is read here, not by redis-py's parser
+        self._socket = cast(socket.socket, self._connection._sock)
+        timeout = self._socket.gettimeout()
+        if timeout is not None:  # a reply may wait for every payload queued before it
+            self._socket.settimeout(max(timeout, 60.0))
+        self._window = window
+        self._in_flight = 0
+        self._space = threading.Condition()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[tuple[int, int, Callable[[Any], None]] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._send, name="bulk-send", daemon=True),
+            threading.Thread(target=self._receive, name="bulk-receive", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, payload: bytes, replies: int, done: Callable[[Any], None]) -> None:
+        """Queue ``payload`` (whole commands); ``done`` gets what ``_read`` makes of its
+        ``replies`` replies. Waits while the window is full; raises the pipe's first error."""
+        with self._space:
+            while self._in_flight and self._in_flight + len(payload) > self._window and self._error is None:
+                self._space.wait()
+            if self._error is not None:
+                raise self._error
+            self._in_flight += len(payload)
+        self._pending.put((replies, len(payload), done))
+        self._outbox.put(payload)
+
+    def close(self) -> None:
+        """Wait for every reply; give the connection back; raise the first error."""
+        self._outbox.put(None)
+        self._pending.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._connection.disconnect()  # type: ignore[no-untyped-call]  # its parser never saw these replies
+        self._pool.release(self._connection)
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._space:
+            if self._error is None:
+                self._error = exc
+            self._space.notify_all()
+        with contextlib.suppress(OSError):  # wake the other thread (blocked on the socket)
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def _send(self) -> None:
+        while (payload := self._outbox.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._socket.sendall(payload)
+            except BaseException as exc:  # raised by submit() or close()
+                self._fail(exc)
+
+    def _receive(self) -> None:
+        while (job := self._pending.get()) is not None:
+            if self._error is not None:
+                continue
+            replies, size, done = job
+            try:
+                done(self._read(replies))
+            except BaseException as exc:  # raised by submit() or close()
+                self._fail(exc)
+            with self._space:
+                self._in_flight -= size
+                self._space.notify_all()
+
+    def _recv(self) -> bytes:
+        data = self._socket.recv(1 << 20)
+        if not data:
+            raise redis.ConnectionError("the connection to Redis closed during the bulk write")
+        return data
+
+    def _read(self, n: int) -> Any:
+        raise NotImplementedError
+
+
+class _ParsedPipe(_Pipe):
+    """Replies parsed by hiredis: ``done`` gets the list of them (error replies as exceptions)."""
+
+    def __init__(self, client: "redis.Redis") -> None:
+        self._reader = hiredis.Reader(replyError=redis.ResponseError)
+        super().__init__(client)
+
+    def _read(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        reader = self._reader
+        while len(out) < n:
+            reply = reader.gets()
+            if reply is False:
+                reader.feed(self._recv())
+            else:
+                out.append(reply)
+        return out
+
+
+class _OkPipe(_Pipe):
+    """Commands answered ``+OK`` (the index's SETs): the replies are compared with ``+OK`` as raw
+    bytes, a reply at a time only when one differs (``done`` gets ``n``, or the error is raised)."""
+
+    _OK = b"+OK\r\n"
+
+    def __init__(self, client: "redis.Redis") -> None:
+        self._buffer = bytearray()
+        super().__init__(client)
+
+    def _read(self, n: int) -> int:
+        need = len(self._OK) * n  # no reply is shorter than +OK
+        buffer = self._buffer
+        while len(buffer) < need:
+            buffer += self._recv()
+        if buffer.startswith(self._OK * n):
+            del buffer[:need]
+            return n
+        lines = 0
+        at = 0
+        while lines < n:  # every reply is one line: +OK or an -error
+            end = buffer.find(b"\r\n", at)
+            if end < 0:
+                buffer += self._recv()
+                continue
+            line = bytes(buffer[at:end])
+            if not line.startswith(b"+"):
+                raise redis.ResponseError(line[1:].decode(errors="replace"))
+            lines, at = lines + 1, end + 2
+        del buffer[:at]
+        return n
+
+
+class BulkWriter:
+    """Writes transactions (``transactions``) to the store and the index in bulk; ``close``
+    waits for every reply. Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        store: RedisFeatureStore,
+        index: TransactionIndex | None = None,
+        chunk: int = CHUNK,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self.store = store
+        self.index = index
+        self.chunk = chunk
+        self.on_progress = on_progress
+        self.counts = BulkCounts()
+        self._lock = threading.Lock()
+        self._done = 0
+        self._pipes: dict[tuple[str, bool], _Pipe] = {}
+        self._sha = {name: store.script(name)[1].encode() for name in ("apply_card", "apply_merchant")}
+        self._head = {name: [str(x).encode() for x in store.script_head(name)] for name in self._sha}
+        self._cluster = isinstance(store.client, RedisCluster)
+        for client in self._node_clients():
+            for name in self._sha:
+                client.script_load(store.script(name)[0])
+
+    # ---- routing -------------------------------------------------------------------------------
+
+    def _node_clients(self) -> list["redis.Redis"]:
+        client = self.store.client
+        if isinstance(client, RedisCluster):
+            nodes = client.get_primaries()  # type: ignore[no-untyped-call]
+            return [client.get_redis_connection(node) for node in nodes]
+        return [client]
+
+    def _pipe(self, key: bytes, index: bool = False) -> _Pipe:
+        """The pipe to the node of ``key`` (any key on one redis-server): the store's or the index's."""
+        client = self.store.client
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            name, node_client = node.name, client.get_redis_connection(node)
+        else:
+            name, node_client = "", client
+        pipe = self._pipes.get((name, index))
+        if pipe is None:
+            pipe = self._pipes[(name, index)] = _OkPipe(node_client) if index else _ParsedPipe(node_client)
+        return pipe
+
+    def _slot(self, key: bytes) -> int:
+        return key_slot(key) if self._cluster else 0
+
+    # ---- counting ------------------------------------------------------------------------------
+
+    def _count(
+        self, events: int, applied: int = 0, duplicates: int = 0, late: int = 0, indexed: int = 0
+    ) -> None:
+        with self._lock:
+            counts = self.counts
+            counts.applied += applied
+            counts.duplicates += duplicates
+            counts.late += late
+            counts.indexed += indexed
+            self._done += events
+
+    def progress(self) -> int:
+        """Rows whose writes have been answered (a transaction counts once per key family:
+        card, merchant, index)."""
+        return self._done
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self._done)
+
+    # ---- transactions --------------------------------------------------------------------------
+
+    def transactions(self, table: pa.Table, indexed: np.ndarray[Any, Any] | None = None) -> None:
+        """Queue the writes of ``table`` (``TRANSACTION_COLUMNS``): cards, merchants, and the index
+        for the rows where ``indexed`` (default: all) is true."""
+        missing = set(TRANSACTION_COLUMNS) - set(table.column_names)
+        if missing:
+            raise ValueError(f"missing columns: {sorted(missing)}")
+        if table.num_rows == 0:
+            return
+        columns = _Columns(table.select(list(TRANSACTION_COLUMNS)).cast(TRANSACTION_SCHEMA).combine_chunks())
+        work = [self._cards(columns), self._merchants(columns)]
+        if self.index is not None:
+            rows = np.arange(table.num_rows) if indexed is None else np.flatnonzero(indexed)
+            work.append(self._index(columns.table.take(pa.array(rows))))
+        while work:  # a slab of each in turn: Redis gets every kind of work from the start
+            for slabs in list(work):
+                if not next(slabs, False):
+                    work.remove(slabs)
+
+    def _cards(self, columns: "_Columns") -> Iterator[bool]:
+        store = self.store
+        # each card's events newest first: its first call knows its retention point, and a
+        # listpack takes the members at its head
+        order = np.lexsort((-columns.t, columns.card_codes))
+        starts, ends = _groups(columns.card_codes[order])
+        sizes = np.subtract(ends, starts).tolist()
+        busy_limit = store.write_chunk if store.tile_threshold >= 0 else None
+        plain = [g for g, size in enumerate(sizes) if busy_limit is None or size <= busy_limit]
+        for slab in _slabs([sizes[g] for g in plain]):
+            groups = [plain[g] for g in slab]
+            rows = np.concatenate([order[starts[g] : ends[g]] for g in groups])
+            data, offsets = _resp_rows(columns.times(rows), columns.members(rows))
+            keys = [self._card_keys(columns, int(order[starts[g]])) for g in groups]
+            for batch in _packed(self._pieces(keys, [sizes[g] for g in groups]), self.chunk):
+                self._bulk_call("apply_card", batch, data, offsets, counted=True)
+            yield True
+        # busy cards: the script's own path, their tiles kept event by event
+        for g in (g for g, size in enumerate(sizes) if busy_limit is not None and size > busy_limit):
+            rows = order[starts[g] : ends[g]]
+            card_keys = self._card_keys(columns, int(rows[0]))
+            data, offsets = _resp_rows(
+                columns.times(rows), columns.members(rows), columns.trans_nums(rows), columns.dobs(rows)
+            )
+            for first in range(0, len(rows), store.write_chunk):
+                self._apply_call(card_keys, data, offsets, first, min(first + store.write_chunk, len(rows)))
+            yield True
+
+    def _card_keys(self, columns: "_Columns", row: int) -> list[bytes]:
+        return [key.encode() for key in self.store.card_keys(columns.cards[columns.card_codes[row]])]
+
+    def _merchants(self, columns: "_Columns") -> Iterator[bool]:
+        order = np.lexsort((-columns.t, columns.merchant_codes))
+        starts, ends = _groups(columns.merchant_codes[order])
+        sizes = np.subtract(ends, starts).tolist()
+        for slab in _slabs(sizes):
+            rows = np.concatenate([order[starts[g] : ends[g]] for g in slab])
+            data, offsets = _resp_rows(columns.times(rows), columns.trans_nums(rows))
+            names = [columns.merchants[columns.merchant_codes[order[starts[g]]]] for g in slab]
+            keys = [[k.encode() for k in self.store.merchant_keys(name)] for name in names]
+            for batch in _packed(self._pieces(keys, [sizes[g] for g in slab]), self.chunk):
+                self._bulk_call("apply_merchant", batch, data, offsets, counted=False)
+            yield True
+
+    def _pieces(self, keys: list[list[bytes]], sizes: list[int]) -> list[_Piece]:
+        """Each key's rows (consecutive in the slab) cut at ``chunk``, ordered by hash slot."""
+        pieces: list[_Piece] = []
+        at = 0
+        for group_keys, size in zip(keys, sizes, strict=True):
+            slot = self._slot(group_keys[0])
+            for first in range(0, size, self.chunk):
+                pieces.append((slot, group_keys, at + first, at + min(first + self.chunk, size)))
+            at += size
+        pieces.sort(key=lambda piece: piece[0])  # stable: a key's pieces stay in order
+        return pieces
+
+    def _index(self, table: pa.Table) -> Iterator[bool]:
+        index = self.index
+        assert index is not None  # checked by the caller
+        head, tail = b"*5\r\n" + _bulk(b"SET"), _bulk(b"EX") + _bulk(str(index.ttl).encode())
+        for start in range(0, table.num_rows, SLAB):
+            part = table.slice(start, SLAB)
+            trans_num = part["trans_num"].combine_chunks()
+            keys = pc.binary_join_element_wise(
+                f"{index.prefix}:{{x:".encode(), trans_num.cast(pa.binary()), b"}", b""
+            )
+            data, offsets = _resp_rows(keys, bulk_values(part), head=head, tail=tail)
+            by_node: dict[_Pipe, list[int]] = defaultdict(list)
+            if self._cluster:
+                for i, tn in enumerate(trans_num.to_pylist()):
+                    by_node[self._pipe(f"{{x:{tn}}}".encode(), index=True)].append(i)
+            else:
+                by_node[self._pipe(b"", index=True)] = list(range(part.num_rows))
+            for pipe, rows in by_node.items():
+                for first in range(0, len(rows), self.chunk):
+                    chosen = rows[first : first + self.chunk]
+                    if self._cluster:
+                        payload = b"".join(data[offsets[i] : offsets[i + 1]] for i in chosen)
+                    else:
+                        payload = bytes(data[offsets[chosen[0]] : offsets[chosen[-1] + 1]])
+                    pipe.submit(payload, len(chosen), self._index_done)
+                    self._report()
+            yield True
+
+    def _index_done(self, n: int) -> None:
+        self._count(n, indexed=n)
+
+    # ---- calls ---------------------------------------------------------------------------------
+
+    def _bulk_call(
+        self, name: str, batch: list[_Piece], data: memoryview, offsets: list[int], counted: bool
+    ) -> None:
+        """MULTI, one ZADD per key's piece, the script in bulk mode for those keys, EXEC."""
+        parts: list[bytes | memoryview] = [b"*1\r\n$5\r\nMULTI\r\n"]
+        script_keys: list[bytes] = []
+        events = 0
+        for _, keys, first, last in batch:
+            parts.append(b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * (last - first)) + _bulk(keys[0]))
+            parts.append(data[offsets[first] : offsets[last]])
+            script_keys += keys
+            events += last - first
+        # per key: a card's -1 (its new members are in its set), a merchant's 0 transactions, 0 labels
+        per_key = [b"-1"] if name == "apply_card" else [b"0", b"0"]
+        args = [b"EVALSHA", self._sha[name], b"%d" % len(script_keys), *script_keys, *self._head[name]]
+        args += per_key * len(batch)
+        parts.append(b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args))
+        parts.append(b"*1\r\n$4\r\nEXEC\r\n")
+        n_keys = len(batch)
+
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            results = replies[-1]
+            if not isinstance(results, list) or len(results) != n_keys + 1:
+                raise redis.ResponseError(f"unexpected EXEC reply {results!r:.200}")
+            if counted:  # members trimmed at once count as late (some may be older members of the key)
+                added = sum(int(x) for x in results[:-1])
+                late = min(results[-1].count(b"l"), added)
+                self._count(events, applied=added - late, duplicates=events - added, late=late)
+            else:
+                self._count(events)
+
+        self._pipe(batch[0][1][0]).submit(b"".join(parts), n_keys + 3, done)
+        self._report()
+
+    def _apply_call(
+        self, keys: list[bytes], data: memoryview, offsets: list[int], first: int, last: int
+    ) -> None:
+        """One ``apply_card`` call with its events' pre-encoded arguments (a busy card)."""
+        events = last - first
+        head = [b"EVALSHA", self._sha["apply_card"], b"3", *keys, *self._head["apply_card"], b"%d" % events]
+        payload = b"*%d\r\n" % (len(head) + 4 * events) + b"".join(_bulk(a) for a in head)
+
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            reply = replies[0]
+            self._count(
+                events, applied=reply.count(b"a"), duplicates=reply.count(b"d"), late=reply.count(b"l")
+            )
+
+        self._pipe(keys[0]).submit(payload + data[offsets[first] : offsets[last]], 1, done)
+        self._report()
+
+    def close(self) -> BulkCounts:
+        """Wait for every reply; raises the first error."""
+        errors: list[BaseException] = []
+        for pipe in self._pipes.values():
+            try:
+                pipe.close()
+            except BaseException as exc:  # the first is raised below
+                errors.append(exc)
+        self._pipes.clear()
+        self._report()
+        if errors:
+            raise errors[0]
+        return self.counts
+
+
+class _Columns:
+    """A table of transactions (``TRANSACTION_COLUMNS``) and its encoded columns, taken by rows."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.t = table["event_time"].to_numpy().astype(np.int64, copy=False)
+        self.card_codes, self.cards = _codes(table["card"])
+        self.merchant_codes, self.merchants = _codes(table["merchant"])
+        category_codes, categories = _codes(table["category"])
+        dob = table["dob"].combine_chunks()
+        dob_day = pc.fill_null(dob.cast(pa.int32()), 0).to_numpy().astype(np.int64)
+        dob_day[dob.is_null().to_numpy(zero_copy_only=False)] = NO_DOB
+        self.tails = card_member_tails(
+            t=self.t,
+            cents=to_cents_array(table["amt"].to_numpy()),
+            category=np.array([spec.CATEGORY_CODE[c] for c in categories], dtype=np.int64)[category_codes],
+            merch_lat=table["merch_lat"].to_numpy(),
+            merch_long=table["merch_long"].to_numpy(),
+            merchant=merchant_hash_codes(self.merchants)[self.merchant_codes],
+            dob_day=dob_day,
+        )
+
+    def times(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        return pc.cast(pa.array(self.t[rows]), pa.string())
+
+    def trans_nums(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        return self.table["trans_num"].take(pa.array(rows)).combine_chunks()
+
+    def members(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        """``card_member``: trans_num, NUL, the 56-byte tail."""
+        tails = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(56), len(rows), [None, pa.py_buffer(self.tails[rows].tobytes())]
+        )
+        return pc.binary_join_element_wise(
+            self.trans_nums(rows).cast(pa.binary()), tails.cast(pa.binary()), b"\0"
+        )
+
+    def dobs(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        """The dob argument of ``apply_card``: ISO (``date.isoformat``), '' when unknown."""
+        return pc.fill_null(self.table["dob"].take(pa.array(rows)).combine_chunks().cast(pa.string()), "")
+
+
+def _slabs(sizes: list[int]) -> Iterator[list[int]]:
+    """Consecutive groups (indices into ``sizes``) of about ``SLAB`` rows."""
+    current: list[int] = []
+    rows = 0
+    for g, size in enumerate(sizes):
+        if current and rows + size > SLAB:
+            yield current
+            current, rows = [], 0
+        current.append(g)
+        rows += size
+    if current:
+        yield current
+
+
+def _packed(pieces: list[_Piece], chunk: int) -> Iterator[list[_Piece]]:
+    """Pieces (sorted by slot) packed into calls of one slot and at most ``chunk`` events."""
+    batch: list[_Piece] = []
+    events = 0
+    for piece in pieces:
+        size = piece[3] - piece[2]
+        if batch and (piece[0] != batch[0][0] or events + size > chunk):
+            yield batch
+            batch, events = [], 0
+        batch.append(piece)
+        events += size
+    if batch:
+        yield batch
