@@ -48,7 +48,7 @@ from fraud_adapters.redis_store import (
     card_member_tails,
     merchant_hash_codes,
 )
-from fraud_adapters.tx_index import TransactionIndex, bulk_values
+from fraud_adapters.tx_index import TransactionIndex, bulk_value_parts
 from fraud_core import spec
 from fraud_core.online import NO_DOB
 from fraud_core.schemas import to_cents_array
@@ -78,8 +78,21 @@ CHUNK = 512
 #: Rows encoded at once: the work goes to Redis slab by slab, cards, merchants and index in turn.
 SLAB = 16_384
 
-#: A piece of a key's rows in a call: (hash slot, the key's keys, first row, end row).
-type _Piece = tuple[int, list[bytes], int, int]
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """A card's or merchant's keys, RESP-encoded once: its hash slot, the set the ZADD writes
+    (as a RESP bulk string), and every key of the script call (RESP bulk strings, back to back)."""
+
+    slot: int
+    first: bytes
+    zadd: bytes
+    script: bytes
+    count: int
+
+
+#: A piece of a key's rows in a call: its keys, first row, end row.
+type _Piece = tuple[_Keys, int, int]
 
 
 @dataclass
@@ -98,23 +111,36 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _resp_rows(*columns: Any, head: bytes = b"", tail: bytes = b"") -> tuple[memoryview, list[int]]:
-    """Per row, ``head``, each column's value as a RESP bulk string, ``tail``, back to back: the
-    bytes of all rows and the offset of each row (row i is ``data[offsets[i]:offsets[i + 1]]``)."""
-    parts: list[Any] = [head] if head else []
-    for column in columns:
-        values = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(
-            pa.binary()
-        )
-        length = pc.cast(pc.binary_length(values), pa.string()).cast(pa.binary())
-        parts += [b"$", length, b"\r\n", values, b"\r\n"]
-    if tail:
-        parts.append(tail)
-    joined = pc.binary_join_element_wise(*parts, b"")
+def _resp_rows(*fields: Any, head: bytes = b"", tail: bytes = b"") -> tuple[memoryview, list[int]]:
+    """Per row, ``head``, each field as a RESP bulk string, ``tail``, back to back: the bytes of
+    all rows and the offset of each row (row i is ``data[offsets[i]:offsets[i + 1]]``). A field is
+    an array of one value per row, or a list of such arrays and bytes that make the value."""
+    parts: list[Any] = [head]
+    for field in fields:
+        pieces = [_binary(p) for p in (field if isinstance(field, list) else [field])]
+        length: Any = sum(len(p) for p in pieces if isinstance(p, bytes))
+        for piece in pieces:
+            if not isinstance(piece, bytes):
+                length = pc.add(length, pc.binary_length(piece))
+        parts += [b"$", pc.cast(length, pa.string()).cast(pa.binary()), b"\r\n", *pieces, b"\r\n"]
+    parts.append(tail)
+    merged: list[Any] = []  # adjacent bytes as one input of the join
+    for part in parts:
+        if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += part
+        elif not isinstance(part, bytes) or part:
+            merged.append(part)
+    joined = pc.binary_join_element_wise(*merged, b"")
     offsets = np.frombuffer(
         joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
     )
     return memoryview(joined.buffers()[2]), offsets.tolist()
+
+
+def _binary(piece: Any) -> Any:
+    if isinstance(piece, bytes):
+        return piece
+    return (piece.combine_chunks() if isinstance(piece, pa.ChunkedArray) else piece).cast(pa.binary())
 
 
 def _groups(codes: np.ndarray[Any, Any]) -> tuple[list[int], list[int]]:
@@ -381,55 +407,74 @@ class BulkWriter:
         # each card's events newest first: its first call knows its retention point, and a
         # listpack takes the members at its head
         order = np.lexsort((-columns.t, columns.card_codes))
-        starts, ends = _groups(columns.card_codes[order])
-        sizes = np.subtract(ends, starts).tolist()
-        busy_limit = store.write_chunk if store.tile_threshold >= 0 else None
-        plain = [g for g, size in enumerate(sizes) if busy_limit is None or size <= busy_limit]
-        for slab in _slabs([sizes[g] for g in plain]):
-            groups = [plain[g] for g in slab]
-            rows = np.concatenate([order[starts[g] : ends[g]] for g in groups])
-            data, offsets = _resp_rows(columns.times(rows), columns.members(rows))
-            keys = [self._card_keys(columns, int(order[starts[g]])) for g in groups]
-            for batch in _packed(self._pieces(keys, [sizes[g] for g in groups]), self.chunk):
-                self._bulk_call("apply_card", batch, data, offsets, counted=True)
-            yield True
+        codes = columns.card_codes[order]
+        starts, ends = _groups(codes)
+        sizes = np.subtract(ends, starts)
+        busy = sizes > store.write_chunk if store.tile_threshold >= 0 else np.zeros(len(sizes), dtype=bool)
+        plain = order[~np.repeat(busy, sizes)]  # the other cards' rows, card by card
+        yield from self._keyed_slabs("apply_card", columns, plain, columns.card_codes, self._card_keys)
         # busy cards: the script's own path, their tiles kept event by event
-        for g in (g for g, size in enumerate(sizes) if busy_limit is not None and size > busy_limit):
+        for g in np.flatnonzero(busy).tolist():
             rows = order[starts[g] : ends[g]]
-            card_keys = self._card_keys(columns, int(rows[0]))
+            keys = self._card_keys(columns.cards[columns.card_codes[rows[0]]])
             data, offsets = _resp_rows(
                 columns.times(rows), columns.members(rows), columns.trans_nums(rows), columns.dobs(rows)
             )
             for first in range(0, len(rows), store.write_chunk):
-                self._apply_call(card_keys, data, offsets, first, min(first + store.write_chunk, len(rows)))
+                self._apply_call(keys, data, offsets, first, min(first + store.write_chunk, len(rows)))
             yield True
-
-    def _card_keys(self, columns: "_Columns", row: int) -> list[bytes]:
-        return [key.encode() for key in self.store.card_keys(columns.cards[columns.card_codes[row]])]
 
     def _merchants(self, columns: "_Columns") -> Iterator[bool]:
         order = np.lexsort((-columns.t, columns.merchant_codes))
-        starts, ends = _groups(columns.merchant_codes[order])
-        sizes = np.subtract(ends, starts).tolist()
-        for slab in _slabs(sizes):
-            rows = np.concatenate([order[starts[g] : ends[g]] for g in slab])
-            data, offsets = _resp_rows(columns.times(rows), columns.trans_nums(rows))
-            names = [columns.merchants[columns.merchant_codes[order[starts[g]]]] for g in slab]
-            keys = [[k.encode() for k in self.store.merchant_keys(name)] for name in names]
-            for batch in _packed(self._pieces(keys, [sizes[g] for g in slab]), self.chunk):
-                self._bulk_call("apply_merchant", batch, data, offsets, counted=False)
+        yield from self._keyed_slabs(
+            "apply_merchant", columns, order, columns.merchant_codes, self._merchant_keys
+        )
+
+    def _keyed_slabs(
+        self,
+        name: str,
+        columns: "_Columns",
+        order: np.ndarray[Any, Any],
+        codes: np.ndarray[Any, Any],
+        keys_of: Callable[[Any], _Keys],
+    ) -> Iterator[bool]:
+        """Rows in ``order`` (grouped by key: ``codes``) written by ZADD + ``name`` in bulk mode,
+        a slab of about ``SLAB`` rows at a time."""
+        values = columns.cards if name == "apply_card" else columns.merchants
+        starts, ends = _groups(codes[order])
+        for slab in _slabs(np.subtract(ends, starts).tolist()):
+            first, last = starts[slab[0]], ends[slab[-1]]
+            rows = order[first:last]
+            member = columns.members(rows) if name == "apply_card" else columns.trans_nums(rows)
+            data, offsets = _resp_rows(columns.times(rows), member)
+            keys = [keys_of(values[codes[order[starts[g]]]]) for g in slab]
+            sizes = [ends[g] - starts[g] for g in slab]
+            for batch in _packed(self._pieces(keys, sizes), self.chunk):
+                self._bulk_call(name, batch, data, offsets)
             yield True
 
-    def _pieces(self, keys: list[list[bytes]], sizes: list[int]) -> list[_Piece]:
+    def _card_keys(self, card: str) -> _Keys:
+        return self._keys(self.store.card_keys(card))
+
+    def _merchant_keys(self, merchant: str) -> _Keys:
+        return self._keys(self.store.merchant_keys(merchant))
+
+    def _keys(self, names: list[str]) -> _Keys:
+        encoded = [name.encode() for name in names]
+        return _Keys(
+            self._slot(encoded[0]), encoded[0], _bulk(encoded[0]), b"".join(map(_bulk, encoded)), len(encoded)
+        )
+
+    def _pieces(self, keys: list[_Keys], sizes: list[int]) -> list[_Piece]:
         """Each key's rows (consecutive in the slab) cut at ``chunk``, ordered by hash slot."""
         pieces: list[_Piece] = []
         at = 0
-        for group_keys, size in zip(keys, sizes, strict=True):
-            slot = self._slot(group_keys[0])
+        for key, size in zip(keys, sizes, strict=True):
             for first in range(0, size, self.chunk):
-                pieces.append((slot, group_keys, at + first, at + min(first + self.chunk, size)))
+                pieces.append((key, at + first, at + min(first + self.chunk, size)))
             at += size
-        pieces.sort(key=lambda piece: piece[0])  # stable: a key's pieces stay in order
+        if self._cluster:
+            pieces.sort(key=lambda piece: piece[0].slot)  # stable: a key's pieces stay in order
         return pieces
 
     def _index(self, table: pa.Table) -> Iterator[bool]:
@@ -439,10 +484,8 @@ class BulkWriter:
         for start in range(0, table.num_rows, SLAB):
             part = table.slice(start, SLAB)
             trans_num = part["trans_num"].combine_chunks()
-            keys = pc.binary_join_element_wise(
-                f"{index.prefix}:{{x:".encode(), trans_num.cast(pa.binary()), b"}", b""
-            )
-            data, offsets = _resp_rows(keys, bulk_values(part), head=head, tail=tail)
+            key = [f"{index.prefix}:{{x:".encode(), trans_num, b"}"]  # TransactionIndex.key
+            data, offsets = _resp_rows(key, bulk_value_parts(part), head=head, tail=tail)
             by_node: dict[_Pipe, list[int]] = defaultdict(list)
             if self._cluster:
                 for i, tn in enumerate(trans_num.to_pylist()):
@@ -465,48 +508,44 @@ class BulkWriter:
 
     # ---- calls ---------------------------------------------------------------------------------
 
-    def _bulk_call(
-        self, name: str, batch: list[_Piece], data: memoryview, offsets: list[int], counted: bool
-    ) -> None:
+    def _bulk_call(self, name: str, batch: list[_Piece], data: memoryview, offsets: list[int]) -> None:
         """MULTI, one ZADD per key's piece, the script in bulk mode for those keys, EXEC."""
         parts: list[bytes | memoryview] = [b"*1\r\n$5\r\nMULTI\r\n"]
-        script_keys: list[bytes] = []
-        events = 0
-        for _, keys, first, last in batch:
-            parts.append(b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * (last - first)) + _bulk(keys[0]))
+        n_keys = events = 0
+        for keys, first, last in batch:
+            parts.append(b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * (last - first)) + keys.zadd)
             parts.append(data[offsets[first] : offsets[last]])
-            script_keys += keys
+            n_keys += keys.count
             events += last - first
         # per key: a card's -1 (its new members are in its set), a merchant's 0 transactions, 0 labels
-        per_key = [b"-1"] if name == "apply_card" else [b"0", b"0"]
-        args = [b"EVALSHA", self._sha[name], b"%d" % len(script_keys), *script_keys, *self._head[name]]
-        args += per_key * len(batch)
-        parts.append(b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args))
-        parts.append(b"*1\r\n$4\r\nEXEC\r\n")
-        n_keys = len(batch)
+        per_key = b"$2\r\n-1\r\n" if name == "apply_card" else b"$1\r\n0\r\n$1\r\n0\r\n"
+        n_args = 3 + n_keys + len(self._head[name]) + len(batch) * (1 if name == "apply_card" else 2)
+        parts.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % n_args + _bulk(self._sha[name]) + _bulk(b"%d" % n_keys))
+        parts += [keys.script for keys, _, _ in batch]
+        parts.append(b"".join(map(_bulk, self._head[name])) + per_key * len(batch) + b"*1\r\n$4\r\nEXEC\r\n")
+        counted = name == "apply_card"  # (a transaction counts by its card)
 
         def done(replies: list[Any]) -> None:
             _raise_errors(replies)
             results = replies[-1]
-            if not isinstance(results, list) or len(results) != n_keys + 1:
+            if not isinstance(results, list) or len(results) != len(batch) + 1:
                 raise redis.ResponseError(f"unexpected EXEC reply {results!r:.200}")
             if counted:  # members trimmed at once count as late (some may be older members of the key)
-                added = sum(int(x) for x in results[:-1])
+                added = sum(results[:-1])
                 late = min(results[-1].count(b"l"), added)
                 self._count(events, applied=added - late, duplicates=events - added, late=late)
             else:
                 self._count(events)
 
-        self._pipe(batch[0][1][0]).submit(b"".join(parts), n_keys + 3, done)
+        self._pipe(batch[0][0].first).submit(b"".join(parts), len(batch) + 3, done)
         self._report()
 
-    def _apply_call(
-        self, keys: list[bytes], data: memoryview, offsets: list[int], first: int, last: int
-    ) -> None:
+    def _apply_call(self, keys: _Keys, data: memoryview, offsets: list[int], first: int, last: int) -> None:
         """One ``apply_card`` call with its events' pre-encoded arguments (a busy card)."""
         events = last - first
-        head = [b"EVALSHA", self._sha["apply_card"], b"3", *keys, *self._head["apply_card"], b"%d" % events]
-        payload = b"*%d\r\n" % (len(head) + 4 * events) + b"".join(_bulk(a) for a in head)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + keys.count + len(self._head["apply_card"]) + 1 + 4 * events)
+        head += _bulk(self._sha["apply_card"]) + _bulk(b"%d" % keys.count) + keys.script
+        head += b"".join(map(_bulk, self._head["apply_card"])) + _bulk(b"%d" % events)
 
         def done(replies: list[Any]) -> None:
             _raise_errors(replies)
@@ -515,7 +554,7 @@ class BulkWriter:
                 events, applied=reply.count(b"a"), duplicates=reply.count(b"d"), late=reply.count(b"l")
             )
 
-        self._pipe(keys[0]).submit(payload + data[offsets[first] : offsets[last]], 1, done)
+        self._pipe(keys.first).submit(head + data[offsets[first] : offsets[last]], 1, done)
         self._report()
 
     def close(self) -> BulkCounts:
@@ -594,8 +633,8 @@ def _packed(pieces: list[_Piece], chunk: int) -> Iterator[list[_Piece]]:
     batch: list[_Piece] = []
     events = 0
     for piece in pieces:
-        size = piece[3] - piece[2]
-        if batch and (piece[0] != batch[0][0] or events + size > chunk):
+        size = piece[2] - piece[1]
+        if batch and (piece[0].slot != batch[0][0].slot or events + size > chunk):
             yield batch
             batch, events = [], 0
         batch.append(piece)

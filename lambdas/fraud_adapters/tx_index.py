@@ -217,13 +217,14 @@ _CONTENT_COLUMNS = {
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def bulk_values(table: "pa.Table") -> "pa.Array":
-    """``TransactionIndex.encode`` of many transactions at once (``fraudsys backfill``): ``table``
-    has the lake's columns (``fraud_adapters.lake``: ``card`` is the keyed hash, ``event_time``
-    whole seconds, ``dob`` a date). The JSON of ``content_json`` is assembled column by column from
-    pydantic's own serialization of the values (floats as one ``to_json`` of the column, text that
-    needs escaping value by value), then hashed row by row; the first row is checked against
-    ``content_json``."""
+def bulk_value_parts(table: "pa.Table") -> list[Any]:
+    """``TransactionIndex.encode`` of many transactions at once (``fraudsys backfill``), as the
+    pieces (arrays of one value per row, or bytes) whose concatenation is each row's value.
+    ``table`` has the lake's columns (``fraud_adapters.lake``: ``card`` is the keyed hash,
+    ``event_time`` whole seconds, ``dob`` a date) and at least one row. The JSON of
+    ``content_json`` is assembled column by column from pydantic's own serialization of the
+    values (floats as one ``to_json`` of the column, text that needs escaping value by value),
+    then hashed row by row; the first row is checked against ``content_json``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -231,8 +232,6 @@ def bulk_values(table: "pa.Table") -> "pa.Array":
     if fields != list(_CONTENT_COLUMNS):
         raise RuntimeError("TransactionEvent's fields changed: update tx_index._CONTENT_COLUMNS")
     n = table.num_rows
-    if n == 0:
-        return pa.array([], pa.binary())
     pieces: list[Any] = []  # text, or arrays of one value per row
 
     def text(value: str) -> None:
@@ -292,7 +291,17 @@ def bulk_values(table: "pa.Table") -> "pa.Array":
     hexes = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(_digests(content))])
     t = pc.cast(table["event_time"].combine_chunks(), pa.string()).cast(pa.binary())
     merchant = table["merchant"].combine_chunks().cast(pa.binary())
-    return pc.binary_join_element_wise(t, hexes.cast(pa.binary()), merchant, _SEP.encode())
+    return [t, _SEP.encode(), hexes.cast(pa.binary()), _SEP.encode(), merchant]
+
+
+def bulk_values(table: "pa.Table") -> "pa.Array":
+    """``TransactionIndex.encode`` of many transactions at once: ``bulk_value_parts`` joined."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return pa.array([], pa.binary())
+    return pc.binary_join_element_wise(*bulk_value_parts(table), b"")
 
 
 def _digests(content: "pa.Array") -> bytes:
@@ -316,38 +325,34 @@ def _digests(content: "pa.Array") -> bytes:
 
 def _json_floats(values: "pa.Array") -> "pa.Array":
     """Each float as pydantic's JSON writes it, with the comma that follows it (one ``to_json`` of
-    the whole column, cut after each comma)."""
+    the column's values, cut after each comma)."""
     import pyarrow as pa
 
     if values.null_count:
         raise ValueError("the index values need every float of a transaction")
-    body = np.frombuffer(
-        pydantic_core.to_json(values.to_numpy(zero_copy_only=False).tolist()), dtype=np.uint8
-    )
-    offsets = np.empty(len(values) + 1, dtype=np.int32)
+    floats = values.to_numpy(zero_copy_only=False)
+    body = np.frombuffer(pydantic_core.to_json(floats.tolist()), dtype=np.uint8)
+    offsets = np.empty(len(floats) + 1, dtype=np.int32)
     offsets[0], offsets[-1] = 1, len(body)  # after '[', and the ']' becomes the last comma
     offsets[1:-1] = np.flatnonzero(body == ord(",")) + 1
     body = body.copy()
     body[-1] = ord(",")
     return pa.BinaryArray.from_buffers(
-        pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(body)]
+        pa.binary(), len(floats), [None, pa.py_buffer(offsets), pa.py_buffer(body)]
     )
 
 
-#: bytes JSON writes as they are: printable ASCII but the quote and the backslash
-_PLAIN = np.zeros(256, dtype=bool)
-_PLAIN[0x20:0x7F] = True
-_PLAIN[[ord('"'), ord("\\")]] = False
-
-
 def _plain_text(values: "pa.Array") -> bool:
+    """Whether JSON writes every value as it is, in quotes: printable ASCII but the quote and the
+    backslash."""
     if values.null_count or not len(values):
         return False
     offsets = np.frombuffer(
         values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=4 * values.offset
     )
     data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return bool(_PLAIN[data].all())
+    outside = (data < 0x20) | (data > 0x7E) | (data == ord('"')) | (data == ord("\\"))
+    return not outside.any()
 
 
 def _json_distinct(values: "pa.Array") -> "pa.Array":
