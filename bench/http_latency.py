@@ -700,7 +700,7 @@ def measure_freshness(server: Server, samples: int, timeout: float = 15.0, seed:
             t = int(datetime.fromisoformat(body["transaction_time"]).timestamp())
 
             def count(b: dict[str, Any] = body, t: int = t) -> int:
-                return len(store.read(b["cc_num"], b["merchant_name"], t + 1).card_events)
+                return store.read(b["cc_num"], b["merchant_name"], t + 1).card(t + 1).count[-1]
 
             before = count()
             time.sleep(rng.uniform(0, window))  # a random phase in the poller's batching window

@@ -358,9 +358,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             states = [store.read(r.card_id, r.merchant_name, _t(r)) for r in timed]
             rows = [request_features(r, s, label_delay) for r, s in zip(timed, states, strict=True)]
             responses = [scorer.score(r).response for r in timed]
+            counts = [s.card(_t(r)).count[-1] for r, s in zip(timed, states, strict=True)]
             report.values["card events in the 30-day window, median / max"] = (
-                f"{int(np.median([len(s.card_events) for s in states]))} / "
-                f"{max(len(s.card_events) for s in states)}"
+                f"{int(np.median(counts))} / {max(counts)}"
+            )
+            report.values["cards read from tiles (more than TILE_THRESHOLD events)"] = sum(
+                s.card_summary is not None for s in states
             )
 
             timeouts = {PING: 0, READ: 0}

@@ -1,29 +1,39 @@
-"""Feature-updater throughput per process: batches of 500 stream records.
+"""Feature-updater (and archiver) throughput per process: batches of 500 stream records.
 
 Three passes over the same time-ordered synthetic stream (transactions, plus fraud labels as
 they arrive), each on an empty redis-server and each followed by a redelivery of every batch
 (all duplicates):
 
-* the real handler, ``handlers.update_features.handler(msk_event(...))``: base64, Powertools
-  batch processor, JSON + pydantic validation, one Lua ``store.apply``, logging and metrics;
+* the real handler, ``handlers.update_features.handler(msk_event(...))``, as deployed (no
+  ``LAKE_URI``: the archiver writes the lake): base64, Powertools batch processor, JSON +
+  pydantic validation, the transaction index's claim, one Lua ``store.apply``, logging, metrics;
 * parsing alone (``parse_event`` per record: JSON + pydantic), no Redis;
 * ``RedisFeatureStore.apply`` alone on parsed events, with the Redis server's own time for the
   Lua script (``INFO commandstats``) and the client-side argument building (HMAC, members).
 
-    uv run python -m bench.updater --batches 200 [--lake folder|s3] [--json out.json] [--profile]
+    uv run python -m bench.updater --batches 200 [--lake folder|s3] [--archiver-beside]
+        [--updater-archives] [--json out.json] [--profile]
 
-``--lake folder`` (a temp folder) or ``--lake s3`` (a local moto S3 server) sets ``LAKE_URI``: the
-handler passes then archive every batch before applying it, and ``LakeWriter.append`` is also
-timed alone.
+``--lake folder`` (a temp folder) or ``--lake s3`` (a local moto S3 server) adds the archiver,
+``handlers.archive_events.handler`` with ``LAKE_URI`` there, on the same MSK events: its wall
+time and its process CPU per batch (the Parquet PUTs run on the writer's threads), first delivery
+and redelivery; and ``LakeWriter.append`` alone. ``--archiver-beside`` times the updater's passes
+while an archiver process archives the same batches over and over (the local stack's two
+processes on one machine; on AWS they are two functions). ``--updater-archives`` sets
+``LAKE_URI`` on the updater too: the in-process archive of the backwards-compatible mode.
 """
 
 import contextlib
 import cProfile
 import io
+import multiprocessing
 import os
 import pstats
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +85,26 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--profile", action="store_true", help="cProfile 20 handler batches, print the top")
     p.add_argument(
-        "--lake", choices=["none", "folder", "s3"], default="none", help="archive to a lake (LAKE_URI)"
+        "--lake",
+        choices=["none", "folder", "s3"],
+        default="none",
+        help="also time the archiver (handlers.archive_events) on a lake folder or a local moto S3",
+    )
+    p.add_argument(
+        "--archiver-beside",
+        action="store_true",
+        help="with --lake: time the updater while an archiver process archives the same batches",
+    )
+    p.add_argument(
+        "--updater-archives",
+        action="store_true",
+        help="with --lake: LAKE_URI on the updater too (the in-process archive, backwards-compatible mode)",
     )
     args = p.parse_args(argv)
+    if (args.archiver_beside or args.updater_archives) and args.lake == "none":
+        p.error("--archiver-beside and --updater-archives need --lake folder|s3")
     from fraud_adapters.redis_store import encode_card_member
-    from handlers import bootstrap, update_features
+    from handlers import archive_events, bootstrap, update_features
     from tests.support.events import FakeContext, msk_event
 
     report = Report("Feature updater throughput (per process)", command=command_line("bench.updater", argv))
@@ -105,9 +130,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lambda_env(service.port, Path(tmp), label_delay, timeout_ms=1000),
     ):
         lake = contextlib.ExitStack()
-        if args.lake != "none":
-            lake.enter_context(_lake_env(args.lake, Path(tmp)))
-            report.values["LAKE_URI"] = os.environ["LAKE_URI"]
+        lake_uri = lake.enter_context(_lake_store(args.lake, Path(tmp))) if args.lake != "none" else None
+        if lake_uri is not None:
+            report.values["LAKE_URI (the archiver's)"] = lake_uri
+        report.values["updater archives itself (LAKE_URI on the updater)"] = args.updater_archives
+        updater_lake = lake.enter_context(_lake_uri(lake_uri if args.updater_archives else None))
         store = bootstrap.feature_store(update_features.UPDATER_REDIS_TIMEOUT_MS)
         client = store.client
         labels_topic = "fraudsys.labels"
@@ -133,15 +160,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 store.hasher(tx.cc_num)
                 encode_card_member(tx)
 
+        beside = _ArchiverBeside(lake_uri, msk) if args.archiver_beside and lake_uri is not None else None
         with quiet_stdout():
             for k in range(min(5, len(msk))):  # warm: imports, script cache, connections
                 handler(k)
             fresh()
-            cpu0 = _server_cpu(client)
+            if beside is not None:
+                beside.start()
+            cpu0, own0 = _server_cpu(client), time.process_time_ns()
             report.add("handler: batch (first delivery)", time_each(handler, range(len(msk))))
-            cpu1 = _server_cpu(client)
+            cpu1, own1 = _server_cpu(client), time.process_time_ns()
             report.add("handler: batch (redelivery, all duplicates)", time_each(handler, range(len(msk))))
-            cpu2 = _server_cpu(client)
+            cpu2, own2 = _server_cpu(client), time.process_time_ns()
+        # the updater's process, every thread (with --updater-archives, the archive thread too)
+        for label, spent in (("first delivery", own1 - own0), ("redelivery, all duplicates", own2 - own1)):
+            report.values[f"handler process CPU per batch, {label} (ms, all threads)"] = round(
+                spent / len(msk) / 1e6, 2
+            )
+        if beside is not None:
+            report.values["archiver beside the updater: batches archived meanwhile"] = beside.stop()
         server_cpu_ms = {
             "first": (cpu1 - cpu0) / len(msk) * 1000,
             "redelivery": (cpu2 - cpu1) / len(msk) * 1000,
@@ -164,7 +201,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "store.apply client-side args (HMAC + member) x batch",
             time_each(client_args, range(len(msk))),
         )
-        writer = bootstrap.lake_writer()
+        updater_lake.close()
+        if lake_uri is not None:
+            with _lake_uri(lake_uri):
+                _time_archiver(report, archive_events, msk, ctx, lake_uri, args.batch_size)
+                writer = bootstrap.lake_writer()
+        else:
+            writer = None
         if writer is not None:
             from fraud_adapters.lake import LakeRecord
             from fraud_core.schemas import LabelEvent, TransactionEvent
@@ -198,6 +241,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report.values[f"throughput from CPU time, handler, {label} (events/s)"] = round(
             size / (client_ms + server_cpu_ms[kind]) * 1000
         )
+    for name in list(p50):
+        if name.startswith("archiver: batch"):
+            report.values[f"throughput, {name} (events/s, from wall p50)"] = round(size / p50[name] * 1000)
     parse_ms, apply_ms = (
         p50["parse_event x batch (JSON + pydantic)"],
         p50["store.apply: batch (first delivery)"],
@@ -216,9 +262,97 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return finish(report, args.json)
 
 
+def _time_archiver(
+    report: Report, archive_events: Any, msk: list[dict[str, Any]], ctx: Any, lake_uri: str, size: int
+) -> None:
+    """The archiver's passes (``LAKE_URI`` set): wall and thread CPU per batch, and the process
+    CPU per batch (the writer's PUT threads included), first delivery and redelivery."""
+
+    def archive(k: int) -> None:
+        response = archive_events.handler(msk[k], ctx)
+        if response != {"batchItemFailures": []}:
+            raise RuntimeError(f"the archiver failed records: {response}")
+
+    with quiet_stdout():
+        for k in range(min(5, len(msk))):  # warm: pyarrow's import, the store's client
+            archive(k)
+        if not lake_uri.startswith("s3://"):
+            shutil.rmtree(lake_uri, ignore_errors=True)  # the first delivery writes new objects
+        for label in ("first delivery", "redelivery, the same objects again"):
+            started = time.process_time_ns()
+            report.add(f"archiver: batch ({label})", time_each(archive, range(len(msk))))
+            process_ms = (time.process_time_ns() - started) / len(msk) / 1e6
+            report.values[f"archiver process CPU per batch, {label} (ms, all threads)"] = round(process_ms, 2)
+            report.values[f"archiver throughput from process CPU, {label} (events/s)"] = round(
+                size / process_ms * 1000
+            )
+
+
+class _ArchiverBeside:
+    """An archiver process archiving ``msk``'s batches over and over until stopped."""
+
+    def __init__(self, lake_uri: str, msk: list[dict[str, Any]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._done = context.Value("q", 0)
+        env = {**os.environ, "LAKE_URI": lake_uri}
+        self._process = context.Process(
+            target=_archive_until_stopped, args=(env, msk, self._stop, self._done), daemon=True
+        )
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._process.join(60)
+        return int(self._done.value)
+
+
+def _archive_until_stopped(env: dict[str, str], msk: list[dict[str, Any]], stop: Event, done: Any) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    from handlers import archive_events
+    from tests.support.events import FakeContext
+
+    ctx = FakeContext()
+    k = 0
+    with quiet_stdout():
+        while not stop.is_set():
+            archive_events.handler(msk[k % len(msk)], ctx)
+            k += 1
+            done.value = k
+
+
 @contextlib.contextmanager
-def _lake_env(kind: str, workdir: Path) -> Iterator[None]:
-    """``LAKE_URI`` on a folder or on a bucket of a local moto S3 server, for the handler passes."""
+def _lake_uri(uri: str | None) -> Iterator[contextlib.ExitStack]:
+    """``LAKE_URI`` set to ``uri`` (None: unset) for the handlers, put back after. Yields a stack
+    whose ``close()`` ends it early."""
+    from handlers import bootstrap
+
+    saved = os.environ.get("LAKE_URI")
+
+    def restore() -> None:
+        if saved is None:
+            os.environ.pop("LAKE_URI", None)
+        else:
+            os.environ["LAKE_URI"] = saved
+        bootstrap.reset()
+
+    if uri is None:
+        os.environ.pop("LAKE_URI", None)
+    else:
+        os.environ["LAKE_URI"] = uri
+    bootstrap.reset()
+    with contextlib.ExitStack() as stack:
+        stack.callback(restore)
+        yield stack
+
+
+@contextlib.contextmanager
+def _lake_store(kind: str, workdir: Path) -> Iterator[str]:
+    """A lake: a folder, or a bucket of a local moto S3 server (its endpoint and dummy
+    credentials in the environment). Yields its URI."""
     from handlers import bootstrap
 
     saved = dict(os.environ)
@@ -242,11 +376,9 @@ def _lake_env(kind: str, workdir: Path) -> Iterator[None]:
             boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(
                 Bucket="bench-lake"
             )
-            os.environ["LAKE_URI"] = "s3://bench-lake/archive"
+            yield "s3://bench-lake/archive"
         else:
-            os.environ["LAKE_URI"] = str(workdir / "lake")
-        bootstrap.reset()
-        yield
+            yield str(workdir / "lake")
     finally:
         os.environ.clear()
         os.environ.update(saved)

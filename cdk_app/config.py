@@ -134,11 +134,12 @@ class ScorerConfig(_Frozen):
         return self
 
 
-class UpdaterConfig(_Frozen):
+class StreamConsumerConfig(_Frozen):
+    """A function fed by the stream through event source mappings: the updater or the archiver."""
+
     memory_mb: LambdaMemory = 512
     timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 60
     reserved_concurrency: PositiveInt | None = None
-    redis_timeout_ms: PositiveInt = 1000
     log_retention_days: RetentionDays = 30
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
     max_batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 1
@@ -152,12 +153,27 @@ class UpdaterConfig(_Frozen):
     max_pollers: Annotated[int, Field(ge=1, le=2000)] = 2
 
     @model_validator(mode="after")
-    def _pollers(self) -> UpdaterConfig:
+    def _pollers(self) -> StreamConsumerConfig:
         if self.min_pollers > self.max_pollers:
             raise ValueError("min_pollers cannot exceed max_pollers")
         if self.timeout_seconds < self.max_batching_window_seconds:
             raise ValueError("timeout_seconds must not be shorter than the batching window")
         return self
+
+
+class UpdaterConfig(StreamConsumerConfig):
+    """The feature updater: stream -> Redis."""
+
+    redis_timeout_ms: PositiveInt = 1000
+
+
+class ArchiverConfig(StreamConsumerConfig):
+    """The archiver: stream -> the event lake, a consumer of its own (docs/infra.md). Larger
+    batches than the updater's by default: fewer, larger Parquet objects and PUTs; the lake is
+    read by the training job and the backfill, not by the scorer, so seconds of delay cost nothing."""
+
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 1000
+    max_batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 10
 
 
 class LakeConfig(_Frozen):
@@ -250,6 +266,7 @@ class StageConfig(_Frozen):
     kinesis: KinesisConfig = KinesisConfig()
     scorer: ScorerConfig = ScorerConfig()
     updater: UpdaterConfig = UpdaterConfig()
+    archiver: ArchiverConfig = ArchiverConfig()
     training: TrainingConfig = TrainingConfig()
     lake: LakeConfig = LakeConfig()
     alarms: AlarmConfig = AlarmConfig()
@@ -264,12 +281,12 @@ class StageConfig(_Frozen):
     def _consistent(self) -> StageConfig:
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
-        reserved = (self.scorer.reserved_concurrency or 0) + (self.updater.reserved_concurrency or 0)
+        reserved = sum(part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver))
         quota = self.lambda_concurrency_quota
         if reserved and reserved > quota - min(100, quota):
             raise ValueError(
-                f"reserved concurrency {reserved} (scorer + updater) leaves less than AWS's minimum "
-                f"unreserved concurrency of the account's quota {quota}: raise the quota "
+                f"reserved concurrency {reserved} (scorer + updater + archiver) leaves less than AWS's "
+                f"minimum unreserved concurrency of the account's quota {quota}: raise the quota "
                 "(lambda_concurrency_quota) or set reserved_concurrency to null"
             )
         if self.account and self.region and self.vpc.availability_zones is None:

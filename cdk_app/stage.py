@@ -54,7 +54,7 @@ class FraudSysStage(cdk.Stage):
             storage=self.data.storage,
             feature_store=self.data.feature_store,
             stream=self.data.stream,
-            **props("serving", "scorer API and feature updater"),
+            **props("serving", "scorer API, feature updater and archiver"),
         )
         self.training = TrainingStack(
             self,
@@ -67,10 +67,12 @@ class FraudSysStage(cdk.Stage):
         monitored = Monitored(
             scorer=self.serving.scorer.function,
             updater=self.serving.updater.function,
+            archiver=self.serving.archiver.function,
             api=self.serving.scorer.api,
             api_stage=API_STAGE,
             stream=self.data.stream,
             failed_batches=self.serving.updater.failed_batches,
+            archiver_failed_batches=self.serving.archiver.failed_batches,
             dead_letter_bucket_name=self.data.storage.bucket_name("DeadLetters"),
         )
         self.observability = ObservabilityStack(

@@ -2,11 +2,11 @@
 
 start the local stack -> simulate -> train the launch model on the first ``LAUNCH_DAYS`` (a
 historical export), register, promote, publish -> replay the rest of the history into the
-broker (the updater applies and archives it to the local lake) -> send live ``POST /predict``
-requests -> the bank reports its chargebacks through ``POST /labels`` -> retrain from the lake
-(``fraudsys retrain``: real label arrivals) -> the champion gate compares the old and the new
-model on the same held-out days -> the scorer answers with the new champion -> print decisions,
-fraud caught and latency -> stop (or keep the API running).
+broker (the updater applies it to Redis, the archiver writes it to the local lake) -> send live
+``POST /predict`` requests -> the bank reports its chargebacks through ``POST /labels`` ->
+retrain from the lake (``fraudsys retrain``: real label arrivals) -> the champion gate compares
+the old and the new model on the same held-out days -> the scorer answers with the new champion
+-> print decisions, fraud caught and latency -> stop (or keep the API running).
 """
 
 import json
@@ -100,16 +100,29 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int
         return status, {"message": raw.decode(errors="replace")[:500]}
 
 
+def consumed(stack: LocalStack) -> dict[str, int]:
+    """Records each consumer of the stream has handled and committed: the updater (Redis, the
+    transaction index) and the archiver (the lake)."""
+    out = {}
+    if stack.poller is not None:
+        out["updater"] = stack.poller.processed
+    if stack.archiver is not None:
+        out["archiver"] = stack.archiver.processed
+    return out
+
+
 def wait_for_updates(stack: LocalStack, expected: int, timeout: float | None = None) -> None:
-    """Until the local event source has handed ``expected`` records to the updater (default
-    timeout: 2 minutes plus 1 s per 1,000 records still to go, for a busy machine)."""
+    """Until the local event sources have handed ``expected`` records to the updater and to the
+    archiver (default timeout: 2 minutes plus 1 s per 1,000 records still to go, for a busy
+    machine)."""
     if timeout is None:
-        behind = expected - (stack.poller.processed if stack.poller is not None else expected)
+        behind = expected - min(consumed(stack).values(), default=expected)
         timeout = 120.0 + max(behind, 0) / 1000
     deadline = time.monotonic() + timeout
-    while stack.poller is not None and stack.poller.processed < expected:
+    while (done := consumed(stack)) and min(done.values()) < expected:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the updater processed {stack.poller.processed} of {expected} records")
+            counts = ", ".join(f"the {name} {n:,}" for name, n in done.items())
+            raise TimeoutError(f"records processed of {expected:,}: {counts}")
         stack.check()
         time.sleep(0.2)
 
@@ -159,7 +172,7 @@ def run_demo(
         publisher = kafka_publisher(stack_cfg.kafka)
         step(
             f"replaying {len(history):,} transactions of history into the broker at {replay_rate:,.0f}/s "
-            "(the updater applies them to Redis and archives them in the local lake)"
+            "(the updater applies them to Redis, the archiver writes them to the local lake)"
         )
         stats = replay(
             history,
@@ -189,7 +202,8 @@ def run_demo(
             model_version=scored.version,
         )
         if retrain:
-            # every scored transaction reaches the updater (index, lake) before its chargeback
+            # every scored transaction reaches the updater (index) and the archiver (lake) before
+            # its chargeback
             wait_for_updates(stack, stats.transactions + stats.labels + len(live) - scored.errors)
             after = live_rows.iloc[len(live) : len(live) + AFTER_REQUESTS]
             reported = frame[
@@ -269,8 +283,8 @@ def _retrain(
     from training.config import load_config
     from training.pipeline import run_pipeline
 
-    # the labels stream reaches the updater, which archives it: count the records first
-    before = stack.poller.processed if stack.poller is not None else 0
+    # the labels reach the updater and the archiver (the lake the retraining reads): count first
+    before = min(consumed(stack).values(), default=0)
     sent, accepted = post_labels(stack.api_url, reported)
     step(f"the bank reports {sent:,} chargebacks through POST /labels ({accepted:,} accepted)")
     wait_for_updates(stack, before + accepted)

@@ -1,4 +1,6 @@
-"""A local event source mapping: Kafka consumer group -> MSK-shaped events -> the real updater.
+"""A local event source mapping: Kafka consumer group -> MSK-shaped events -> a real handler
+(the updater's, ``fraudsys-updater``; the archiver's, ``fraudsys-archiver``, in a process of its
+own: ``local_stack.workers.ArchiverWorker``).
 
 Like Lambda's MSK trigger it gathers up to ``batch_size`` records or waits ``batching_window``
 seconds, invokes the handler, and commits the offsets only after success. A failed invocation
@@ -40,6 +42,7 @@ class PollerConfig:
     session_timeout_ms: int = 6000
     stall_seconds: float = 10.0  # a consumer call running longer than this is aborted
     idle_rebuild_seconds: float = 10.0
+    name: str = "updater"  # the function it stands in front of: logs, threads, dead-letter reasons
 
 
 def consumer_options(cfg: PollerConfig) -> dict[str, Any]:
@@ -67,15 +70,17 @@ class KafkaPoller:
         self.cfg = cfg
         self.handler = handler
         self.dead_letter = dead_letter
-        self.context = LocalContext("fraudsys-updater")
+        self.context = LocalContext(f"fraudsys-{cfg.name}")
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="kafka-poller", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"kafka-poller-{cfg.name}", daemon=True)
         self.processed = 0
         self.error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._idle_since: float | None = None
         self._busy_since: float | None = None
-        self.watchdog = threading.Thread(target=self._watch, name="kafka-poller-watchdog", daemon=True)
+        self.watchdog = threading.Thread(
+            target=self._watch, name=f"kafka-poller-{cfg.name}-watchdog", daemon=True
+        )
 
     def start(self) -> "KafkaPoller":
         self.thread.start()
@@ -175,7 +180,7 @@ class KafkaPoller:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 metrics.BATCHES.labels(outcome="error").inc()
-                log.warning("updater failed (attempt %d): %s", attempt + 1, reason)
+                log.warning("%s failed (attempt %d): %s", self.cfg.name, attempt + 1, reason)
                 continue
             failures = response.get("batchItemFailures") or []
             if not failures:
@@ -235,7 +240,9 @@ class KafkaPoller:
                 metrics.RECORDS.inc(len(batch))
                 reason = self._invoke(batch)
                 if reason is not None:
-                    self.dead_letter(batch, f"updater failed after {self.cfg.max_retries} retries: {reason}")
+                    self.dead_letter(
+                        batch, f"{self.cfg.name} failed after {self.cfg.max_retries} retries: {reason}"
+                    )
                     metrics.DEAD_LETTERED_BATCHES.inc()
                 self._commit(consumer, batch)
                 self.processed += len(batch)
@@ -256,3 +263,14 @@ class KafkaPoller:
             except Exception as exc:
                 log.debug("poller close: %s", exc)
             self._consumer = None
+
+
+def dead_letter_batch(batch: list[StreamRecord], reason: str) -> None:
+    """The on-failure destination: each record of a batch that failed every retry, to the handler's
+    dead-letter store (``DEAD_LETTER_URI``), replayable from there."""
+    from fraud_adapters.dead_letters import DeadLetter
+    from handlers import bootstrap
+
+    store = bootstrap.dead_letter_store()
+    for r in batch:
+        store.put(DeadLetter.of(f"kafka:{r.topic}-{r.partition}@{r.offset}", reason, r.value))

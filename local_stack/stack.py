@@ -1,8 +1,10 @@
 """``fraudsys local up``: the whole system on 127.0.0.1, on real parts.
 
-redis-server (feature store), tansu (Kafka protocol, topics created), moto (S3: model store and
-dead letters), optionally the MLflow server, the local API Gateway in front of the real scorer
-handler, and the local MSK event source mapping in front of the real updater handler.
+redis-server (feature store), tansu (Kafka protocol, topics created), moto (S3: model store,
+dead letters, the event lake), optionally the MLflow server, the local API Gateway in front of
+the real scorer handler, the local MSK event source mapping in front of the real updater handler
+and, in a process of its own with its own consumer group, the one in front of the real archiver
+(``handlers.archive_events``: the event lake). Only the archiver has ``LAKE_URI``.
 """
 
 import contextlib
@@ -19,8 +21,7 @@ from urllib.parse import quote
 from local_stack import s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
-from local_stack.events import StreamRecord
-from local_stack.poller import KafkaPoller, PollerConfig
+from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
 from local_stack.services import (
     RedisTls,
     Service,
@@ -33,7 +34,7 @@ from local_stack.services import (
     start_redis,
     wait_for_port,
 )
-from local_stack.workers import ApiWorkers
+from local_stack.workers import ApiWorkers, ArchiverWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ PERSISTENT_BUCKETS = (MODELS_BUCKET, DEAD_LETTER_BUCKET, LAKE_BUCKET)
 LOCAL_DUMMY_SECRET = "testing"  # noqa: S105  # nosec B105  # pragma: allowlist secret
 TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
+UPDATER_GROUP = "fraudsys-updater"
+ARCHIVER_GROUP = "fraudsys-archiver"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class StackConfig:
     model_pointer_ttl_seconds: float = 2.0
     redis_timeout_ms: int = 100
     partitions: int = 2
-    batch_size: int | None = None  # None: the CDK dev stage's updater settings
+    # None: the CDK dev stage's settings of each consumer (updater, archiver); a value: both
+    batch_size: int | None = None
     batching_window: float | None = None
     max_retries: int = 5
     session_timeout_ms: int = 6000
@@ -101,6 +105,11 @@ class StackConfig:
         return f"s3://{DEAD_LETTER_BUCKET}/updater"
 
     @property
+    def archiver_dead_letter_uri(self) -> str:
+        """Where the archiver's poller parks a batch that failed every retry (its records)."""
+        return f"s3://{DEAD_LETTER_BUCKET}/archiver"
+
+    @property
     def lake_uri(self) -> str:
         """The event lake in the local S3 (the deployed stack's is ``s3://<lake bucket>/archive``)."""
         return f"s3://{LAKE_BUCKET}/archive"
@@ -125,25 +134,32 @@ class StackConfig:
 
 def cdk_updater_settings() -> tuple[int, float]:
     """Batch size and batching window of the deployed updater (cdk.json, stage dev)."""
+    return cdk_consumer_settings("updater")
+
+
+def cdk_consumer_settings(part: str) -> tuple[int, float]:
+    """Batch size and batching window of a deployed stream consumer, ``updater`` or ``archiver``
+    (cdk.json, stage dev)."""
     try:
         from cdk_app.config import CONTEXT_KEY, load_stage_configs, read_cdk_json_context
 
-        updater = load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0].updater
-        return updater.batch_size, float(updater.max_batching_window_seconds)
+        stage = load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0]
+        consumer = stage.archiver if part == "archiver" else stage.updater
+        return consumer.batch_size, float(consumer.max_batching_window_seconds)
     except Exception as exc:  # cdk.json missing or invalid: Lambda's MSK defaults
         log.debug("cdk.json not read (%s); using defaults", exc)
         return 100, 0.5
 
 
 def handler_environment(cfg: StackConfig) -> dict[str, str]:
-    """The Lambda environment of both handlers, pointed at the local parts."""
+    """The Lambda environment of the scorer and the updater, pointed at the local parts (no
+    ``LAKE_URI``: the archiver writes the lake, ``archiver_environment``)."""
     return {
         "REDIS_URL": cfg.redis_url,
         "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
         "MODEL_STORE_URI": cfg.model_store_uri,
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
         "DEAD_LETTER_URI": cfg.dead_letter_uri,
-        "LAKE_URI": cfg.lake_uri,
         "STREAM_KIND": "kafka",
         "PUBLISH_MODE": cfg.publish_mode,
         "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka,
@@ -158,6 +174,16 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
         "POWERTOOLS_SERVICE_NAME": "fraudsys",
+    }
+
+
+def archiver_environment(cfg: StackConfig) -> dict[str, str]:
+    """The archiver's Lambda environment: the lake, its own dead-letter prefix, the card hash key
+    and topics of the others (it uses no Redis; ``REDIS_URL`` is there but never opened)."""
+    return {
+        **handler_environment(cfg),
+        "LAKE_URI": cfg.lake_uri,
+        "DEAD_LETTER_URI": cfg.archiver_dead_letter_uri,
     }
 
 
@@ -196,17 +222,21 @@ class LocalStack:
     workers: ApiWorkers | None = None
     saved_switch_interval: float | None = None
     poller: KafkaPoller | None = None
+    archiver: ArchiverWorker | None = None
     services: dict[str, Service] = field(default_factory=dict)
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
     champion_report: "ChampionReport | None" = None
     on_step: Callable[[str], None] | None = None  # progress lines (the CLI prints them)
 
-    def _set_environment(self, env: dict[str, str]) -> None:
+    def _set_environment(self, env: dict[str, str], unset: tuple[str, ...] = ()) -> None:
         """The handlers read their settings from the process environment; ``down`` restores it."""
-        for key, value in env.items():
+        for key in (*env, *unset):
             self.saved_environment.setdefault(key, os.environ.get(key))
+        for key, value in env.items():
             os.environ[key] = value
+        for key in unset:
+            os.environ.pop(key, None)
 
     def _restore_environment(self) -> None:
         for key, value in self.saved_environment.items():
@@ -230,7 +260,9 @@ class LocalStack:
                 self.services["mlflow"] = self.supervisor.add(
                     start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs)
                 )
-            self._set_environment(handler_environment(cfg))
+            # this process runs the scorer and the updater: no LAKE_URI here, even one of the
+            # shell's (the updater would archive too); the archiver's process has it
+            self._set_environment(handler_environment(cfg), unset=("LAKE_URI",))
             create_topics(cfg.kafka, cfg.partitions)
             restored = s3_snapshot.restore(self._s3_endpoint, cfg.s3_snapshot_dir)
             if restored:
@@ -266,6 +298,7 @@ class LocalStack:
                 self.api.bind()
                 self.api.start()
             self.poller = self._start_poller()
+            self.archiver = self._start_archiver()
         except BaseException:
             self.down()
             raise
@@ -299,19 +332,28 @@ class LocalStack:
             )
         return start_kafka(cfg.kafka_port, cfg.run_dir / "logs")
 
-    def _start_poller(self) -> KafkaPoller:
-        from handlers.update_features import handler
-
-        batch, window = cdk_updater_settings()
-        poller_cfg = PollerConfig(
+    def _poller_config(self, part: str, group_id: str) -> PollerConfig:
+        batch, window = cdk_consumer_settings(part)
+        return PollerConfig(
             bootstrap_servers=self.cfg.kafka,
             topics=(TRANSACTIONS_TOPIC, LABELS_TOPIC),
+            group_id=group_id,
             batch_size=self.cfg.batch_size or batch,
             batching_window=self.cfg.batching_window if self.cfg.batching_window is not None else window,
             max_retries=self.cfg.max_retries,
             session_timeout_ms=self.cfg.session_timeout_ms,
+            name=part,
         )
-        return KafkaPoller(poller_cfg, handler, dead_letter_batch).start()
+
+    def _start_poller(self) -> KafkaPoller:
+        from handlers.update_features import handler
+
+        return KafkaPoller(self._poller_config("updater", UPDATER_GROUP), handler, dead_letter_batch).start()
+
+    def _start_archiver(self) -> ArchiverWorker:
+        """The archiver in its own process, its own consumer group on the same topics."""
+        cfg = self._poller_config("archiver", ARCHIVER_GROUP)
+        return ArchiverWorker(cfg, archiver_environment(self.cfg)).start()
 
     @staticmethod
     def _reset_handlers() -> None:
@@ -351,6 +393,7 @@ class LocalStack:
 
     def check(self) -> None:
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
+        dead += self.archiver.dead() if self.archiver else []
         if dead:
             raise ServiceError(
                 f"local services exited: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
@@ -371,6 +414,9 @@ class LocalStack:
         if self.poller is not None:
             self.poller.stop()
             self.poller = None
+        if self.archiver is not None:  # its last batch lands in the lake before the S3 is saved
+            self.archiver.stop()
+            self.archiver = None
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -390,12 +436,3 @@ class LocalStack:
             sys.setswitchinterval(self.saved_switch_interval)
             self.saved_switch_interval = None
         self._reset_handlers()
-
-
-def dead_letter_batch(batch: list[StreamRecord], reason: str) -> None:
-    from fraud_adapters.dead_letters import DeadLetter
-    from handlers import bootstrap
-
-    store = bootstrap.dead_letter_store()
-    for r in batch:
-        store.put(DeadLetter.of(f"kafka:{r.topic}-{r.partition}@{r.offset}", reason, r.value))

@@ -1,4 +1,5 @@
-"""Local API worker processes: N scorer processes behind one port, like Lambda's concurrency.
+"""Local worker processes: N scorer processes behind one port, like Lambda's concurrency, and
+the archiver, the lake's own consumer of the stream, like its own function.
 
 One Lambda instance (and one ``LocalApi``) runs one invocation at a time under one GIL, so it
 uses at most one core. API Gateway scales out by running more instances; locally, ``ApiWorkers``
@@ -10,17 +11,27 @@ producer), like provisioned concurrency, and ``GET /metrics`` aggregates every w
 (Prometheus multiprocess mode in ``run_dir``). This module imports nothing heavy at import time:
 the workers are spawned, fresh interpreters whose environment must be set before
 ``prometheus_client`` is imported.
+
+``ArchiverWorker`` runs the archiver (``handlers.archive_events``) behind its own local MSK event
+source (``local_stack.poller``, consumer group ``fraudsys-archiver`` on the updater's topics) in a
+process of its own: on AWS it is a second function with its own event source mapping, so its
+Parquet encoding never shares the updater's interpreter (docs/benchmarks.md, the event lake).
 """
 
 import multiprocessing
 import os
 import shutil
+import subprocess  # nosec B404  # the archiver's process: this interpreter
 import sys
+import threading
 import time
 import warnings
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from local_stack.poller import PollerConfig
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -95,3 +106,111 @@ class ApiWorkers:
                 process.terminate()
                 process.join(5)
         self.processes.clear()
+
+
+#: the archiver process's configuration (its ``PollerConfig`` as JSON), in its environment
+ARCHIVER_CONFIG_ENV = "FRAUDSYS_ARCHIVER_POLLER"
+
+
+def archiver_main() -> None:
+    """The archiver process: its poller until its stdin closes (the stack asks it to stop, or the
+    stack is gone). Reports ``ready`` and then ``processed <n>`` lines on stdout."""
+    import json
+
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    import pyarrow.parquet  # noqa: F401  # the import the first batch would pay (~0.2-0.5 s)
+
+    from handlers.archive_events import handler
+    from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
+
+    fields = json.loads(os.environ[ARCHIVER_CONFIG_ENV])
+    cfg = PollerConfig(**{**fields, "topics": tuple(fields["topics"])})
+    stop = threading.Event()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, name="stdin", daemon=True).start()
+    poller = KafkaPoller(cfg, handler, dead_letter_batch).start()
+    print("ready", flush=True)
+    try:
+        while not stop.wait(0.2):
+            print(f"processed {poller.processed}", flush=True)
+    finally:
+        poller.stop()  # the batch under way is archived and committed
+        print(f"processed {poller.processed}", flush=True)
+
+
+class ArchiverWorker:
+    """The archiver's poller in a process of its own (``python -c ...archiver_main()``, in a session
+    of its own: the terminal's Ctrl-C reaches the stack, which stops it after the updater and
+    before it saves the local S3). ``processed`` counts the records it has archived (or skipped
+    as poison) and committed, redeliveries included; ``start`` again after ``stop`` (or a crash)
+    resumes from the group's committed offsets and counts on."""
+
+    def __init__(self, cfg: "PollerConfig", env: dict[str, str]) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.name = "fraudsys-archiver"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._before = 0  # processed by the earlier processes
+        self._processed = 0
+        self._reader: threading.Thread | None = None
+
+    @property
+    def processed(self) -> int:
+        return self._before + self._processed
+
+    def start(self, timeout: float = 120.0) -> "ArchiverWorker":
+        import dataclasses
+        import json
+
+        self._before, self._processed = self.processed, 0
+        ready = threading.Event()
+        config = json.dumps(dataclasses.asdict(self.cfg))
+        process = subprocess.Popen(  # this interpreter, fixed arguments  # nosec B603
+            [sys.executable, "-c", "from local_stack.workers import archiver_main; archiver_main()"],
+            env={**os.environ, **self.env, ARCHIVER_CONFIG_ENV: config},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.process = process
+
+        def read() -> None:
+            for line in process.stdout or ():
+                word, _, count = line.decode().partition(" ")
+                if word.strip() == "ready":
+                    ready.set()
+                elif word == "processed":
+                    self._processed = int(count)
+
+        self._reader = threading.Thread(target=read, name="archiver-stdout", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
+                code = process.poll()
+                self.stop()
+                raise RuntimeError(f"the archiver did not start (exit code {code})")
+        return self
+
+    def dead(self) -> list[str]:
+        return [self.name] if self.process is not None and self.process.poll() is not None else []
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the archiver to finish its batch and stop (its stdin closes); kill it after
+        ``timeout`` seconds."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)

@@ -514,7 +514,8 @@ def local_up(
         typer.Option(help="local model store(s) to take the champion from (default: data/model_store)"),
     ] = None,
 ) -> None:
-    """Start redis, the Kafka broker, S3 (moto), MLflow, the local API and the updater poller."""
+    """Start redis, the Kafka broker, S3 (moto), MLflow, the local API, the updater's poller and
+    the archiver's (the event lake)."""
     from local_stack.demo import serve_forever
     from local_stack.services import ServiceError
     from local_stack.stack import LocalStack
@@ -799,11 +800,13 @@ def labels_import(
 
 
 def _use_local_stack() -> None:
-    """The handlers' settings of the local stack (``fraudsys local up`` defaults) where unset."""
+    """The handlers' settings of the local stack (``fraudsys local up`` defaults) where unset,
+    with its lake (``LAKE_URI``: the archiver's)."""
     from handlers import bootstrap
     from local_stack.stack import StackConfig, handler_environment
 
-    for name, value in handler_environment(StackConfig()).items():
+    cfg = StackConfig()
+    for name, value in {**handler_environment(cfg), "LAKE_URI": cfg.lake_uri}.items():
         os.environ.setdefault(name, value)
     bootstrap.reset()
 

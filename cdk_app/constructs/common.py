@@ -8,9 +8,11 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app.config import RetentionDays, StageConfig
+from cdk_app.nag import acknowledge
 
 # S3 object-level actions are granted on one bucket and one prefix at a time: the ARN ends in /*,
 # which cdk-nag reports as a wildcard resource. This is the reason recorded with each of them.
@@ -49,3 +51,24 @@ def grant_kms(grantee: iam.IGrantable, key: kms.IKey, *, encrypt: bool) -> None:
     grantee.grant_principal.add_to_principal_policy(
         iam.PolicyStatement(actions=actions, resources=[key.key_arn])
     )
+
+
+def failed_batches_queue(scope: Construct, construct_id: str, config: StageConfig) -> sqs.Queue:
+    """The on-failure destination of a consumer's event source mappings: batches that still fail
+    after retries and bisecting land here as metadata (stream, shard/partition, offsets), so they
+    can be replayed from the stream."""
+    queue = sqs.Queue(
+        scope,
+        construct_id,
+        encryption=sqs.QueueEncryption.SQS_MANAGED,
+        enforce_ssl=True,
+        retention_period=cdk.Duration.days(14),
+        removal_policy=removal_policy(config),  # prod: failed batches' metadata outlives the stack
+    )
+    acknowledge(
+        queue,
+        "AwsSolutions-SQS3",
+        "This queue is itself the on-failure destination (dead-letter queue) of the event source "
+        "mappings; nothing consumes it automatically, so it needs no DLQ of its own.",
+    )
+    return queue

@@ -18,6 +18,7 @@ class Network(Construct):
     app_subnets: ec2.SubnetSelection
     scorer_sg: ec2.SecurityGroup
     updater_sg: ec2.SecurityGroup
+    archiver_sg: ec2.SecurityGroup
     training_sg: ec2.SecurityGroup
     redis_sg: ec2.SecurityGroup
     msk_sg: ec2.SecurityGroup | None
@@ -61,12 +62,13 @@ class Network(Construct):
 
         self.scorer_sg = group("ScorerSg", "FraudSys scorer Lambda")
         self.updater_sg = group("UpdaterSg", "FraudSys feature updater Lambda")
+        self.archiver_sg = group("ArchiverSg", "FraudSys archiver Lambda (the event lake)")
         self.training_sg = group("TrainingSg", "FraudSys training task (Fargate)")
         self.redis_sg = group("RedisSg", "FraudSys Redis feature store")
         self.endpoint_sg = group("EndpointSg", "FraudSys interface VPC endpoints")
         https = ec2.Port.tcp(443)
         redis_port = ec2.Port.tcp(config.redis.port)
-        for client in (self.scorer_sg, self.updater_sg, self.training_sg):
+        for client in (self.scorer_sg, self.updater_sg, self.archiver_sg, self.training_sg):
             # AWS APIs: through the interface endpoints, the S3 gateway endpoint, or the NAT gateway.
             client.add_egress_rule(ec2.Peer.any_ipv4(), https, "AWS APIs over HTTPS")
             self.endpoint_sg.add_ingress_rule(client, https, "HTTPS to the interface endpoints")

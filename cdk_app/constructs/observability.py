@@ -31,10 +31,12 @@ class Monitored:
 
     scorer: lambda_.IFunction
     updater: lambda_.IFunction
+    archiver: lambda_.IFunction
     api: apigw.RestApi
     api_stage: str
     stream: EventStream
     failed_batches: sqs.IQueue
+    archiver_failed_batches: sqs.IQueue
     dead_letter_bucket_name: str
 
 
@@ -111,9 +113,12 @@ class Observability(Construct):
             period=FIVE_MINUTES,
         )
         dead_letters = cloudwatch.MathExpression(
-            expression="FILL(queued, 0) + FILL(poison, 0) + FILL(puts, 0)",
+            expression="FILL(queued, 0) + FILL(unarchived, 0) + FILL(poison, 0) + FILL(puts, 0)",
             using_metrics={
                 "queued": m.failed_batches.metric_approximate_number_of_messages_visible(
+                    statistic="Maximum", period=FIVE_MINUTES
+                ),
+                "unarchived": m.archiver_failed_batches.metric_approximate_number_of_messages_visible(
                     statistic="Maximum", period=FIVE_MINUTES
                 ),
                 "poison": custom("DeadLetters", period=FIVE_MINUTES),
@@ -128,16 +133,19 @@ class Observability(Construct):
                     period=FIVE_MINUTES,
                 ),
             },
-            label="Dead letters (failed batches queued + poison records)",
+            label="Dead letters (failed batches queued: updater, archiver; poison records)",
             period=FIVE_MINUTES,
         )
         lag = m.stream.lag_metric(m.updater)
+        archive_lag = m.stream.lag_metric(m.archiver)
         lag_threshold = limits.offset_lag_records if m.stream.kind == "msk" else limits.iterator_age_ms
+        lag_unit = "MSK OffsetLag (records)" if m.stream.kind == "msk" else "Kinesis IteratorAge (ms)"
         throttles = cloudwatch.MathExpression(
-            expression="FILL(scorer, 0) + FILL(updater, 0)",
+            expression="FILL(scorer, 0) + FILL(updater, 0) + FILL(archiver, 0)",
             using_metrics={
                 "scorer": m.scorer.metric_throttles(statistic="Sum", period=ONE_MINUTE),
                 "updater": m.updater.metric_throttles(statistic="Sum", period=ONE_MINUTE),
+                "archiver": m.archiver.metric_throttles(statistic="Sum", period=ONE_MINUTE),
             },
             label="Lambda throttles",
             period=ONE_MINUTE,
@@ -175,7 +183,7 @@ class Observability(Construct):
             "lambda-throttles",
             throttles,
             limits.throttles_per_minute,
-            "Scorer + updater throttles per minute",
+            "Scorer + updater + archiver throttles per minute",
         )
         alarm(
             "updater-errors",
@@ -187,8 +195,23 @@ class Observability(Construct):
             "updater-lag",
             lag,
             lag_threshold,
-            "Feature updater behind the stream: "
-            + ("MSK OffsetLag (records)" if m.stream.kind == "msk" else "Kinesis IteratorAge (ms)"),
+            f"Feature updater behind the stream: {lag_unit}",
+            periods=5,
+            datapoints=5,
+        )
+        # the archiver: the updater's thresholds (a lake behind the stream risks the stream's
+        # retention running out before a batch is archived)
+        alarm(
+            "archiver-errors",
+            m.archiver.metric_errors(statistic="Sum", period=ONE_MINUTE),
+            limits.updater_errors_per_minute,
+            "Archiver (event lake) invocation errors per minute",
+        )
+        alarm(
+            "archiver-lag",
+            archive_lag,
+            lag_threshold,
+            f"Archiver (event lake) behind the stream: {lag_unit}",
             periods=5,
             datapoints=5,
         )
@@ -272,6 +295,12 @@ class Observability(Construct):
             cloudwatch.GraphWidget(
                 title="Labels through POST /labels: accepted, unknown transaction",
                 left=[custom("LabelsAccepted"), custom("LabelsUnknown")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Archiver: events archived, errors and lag",
+                left=[custom("ArchivedEvents"), m.archiver.metric_errors(statistic="Sum")],
+                right=[archive_lag],
                 width=8,
             ),
         )

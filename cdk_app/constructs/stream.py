@@ -1,4 +1,5 @@
-"""The event stream between the scorer and the feature updater: MSK (Kafka) or Kinesis, by stage config."""
+"""The event stream between the scorer and its two consumers, the feature updater and the archiver:
+MSK (Kafka) or Kinesis, by stage config."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from aws_cdk import aws_msk as msk
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk_app.config import StageConfig, StreamKind, UpdaterConfig
+from cdk_app.config import StageConfig, StreamConsumerConfig, StreamKind
 from cdk_app.constructs.common import grant_kms, log_group, removal_policy
 from cdk_app.constructs.network import Network
 from cdk_app.nag import acknowledge
@@ -33,17 +34,23 @@ class EventStream(Construct):
     def grant_publish(self, grantee: iam.IGrantable) -> None:
         raise NotImplementedError
 
-    def add_updater_sources(
-        self, function: lambda_.Function, updater: UpdaterConfig, on_failure: lambda_.IEventSourceDlq
+    def add_consumer_sources(
+        self,
+        function: lambda_.Function,
+        consumer: StreamConsumerConfig,
+        on_failure: lambda_.IEventSourceDlq,
+        name: str,
     ) -> None:
+        """Event source mappings feeding ``function`` every event of the stream, as consumer
+        ``name`` (``updater``, ``archiver``): each consumer has its own mappings and position."""
         raise NotImplementedError
 
     def lag_metric(self, function: lambda_.IFunction) -> cloudwatch.Metric:
-        """How far the updater is behind the stream (OffsetLag records / IteratorAge ms)."""
+        """How far a consumer is behind the stream (OffsetLag records / IteratorAge ms)."""
         raise NotImplementedError
 
-    def _starting_position(self, updater: UpdaterConfig) -> lambda_.StartingPosition:
-        return lambda_.StartingPosition[updater.starting_position]
+    def _starting_position(self, consumer: StreamConsumerConfig) -> lambda_.StartingPosition:
+        return lambda_.StartingPosition[consumer.starting_position]
 
 
 class MskStream(EventStream):
@@ -171,8 +178,10 @@ class MskStream(EventStream):
             f"{cdk.Fn.select(1, parts)}/{cdk.Fn.select(2, parts)}/{name}"
         )
 
-    def consumer_group(self, topic: str) -> str:
-        return f"{self.config.prefix}-updater-{topic.replace('.', '-')}"
+    def consumer_group(self, topic: str, consumer: str = "updater") -> str:
+        """``fraudsys-<stage>-<consumer>-<topic>``: one group per consumer and topic, so the updater
+        and the archiver each read every record at their own pace."""
+        return f"{self.config.prefix}-{consumer}-{topic.replace('.', '-')}"
 
     def scorer_environment(self) -> dict[str, str]:
         return {
@@ -198,13 +207,17 @@ class MskStream(EventStream):
             )
         )
 
-    def add_updater_sources(
-        self, function: lambda_.Function, updater: UpdaterConfig, on_failure: lambda_.IEventSourceDlq
+    def add_consumer_sources(
+        self,
+        function: lambda_.Function,
+        consumer: StreamConsumerConfig,
+        on_failure: lambda_.IEventSourceDlq,
+        name: str,
     ) -> None:
         topics = [self.config.transactions_topic, self.config.labels_topic]
         role = function.role
         if role is None:
-            raise ValueError("the updater function needs a role")
+            raise ValueError(f"the {name} function needs a role")
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=[
@@ -225,7 +238,7 @@ class MskStream(EventStream):
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"],
-                resources=[self.kafka_arn("group", self.consumer_group(t)) for t in topics],
+                resources=[self.kafka_arn("group", self.consumer_group(t, name)) for t in topics],
             )
         )
         # The pollers place ENIs in the cluster's subnets; these describe calls have no resource ARNs.
@@ -245,18 +258,18 @@ class MskStream(EventStream):
                 target=function,
                 event_source_arn=self.cluster.attr_arn,
                 kafka_topic=topic,
-                kafka_consumer_group_id=self.consumer_group(topic),
-                starting_position=self._starting_position(updater),
-                batch_size=updater.batch_size,
-                max_batching_window=cdk.Duration.seconds(updater.max_batching_window_seconds),
+                kafka_consumer_group_id=self.consumer_group(topic, name),
+                starting_position=self._starting_position(consumer),
+                batch_size=consumer.batch_size,
+                max_batching_window=cdk.Duration.seconds(consumer.max_batching_window_seconds),
                 # Kafka error handling (retries, bisect, partial batches, destination) needs pollers.
                 provisioned_poller_config=lambda_.ProvisionedPollerConfig(
-                    minimum_pollers=updater.min_pollers, maximum_pollers=updater.max_pollers
+                    minimum_pollers=consumer.min_pollers, maximum_pollers=consumer.max_pollers
                 ),
                 bisect_batch_on_error=True,
                 report_batch_item_failures=True,
-                retry_attempts=updater.retry_attempts,
-                max_record_age=cdk.Duration.seconds(updater.max_record_age_seconds),
+                retry_attempts=consumer.retry_attempts,
+                max_record_age=cdk.Duration.seconds(consumer.max_record_age_seconds),
                 on_failure=on_failure,
             )
 
@@ -306,20 +319,26 @@ class KinesisStream(EventStream):
         )
         grant_kms(grantee, self._key, encrypt=True)
 
-    def add_updater_sources(
-        self, function: lambda_.Function, updater: UpdaterConfig, on_failure: lambda_.IEventSourceDlq
+    def add_consumer_sources(
+        self,
+        function: lambda_.Function,
+        consumer: StreamConsumerConfig,
+        on_failure: lambda_.IEventSourceDlq,
+        name: str,
     ) -> None:
+        # One mapping per consumer on the same stream, each with its own iterator: a shard serves
+        # both (Lambda polls each shard once a second per mapping, 2 of Kinesis' 5 reads/s).
         function.add_event_source(
             sources.KinesisEventSource(
                 self.stream,
-                starting_position=self._starting_position(updater),
-                batch_size=updater.batch_size,
-                max_batching_window=cdk.Duration.seconds(updater.max_batching_window_seconds),
+                starting_position=self._starting_position(consumer),
+                batch_size=consumer.batch_size,
+                max_batching_window=cdk.Duration.seconds(consumer.max_batching_window_seconds),
                 bisect_batch_on_error=True,
                 report_batch_item_failures=True,
-                retry_attempts=updater.retry_attempts,
-                max_record_age=cdk.Duration.seconds(updater.max_record_age_seconds),
-                parallelization_factor=updater.parallelization_factor,
+                retry_attempts=consumer.retry_attempts,
+                max_record_age=cdk.Duration.seconds(consumer.max_record_age_seconds),
+                parallelization_factor=consumer.parallelization_factor,
                 on_failure=on_failure,
             )
         )

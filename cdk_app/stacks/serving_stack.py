@@ -6,6 +6,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk_app.config import StageConfig
+from cdk_app.constructs.archiver import EventArchiver
 from cdk_app.constructs.feature_store import RedisFeatureStore
 from cdk_app.constructs.feature_updater import FeatureUpdater
 from cdk_app.constructs.layer import ArrowLayer, SlimXGBoostLayer
@@ -16,10 +17,12 @@ from cdk_app.constructs.stream import EventStream
 
 
 class ServingStack(cdk.Stack):
-    """The online path: layer, scorer API, feature updater and its event source mappings."""
+    """The online path: layers, scorer API, and the stream's two consumers with their event source
+    mappings: the feature updater (Redis) and the archiver (the event lake)."""
 
     scorer: ScorerApi
     updater: FeatureUpdater
+    archiver: EventArchiver
 
     def __init__(
         self,
@@ -48,6 +51,16 @@ class ServingStack(cdk.Stack):
         self.updater = FeatureUpdater(
             self,
             "Updater",
+            config=config,
+            network=network,
+            layer=layer,
+            storage=storage,
+            feature_store=feature_store,
+            stream=stream,
+        )
+        self.archiver = EventArchiver(
+            self,
+            "Archiver",
             config=config,
             network=network,
             layer=layer,

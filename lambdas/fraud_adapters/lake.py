@@ -55,7 +55,7 @@ COLUMNS: Final[tuple[tuple[str, str, bool, str], ...]] = (
     ("is_fraud", "bool", True, "the label; null for transactions"),
     ("reported_at", "int64", True, "labels: when the bank reported it (epoch s), if given"),
     ("source", "string", False, "kafka:<topic>-<partition>@<offset> or kinesis:<event id>"),
-    ("ingest_time", "int64", False, "when the updater archived it, epoch milliseconds"),
+    ("ingest_time", "int64", False, "when its batch was archived, epoch milliseconds"),
 )  # fmt: skip
 
 
@@ -73,7 +73,7 @@ def lake_schema() -> "pa.Schema":
 
 @dataclass(frozen=True, slots=True)
 class LakeRecord:
-    """One accepted event with where it came from and the arrival time the updater used."""
+    """One accepted event with where it came from and its arrival time (``arrival_time``)."""
 
     event: TransactionEvent | LabelEvent
     source: str

@@ -122,6 +122,11 @@ class OnlineState:
     #: per risk window, the chains whose latest label (every label arrived) is a fraud
     latest_frauds: tuple[int, ...] | None = None
 
+    def card(self, t: int) -> "CardSummary":
+        """The card's aggregates for a request at ``t``: the store's summary of a tiled card, or
+        computed from its events (which a tiled card's state does not carry)."""
+        return self.card_summary if self.card_summary is not None else summarize_card(self.card_events, t)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OnlineState) and self.plain() == other.plain()
 
@@ -373,7 +378,7 @@ def row_features(
     pipeline (``tests/integration``).
     """
     empty = spec.EMPTY
-    card = state.card_summary if state.card_summary is not None else summarize_card(state.card_events, t)
+    card = state.card(t)
     amt = cents / 100.0
     hour = (t // spec.HOUR) % 24
     dow = (t // spec.DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0

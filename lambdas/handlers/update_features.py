@@ -6,31 +6,42 @@ store with the reason and counts as handled, so the batch goes on; so does an ev
 reports late (older than its key's retention point). The valid
 events of the batch are then applied in one round trip (Lua script: idempotent on redelivery,
 order-independent). If Redis fails, the whole batch is reported failed and redelivered.
+
+The event lake is written by the archiver (``handlers.archive_events``), a consumer of its own.
+For backwards compatibility an updater with ``LAKE_URI`` set still archives each batch itself,
+on a second thread while Redis applies it (the deployed stacks set ``LAKE_URI`` on the archiver
+only: archiving here costs the updater ~36 % more CPU per batch, docs/benchmarks.md).
 """
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch import BatchProcessor
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import TypeAdapter, ValidationError
 
 from fraud_adapters.dead_letters import DeadLetter
-from fraud_adapters.lake import LakeRecord, arrival_time
-from fraud_core import timeguard
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
 from handlers.settings import settings
+from handlers.stream_records import (
+    PoisonRecordError,
+    Rejected,
+    StreamEvent,
+    event_type,
+    parse_event,
+    raw_records,
+    read_record,
+)
+
+__all__ = ["PoisonRecordError", "handler", "parse_event", "process"]
 
 #: the updater's Redis timeout when REDIS_TIMEOUT_MS is not set (deployed: ``updater.redis_timeout_ms``)
 UPDATER_REDIS_TIMEOUT_MS = 1000
-_EVENT = TypeAdapter[TransactionEvent | LabelEvent](TransactionEvent | LabelEvent)
 
 
 def updater_redis_timeout_ms() -> int:
@@ -40,69 +51,31 @@ def updater_redis_timeout_ms() -> int:
     return cfg.redis_timeout_ms if "redis_timeout_ms" in cfg.model_fields_set else UPDATER_REDIS_TIMEOUT_MS
 
 
-class PoisonRecordError(ValueError):
-    pass
-
-
-def parse_event(raw: bytes, label_topic: bool = False) -> TransactionEvent | LabelEvent:
-    """One stream payload to an event; raises ``PoisonRecordError`` naming the bad field."""
-    try:  # the usual case, in one pydantic-core pass: the topic's kind of event
-        return (LabelEvent if label_topic else TransactionEvent).model_validate_json(raw)
-    except ValidationError:
-        pass  # another kind, or poison: the path below names the bad field
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PoisonRecordError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PoisonRecordError("payload is not a JSON object")
-    data.setdefault("kind", "label" if label_topic else "transaction")
-    model = LabelEvent if data["kind"] == "label" else TransactionEvent
-    try:
-        event: TransactionEvent | LabelEvent = model.model_validate(data)
-    except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PoisonRecordError(f"invalid {data['kind']} event: {fields}") from exc
-    return event
-
-
 class BatchCollector:
     """Record handler for the Powertools batch processor: collects valid events, dead-letters
-    poison records and events the time guard refuses (``fraud_core.timeguard``)."""
+    poison records and events the time guard refuses (``handlers.stream_records.read_record``,
+    the reading the archiver shares)."""
 
     def __init__(self) -> None:
         self.transactions: list[TransactionEvent] = []
         self.labels: list[LabelEvent] = []
         self.dead_lettered = 0
         self.refused = 0
-        self.skew = settings().max_clock_skew_seconds
+        cfg = settings()
+        self.skew = cfg.max_clock_skew_seconds
+        self.labels_topic = cfg.labels_topic
         #: each accepted event's source, payload and receipt time (``timeguard.receipt``): for the
         #: lake's rows and for late events' dead letters
-        self.origin: dict[int, tuple[str, bytes, int | None]] = {}
+        self.origin: dict[int, StreamEvent] = {}
 
     def handle(self, record: KafkaEventRecord | KinesisStreamRecord) -> None:
-        if isinstance(record, KafkaEventRecord):
-            raw = record.decoded_value
-            source = f"kafka:{record.topic}-{record.partition}@{record.offset}"
-            label_topic = record.topic == settings().labels_topic
-            record_time = record.timestamp // 1000 if record.get("timestamp") is not None else None
-        else:
-            raw = record.kinesis.data_as_bytes()
-            source = f"kinesis:{record.event_id}"
-            label_topic = False
-            record_time = int(record.kinesis.approximate_arrival_timestamp)
-        try:
-            event = parse_event(raw, label_topic)
-        except PoisonRecordError as exc:
-            self.dead_letter(source, str(exc), raw)
+        read = read_record(record, self.labels_topic, self.skew)
+        if isinstance(read, Rejected):
+            self.refused += read.refused
+            self.dead_letter(read.source, read.reason, read.raw)
             return
-        received = timeguard.receipt(event, record_time)
-        reason = timeguard.refusal(event, received, self.skew)
-        if reason is not None:
-            self.refused += 1
-            self.dead_letter(source, f"refused by the time guard: {reason}", raw)
-            return
-        self.origin[id(event)] = (source, raw, received)
+        event = read.event
+        self.origin[id(event)] = read
         if isinstance(event, LabelEvent):
             self.labels.append(event)
         else:
@@ -114,7 +87,8 @@ class BatchCollector:
         self.dead_lettered += 1
 
 
-#: One thread writes a batch's archive while the handler applies it to Redis.
+#: With ``LAKE_URI`` set (not deployed so: the archiver writes the lake), one thread writes a
+#: batch's archive while the handler applies it to Redis.
 _ARCHIVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
 
 
@@ -124,35 +98,19 @@ def archive(collector: BatchCollector) -> None:
     if writer is None:
         return
     started = time.perf_counter()
-    records = []
     events: list[TransactionEvent | LabelEvent] = [*collector.transactions, *collector.labels]
-    for event in events:
-        source, _, received = collector.origin[id(event)]
-        records.append(LakeRecord(event, source, arrival_time(event, received)))
+    records = [collector.origin[id(event)].lake_record() for event in events]
     writer.append(records)
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="ArchivedEvents", unit=MetricUnit.Count, value=len(records))
     metrics.add_metric(name="ArchiveMilliseconds", unit=MetricUnit.Milliseconds, value=elapsed_ms)
 
 
-def _event_type(event: dict[str, Any]) -> EventType:
-    if isinstance(event.get("records"), dict):
-        return EventType.Kafka
-    records = event.get("Records") or []
-    if records and records[0].get("eventSource") == "aws:kinesis":
-        return EventType.KinesisDataStreams
-    raise ValueError("unsupported event: expected an MSK/Kafka or Kinesis event")
-
-
 @tracer.capture_method(capture_response=False)
 def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
-    event_type = _event_type(event)
-    processor = BatchProcessor(event_type=event_type)
-    records = (
-        [r for batch in event["records"].values() for r in batch]
-        if event_type is EventType.Kafka
-        else event["Records"]
-    )
+    kind = event_type(event)
+    processor = BatchProcessor(event_type=kind)
+    records = raw_records(event, kind)
     collector = BatchCollector()
     with processor(records, collector.handle, context):
         processor.process()
@@ -168,8 +126,9 @@ def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict
         if archiving is not None:
             archiving.result()  # raises -> whole batch retried
     for late in result.late:  # older than its key's retention point: kept in the lake, not online
-        source, raw, _ = collector.origin[id(late)]
-        collector.dead_letter(source, "late: older than its card's or merchant's retention point", raw)
+        read = collector.origin[id(late)]
+        reason = "late: older than its card's or merchant's retention point"
+        collector.dead_letter(read.source, reason, read.raw)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=result.applied)
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=result.duplicates)
     metrics.add_metric(name="LateEvents", unit=MetricUnit.Count, value=len(result.late))
@@ -202,9 +161,10 @@ def claim_transaction_ids(collector: BatchCollector) -> None:
     refused = {id(tx) for tx in conflicts}
     collector.transactions = [tx for tx in collector.transactions if id(tx) not in refused]
     for tx in conflicts:
-        source, raw, _ = collector.origin.pop(id(tx))
+        read = collector.origin.pop(id(tx))
         collector.refused += 1
-        collector.dead_letter(source, "conflict: another transaction already holds this trans_num", raw)
+        reason = "conflict: another transaction already holds this trans_num"
+        collector.dead_letter(read.source, reason, read.raw)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -94,9 +94,9 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
     t = int((datetime(2024, 3, 1, tzinfo=UTC) + timedelta(minutes=REQUESTS)).timestamp())
     store = bootstrap.feature_store()
     wait_until(
-        lambda: len(store.read(CARD, "fraud_Workers Inc", t).card_events) >= REQUESTS, what="the stream"
+        lambda: store.read(CARD, "fraud_Workers Inc", t).card(t).count[-1] >= REQUESTS, what="the stream"
     )
-    assert len(store.read(CARD, "fraud_Workers Inc", t).card_events) == REQUESTS
+    assert store.read(CARD, "fraud_Workers Inc", t).card(t).count[-1] == REQUESTS
 
 
 def test_down_stops_every_worker(tmp_path_factory: pytest.TempPathFactory) -> None:

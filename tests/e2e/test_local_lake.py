@@ -1,6 +1,9 @@
 """The local stack's event lake: events published to the local broker are archived by the real
-updater into the local S3, and the lake is still there after the stack went down and came up."""
+archiver (its own process, its own consumer group) into the local S3, every event once across the
+archiver's redelivery, and the lake is still there after the stack went down and came up."""
 
+import io
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,18 +13,26 @@ import pytest
 
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
+from handlers.settings import settings
 from local_stack import s3_snapshot
-from local_stack.services import free_port, start_moto
-from local_stack.stack import LAKE_BUCKET, LocalStack, StackConfig
+from local_stack.services import ServiceError, free_port, start_moto
+from local_stack.stack import (
+    ARCHIVER_GROUP,
+    LABELS_TOPIC,
+    LAKE_BUCKET,
+    TRANSACTIONS_TOPIC,
+    LocalStack,
+    StackConfig,
+)
 from training.data.lake import LakeData, read_lake
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _transaction(i: int) -> TransactionEvent:
+def _transaction(i: int, card: str = "4111111111111111") -> TransactionEvent:
     return TransactionEvent(
         trans_num=f"lake-{i}",
-        cc_num="4111111111111111",
+        cc_num=card,
         merchant="fraud_Kirlin and Sons",
         category="grocery_pos",
         amt=10.0 + i,
@@ -60,13 +71,13 @@ def test_the_lake_lives_in_the_local_s3_and_survives_a_restart(stack_config: Sta
         label_time=datetime(2020, 6, 29, tzinfo=UTC),
     )
 
-    # given a running local stack whose updater archives to the local S3
+    # given a running local stack whose archiver writes the lake to the local S3
     stack = LocalStack(stack_config).up()
     try:
         assert stack_config.lake_uri.startswith(f"s3://{LAKE_BUCKET}/")
         # when transactions and a label go through the local broker
         bootstrap.kafka_publisher(stack_config.kafka).publish([*events, label])
-        # then the updater archived them to the lake in the local S3
+        # then the archiver wrote them to the lake in the local S3
         before = _wait_for_lake(stack_config.lake_uri, 5, 1)
     finally:
         stack.down()
@@ -80,6 +91,104 @@ def test_the_lake_lives_in_the_local_s3_and_survives_a_restart(stack_config: Sta
         assert after.transactions.equals(before.transactions)
         assert after.labels.equals(before.labels)
         assert after.transactions.loc[after.transactions["trans_num"] == "lake-0", "is_fraud"].tolist() == [1]
+    finally:
+        stack.down()
+
+
+def _lake_rows(stack: LocalStack) -> int:
+    """Rows in the lake's objects, duplicates included (what the reader deduplicates)."""
+    import boto3
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=stack.endpoints()["s3"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=LAKE_BUCKET, Prefix="archive/events/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return sum(
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=LAKE_BUCKET, Key=key)["Body"].read())).num_rows
+        for key in keys
+    )
+
+
+def _rewind(bootstrap_servers: str, group: str, to: int) -> None:
+    """The group's committed offsets moved back to ``to`` on every partition: what a crash between
+    the archive's write and the offsets' commit leaves."""
+    from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (TRANSACTIONS_TOPIC, LABELS_TOPIC)
+            for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(partitions)
+        ends = consumer.end_offsets(partitions)
+        consumer.commit({tp: OffsetAndMetadata(min(to, ends[tp]), "", -1) for tp in partitions})
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_across_redelivery(
+    stack_config: StackConfig,
+) -> None:
+    cards = ["4111111111111111", "4000000000000002", "4000000000000010", "4000000000000028"]
+    first = [_transaction(i, cards[i % 4]) for i in range(12)]
+    second = [_transaction(i, cards[i % 4]) for i in range(12, 20)]
+    labels = [
+        LabelEvent(
+            trans_num=tx.trans_num,
+            merchant=tx.merchant,
+            transaction_time=tx.transaction_time,
+            label_time=datetime(2020, 6, 29, i, tzinfo=UTC),
+        )
+        for i, tx in enumerate(first[:3])
+    ]
+    # given a running local stack: the updater in this process without LAKE_URI, the archiver in a
+    # process of its own
+    stack = LocalStack(stack_config).up()
+    try:
+        assert "LAKE_URI" not in os.environ
+        assert stack.archiver is not None
+        assert stack.archiver.process is not None
+        publisher = bootstrap.kafka_publisher(stack_config.kafka)
+        publisher.publish([*first, *labels])
+        _wait_for_lake(stack_config.lake_uri, 12, 3)
+
+        # when the archiver goes down after writing its batches but before committing them (its
+        # offsets back at 3 on every partition: the records from there are delivered again, cut
+        # into other batches), more events arrive meanwhile, and it comes back
+        stack.archiver.stop()
+        _rewind(stack_config.kafka, ARCHIVER_GROUP, to=3)
+        publisher.publish(second)
+        stack.archiver.start()
+        data = _wait_for_lake(stack_config.lake_uri, 20, 3)
+        publisher.close()
+
+        # then the objects hold some events twice, and the lake reads every event exactly once
+        assert _lake_rows(stack) > 23
+        assert sorted(data.transactions["trans_num"]) == sorted(tx.trans_num for tx in [*first, *second])
+        assert sorted(data.labels["trans_num"]) == ["lake-0", "lake-1", "lake-2"]
+        hashed = bootstrap.card_hasher(settings())
+        by_id = data.transactions.set_index("trans_num")
+        assert all(by_id.loc[tx.trans_num, "cc_num"] == hashed(tx.cc_num) for tx in [*first, *second])
+        assert by_id.loc[["lake-0", "lake-1", "lake-2", "lake-3"], "is_fraud"].tolist() == [1, 1, 1, 0]
+        # and the updater, a consumer of its own, applied each event once (the rewind was not its)
+        store = bootstrap.feature_store()
+        t = int(datetime(2020, 6, 22, tzinfo=UTC).timestamp())
+
+        def applied() -> list[int]:
+            return [store.read(card, "fraud_Kirlin and Sons", t).card(t).count[-1] for card in cards]
+
+        deadline = time.monotonic() + 30
+        while sum(applied()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert applied() == [5, 5, 5, 5]
+
+        # and an archiver that dies is reported like any other part of the stack
+        stack.archiver.process.kill()
+        stack.archiver.process.wait(10)
+        with pytest.raises(ServiceError, match="fraudsys-archiver"):
+            stack.check()
     finally:
         stack.down()
 

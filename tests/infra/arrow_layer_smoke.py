@@ -1,4 +1,4 @@
-"""Run with the updater's two layers only: ``python -I -S arrow_layer_smoke.py <xgboost>/python
+"""Run with the archiver's two layers only: ``python -I -S arrow_layer_smoke.py <xgboost>/python
 <arrow>/python <lambdas>``.
 
 ``-I -S``: no PYTHONPATH, no user or venv site-packages, so the only third-party code importable is

@@ -34,6 +34,7 @@ MSK_CONFIG = stage_config(
     stream_kind="msk",
     scorer={"reserved_concurrency": 50, "provisioned_concurrency": 5, "usage_plan_quota_per_day": 1000},
     updater={"batch_size": 250, "max_batching_window_seconds": 2, "min_pollers": 2, "max_pollers": 4},
+    archiver={"batch_size": 2000, "max_batching_window_seconds": 20, "max_pollers": 3},
     msk={"broker_count": 2, "partitions": 6},
     redis={"num_shards": 3, "replicas_per_shard": 2},
     alarms={"email": "oncall@example.com"},

@@ -10,8 +10,9 @@ For each stage of cdk.json (synthesized offline, bundling skipped), in moto:
 2. the scorer, with its function's environment: ``GET /health``, ``POST /predict`` (loads the
    champion the training job published, publishes to the stream), ``POST /labels``;
 3. the updater, with its function's environment: the records the scorer published plus a poison
-   record (dead letter), archived to the lake;
-4. the event source mapping's poller and the Kafka producer, which are not our code: the calls AWS
+   record (dead letter);
+4. the archiver, with its function's environment (no Redis): the same records, archived to the lake;
+5. the event source mappings' pollers and the Kafka producer, which are not our code: the calls AWS
    documents for them, checked against the same roles.
 
 Every botocore call is recorded (``before-call`` on every client), every MLflow REST request is
@@ -213,6 +214,8 @@ def checked(
                 published = _published(stage)  # the test reads the stream: no component's call
                 with recorder.component("updater"):
                     _run_updater(stage, redis_service, published)
+                with recorder.component("archiver"):
+                    _run_archiver(stage, published)
             mlflow.stop()
             roles = _roles(stage)
             declared = _declared_permissions(stage, mlflow_arn)
@@ -383,11 +386,26 @@ def _run_updater(stage: Stage, redis_service: Service, published: list[bytes]) -
     assert result == {"batchItemFailures": []}, result
 
 
+def _run_archiver(stage: Stage, published: list[bytes]) -> None:
+    from handlers import archive_events, bootstrap
+
+    stack, function = _function(stage, "handlers.archive_events.handler")
+    env = _environment(stage, stack, function["Properties"]["Environment"]["Variables"])
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "REDIS_AUTH_SECRET_ARN", "DEAD_LETTER_URI"):
+        os.environ.pop(name, None)  # the updater's: the archiver has none of them
+    os.environ.update(env)
+    bootstrap.reset()
+    event = kinesis_event([*published, b"not json: a poison record"])
+    result = archive_events.handler(event, FakeContext())
+    assert result == {"batchItemFailures": []}, result
+
+
 def _roles(stage: Stage) -> dict[str, RolePolicy]:
     roles = {}
     for part, handler in (
         ("scorer", "handlers.predict.handler"),
         ("updater", "handlers.update_features.handler"),
+        ("archiver", "handlers.archive_events.handler"),
     ):
         stack, function = _function(stage, handler)
         roles[part] = _role_of(stage, stack, function["Properties"]["Role"])
@@ -398,9 +416,11 @@ def _roles(stage: Stage) -> dict[str, RolePolicy]:
 
 def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Permission]]:
     """What AWS does with our roles on our behalf (not our code, so not recorded): the event source
-    mapping's poller with the updater's role, and the MSK IAM producer of the scorer."""
+    mappings' pollers with the updater's and the archiver's roles, and the MSK IAM producer of the
+    scorer."""
     r = stage.resolver
-    declared: dict[str, list[Permission]] = {"scorer": [], "updater": [], "training": []}
+    consumers = ("updater", "archiver")
+    declared: dict[str, list[Permission]] = {"scorer": [], "training": [], **{c: [] for c in consumers}}
     # the scheduled retraining (TRAINING_SOURCE=lake) reads the lake with pyarrow's own S3 client,
     # which botocore hooks do not see: its requests, as S3 authorizes them
     lake = _environment_of_task(stage)["LAKE_URI"].removeprefix("s3://")
@@ -422,39 +442,48 @@ def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Perm
         Permission("s3:GetObject", f"arn:{PARTITION}:s3:::{lake_bucket}/{part}", why="lake read (pyarrow)"),
         Permission("kms:Decrypt", lake_key, why="lake read (pyarrow), SSE-KMS"),
     ]
-    [(_, queue_lid, _)] = [q for q in stage.of_type("AWS::SQS::Queue")]
-    queue = next(v["Arn"] for (_, lid), v in r.physical.items() if lid == queue_lid)
-    declared["updater"].append(Permission("sqs:SendMessage", queue, why="on-failure destination"))
+    queues = [lid for _, lid, _ in stage.of_type("AWS::SQS::Queue")]
+    for consumer in consumers:  # each mapping's on-failure destination: its function's own queue
+        [queue_lid] = [lid for lid in queues if lid.startswith(consumer.capitalize())]
+        queue = next(v["Arn"] for (_, lid), v in r.physical.items() if lid == queue_lid)
+        declared[consumer].append(Permission("sqs:SendMessage", queue, why="on-failure destination"))
     for stack, lid, res in stage.of_type("AWS::Kinesis::Stream"):
         stream = r.physical[(stack.name, lid)]["Arn"]
         key = str(r.resolve(res["Properties"]["StreamEncryption"]["KeyId"], stack.name))
-        for action in (
-            "GetRecords",
-            "GetShardIterator",
-            "DescribeStream",
-            "DescribeStreamSummary",
-            "ListShards",
-        ):
-            declared["updater"].append(Permission(f"kinesis:{action}", stream, why="Kinesis poller"))
-        declared["updater"].append(Permission("kms:Decrypt", key, why="Kinesis poller, encrypted stream"))
+        for consumer in consumers:
+            for action in (
+                "GetRecords",
+                "GetShardIterator",
+                "DescribeStream",
+                "DescribeStreamSummary",
+                "ListShards",
+            ):
+                declared[consumer].append(Permission(f"kinesis:{action}", stream, why="Kinesis poller"))
+            declared[consumer].append(Permission("kms:Decrypt", key, why="Kinesis poller, encrypted stream"))
     for stack, lid, _ in stage.of_type("AWS::MSK::Cluster"):
         cluster = r.physical[(stack.name, lid)]["Arn"]
         _, name, uuid = cluster.rsplit(":", 1)[1].split("/")
         base = f"arn:{PARTITION}:kafka:{REGION}:{ACCOUNT}"
         topics = [t["Properties"]["TopicName"] for _, _, t in stage.of_type("AWS::MSK::Topic")]
         assert topics, "an MSK stage declares its topics"
-        for action in ("Connect", "DescribeClusterDynamicConfiguration"):
-            declared["updater"].append(Permission(f"kafka-cluster:{action}", cluster, why="MSK poller"))
-        declared["updater"].append(Permission("kafka:DescribeClusterV2", cluster, why="MSK poller"))
-        declared["updater"].append(Permission("kafka:GetBootstrapBrokers", cluster, why="MSK poller"))
+        for consumer in consumers:
+            for action in ("Connect", "DescribeClusterDynamicConfiguration"):
+                declared[consumer].append(Permission(f"kafka-cluster:{action}", cluster, why="MSK poller"))
+            declared[consumer].append(Permission("kafka:DescribeClusterV2", cluster, why="MSK poller"))
+            declared[consumer].append(Permission("kafka:GetBootstrapBrokers", cluster, why="MSK poller"))
         declared["scorer"].append(Permission("kafka-cluster:Connect", cluster, why="MSK IAM producer"))
         for topic in topics:
             topic_arn = f"{base}:topic/{name}/{uuid}/{topic}"
-            group = f"{base}:group/{name}/{uuid}/fraudsys-{stage.name}-updater-{topic.replace('.', '-')}"
-            for action in ("DescribeTopic", "ReadData"):
-                declared["updater"].append(Permission(f"kafka-cluster:{action}", topic_arn, why="MSK poller"))
-            for action in ("DescribeGroup", "AlterGroup"):
-                declared["updater"].append(Permission(f"kafka-cluster:{action}", group, why="MSK poller"))
+            for consumer in consumers:  # each consumer's own group per topic
+                group = (
+                    f"{base}:group/{name}/{uuid}/fraudsys-{stage.name}-{consumer}-{topic.replace('.', '-')}"
+                )
+                for action in ("DescribeTopic", "ReadData"):
+                    declared[consumer].append(
+                        Permission(f"kafka-cluster:{action}", topic_arn, why="MSK poller")
+                    )
+                for action in ("DescribeGroup", "AlterGroup"):
+                    declared[consumer].append(Permission(f"kafka-cluster:{action}", group, why="MSK poller"))
             for action in ("WriteData", "DescribeTopic"):
                 declared["scorer"].append(
                     Permission(f"kafka-cluster:{action}", topic_arn, why="MSK IAM producer")
@@ -489,7 +518,7 @@ def _denied(checked: Checked, component: str) -> list[str]:
     return sorted(set(denied))
 
 
-@pytest.mark.parametrize("component", ["training", "scorer", "updater"])
+@pytest.mark.parametrize("component", ["training", "scorer", "updater", "archiver"])
 def test_every_call_is_allowed_by_the_role_of_its_component(checked: Checked, component: str) -> None:
     assert _denied(checked, component) == []
 
@@ -518,9 +547,17 @@ def test_the_recording_saw_the_real_paths(checked: Checked) -> None:
         ("training", "s3", "ListObjectsV2"),  # the raw data prefix
         ("scorer", "s3", "GetObject"),  # champion pointer, manifest, model
         ("scorer", "secretsmanager", "GetSecretValue"),
-        ("updater", "s3", "PutObject"),  # lake and dead letters
+        ("updater", "s3", "PutObject"),  # dead letters
         ("updater", "secretsmanager", "GetSecretValue"),
+        ("archiver", "s3", "PutObject"),  # the lake
+        ("archiver", "secretsmanager", "GetSecretValue"),  # the card hash key
     } <= seen, sorted(seen)
+    # the updater no longer writes the lake; the archiver writes nothing else and opens no Redis
+    puts = {(c.origin, str(c.param("Bucket"))) for c in checked.calls if c.operation == "PutObject"}
+    assert {bucket for origin, bucket in puts if origin == "archiver"} == {
+        b for b in checked.bucket_keys if "-lake-" in b
+    }
+    assert not any("-lake-" in bucket for origin, bucket in puts if origin == "updater")
     if checked.stage.name == "dev":
         assert ("scorer", "kinesis", "PutRecord") in seen or ("scorer", "kinesis", "PutRecords") in seen
 
@@ -528,6 +565,13 @@ def test_the_recording_saw_the_real_paths(checked: Checked) -> None:
 def test_the_evaluator_refuses_what_a_role_does_not_grant(checked: Checked) -> None:
     """The evaluator is not vacuous: the roles' own statements deny what they should."""
     training, scorer = checked.roles["training"], checked.roles["scorer"]
+    updater, archiver = checked.roles["updater"], checked.roles["archiver"]
+    lake = next(b for b in checked.bucket_keys if "-lake-" in b)
+    part = f"arn:aws:s3:::{lake}/archive/events/kind=transaction/dt=2026-01-01/part-0.parquet"
+    assert archiver.allows("s3:PutObject", part)
+    assert not archiver.allows("s3:GetObject", part)
+    assert not archiver.allows("s3:PutObject", f"arn:aws:s3:::{lake}/other/x")
+    assert not updater.allows("s3:PutObject", part)
     models = next(b for b in checked.bucket_keys if "-models-" in b)
     assert scorer.allows("s3:GetObject", f"arn:aws:s3:::{models}/registry/fraudsys/champion.json")
     assert not scorer.allows("s3:PutObject", f"arn:aws:s3:::{models}/registry/fraudsys/champion.json")

@@ -161,7 +161,7 @@ def test_layer_builds_from_scratch_and_scores_in_isolation(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_arrow_layer_with_the_xgboost_layer_writes_the_lake_in_isolation(tmp_path: Path) -> None:
-    # given the updater's two layers, built from scratch
+    # given the archiver's two layers, built from scratch
     xgboost = build.build_layer("x86_64", tmp_path / "xgboost", force=True)
     arrow = build.build_layer("x86_64", tmp_path / "arrow", force=True, kind="arrow")
 

@@ -1,8 +1,10 @@
-"""Serving stack: the two Lambdas, the layer, event source mappings for both stream kinds, the API."""
+"""Serving stack: the three Lambdas (scorer, updater, archiver), the layers, event source mappings
+for both stream kinds, the API."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -46,6 +48,17 @@ UPDATER_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
 }
+ARCHIVER_ENV = {
+    "CARD_HASH_KEY_SECRET_ARN",
+    "TRANSACTIONS_TOPIC",
+    "LABELS_TOPIC",
+    "MAX_CLOCK_SKEW_SECONDS",
+    "LAKE_URI",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+HANDLERS = ("handlers.predict.handler", "handlers.update_features.handler", "handlers.archive_events.handler")
 
 
 def _function(template: Template, handler: str) -> dict[str, Any]:
@@ -55,7 +68,7 @@ def _function(template: Template, handler: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("kind", "arch"), [("msk", "x86_64"), ("kinesis", "arm64")])
-def test_both_functions_python313_in_vpc_traced_with_layer(
+def test_every_function_python313_in_vpc_traced_with_layer(
     stages: dict[str, Synthesized], kind: str, arch: str
 ) -> None:
     serving = stages[kind].template("serving")
@@ -64,7 +77,7 @@ def test_both_functions_python313_in_vpc_traced_with_layer(
         "AWS::Lambda::LayerVersion",
         {"CompatibleRuntimes": ["python3.13"], "CompatibleArchitectures": [arch]},
     )
-    for handler in ("handlers.predict.handler", "handlers.update_features.handler"):
+    for handler in HANDLERS:
         serving.has_resource_properties(
             "AWS::Lambda::Function",
             {
@@ -126,28 +139,65 @@ def test_updater_environment(msk: Synthesized, kinesis: Synthesized) -> None:
         assert set(env) >= UPDATER_ENV
         assert env["REDIS_TIMEOUT_MS"] == "1000"
         assert "/updater" in str(env["DEAD_LETTER_URI"])
+        assert "LAKE_URI" not in env  # the archiver writes the lake
+
+
+def test_archiver_environment_has_the_lake_and_no_redis(msk: Synthesized, kinesis: Synthesized) -> None:
+    for synthesized in (msk, kinesis):
+        env = _function(synthesized.template("serving"), "handlers.archive_events.handler")["Environment"][
+            "Variables"
+        ]
+        assert set(env) == ARCHIVER_ENV
         assert "-lake-" in str(env["LAKE_URI"])
         assert "/archive" in str(env["LAKE_URI"])
+        assert env["MAX_CLOCK_SKEW_SECONDS"] == "300"  # the updater's time guard
+        assert env["LABELS_TOPIC"] == "fraudsys.labels"
 
 
-def test_updater_may_only_put_objects_under_the_lake_prefix(msk: Synthesized) -> None:
-    policies = msk.template("serving").find_resources("AWS::IAM::Policy")
-    lake_statements = [
+def _role_statements(template: Template, handler: str) -> list[dict[str, Any]]:
+    """The statements of the policies attached to the role of ``handler``'s function."""
+    role = _function(template, handler)["Role"]["Fn::GetAtt"][0]
+    return [
         statement
-        for policy in policies.values()
+        for policy in template.find_resources("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-        if "-lake-" in str(statement["Resource"]) and "update" in str(policy).lower()
     ]
-    assert lake_statements
-    for statement in lake_statements:
+
+
+@pytest.mark.parametrize("kind", ["msk", "kinesis"])
+def test_only_the_archiver_may_put_objects_and_only_under_the_lake_prefix(
+    stages: dict[str, Synthesized], kind: str
+) -> None:
+    serving = stages[kind].template("serving")
+    archiver = _role_statements(serving, "handlers.archive_events.handler")
+    lake = [s for s in archiver if "-lake-" in str(s["Resource"])]
+    assert lake
+    for statement in lake:
         assert statement["Action"] == "s3:PutObject"
         assert str(statement["Resource"]).count("/archive/*") == 1
+    # no other bucket, no Redis AUTH token: the card hash key is its one secret
+    assert [s for s in archiver if str(s["Action"]).startswith("s3:") and s not in lake] == []
+    [secrets] = [
+        s
+        for s in archiver
+        if s["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+    ]
+    assert "CardHashKey" in json.dumps(secrets["Resource"])
+    assert "AuthToken" not in json.dumps(secrets["Resource"])
+    # and the updater lost its lake permission
+    for handler in ("handlers.update_features.handler", "handlers.predict.handler"):
+        assert [s for s in _role_statements(serving, handler) if "-lake-" in str(s["Resource"])] == []
 
 
-def test_msk_event_source_mappings_one_per_topic_with_error_handling(msk: Synthesized) -> None:
+def _mapped_function(mapping: Mapping[str, Any]) -> str:
+    return str(mapping["Properties"]["FunctionName"]["Ref"])
+
+
+def test_msk_event_source_mappings_one_per_topic_and_consumer_with_error_handling(msk: Synthesized) -> None:
     serving = msk.template("serving")
 
-    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 4)
     for topic in ("fraudsys.transactions", "fraudsys.labels"):
         serving.has_resource_properties(
             "AWS::Lambda::EventSourceMapping",
@@ -166,13 +216,60 @@ def test_msk_event_source_mappings_one_per_topic_with_error_handling(msk: Synthe
                 "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
             },
         )
+        # the archiver: a consumer group of its own on the same topic, its own batching
+        serving.has_resource_properties(
+            "AWS::Lambda::EventSourceMapping",
+            {
+                "Topics": [topic],
+                "BatchSize": 2000,
+                "MaximumBatchingWindowInSeconds": 20,
+                "BisectBatchOnFunctionError": True,
+                "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 3},
+                "AmazonManagedKafkaEventSourceConfig": {
+                    "ConsumerGroupId": f"fraudsys-tmsk-archiver-{topic.replace('.', '-')}"
+                },
+                "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+            },
+        )
+    serving.resource_count_is("AWS::SQS::Queue", 2)  # each consumer's failed batches
     serving.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
+    mappings = serving.find_resources("AWS::Lambda::EventSourceMapping").values()
+    destinations = {_mapped_function(m): json.dumps(m["Properties"]["DestinationConfig"]) for m in mappings}
+    assert len(destinations) == 2  # two functions, each with its own queue
+    assert len(set(destinations.values())) == 2
+    # each role may join only its own consumer groups
+    for handler, consumer in (
+        ("handlers.update_features.handler", "updater"),
+        ("handlers.archive_events.handler", "archiver"),
+    ):
+        [groups] = [
+            s
+            for s in _role_statements(serving, handler)
+            if s["Action"] == ["kafka-cluster:AlterGroup", "kafka-cluster:DescribeGroup"]
+        ]
+        rendered = json.dumps(groups["Resource"])
+        assert rendered.count(f"/fraudsys-tmsk-{consumer}-") == 2, rendered
+        assert rendered.count("/fraudsys-tmsk-") == 2, rendered
 
 
-def test_kinesis_event_source_mapping_with_error_handling(kinesis: Synthesized) -> None:
+def test_kinesis_event_source_mappings_one_per_consumer_with_error_handling(kinesis: Synthesized) -> None:
     serving = kinesis.template("serving")
 
-    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
+    mappings = list(serving.find_resources("AWS::Lambda::EventSourceMapping").values())
+    assert len({_mapped_function(m) for m in mappings}) == 2
+    assert len({json.dumps(m["Properties"]["EventSourceArn"]) for m in mappings}) == 1  # the same stream
+    serving.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "BatchSize": 1000,  # the archiver's defaults
+            "MaximumBatchingWindowInSeconds": 10,
+            "BisectBatchOnFunctionError": True,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+        },
+    )
     serving.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
         {
@@ -378,12 +475,14 @@ def test_labels_api_model_agrees_with_the_pydantic_requests() -> None:
     assert set(items.items.required or []) == set(one["required"])  # type: ignore[union-attr]
 
 
-def test_only_the_updater_carries_the_arrow_layer(msk: Synthesized) -> None:
+def test_only_the_archiver_carries_the_arrow_layer(msk: Synthesized) -> None:
     serving = msk.template("serving")
     scorer = _function(serving, "handlers.predict.handler")
     updater = _function(serving, "handlers.update_features.handler")
+    archiver = _function(serving, "handlers.archive_events.handler")
     assert len(scorer["Layers"]) == 1
-    assert len(updater["Layers"]) == 2
+    assert len(updater["Layers"]) == 1
+    assert len(archiver["Layers"]) == 2
     layers = serving.find_resources("AWS::Lambda::LayerVersion")
     assert sorted(str(layer["Properties"]["Description"]).split(" (")[0] for layer in layers.values()) == [
         "FraudSys arrow layer for the event lake",

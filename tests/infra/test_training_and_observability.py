@@ -142,6 +142,8 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
         "lambda-throttles",
         "updater-errors",
         "updater-lag",
+        "archiver-errors",
+        "archiver-lag",
         "dead-letters",
         "late-or-refused-events",
         "fraud-rate-spike",
@@ -173,8 +175,12 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
     assert "Predictions" in rendered
     dead = next(a for a in alarms.values() if str(a["Properties"]["AlarmName"]).endswith("dead-letters"))
     rendered = json.dumps(dead["Properties"]["Metrics"])
-    assert "ApproximateNumberOfMessagesVisible" in rendered
+    assert rendered.count("ApproximateNumberOfMessagesVisible") == 2  # the updater's and the archiver's
+    assert "UpdaterFailedBatches" in rendered
+    assert "ArchiverFailedBatches" in rendered
     assert "DeadLetters" in rendered
+    lags = [a for a in alarms.values() if str(a["Properties"]["AlarmName"]).endswith("-lag")]
+    assert sorted(json.dumps(a["Properties"]["Dimensions"]).count("Archiver") for a in lags) == [0, 1]
     late = next(
         a for a in alarms.values() if str(a["Properties"]["AlarmName"]).endswith("late-or-refused-events")
     )
@@ -186,6 +192,7 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
     assert "LabelsAccepted" in body
     assert "LabelsUnknown" in body
+    assert "ArchivedEvents" in body
 
 
 def test_kinesis_stage_alarms_on_iterator_age(kinesis: Synthesized) -> None:

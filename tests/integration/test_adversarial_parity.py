@@ -453,3 +453,46 @@ def test_a_busy_card_at_many_merchants_matches_offline_before_and_after_its_tile
     assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
     card = bootstrap.feature_store().card_keys(bootstrap.feature_store().hasher("4000000000000001"))
     assert bootstrap.feature_store().client.exists(card[2]) == 1  # the card has tiles
+
+
+def test_a_busy_merchant_with_many_labels_matches_offline(harness: Harness) -> None:
+    # given one merchant with 3,000 transactions of 300 cards in 45 days (and a quiet second
+    # merchant), labels for a quarter of them with every arrival pattern (on time, late, early,
+    # reversed and back, same-second pairs, corrections alone, other merchant, unknown
+    # transactions, redeliveries), and its offline rows
+    df = synthetic_stream(n=3000, n_cards=300, n_merchants=1, days=45, seed=23)
+    quiet = df.sample(frac=0.03, random_state=1).index
+    df.loc[quiet, "merchant"] = "fraud_Quiet Corner"
+    rng = np.random.default_rng(5)
+    labels = _label_stream(df, rng)
+    label_frame = pd.DataFrame(
+        [(e.trans_num, e.merchant, e.event_time, e.arrival_time, e.is_fraud) for e in labels],
+        columns=list(LABEL_EVENT_COLUMNS),
+    )
+    offline = build_features(df, DELAY, labels=label_frame).set_index("trans_num")
+    events = [
+        (int(r["event_time"]), TX_TOPIC, transaction_event(r).model_dump_json().encode())
+        for r in df.to_dict("records")
+    ]
+    events += [(e.arrival_time, LABEL_TOPIC, e.model_dump_json().encode()) for e in labels]
+    events.sort(key=lambda e: e[0])
+
+    # when every event before t reaches the real updater (shuffled batches) and every fifth
+    # transaction is scored at its time
+    applied, mismatches = 0, []
+    for i, t in enumerate(sorted(set(df["event_time"].tolist()))):
+        end = applied
+        while end < len(events) and events[end][0] < t:
+            end += 1
+        batch = [(topic, value) for _, topic, value in events[applied:end]]
+        applied = end
+        if batch:
+            order = rng.permutation(len(batch))
+            assert harness.send([batch[j] for j in order]) == {"batchItemFailures": []}
+        if i % 5 == 0:
+            mismatches += compare(harness, df[df["event_time"] == t].to_dict("records"), offline)
+
+    # then every feature matches, and the merchant's windows were busy with frauds
+    assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
+    assert offline["merch_cnt_7d"].max() >= 400
+    assert offline["merch_fraud_cnt_30d"].max() >= 50
