@@ -135,16 +135,14 @@ def backfill(
     n_indexed = tx.num_rows if index is not None else 0
     total = 2 * rows.num_rows + n_indexed + len(lab)
 
-    writer = BulkWriter(
+    with BulkWriter(
         store,
         index,
         chunk=batch,
         on_progress=None if on_progress is None else lambda done: on_progress(done, total),
-    )
-    try:
+    ) as writer:
         writer.transactions(rows, indexed=np.arange(rows.num_rows) < tx.num_rows)
-    finally:
-        counts = writer.close()
+    counts = writer.counts
     applied, duplicates, late = counts.applied, counts.duplicates, counts.late
     done = writer.progress()
     for label_chunk in batched(label_events(lab), 5000, strict=False):

@@ -308,8 +308,9 @@ class _OkPipe(_Pipe):
 
 
 class BulkWriter:
-    """Writes transactions (``transactions``) to the store and the index in bulk; ``close``
-    waits for every reply. Not thread-safe: one caller."""
+    """Writes transactions (``transactions``) to the store and the index in bulk; ``close`` (or
+    leaving its ``with`` block) waits for every reply. A reply that is an error is raised by the
+    next ``transactions`` or by ``close``. Not thread-safe: one caller."""
 
     def __init__(
         self,
@@ -488,8 +489,12 @@ class BulkWriter:
             data, offsets = _resp_rows(key, bulk_value_parts(part), head=head, tail=tail)
             by_node: dict[_Pipe, list[int]] = defaultdict(list)
             if self._cluster:
+                pipes: dict[int, _Pipe] = {}  # by hash slot
                 for i, tn in enumerate(trans_num.to_pylist()):
-                    by_node[self._pipe(f"{{x:{tn}}}".encode(), index=True)].append(i)
+                    tag = f"{{x:{tn}}}".encode()
+                    slot = key_slot(tag)
+                    pipe = pipes.get(slot) or pipes.setdefault(slot, self._pipe(tag, index=True))
+                    by_node[pipe].append(i)
             else:
                 by_node[self._pipe(b"", index=True)] = list(range(part.num_rows))
             for pipe, rows in by_node.items():
@@ -556,6 +561,16 @@ class BulkWriter:
 
         self._pipe(keys.first).submit(head + data[offsets[first] : offsets[last]], 1, done)
         self._report()
+
+    def __enter__(self) -> "BulkWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is None:
+            self.close()
+        else:  # the error that stopped the caller is the one to see
+            with contextlib.suppress(Exception):
+                self.close()
 
     def close(self) -> BulkCounts:
         """Wait for every reply; raises the first error."""

@@ -295,6 +295,7 @@ for g = 1, #KEYS, 3 do
       for j = 1, #page, 2 do
         local m, t = page[j], tonumber(page[j + 1])
         if pt ~= nil and t < pt then done = true break end
+        if #m < 57 then error(redis.error_reply('FSCORRUPT malformed card member in ' .. events)) end
         local day = struct.unpack('<i8', m, #m - 7)
         if day ~= NO_DOB then
           local trans_num = string.sub(m, 1, #m - 57)

@@ -415,6 +415,17 @@ def test_the_bulk_writer_writes_any_date_of_birth_as_the_apply_path(
     assert redis_client.hget(store.card_keys(HASHER(CARDS[0]))[1], "dob") == dob.encode()
 
 
+def test_the_bulk_writer_reports_a_card_set_it_cannot_read(any_redis: AnyRedis) -> None:
+    # given a card set holding a member no layout wrote
+    store = new_store(any_redis, spec.DEFAULT_LABEL_DELAY)
+    row = _row("T1", BASE_T)
+    any_redis.zadd(store.card_keys(HASHER(row.card))[0], {b"too short for layout 4": BASE_T + DAY})
+
+    # when the bulk writer writes the card's transactions, then it says which key it cannot read
+    with pytest.raises(CorruptStateError, match="malformed card member"), BulkWriter(store) as writer:
+        writer.transactions(bulk_table([row.transaction()]))
+
+
 def mismatches(online: np.ndarray[Any, Any], offline: np.ndarray[Any, Any], row: Row) -> list[str]:
     return [
         f"{row.trans_num} {name}: online {got!r} offline {want!r}"
