@@ -53,6 +53,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=1024, help="events per MULTI/EXEC")
     p.add_argument("--repeat", type=int, default=3, help="timed runs into an empty store")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     report = Report("Backfill throughput (per process)", command=command_line("bench.backfill", argv))
     one, five, fifteen = os.getloadavg()
     report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
@@ -77,8 +79,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         client.config_set("slowlog-log-slower-than", str(SLOW_US))
         store = RedisFeatureStore(client, HASHER, label_delay=delay)
         index = TransactionIndex(client, label_delay=delay)
-        rates, seconds, python_us, redis_us = [], [], [], []
-        stats = None
+        rates, seconds, python_us, redis_us, runs = [], [], [], [], []
         client.config_resetstat()
         for _ in range(args.repeat):
             client.flushall()
@@ -90,7 +91,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             redis_us.append((_redis_cpu(client) - redis_before) / n_events * 1e6)
             rates.append(n_events / stats.seconds)
             seconds.append(stats.seconds)
-        assert stats is not None  # --repeat >= 1
+            runs.append(stats)
+        stats = runs[-1]
         slowest = max((int(entry["duration"]) for entry in client.slowlog_get(10_000)), default=0)
         execs = client.info("commandstats").get("cmdstat_exec", {})
         memory = int(client.info("memory")["used_memory"])

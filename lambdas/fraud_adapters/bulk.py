@@ -397,7 +397,7 @@ class BulkWriter:
         work = [self._cards(columns), self._merchants(columns)]
         if self.index is not None:
             rows = np.arange(table.num_rows) if indexed is None else np.flatnonzero(indexed)
-            work.append(self._index(columns.table.take(pa.array(rows))))
+            work.append(self._index(self.index, columns.table.take(pa.array(rows))))
         while work:  # a slab of each in turn: Redis gets every kind of work from the start
             for slabs in list(work):
                 if not next(slabs, False):
@@ -478,9 +478,7 @@ class BulkWriter:
             pieces.sort(key=lambda piece: piece[0].slot)  # stable: a key's pieces stay in order
         return pieces
 
-    def _index(self, table: pa.Table) -> Iterator[bool]:
-        index = self.index
-        assert index is not None  # checked by the caller
+    def _index(self, index: TransactionIndex, table: pa.Table) -> Iterator[bool]:
         head, tail = b"*5\r\n" + _bulk(b"SET"), _bulk(b"EX") + _bulk(str(index.ttl).encode())
         for start in range(0, table.num_rows, SLAB):
             part = table.slice(start, SLAB)
