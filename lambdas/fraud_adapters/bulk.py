@@ -5,7 +5,7 @@ events, script arguments packed one by one) and ~4 us of Redis per event (one ``
 event inside the scripts). This writer builds the same state from Arrow columns:
 
 - members, keys and the commands' RESP bytes are built column-wise (pyarrow, numpy) with the
-  store's own encodings (``card_member_tails``, ``merchant_hash_codes``, ``tx_index.bulk_values``);
+  store's own encodings (``card_member_tails``, ``merchant_hash_codes``, ``tx_index.bulk_value_parts``);
   Python touches each card and merchant, not each event;
 - a card's members go in with one native ``ZADD``, then the store's ``apply_card`` script in bulk
   mode (``-1`` events) derives the rest from the set (profile, older profile, trim, tiles, TTLs),
