@@ -89,6 +89,8 @@ class ServerOptions:
     env: tuple[str, ...] = ()  # extra KEY=VALUE environment of the API process
     api_workers: int = 1  # StackConfig.api_workers: scorer processes behind the API port
     publish_mode: str = "sync"  # StackConfig.publish_mode: the scorer waits for Kafka, or not
+    deadline_ms: float = 250.0  # StackConfig.request_deadline_ms: the API's deadline per request
+    max_queue: int = 128  # StackConfig.api_max_queue: requests an API process queues at most
 
     def argv(self) -> list[str]:
         out = [
@@ -118,6 +120,7 @@ class ServerOptions:
         if self.batch_size is not None:
             out += ["--batch-size", str(self.batch_size)]
         out += ["--api-workers", str(self.api_workers), "--publish-mode", self.publish_mode]
+        out += ["--deadline-ms", str(self.deadline_ms), "--max-queue", str(self.max_queue)]
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -165,6 +168,8 @@ def serve(opts: ServerOptions) -> None:
         batching_window=opts.batching_window,
         api_workers=opts.api_workers,
         publish_mode=opts.publish_mode,
+        request_deadline_ms=opts.deadline_ms,
+        api_max_queue=opts.max_queue,
     )
     stack = LocalStack(cfg).up()
     try:
@@ -181,6 +186,7 @@ def serve(opts: ServerOptions) -> None:
         info["model_pointer_ttl_s"] = opts.pointer_ttl
         info["server_env"] = list(opts.env)
         info["publish_mode"] = opts.publish_mode
+        info["deadline_ms"], info["max_queue"] = opts.deadline_ms, opts.max_queue
         info["label_delay_s"] = cfg.label_delay_seconds
 
         started = time.perf_counter()
@@ -474,6 +480,7 @@ class Run:
     sent: list[float] = field(default_factory=list)
     done: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)  # each request's status code, or the error's name
     timings: list[dict[str, float]] = field(default_factory=list)  # Server-Timing of each answer
     statuses: Counter[str] = field(default_factory=Counter)
     started: float = 0.0
@@ -489,6 +496,7 @@ class Run:
         self.sent.append(sent)
         self.done.append(done)
         self.ok.append(status == "200")
+        self.status.append(status)
         self.statuses[status] += 1
 
     @property
@@ -821,6 +829,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         default="sync",
         help="PUBLISH_MODE of the scorer (StackConfig.publish_mode)",
     )
+    p.add_argument("--deadline-ms", type=float, default=250.0, help="the API's deadline per request")
+    p.add_argument("--max-queue", type=int, default=128, help="requests an API process queues at most")
 
 
 def refused_server_env(env: Sequence[str]) -> list[str]:
@@ -852,6 +862,8 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         env=tuple(args.server_env),
         api_workers=args.api_workers,
         publish_mode=args.publish_mode,
+        deadline_ms=args.deadline_ms,
+        max_queue=args.max_queue,
     )
 
 

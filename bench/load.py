@@ -1,4 +1,5 @@
-"""Load test of the local API at twice the target rate (default 400 requests/s for 3 minutes).
+"""Load test of the local API at twice the target rate (default 400 requests/s for 3 minutes),
+or (``--sweep``) an overload sweep: open-loop phases at each rate, then a burst and a probe.
 
 The same setup as ``bench.http_latency`` (API process with the local stack, a trained champion,
 Redis holding ~1,200 cards), then one open-loop run at ``--rate`` on keep-alive connections.
@@ -12,11 +13,22 @@ that hold the GIL for N seconds in the middle of the run, and the report shows w
 goes (share of GIL samples per function, inclusive) -- the API process can use at most one core.
 
     uv run --with py-spy python -m bench.load [--rate 400] [--minutes 3] [--json out.json]
+
+The sweep (``--sweep 100,200,400,800``): one open-loop phase of ``--phase-seconds`` per rate,
+``--pause-seconds`` apart, then a burst (``--burst RATE:SECONDS``) and, from the burst's end, a
+probe at ``--probe RATE:SECONDS`` on its own connections (another client). Per phase: goodput
+(answers 200 per second of the phase), p50/p99 of the 200s (from send), the 503s (the API
+shedding load) and the p99 of their latency, and every other error (timeouts, connections that
+never freed up). Recovery: the time from the burst's end until the probe's last bad answer (not
+a 200, or slower than ``--good-ms`` from its scheduled time); 0 when the probe never saw one.
+
+    uv run python -m bench.load --sweep 100,200,400,800 --connections 256 --json sweep.json
 """
 
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +44,8 @@ import numpy as np
 
 from bench.common import write_json
 from bench.http_latency import (
+    Run,
+    Server,
     add_server_args,
     api_server,
     cpu_seconds,
@@ -169,6 +183,97 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+def overload_row(run: Run, seconds: float, good_ms: float) -> dict[str, Any]:
+    """One sweep phase: goodput, latency of the 200s, the 503s and the other errors."""
+    status = np.asarray(run.status)
+    sched, sent, done = (np.asarray(a, dtype=np.float64) for a in (run.scheduled, run.sent, run.done))
+    ok = status == "200"
+    refused = status == "503"
+    latency = (done - sent) * 1000
+    row: dict[str, Any] = {
+        "phase": run.name,
+        "requests": len(status),
+        "ok": int(ok.sum()),
+        "goodput_rps": float(ok.sum()) / seconds if seconds > 0 else float("nan"),
+        "ok_in_time": int((ok & ((done - sched) * 1000 <= good_ms)).sum()),
+        "refused_503": int(refused.sum()),
+        "other_errors": int((~ok & ~refused).sum()),
+        "statuses": dict(run.statuses),
+    }
+    if ok.any():
+        p50, p99 = np.percentile(latency[ok], [50, 99])
+        row |= {"p50_ok_ms": float(p50), "p99_ok_ms": float(p99), "max_ok_ms": float(latency[ok].max())}
+        for name in ("queue", "handler"):  # Server-Timing of the 200s: the wait, the invocation
+            values = np.array([run.timings[i].get(name, np.nan) for i in np.flatnonzero(ok)])
+            if len(values) and not np.isnan(values).all():
+                p50, p99 = np.nanpercentile(values, [50, 99])
+                row |= {f"{name}_p50_ms": float(p50), f"{name}_p99_ms": float(p99)}
+    if refused.any():
+        row["refusal_p50_ms"], row["refusal_p99_ms"] = (
+            float(v) for v in np.percentile(latency[refused], [50, 99])
+        )
+    return row
+
+
+def recovery_seconds(probe: Run, burst_end: float, good_ms: float) -> float:
+    """Seconds from the burst's end until the probe's last bad answer (not a 200, or answered
+    more than ``good_ms`` after its scheduled time); 0.0 if every probe answer was good."""
+    bad = [
+        done - burst_end
+        for sched, done, status in zip(probe.scheduled, probe.done, probe.status, strict=True)
+        if status != "200" or (done - sched) * 1000 > good_ms
+    ]
+    return max(max(bad, default=0.0), 0.0)
+
+
+def rate_and_seconds(text: str) -> tuple[float, float]:
+    rate, _, seconds = text.partition(":")
+    return float(rate), float(seconds)
+
+
+async def sweep(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """The overload sweep (see the module's docstring)."""
+    rows = []
+    for rate in (float(r) for r in str(args.sweep).split(",") if r):
+        run = await open_loop(server, f"{rate:g}/s", rate, args.phase_seconds, args.connections)
+        rows.append(overload_row(run, args.phase_seconds, args.good_ms))
+        print(table([rows[-1]], SWEEP_KEYS).splitlines()[-1], flush=True)
+        await asyncio.sleep(args.pause_seconds)
+    burst_rate, burst_seconds = rate_and_seconds(args.burst)
+    probe_rate, probe_seconds = rate_and_seconds(args.probe)
+    burst_task = asyncio.create_task(
+        open_loop(server, f"burst {burst_rate:g}/s", burst_rate, burst_seconds, args.connections)
+    )
+    await asyncio.sleep(burst_seconds + 0.01)  # open_loop starts 10 ms after it is called
+    probe = await open_loop(server, f"probe {probe_rate:g}/s", probe_rate, probe_seconds, 8)
+    burst = await burst_task
+    burst_end = burst.started + burst_seconds
+    rows.append(overload_row(burst, burst_seconds, args.good_ms))
+    rows.append(overload_row(probe, probe_seconds, args.good_ms))
+    return {
+        "phases": rows,
+        "recovery_s": recovery_seconds(probe, burst_end, args.good_ms),
+        "good_ms": args.good_ms,
+    }
+
+
+SWEEP_KEYS = (
+    "phase",
+    "requests",
+    "ok",
+    "goodput_rps",
+    "ok_in_time",
+    "p50_ok_ms",
+    "p99_ok_ms",
+    "refused_503",
+    "refusal_p99_ms",
+    "other_errors",
+    "queue_p50_ms",
+    "handler_p50_ms",
+    "handler_p99_ms",
+)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rate", type=float, default=400.0, help="open-loop requests per second")
@@ -177,8 +282,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rss-interval", type=float, default=5.0, help="seconds between RSS samples")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the client")
     p.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy sampling (0: off)")
+    p.add_argument("--sweep", default="", help="overload sweep: open-loop rates, e.g. 100,200,400,800")
+    p.add_argument("--phase-seconds", type=float, default=30.0, help="sweep: seconds per rate")
+    p.add_argument("--pause-seconds", type=float, default=5.0, help="sweep: pause between phases")
+    p.add_argument("--burst", default="800:10", help="sweep: the burst, RATE:SECONDS")
+    p.add_argument("--probe", default="100:30", help="sweep: the probe after the burst, RATE:SECONDS")
+    p.add_argument("--good-ms", type=float, default=250.0, help="sweep: a good answer is a 200 within this")
     add_server_args(p)
     args = p.parse_args(argv)
+    if args.sweep:
+        return main_sweep(args)
     duration = 60 * min(args.minutes, MAX_MINUTES)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -262,6 +375,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for thread, pct in prof["threads_pct"].items():
             print(f"  {pct:5.1f}%  thread {thread}")
     print("verdict:", json.dumps(results["verdict"]))
+    return write_json(args.json, results)
+
+
+def main_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": "uv run python -m bench.load " + " ".join(sys.argv[1:]),
+    }
+    with workdir_of(args) as workdir, api_server(server_options(args, workdir)) as server:
+        results["setup"] = server.info
+        print("setup:", json.dumps(server.info), flush=True)
+        warm_up(server)
+        results |= asyncio.run(sweep(server, args))
+        results["loadavg_1m_at_end"] = os.getloadavg()[0]
+        results["server_log_tail"] = server.log.read_text(errors="replace").splitlines()[-5:]
+    print(table(results["phases"], SWEEP_KEYS))
+    print(f"recovery after the burst: {results['recovery_s']:.2f} s (good: a 200 within {args.good_ms:g} ms)")
     return write_json(args.json, results)
 
 

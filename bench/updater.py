@@ -21,6 +21,8 @@ and redelivery; and ``LakeWriter.append`` alone. ``--archiver-beside`` times the
 while an archiver process archives the same batches over and over (the local stack's two
 processes on one machine; on AWS they are two functions). ``--updater-archives`` sets
 ``LAKE_URI`` on the updater too: the in-process archive of the backwards-compatible mode.
+``--appendonly`` runs redis-server with an append-only file flushed every second, as the local
+stack does (``StackConfig.redis_appendonly``).
 """
 
 import contextlib
@@ -100,6 +102,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="with --lake: LAKE_URI on the updater too (the in-process archive, backwards-compatible mode)",
     )
+    p.add_argument(
+        "--appendonly", action="store_true", help="redis-server with an AOF, fsync every second (local stack)"
+    )
     args = p.parse_args(argv)
     if (args.archiver_beside or args.updater_archives) and args.lake == "none":
         p.error("--archiver-beside and --updater-archives need --lake folder|s3")
@@ -138,6 +143,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         store = bootstrap.feature_store(update_features.UPDATER_REDIS_TIMEOUT_MS)
         client = store.client
         labels_topic = "fraudsys.labels"
+        if args.appendonly:
+            client.config_set("appendfsync", "everysec")
+            client.config_set("appendonly", "yes")
+        report.values["redis appendonly"] = client.config_get("appendonly")["appendonly"]
 
         def fresh() -> None:
             client.flushall()

@@ -123,8 +123,14 @@ class ScorerConfig(_Frozen):
     model_pointer_ttl_seconds: PositiveInt = 30
     reasons_method: Literal["shap", "approx"] = "shap"
     log_retention_days: RetentionDays = 30
-    throttle_rate_limit: PositiveInt = 200
-    throttle_burst_limit: PositiveInt = 400
+    #: Requests per second one scorer instance answers (it takes one invocation at a time):
+    #: 1000 ms / the invocation's time. The planning figure and how to measure it: docs/infra.md.
+    instance_capacity_rps: PositiveInt = 50
+    #: API Gateway throttling (stage and usage plan). Unset: derived from the scorer's concurrency
+    #: N and ``instance_capacity_rps`` C (``StageConfig.scorer_throttle``): burst N, rate N x C / 2.
+    #: Set: at most those ceilings (burst <= N, rate <= N x C), checked at synth.
+    throttle_rate_limit: PositiveInt | None = None
+    throttle_burst_limit: PositiveInt | None = None
     usage_plan_quota_per_day: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -291,7 +297,37 @@ class StageConfig(_Frozen):
             )
         if self.account and self.region and self.vpc.availability_zones is None:
             raise ValueError("set vpc.availability_zones when account and region are set (offline synth)")
+        n, capacity = self.scorer_concurrency, self.scorer.instance_capacity_rps
+        rate, burst = self.scorer.throttle_rate_limit, self.scorer.throttle_burst_limit
+        if burst is not None and burst > n:
+            raise ValueError(
+                f"scorer.throttle_burst_limit {burst} exceeds the scorer's concurrency {n}: requests "
+                "beyond it would be throttled by Lambda, which API Gateway answers 500, not 429"
+            )
+        if rate is not None and rate > n * capacity:
+            raise ValueError(
+                f"scorer.throttle_rate_limit {rate}/s exceeds what {n} instances of "
+                f"{capacity} requests/s answer (scorer.instance_capacity_rps, docs/infra.md)"
+            )
         return self
+
+    @property
+    def scorer_concurrency(self) -> int:
+        """The most scorer instances that can run at once: its reserved concurrency, else the
+        account's quota less what the updater reserves (shared with every other function)."""
+        if self.scorer.reserved_concurrency is not None:
+            return self.scorer.reserved_concurrency
+        return max(1, self.lambda_concurrency_quota - (self.updater.reserved_concurrency or 0))
+
+    @property
+    def scorer_throttle(self) -> tuple[int, int]:
+        """API Gateway's (rate, burst) for the scorer: as set, else derived from the concurrency N
+        and the per-instance capacity C: burst N (no more requests at once than instances to take
+        them), rate N x C / 2 (half the fleet's capacity: the other half absorbs invocations that
+        a slow dependency lengthens, e.g. Redis timeouts)."""
+        n, capacity = self.scorer_concurrency, self.scorer.instance_capacity_rps
+        rate = self.scorer.throttle_rate_limit or max(1, n * capacity // 2)
+        return rate, self.scorer.throttle_burst_limit or n
 
     @property
     def prefix(self) -> str:

@@ -1,25 +1,35 @@
 """A local API Gateway: HTTP on 127.0.0.1 -> REST proxy events -> the real scorer handler
 (``POST /predict``, ``GET /health``, ``POST /labels``).
 
-Like one Lambda instance, it runs one invocation at a time: the handler runs on the server's
-event loop, so requests on other connections wait their turn (the Powertools resolver keeps the
-current event on the app object). The HTTP server is uvicorn (httptools parser, uvloop).
+Like one Lambda instance, it runs one invocation at a time, on its one handler thread (the
+Powertools resolver keeps the current event on the app object); the server's event loop
+(uvicorn: httptools parser, uvloop) keeps reading requests meanwhile, and admits them
+(``Admission``): each request gets a deadline from its arrival (``deadline_ms``, default 250 ms),
+and one that would wait in a full queue (``max_queue`` requests admitted and not finished) or
+could not be answered by its deadline (the queued work, estimated from each route's recent
+handler times) is answered 503 with ``Retry-After`` at once, in the API's one error body. A
+request whose deadline passes while it waits, or whose client goes away, is dropped before the
+handler runs; inside the handler the deadline is the context's remaining time
+(``handlers.deadline``: checked before the feature read and before the publish).
 Extra routes served here, not by the Lambda:
 ``GET /metrics`` (Prometheus) and ``GET /openapi.json``. Answers of ``POST /predict`` and
-``GET /health`` carry a ``Server-Timing`` header (milliseconds): ``handler`` (the invocation,
-with the wait for this worker's lock) and, for a score, ``score`` (``Scorer.score``), ``model``
-(in it, the champion: pointer check, load when it changed) and ``read`` (its Redis read), as
-``handlers.predict.last_timings`` kept them on this thread. A
-client can then split its latency into the handler (Redis read, the rest of scoring, and the
+``GET /health`` carry a ``Server-Timing`` header (milliseconds): ``queue`` (from the request's
+arrival to the start of its invocation), ``handler`` (the invocation) and, for a score,
+``score`` (``Scorer.score``), ``model`` (in it, the champion: pointer check, load when it
+changed) and ``read`` (its Redis read), as ``handlers.predict.last_timings`` kept them on the
+handler thread. A client can then split its latency into the handler (Redis read, the rest of scoring, and the
 Powertools, validation and publish around it) and everything outside: HTTP, event building,
 queueing and the client itself.
 """
 
+import asyncio
 import json
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -36,6 +46,8 @@ SERVER_TIMING = "Server-Timing"
 # Server-Timing name, handlers.predict.last_timings attribute
 TIMED = (("score", "score_ms"), ("model", "model_ms"), ("read", "read_ms"))
 
+#: an invocation's status, body, headers and handler time (ms)
+type Invoked = tuple[int, bytes, dict[str, str], float]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -53,15 +65,102 @@ def _error(status: HTTPStatus, message: str) -> bytes:
     return json.dumps(error_body(status.value, message)).encode()
 
 
+#: a route's handler time before its first invocation was measured (ms)
+FIRST_ESTIMATE_MS = 5.0
+#: weight of the latest measure in the moving averages (a route's handler time, the pace)
+ESTIMATE_WEIGHT = 0.1
+#: a request is admitted when the estimates say it ends within this share of its deadline: the
+#: rest is slack for the estimates' error (the pace changes with the machine's load), so that
+#: an admitted request is answered in time rather than dropped when its deadline passes
+ADMIT_WITHIN = 0.5
+
+
+@dataclass
+class Ticket:
+    """One admitted request: its deadline (``time.monotonic()``), its handler time estimate, when
+    the handler thread took it (``started``), and whether its client has gone away (set by the
+    event loop)."""
+
+    route: str
+    arrived: float
+    deadline: float
+    estimate_ms: float
+    gone: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None
+
+    def expired(self) -> bool:
+        return self.gone.is_set() or time.monotonic() >= self.deadline
+
+
+@dataclass
+class Admission:
+    """Admission control of one handler thread (used from the event loop only: no lock).
+
+    ``admit`` refuses (returns the reason) when ``max_queue`` requests are admitted and not
+    finished, or when a request admitted now would not end within ``ADMIT_WITHIN`` of its
+    deadline: the requests ahead of it, each taking ``drain_ms`` (the handler thread's measured
+    pace while requests wait: from one start to the next, everything included), then its own
+    handler time (each route's moving average). An idle handler takes any request, so a slow
+    spell cannot make the estimates refuse everything for ever."""
+
+    deadline_ms: float = 250.0
+    max_queue: int = 128
+    outstanding: int = 0
+    drain_ms: float = FIRST_ESTIMATE_MS
+    estimates_ms: dict[str, float] = field(default_factory=dict)
+    last_started: float | None = None
+
+    def admit(self, route: str, arrived: float) -> Ticket | str:
+        now = time.monotonic()
+        estimate = self.estimates_ms.get(route, FIRST_ESTIMATE_MS)
+        deadline = arrived + self.deadline_ms / 1000
+        if self.outstanding >= self.max_queue:
+            return f"overloaded: {self.outstanding} requests queued"
+        ahead_ms = self.outstanding * self.drain_ms
+        admit_by = arrived + ADMIT_WITHIN * self.deadline_ms / 1000
+        if self.outstanding and now + (ahead_ms + estimate) / 1000 > admit_by:
+            return (
+                f"overloaded: the {self.outstanding} requests queued (~{ahead_ms:.0f} ms) leave "
+                f"no time to answer within the {self.deadline_ms:g} ms deadline"
+            )
+        self.outstanding += 1
+        return Ticket(route, arrived, deadline, estimate)
+
+    def finished(self, ticket: Ticket, handler_ms: float | None) -> None:
+        """``handler_ms``: the invocation's time, None if the request was dropped before it.
+        Tickets finish in the order the one handler thread started them."""
+        self.outstanding -= 1
+        if ticket.started is not None:
+            if self.last_started is not None and ticket.arrived <= self.last_started:
+                # it waited while the one before ran: the thread went from that one to this one
+                pace = (ticket.started - self.last_started) * 1000
+                self.drain_ms += ESTIMATE_WEIGHT * (pace - self.drain_ms)
+            self.last_started = ticket.started
+        if handler_ms is not None:
+            old = self.estimates_ms.get(ticket.route, handler_ms)
+            self.estimates_ms[ticket.route] = old + ESTIMATE_WEIGHT * (handler_ms - old)
+
+
 class LocalApi:
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8080, reuse_port: bool = False, bind: bool = True
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        reuse_port: bool = False,
+        bind: bool = True,
+        deadline_ms: float = 250.0,
+        max_queue: int = 128,
     ) -> None:
         import uvicorn
 
+        if deadline_ms <= 0 or max_queue < 1:
+            raise ValueError("the deadline must be positive and the queue hold at least one request")
         warm_instance()  # no ColdStart EMF line on the terminal
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
+        self.admission = Admission(deadline_ms, max_queue)
+        # one invocation at a time, like one Lambda instance, off the event loop
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-api-handler")
         self.host = host
         self.port = port
         self.reuse_port = reuse_port
@@ -91,6 +190,7 @@ class LocalApi:
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        arrived = time.monotonic()
         method: str = scope["method"]
         path: str = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -120,15 +220,77 @@ class LocalApi:
             allow_header = [(k.lower().encode(), v.encode()) for k, v in allow.items()]
             await self._send(send, status.value, _error(status, message), extra_headers=allow_header)
             return
+        await self._lambda_route(method, path, raw, headers, arrived, receive, send)
+
+    async def _lambda_route(
+        self,
+        method: str,
+        path: str,
+        raw: bytes,
+        headers: dict[str, str],
+        arrived: float,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Admission, then the invocation on the handler thread (or the 503 that sheds it)."""
         body = raw.decode("utf-8", errors="replace") if raw else None
-        code, payload, out_headers = self.invoke(method, path, body, headers)
-        await self._send(
-            send,
-            code,
-            payload,
-            out_headers.get("Content-Type", "application/json"),
-            [(b"server-timing", out_headers[SERVER_TIMING].encode("latin-1"))],
-        )
+        ticket = self.admission.admit(path, arrived)
+        if isinstance(ticket, str):
+            metrics.SHED.labels(route=path, reason="refused").inc()
+            await self._send_unavailable(send, ticket)
+            return
+        outcome: Invoked | str = "client_gone"
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive, ticket))
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._invoke_admitted, ticket, method, path, body, headers
+            )
+        finally:
+            watcher.cancel()
+            self.admission.finished(ticket, None if isinstance(outcome, str) else outcome[3])
+        if isinstance(outcome, str):  # dropped before the handler ran
+            metrics.SHED.labels(route=path, reason=outcome).inc()
+            if outcome != "client_gone":
+                await self._send_unavailable(send, "deadline exceeded while queued: not done, retry later")
+            return
+        code, payload, out_headers, _ = outcome
+        content_type = out_headers.pop("Content-Type", "application/json")
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
+        await self._send(send, code, payload, content_type, extra)
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
+        """Marks the ticket when the client goes away (the request's body has been read: the next
+        message is the disconnect)."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ticket.gone.set()
+                return
+
+    async def _send_unavailable(self, send: Send, message: str) -> None:
+        from handlers.deadline import retry_after
+
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        headers = [(k.lower().encode(), v.encode()) for k, v in retry_after().items()]
+        await self._send(send, status.value, _error(status, message), extra_headers=headers)
+
+    def _invoke_admitted(
+        self, ticket: Ticket, method: str, path: str, body: str | None, headers: dict[str, str]
+    ) -> "Invoked | str":
+        """On the handler thread: the invocation with the ticket's deadline, or (not invoked) why
+        not: ``expired`` or ``client_gone``."""
+        ticket.started = started = time.monotonic()
+        if ticket.gone.is_set():
+            return "client_gone"
+        if started >= ticket.deadline:
+            return "expired"
+        context = LocalContext("fraudsys-scorer", deadline=ticket.deadline, gone=ticket.gone.is_set)
+        code, payload, out_headers = self.invoke(method, path, body, headers, context)
+        handler_ms = (time.monotonic() - started) * 1000
+        queued = f"queue;dur={(started - ticket.arrived) * 1000:.3f}"
+        out_headers[SERVER_TIMING] = f"{queued}, {out_headers[SERVER_TIMING]}"
+        return code, payload, out_headers, handler_ms
 
     @staticmethod
     async def _body(receive: Receive) -> bytes:
@@ -175,7 +337,12 @@ class LocalApi:
     # ------------------------------------------------------------------------ one Lambda invocation
 
     def invoke(
-        self, method: str, path: str, body: str | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: str | None,
+        headers: dict[str, str],
+        context: LocalContext | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         from handlers.predict import handler, last_timings
 
@@ -184,7 +351,7 @@ class LocalApi:
         with self.lock:
             last_timings.__dict__.clear()
             try:
-                result = handler(event, self.context)
+                result = handler(event, context or self.context)
             finally:
                 quiet_lambda_metrics()
             added = dict(last_timings.__dict__)
@@ -198,7 +365,9 @@ class LocalApi:
                 is_fraud=str(answer["is_fraud"]).lower(), degraded=str(answer["degraded"]).lower()
             ).inc()
             metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
-        out_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
+        # Powertools answers a REST event with multiValueHeaders (Retry-After, Allow...)
+        out_headers = {k: str(v[0]) for k, v in (result.get("multiValueHeaders") or {}).items() if v}
+        out_headers |= {k: str(v) for k, v in (result.get("headers") or {}).items()}
         timings = [f"handler;dur={elapsed * 1000:.3f}"]
         timings += [f"{name};dur={added[key]:.3f}" for name, key in TIMED if key in added]
         out_headers[SERVER_TIMING] = ", ".join(timings)
@@ -246,6 +415,7 @@ class LocalApi:
             self.thread.join(5)
         elif self.socket is not None:
             self.socket.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     @property
     def url(self) -> str:

@@ -2,8 +2,9 @@
 
 import base64
 import os
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +14,19 @@ MSK_SOURCE_ARN = "arn:aws:kafka:us-east-1:000000000000:cluster/fraudsys-local/lo
 
 
 class LocalContext(LambdaContext):
-    """A Lambda context for local invocations."""
+    """A Lambda context for local invocations. Its remaining time is what is left until
+    ``deadline`` (``time.monotonic()`` seconds; the local API sets one per request), 0 once
+    ``gone()`` says the client has gone away; without a deadline, a minute (a Lambda's timeout)."""
 
-    def __init__(self, function_name: str = "fraudsys-local", memory_mb: int = 1024) -> None:
+    def __init__(
+        self,
+        function_name: str = "fraudsys-local",
+        memory_mb: int = 1024,
+        deadline: float | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> None:
+        self.deadline = deadline
+        self.gone = gone
         self._function_name = function_name
         self._function_version = "$LATEST"
         self._memory_limit_in_mb = memory_mb
@@ -24,9 +35,13 @@ class LocalContext(LambdaContext):
         self._log_group_name = f"/aws/lambda/{function_name}"
         self._log_stream_name = "local"
 
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
+    # Powertools' typing stub declares a staticmethod; the Lambda runtime's context has a method
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        if self.gone is not None and self.gone():
+            return 0
+        if self.deadline is None:
+            return 60_000
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
 def api_gateway_event(

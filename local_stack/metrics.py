@@ -22,6 +22,13 @@ FRAUD_PROBABILITY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
     registry=REGISTRY,
 )
+SHED = Counter(
+    "fraudsys_shed_requests_total",
+    "Requests the local API answered 503 without invoking the handler: refused at admission "
+    "(queue full, or its deadline out of reach), expired while queued, or its client gone",
+    ["route", "reason"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "fraudsys_consumer_lag",
     "Records behind the end of each topic-partition",

@@ -4,6 +4,7 @@ For tests, ``redis_cluster()`` also starts a real Redis Cluster (three masters b
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -12,13 +13,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(RuntimeError):
@@ -179,8 +183,11 @@ def start_redis(
     log_dir: Path | None = None,
     password: str | None = None,
     tls: RedisTls | None = None,
+    appendonly: bool = False,
 ) -> Service:
-    """redis-server on 127.0.0.1:``port``; with ``tls`` that port speaks TLS only (plain port off)."""
+    """redis-server on 127.0.0.1:``port``; with ``tls`` that port speaks TLS only (plain port off).
+    ``appendonly``: every write goes to an append-only file in ``workdir``, flushed to disk once a
+    second (``appendfsync everysec``), which a restart loads: a crash loses at most the last second."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_binary(),
@@ -191,7 +198,9 @@ def start_redis(
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
         "--dir",
         str(workdir),
         *server_config_args(),
@@ -272,24 +281,218 @@ def start_mlflow(port: int, data_dir: Path, log_dir: Path | None = None) -> Serv
     return _start("mlflow", argv, port, log_dir, 90, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
+#: restarts of one service within ``RESTART_WINDOW_SECONDS`` after which the supervisor gives up
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
+#: the wait before a restart attempt doubles from this with each recent attempt (the first: none)
+RESTART_BACKOFF_SECONDS = 0.5
+RESTART_BACKOFF_MAX_SECONDS = 8.0
+
+
 @dataclass
+class Supervised:
+    """One service under supervision. ``state``: ``up`` (its process runs), ``down`` (exited, a
+    restart due at ``next_attempt``), ``external`` (its port is served by a process started
+    outside the stack: used, never stopped), ``held`` (stopped on purpose, not restarted) or
+    ``failed`` (too many restarts: given up)."""
+
+    name: str
+    port: int
+    start: Callable[[], Service]
+    after_restart: Callable[[], None] | None = None
+    service: Service | None = None
+    state: str = "up"
+    attempts: list[float] = field(default_factory=list)  # restart attempts in the window (monotonic)
+    next_attempt: float = 0.0
+    restarts: int = 0  # successful restarts, in all
+    hook_pending: bool = False
+
+    def backoff(self) -> float:
+        recent = len(self.attempts)
+        return (
+            0.0
+            if recent == 0
+            else min(RESTART_BACKOFF_SECONDS * 2 ** (recent - 1), RESTART_BACKOFF_MAX_SECONDS)
+        )
+
+
 class Supervisor:
-    """Starts services in order and stops them in reverse order."""
+    """Starts services in order, restarts one that exits, stops them in reverse order.
 
-    services: list[Service] = field(default_factory=list)
+    ``watch()`` polls every ``interval`` seconds on a thread (``poll()`` is one round): a service
+    whose process has exited is restarted on its port, at once the first time, then after a
+    backoff that doubles (0.5 s to 8 s) with each attempt in the last ``window`` seconds; after
+    ``max_restarts`` attempts there it is given up (``failed``). A port that answers although
+    the process exited belongs to a service restarted from outside: it is used as it is
+    (``external``) until that port closes, when the supervisor starts its own again. After every
+    (re)start the service's ``after_restart`` runs (topics, buckets...) until it succeeds.
+    Everything is logged (``local_stack.services``)."""
 
-    def add(self, service: Service) -> Service:
-        self.services.append(service)
+    def __init__(
+        self,
+        interval: float = 0.5,
+        max_restarts: int = MAX_RESTARTS,
+        window: float = RESTART_WINDOW_SECONDS,
+    ) -> None:
+        self.interval = interval
+        self.max_restarts = max_restarts
+        self.window = window
+        self.entries: dict[str, Supervised] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(
+        self,
+        service: Service,
+        name: str | None = None,
+        start: Callable[[], Service] | None = None,
+        after_restart: Callable[[], None] | None = None,
+    ) -> Service:
+        """Supervise ``service`` as ``name`` (default its own); ``start`` starts it again (without
+        one, it is not restarted: an exit fails it)."""
+        key = name or service.name
+
+        def cannot_restart() -> Service:
+            raise ServiceError(f"{key} has no restart")
+
+        with self._lock:
+            self.entries[key] = Supervised(key, service.port, start or cannot_restart, after_restart, service)
         return service
 
+    @property
+    def services(self) -> dict[str, Service]:
+        """The processes the supervisor runs now, by name (not the external ones)."""
+        with self._lock:
+            return {name: e.service for name, e in self.entries.items() if e.service is not None}
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            return {name: e.state for name, e in self.entries.items()}
+
     def check(self) -> list[str]:
-        """Names of services whose process has exited."""
-        return [s.name for s in self.services if s.process.poll() is not None]
+        """Names of the services given up on (``failed``)."""
+        with self._lock:
+            return [name for name, e in self.entries.items() if e.state == "failed"]
+
+    # ---------------------------------------------------------------------------- supervision
+
+    def watch(self) -> "Supervisor":
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # never let the watcher die; the next round tries again
+                log.exception("supervisor round failed")
+
+    def poll(self) -> None:
+        for name in list(self.entries):
+            with self._lock:
+                entry = self.entries.get(name)
+                if entry is not None and not self._stop.is_set():
+                    self._poll(entry, time.monotonic())
+
+    def _poll(self, entry: Supervised, now: float) -> None:
+        if entry.state == "up" and entry.service is not None and entry.service.process.poll() is not None:
+            code = entry.service.process.returncode
+            log.warning("%s exited (code %s): restarting it", entry.name, code)
+            entry.service.stop(timeout=2.0)  # what is left of its process group (workers of a server)
+            entry.state, entry.service, entry.next_attempt = "down", None, now + entry.backoff()
+        elif entry.state == "external" and not port_open(entry.port):
+            log.warning("%s: the process started outside the stack is gone: restarting it", entry.name)
+            entry.state, entry.next_attempt = "down", now + entry.backoff()
+        if entry.state == "down":
+            self._restart(entry, now)
+        if entry.hook_pending and entry.state in ("up", "external"):
+            self._after_restart(entry)
+
+    def _restart(self, entry: Supervised, now: float) -> None:
+        if port_open(entry.port):
+            log.warning(
+                "%s: port %d answers: a process started outside the stack; using it (the stack "
+                "will neither restart nor stop it)",
+                entry.name,
+                entry.port,
+            )
+            entry.state, entry.hook_pending = "external", True
+            return
+        if now < entry.next_attempt:
+            return
+        entry.attempts = [t for t in entry.attempts if now - t < self.window]
+        if len(entry.attempts) >= self.max_restarts:
+            log.error(
+                "%s: %d restarts in %.0f s: giving up on it", entry.name, len(entry.attempts), self.window
+            )
+            entry.state = "failed"
+            return
+        entry.attempts.append(now)
+        try:
+            entry.service = entry.start()
+        except (ServiceError, OSError) as exc:
+            entry.next_attempt = time.monotonic() + entry.backoff()
+            log.warning("%s: restart failed (%s); next attempt in %.1f s", entry.name, exc, entry.backoff())
+            return
+        entry.state, entry.hook_pending = "up", True
+        entry.restarts += 1
+        log.warning(
+            "%s restarted on port %d (pid %d, restart %d)",
+            entry.name,
+            entry.port,
+            entry.service.process.pid,
+            entry.restarts,
+        )
+
+    @staticmethod
+    def _after_restart(entry: Supervised) -> None:
+        if entry.after_restart is None:
+            entry.hook_pending = False
+            return
+        try:
+            entry.after_restart()
+        except Exception as exc:  # e.g. the broker not ready for its topics yet: next round
+            log.warning("%s: after its restart: %s: %s (trying again)", entry.name, type(exc).__name__, exc)
+            return
+        entry.hook_pending = False
+
+    # ------------------------------------------------------------------------ on purpose
+
+    def hold(self, name: str) -> None:
+        """Stop a service on purpose (fault drills): it stays down until ``resume``."""
+        with self._lock:
+            entry = self.entries[name]
+            if entry.service is not None:
+                entry.service.stop()
+            entry.state, entry.service = "held", None
+
+    def resume(self, name: str) -> Service:
+        """Start a held (or failed) service now, and run its ``after_restart``."""
+        with self._lock:
+            entry = self.entries[name]
+            if entry.service is not None:
+                entry.service.stop()
+            entry.service = entry.start()
+            entry.state, entry.attempts = "up", []
+            if entry.after_restart is not None:
+                entry.after_restart()
+            entry.hook_pending = False
+            return entry.service
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-        self.services.clear()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        with self._lock:
+            for entry in reversed(list(self.entries.values())):
+                if entry.service is not None:
+                    entry.service.stop()
+            self.entries.clear()
 
 
 @contextmanager

@@ -28,11 +28,11 @@ from local_stack.services import (
     ServiceError,
     Supervisor,
     free_port,
+    port_open,
     start_kafka,
     start_mlflow,
     start_moto,
     start_redis,
-    wait_for_port,
 )
 from local_stack.workers import ApiWorkers, ArchiverWorker
 
@@ -74,12 +74,19 @@ class StackConfig:
     durable_broker: bool = True  # broker log in the local S3: survives broker restarts
     redis_password: str | None = None  # redis-server --requirepass; in REDIS_URL (local only)
     redis_tls: RedisTls | None = None  # TLS-only redis-server; rediss:// with the CA in REDIS_URL
+    # redis-server keeps an append-only file in <run_dir>/redis (fsync every second): the feature
+    # store survives a crash, a restart and the next `up`
+    redis_appendonly: bool = True
     # 1: the API in this process (one invocation at a time, like one Lambda instance); N > 1:
     # N worker processes on the same port (local_stack.workers), like N concurrent instances
     api_workers: int = 1
     # sync: every answer waits for the broker's acknowledgement, as the Lambda does; background:
     # the API does not wait (handlers.settings.Settings.publish_mode)
     publish_mode: str = "sync"
+    # admission control of each API process (local_stack.api.Admission): every request's deadline
+    # from its arrival, and the most requests admitted and not finished; beyond either, a 503
+    request_deadline_ms: float = 250.0
+    api_max_queue: int = 128
     # The API process hands the GIL over every 0.5 ms instead of 5: a request thread that wakes
     # from a Redis or Kafka round trip waits less behind the other threads (docs/benchmarks-http.md)
     gil_switch_interval_ms: float = 0.5
@@ -223,10 +230,10 @@ class LocalStack:
     saved_switch_interval: float | None = None
     poller: KafkaPoller | None = None
     archiver: ArchiverWorker | None = None
-    services: dict[str, Service] = field(default_factory=dict)
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
     champion_report: "ChampionReport | None" = None
+    store_report: str = ""  # the feature store at `up` (its fill marker; local_stack.stack.store_state)
     on_step: Callable[[str], None] | None = None  # progress lines (the CLI prints them)
 
     def _set_environment(self, env: dict[str, str], unset: tuple[str, ...] = ()) -> None:
@@ -251,14 +258,22 @@ class LocalStack:
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         logs = cfg.run_dir / "logs"
         try:
-            self.services["redis"] = self.supervisor.add(
-                start_redis(cfg.redis_port, cfg.run_dir / "redis", logs, cfg.redis_password, cfg.redis_tls)
+            sup = self.supervisor
+            sup.add(self._start_redis(), "redis", self._start_redis, self._after_redis_restart)
+            # the first start keeps the log in memory (issue 19: the durable one is too slow for
+            # the demo's replay from the start); a restart uses the local S3 when durable_broker
+            sup.add(start_kafka(cfg.kafka_port, logs), "kafka", self._start_kafka, self._after_kafka_restart)
+            sup.add(
+                start_moto(cfg.s3_port, logs),
+                "s3",
+                lambda: start_moto(cfg.s3_port, logs),
+                self._after_s3_restart,
             )
-            self.services["kafka"] = self.supervisor.add(start_kafka(cfg.kafka_port, logs))
-            self.services["s3"] = self.supervisor.add(start_moto(cfg.s3_port, logs))
             if cfg.with_mlflow:
-                self.services["mlflow"] = self.supervisor.add(
-                    start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs)
+                sup.add(
+                    start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs),
+                    "mlflow",
+                    lambda: start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs),
                 )
             # this process runs the scorer and the updater: no LAKE_URI here, even one of the
             # shell's (the updater would archive too); the archiver's process has it
@@ -269,6 +284,7 @@ class LocalStack:
                 log.info("local S3: %d objects restored from %s", restored, cfg.s3_snapshot_dir)
             self.s3_restored = True
             create_buckets()
+            self.store_report = store_state(cfg)
             if cfg.champion:
                 self.champion_report = ensure_champion(
                     cfg.model_store_uri,
@@ -289,20 +305,66 @@ class LocalStack:
                     handler_environment(cfg),
                     cfg.run_dir / "metrics",
                     cfg.gil_switch_interval_ms / 1000,
+                    cfg.request_deadline_ms,
+                    cfg.api_max_queue,
                 ).start()
             else:
                 # like each worker: warm (imports, champion, Redis, Kafka producer) before binding,
                 # so the first request costs what the next ones do
-                self.api = LocalApi(port=cfg.api_port, bind=False)
+                self.api = LocalApi(
+                    port=cfg.api_port,
+                    bind=False,
+                    deadline_ms=cfg.request_deadline_ms,
+                    max_queue=cfg.api_max_queue,
+                )
                 self.api.warm()
                 self.api.bind()
                 self.api.start()
             self.poller = self._start_poller()
             self.archiver = self._start_archiver()
+            self.supervisor.watch()
         except BaseException:
             self.down()
             raise
         return self
+
+    @property
+    def services(self) -> dict[str, Service]:
+        """The service processes the stack runs now, by name (a restart replaces one)."""
+        return self.supervisor.services
+
+    def _start_redis(self) -> Service:
+        cfg = self.cfg
+        return start_redis(
+            cfg.redis_port,
+            cfg.run_dir / "redis",
+            cfg.run_dir / "logs",
+            cfg.redis_password,
+            cfg.redis_tls,
+            cfg.redis_appendonly,
+        )
+
+    def _after_redis_restart(self) -> None:
+        """The handlers' clients reconnect by themselves; the store may have lost its data."""
+        log.warning("redis: feature store %s", store_state(self.cfg))
+
+    def _after_kafka_restart(self) -> None:
+        """The topics, before anyone produces (auto-creation fails at times); the producers and
+        the poller reconnect by themselves."""
+        create_topics(self.cfg.kafka, self.cfg.partitions)
+
+    def _after_s3_restart(self) -> None:
+        """moto keeps objects in memory: a restarted local S3 is empty. Its buckets come back with
+        what the last `down` saved (the lake, the models, the dead letters): what was written
+        since is lost."""
+        restored = s3_snapshot.restore(self._s3_endpoint, self.cfg.s3_snapshot_dir)
+        create_buckets()
+        log.warning(
+            "local S3 restarted empty: %d objects restored from the snapshot in %s; objects written "
+            "since the last `down` are lost",
+            restored,
+            self.cfg.s3_snapshot_dir,
+        )
 
     @property
     def _s3_endpoint(self) -> str:
@@ -311,8 +373,7 @@ class LocalStack:
     def _save_s3(self) -> None:
         """Keep the local S3's buckets (the lake, the models, the dead letters) for the next `up`.
         Only once they were restored: a stack that failed before would overwrite the snapshot."""
-        s3 = self.services.get("s3")
-        if not self.s3_restored or s3 is None or s3.process.poll() is not None:
+        if not self.s3_restored or not port_open(self.cfg.s3_port):
             return
         try:
             saved = s3_snapshot.save(self._s3_endpoint, self.cfg.s3_snapshot_dir, PERSISTENT_BUCKETS)
@@ -363,27 +424,10 @@ class LocalStack:
         predict.scorer.cache_clear()
 
     def restart(self, name: str) -> None:
-        """Stop and start one service on the same port (fault drills)."""
-        service = self.services[name]
-        service.stop()
-        starters = {
-            "redis": lambda: start_redis(
-                self.cfg.redis_port,
-                self.cfg.run_dir / "redis",
-                self.cfg.run_dir / "logs",
-                self.cfg.redis_password,
-                self.cfg.redis_tls,
-            ),
-            "kafka": self._start_kafka,
-        }
-        fresh = starters[name]()
-        self.supervisor.services[self.supervisor.services.index(service)] = fresh
-        self.services[name] = fresh
-        wait_for_port(fresh.port)
-        if name == "kafka":
-            # The first start keeps the log in memory, a restart on the local S3 (issue 19): the
-            # topics must be created there before anyone produces (auto-creation fails at times)
-            create_topics(self.cfg.kafka, self.cfg.partitions)
+        """Stop and start one service on the same port (fault drills), and what follows its restart
+        (topics, buckets)."""
+        self.supervisor.hold(name)
+        self.supervisor.resume(name)
 
     @property
     def api_url(self) -> str:
@@ -392,11 +436,13 @@ class LocalStack:
         return self.api.url if self.api else ""
 
     def check(self) -> None:
+        """Raise when a service was given up on (it kept exiting: ``Supervisor``) or an API
+        worker died; a service that exited once is restarted by the supervisor."""
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
         dead += self.archiver.dead() if self.archiver else []
         if dead:
             raise ServiceError(
-                f"local services exited: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
+                f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
             )
 
     def endpoints(self) -> dict[str, str]:
@@ -436,3 +482,33 @@ class LocalStack:
             sys.setswitchinterval(self.saved_switch_interval)
             self.saved_switch_interval = None
         self._reset_handlers()
+
+
+def store_state(cfg: StackConfig) -> str:
+    """The feature store's fill marker (``fraud_adapters.store_marker``) as the stack finds it; a
+    new system's store (Redis empty, and the lake too: nothing to backfill) is marked filled."""
+    import boto3
+    import redis
+
+    from fraud_adapters.store_marker import EMPTY, StoreMarker
+
+    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        marker = StoreMarker(client)
+        filled = marker.read()
+        if filled is not None:
+            return f"filled (by {filled.by})"
+        lake = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{cfg.s3_port}")
+        lake_empty = not lake.list_objects_v2(Bucket=LAKE_BUCKET, Prefix="archive/", MaxKeys=1).get(
+            "KeyCount"
+        )
+        if client.dbsize() == 0 and lake_empty:
+            marker.mark("local stack (a new store: nothing in the lake to backfill)")
+            return "new (nothing in the lake to backfill)"
+    finally:
+        client.close()
+    message = (
+        f"{EMPTY.replace('fraudsys backfill', 'uv run fraudsys backfill --local')}: answers are degraded"
+    )
+    log.warning("feature store %s", message)
+    return message

@@ -36,13 +36,21 @@ if TYPE_CHECKING:
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _serve(port: int, env: dict[str, str], switch_interval: float, ready: Event, stop: Event) -> None:
+def _serve(
+    port: int,
+    env: dict[str, str],
+    switch_interval: float,
+    admission: tuple[float, int],
+    ready: Event,
+    stop: Event,
+) -> None:
     os.environ.update(env)
     sys.setswitchinterval(switch_interval)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     from local_stack.api import LocalApi
 
-    api = LocalApi(port=port, reuse_port=True, bind=False)
+    deadline_ms, max_queue = admission
+    api = LocalApi(port=port, reuse_port=True, bind=False, deadline_ms=deadline_ms, max_queue=max_queue)
     api.warm()  # before binding: the kernel hands connections only to warm workers
     api.bind()
     api.start()
@@ -58,7 +66,14 @@ def _serve(port: int, env: dict[str, str], switch_interval: float, ready: Event,
 
 class ApiWorkers:
     def __init__(
-        self, port: int, count: int, env: dict[str, str], metrics_dir: Path, switch_interval: float
+        self,
+        port: int,
+        count: int,
+        env: dict[str, str],
+        metrics_dir: Path,
+        switch_interval: float,
+        deadline_ms: float = 250.0,
+        max_queue: int = 128,
     ) -> None:
         if count < 1:
             raise ValueError("at least one API worker")
@@ -67,6 +82,7 @@ class ApiWorkers:
         self.env = {**env, METRICS_DIR_ENV: str(metrics_dir)}
         self.metrics_dir = metrics_dir
         self.switch_interval = switch_interval
+        self.admission = (deadline_ms, max_queue)  # each worker's (local_stack.api.Admission)
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self.processes: list[Any] = []
@@ -79,7 +95,7 @@ class ApiWorkers:
             ready = self._context.Event()
             process = self._context.Process(
                 target=_serve,
-                args=(self.port, self.env, self.switch_interval, ready, self._stop),
+                args=(self.port, self.env, self.switch_interval, self.admission, ready, self._stop),
                 name=f"fraudsys-api-{i}",
                 daemon=True,
             )

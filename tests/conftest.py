@@ -29,6 +29,7 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from fraud_adapters.store_marker import StoreMarker
 from tests.support.services import (
     AnyRedis,
     RedisClusterService,
@@ -89,16 +90,19 @@ def kafka_service() -> Iterator[Service]:
 
 @pytest.fixture(params=["single", "cluster"])
 def handler_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The handlers' Redis (``REDIS_URL``, ``REDIS_CLUSTER``), flushed: one redis-server, or a
-    real 3-master Redis Cluster. A test using it runs on both (ids ``[single]``, ``[cluster]``)."""
+    """The handlers' Redis (``REDIS_URL``, ``REDIS_CLUSTER``), flushed and marked filled (a new
+    store: ``fraud_adapters.store_marker``): one redis-server, or a real 3-master Redis Cluster.
+    A test using it runs on both (ids ``[single]``, ``[cluster]``)."""
+    client: AnyRedis
     if request.param == "cluster":
         cluster: RedisClusterService = request.getfixturevalue("redis_cluster_service")
-        request.getfixturevalue("redis_cluster_client")  # flushes every primary
+        client = request.getfixturevalue("redis_cluster_client")  # flushes every primary
         monkeypatch.setenv("REDIS_URL", f"redis://{cluster.url}/0")
         monkeypatch.setenv("REDIS_CLUSTER", "true")
     else:
         service: Service = request.getfixturevalue("redis_service")
-        request.getfixturevalue("redis_client")  # flushes it
+        client = request.getfixturevalue("redis_client")  # flushes it
         monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{service.port}/0")
         monkeypatch.delenv("REDIS_CLUSTER", raising=False)
+    StoreMarker(client).mark("tests: a new store")
     return str(request.param)

@@ -9,7 +9,8 @@ is the one the updater builds from the same events. Labels go through the store'
 again: members are deterministic (a ZADD of a member already there adds nothing), the derived
 keys are functions of the sets, and no updater call runs between a key's ZADD and its script,
 so an event both backfilled and streamed counts once. The transaction index (label intake) is
-rebuilt with the same transactions and the updater's values.
+rebuilt with the same transactions and the updater's values. Once every event is written, the
+store's fill marker is set (``fraud_adapters.store_marker``): the scorer serves full features again.
 """
 
 import time
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 
 from fraud_adapters.bulk import CHUNK, TRANSACTION_COLUMNS, TRANSACTION_SCHEMA, BulkWriter
 from fraud_adapters.redis_store import RedisFeatureStore
+from fraud_adapters.store_marker import StoreMarker
 from fraud_adapters.tx_index import TransactionIndex
 from fraud_core.schemas import LabelEvent
 
@@ -155,6 +157,7 @@ def backfill(
         done += len(label_chunk)
         if on_progress is not None:
             on_progress(done, total)
+    StoreMarker(store.client, store.prefix).mark("fraudsys backfill")  # complete: full features again
     return BackfillStats(
         transactions=tx.num_rows,
         labels=len(lab),

@@ -513,6 +513,17 @@ def local_up(
         list[Path] | None,
         typer.Option(help="local model store(s) to take the champion from (default: data/model_store)"),
     ] = None,
+    deadline_ms: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="each request's deadline from its arrival at the API: a request that cannot be "
+            "answered by then is answered 503 with Retry-After at once, or dropped unscored",
+        ),
+    ] = 250.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="requests each API process queues at most; beyond, a 503")
+    ] = 128,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API, the updater's poller and
     the archiver's (the event lake)."""
@@ -533,6 +544,8 @@ def local_up(
         publish_mode.value,
         champion=champion,
         champion_model_stores=tuple(models_from or [Path("data/model_store")]),
+        request_deadline_ms=deadline_ms,
+        api_max_queue=max_queue,
     )
     stack = LocalStack(cfg, on_step=_step)
     try:
@@ -546,6 +559,7 @@ def local_up(
             console.print(f"{name:>7}: {url}")
         if stack.champion_report is not None:
             console.print(f" model: {stack.champion_report.message}", soft_wrap=True)
+        console.print(f" store: {stack.store_report}", soft_wrap=True)
         console.print(
             "models: `uv run fraudsys pipeline --local` trains, registers and publishes a new one "
             "to this stack (no credentials needed); Ctrl-C stops everything",

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
@@ -122,6 +124,7 @@ class ScorerApi(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         cfg = config.scorer
+        rate_limit, burst_limit = config.scorer_throttle  # from the per-instance capacity
         environment = {
             **feature_store.handler_environment(config, cfg.redis_timeout_ms),
             "MODEL_STORE_URI": storage.model_store_uri,
@@ -173,8 +176,8 @@ class ScorerApi(Construct):
                 metrics_enabled=True,
                 logging_level=apigw.MethodLoggingLevel.INFO,
                 data_trace_enabled=False,  # request bodies carry card data: never log them
-                throttling_rate_limit=cfg.throttle_rate_limit,
-                throttling_burst_limit=cfg.throttle_burst_limit,
+                throttling_rate_limit=rate_limit,
+                throttling_burst_limit=burst_limit,
                 access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
                 access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
                     caller=True,
@@ -195,6 +198,16 @@ class ScorerApi(Construct):
                 "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
                 "The account-level API Gateway logging role must use AWS's push-to-CloudWatch policy.",
             )
+        # API Gateway's own throttling answers in the API's one error body (handlers.errors), with
+        # Retry-After like the scorer's 503s (handlers.deadline), instead of {"message": ...}
+        throttled = {"statusCode": 429, "message": "too many requests: retry after Retry-After seconds"}
+        self.api.add_gateway_response(
+            "Throttled",
+            type=apigw.ResponseType.THROTTLED,
+            status_code="429",
+            response_headers={"Retry-After": "'1'"},
+            templates={"application/json": json.dumps(throttled)},
+        )
         validator = self.api.add_request_validator(
             "Validator", validate_request_body=True, validate_request_parameters=True
         )
@@ -242,9 +255,7 @@ class ScorerApi(Construct):
         self.usage_plan = self.api.add_usage_plan(
             "UsagePlan",
             name=f"{config.prefix}-scorer",
-            throttle=apigw.ThrottleSettings(
-                rate_limit=cfg.throttle_rate_limit, burst_limit=cfg.throttle_burst_limit
-            ),
+            throttle=apigw.ThrottleSettings(rate_limit=rate_limit, burst_limit=burst_limit),
             quota=(
                 apigw.QuotaSettings(limit=cfg.usage_plan_quota_per_day, period=apigw.Period.DAY)
                 if cfg.usage_plan_quota_per_day
@@ -316,7 +327,7 @@ class ScorerApi(Construct):
             action=wafv2.CfnWebACL.RuleActionProperty(block={}),
             statement=wafv2.CfnWebACL.StatementProperty(
                 rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                    aggregate_key_type="IP", limit=max(100, config.scorer.throttle_rate_limit * 300)
+                    aggregate_key_type="IP", limit=max(100, config.scorer_throttle[0] * 300)
                 )
             ),
             visibility_config=visibility("RatePerIp"),

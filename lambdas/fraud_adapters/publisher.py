@@ -33,6 +33,9 @@ class Publisher(Protocol):
     def warm(self, timeout: float = 10.0) -> None:
         """Connect and learn the topics now, so that the first ``publish`` does not pay for it."""
 
+    def check(self, timeout: float = 0.25) -> str:
+        """What the stream looks like now (for ``GET /health``), or raise if it cannot be reached."""
+
     def close(self) -> None: ...
 
 
@@ -57,6 +60,9 @@ class NullPublisher:
 
     def warm(self, timeout: float = 10.0) -> None:
         return None
+
+    def check(self, timeout: float = 0.25) -> str:
+        return "no stream (STREAM_KIND=none)"
 
     def close(self) -> None:
         return None
@@ -108,6 +114,9 @@ class KafkaPublisher:
                 "linger.ms": self.linger_ms,
                 "message.timeout.ms": 5000,  # delivery deadline, retries included
                 "socket.nagle.disable": True,
+                # a restarted broker is reconnected to within a second (librdkafka's default
+                # backoff grows to 10 s, during which every sync publish times out)
+                "reconnect.backoff.max.ms": 1000,
                 "logger": logging.getLogger("fraudsys.kafka"),
                 **config,
             }
@@ -119,6 +128,16 @@ class KafkaPublisher:
         this the first sync publish waits for the connection, the metadata and the ack)."""
         for topic in self.topics.values():
             self.producer.list_topics(topic, timeout=timeout)
+
+    def check(self, timeout: float = 0.25) -> str:
+        """A metadata round trip to the brokers for the transactions topic (raises if none answers
+        within ``timeout``, or the topic does not exist)."""
+        topic = self.topics[TransactionEvent]
+        metadata = self.producer.list_topics(topic, timeout=timeout)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            raise RuntimeError(f"topic {topic}: {found.error if found is not None else 'missing'}")
+        return f"{len(metadata.brokers)} broker(s), {topic}: {len(found.partitions)} partition(s)"
 
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Send and wait for this call's acknowledgements only (not the rest of the queue);
@@ -190,6 +209,10 @@ class KinesisPublisher:
 
     def warm(self, timeout: float = 10.0) -> None:
         return None  # boto3 connects on the first put; nothing to learn beforehand
+
+    def check(self, timeout: float = 0.25) -> str:
+        # a DescribeStreamSummary per /health would count against the stream's API limits
+        return f"kinesis stream {self.stream_name}: not probed"
 
     def close(self) -> None:
         return None

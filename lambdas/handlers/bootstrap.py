@@ -22,6 +22,7 @@ from fraud_adapters.publisher import (
     kafka_security_config,
 )
 from fraud_adapters.redis_store import CardHasher, RedisFeatureStore
+from fraud_adapters.store_marker import StoreMarker
 from fraud_adapters.tx_index import TransactionIndex
 from handlers.settings import DEV_CARD_HASH_KEY, Settings, secret_value, settings
 
@@ -102,6 +103,12 @@ def feature_store(timeout_ms: int | None = None) -> RedisFeatureStore:
         cfg.label_delay_seconds,
         tile_threshold=cfg.card_tile_threshold,
     )
+
+
+def store_marker(timeout_ms: int | None = None) -> StoreMarker:
+    """The feature store's fill marker, on the store's Redis client."""
+    store = feature_store(timeout_ms)
+    return StoreMarker(store.client, store.prefix)
 
 
 @lru_cache(maxsize=2)

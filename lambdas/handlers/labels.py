@@ -12,7 +12,7 @@ A retried request publishes the same labels again with a later ``label_time``; u
 changes no feature. Card numbers are neither received nor logged.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -34,7 +34,7 @@ from fraud_core.schemas import (
     LabelsBody,
     LabelsResponse,
 )
-from handlers import bootstrap
+from handlers import bootstrap, deadline
 from handlers.errors import error_response
 from handlers.observability import logger, metrics
 
@@ -56,9 +56,15 @@ class LabelIntake:
     #: below the scorer Lambda's 5 s timeout, so a stuck broker gives a 503 rather than a timeout
     publish_timeout: float = 3.0
 
-    def submit(self, labels: Sequence[LabelRequest], received_at: datetime | None = None) -> LabelsResponse:
+    def submit(
+        self,
+        labels: Sequence[LabelRequest],
+        received_at: datetime | None = None,
+        before_publish: Callable[[], None] | None = None,
+    ) -> LabelsResponse:
         """Publish the labels whose transaction is indexed, as arrived at ``received_at`` (default:
-        now); the outcome of each label in order. Raises ``LabelIntakeUnavailableError``."""
+        now); the outcome of each label in order. Raises ``LabelIntakeUnavailableError``, and
+        whatever ``before_publish`` (called once the index is read) raises to stop there."""
         label_time = (received_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
         try:
             found = self.index.get(label.transaction_id for label in labels)
@@ -82,6 +88,8 @@ class LabelIntake:
                 )
             )
             results.append(LabelOutcome(transaction_id=label.transaction_id, status="accepted"))
+        if events and before_publish is not None:
+            before_publish()
         if events:
             try:
                 self.publisher.publish(events, timeout=self.publish_timeout)
@@ -110,13 +118,19 @@ def intake(timeout_ms: int | None = None, publish_timeout: float = 3.0) -> Label
             "description": "Accepted: the outcome of each label",
             "content": {"application/json": {"model": LabelsResponse}},
         },
-        503: {"description": "The transaction index or the labels stream is unavailable: retry"},
+        503: {
+            "description": "The transaction index or the labels stream is unavailable, or the "
+            "request's deadline passed: retry"
+        },
     },
 )
 def post_labels(body: Annotated[LabelsBody, Body()]) -> Response[Any]:
     labels = body.labels if isinstance(body, LabelBatchRequest) else [body]
+    deadline.check(router.lambda_context, "the index read")
     try:
-        answer = intake().submit(labels)
+        answer = intake().submit(
+            labels, before_publish=lambda: deadline.check(router.lambda_context, "publishing")
+        )
     except LabelIntakeUnavailableError as exc:
         logger.error("label intake unavailable", extra={"reason": str(exc), "labels": len(labels)})
         metrics.add_metric(name="Unavailable", unit=MetricUnit.Count, value=1)

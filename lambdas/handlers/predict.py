@@ -1,15 +1,19 @@
 """API Gateway -> Lambda: ``POST /predict``, ``GET /health`` and ``POST /labels`` (``handlers.labels``).
 
 Parses and validates the request, calls the scorer, formats the answer, publishes the
-transaction to the stream. Redis unreachable: the request-only baseline model answers with
-``degraded: true`` (timeouts are ``REDIS_TIMEOUT_MS``); no champion: 503.
+transaction to the stream. Redis unreachable, or the feature store without its fill marker
+(``fraud_adapters.store_marker``: its data was lost): the request-only baseline model answers
+with ``degraded: true`` (timeouts are ``REDIS_TIMEOUT_MS``); no champion: 503. A request past its
+deadline (``handlers.deadline``) is dropped before the feature read or the publish: 503 with
+``Retry-After``. ``GET /health`` probes each dependency: Redis, the store's marker, the stream,
+the model store and the champion.
 """
 
 import gc
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
@@ -25,6 +29,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fraud_adapters.store_marker import EMPTY, MarkerCheck
 from fraud_core import timeguard
 from fraud_core.schemas import (
     DependencyStatus,
@@ -34,11 +39,17 @@ from fraud_core.schemas import (
     epoch_seconds,
 )
 from fraud_core.spec import FEATURE_SPEC_VERSION
-from handlers import bootstrap, labels
+from handlers import bootstrap, deadline, labels
 from handlers.errors import error_body, error_response, json_position, route_not_found
 from handlers.observability import logger, mask_card, metrics, tracer
 from handlers.scoring import FeatureStoreUnavailableError, ModelCache, ModelUnavailableError, Scorer
 from handlers.settings import settings
+
+#: the longest a synchronous publish waits for the broker's acknowledgement (less if the request's
+#: deadline comes first)
+PUBLISH_TIMEOUT_SECONDS = 2.0
+#: each probe of ``GET /health`` that has its own timeout (the stream's metadata round trip)
+HEALTH_PROBE_TIMEOUT_SECONDS = 0.25
 
 
 def json_body(text: str) -> Any:
@@ -89,7 +100,8 @@ def scorer() -> Scorer:
         cfg.reasons_method == "approx",
         label_delay=cfg.label_delay_seconds,
     )
-    return Scorer(bootstrap.feature_store(), models, cfg.label_delay_seconds)
+    marker = MarkerCheck(bootstrap.store_marker(), cfg.store_marker_ttl_seconds)
+    return Scorer(bootstrap.feature_store(), models, cfg.label_delay_seconds, marker)
 
 
 _error = error_response
@@ -147,6 +159,13 @@ def _unavailable(exc: Exception) -> Response[Any]:
     return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
+@app.exception_handler(deadline.DeadlineExceededError)  # type: ignore[untyped-decorator]
+def _past_deadline(exc: deadline.DeadlineExceededError) -> Response[Any]:
+    logger.info("dropped past its deadline", extra={"step": exc.step, "path": app.current_event.path})
+    metrics.add_metric(name="DeadlineExceeded", unit=MetricUnit.Count, value=1)
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), headers=deadline.retry_after())
+
+
 class TimeGuardError(ValueError):
     """A request dated outside what the time guard accepts (``fraud_core.timeguard``)."""
 
@@ -170,7 +189,7 @@ def _refused_time(exc: TimeGuardError) -> Response[Any]:
     responses={
         200: {"description": "Scored"},
         422: {"description": "Invalid request, or transaction_time outside the time guard"},
-        503: {"description": "No champion model"},
+        503: {"description": "No champion model, or the request's deadline passed (Retry-After)"},
     },
 )
 def predict(request: PredictRequest) -> PredictResponse:
@@ -184,7 +203,9 @@ def predict(request: PredictRequest) -> PredictResponse:
     )
     if refused is not None:
         raise TimeGuardError("transaction_time", refused)
+    deadline.check(app.lambda_context, "the feature read")  # nothing read, scored or published
     scored = scorer().score(request)
+    deadline.check(app.lambda_context, "publishing")  # scored, but neither published nor answered
     last_timings.score_ms, last_timings.read_ms = scored.total_ms, scored.read_ms
     last_timings.model_ms = scored.model_ms
     response = scored.response
@@ -211,17 +232,18 @@ def predict(request: PredictRequest) -> PredictResponse:
             "latency_ms": round(scored.total_ms, 3),
         },
     )
-    _publish(request, received)
+    remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
+    _publish(request, received, min(PUBLISH_TIMEOUT_SECONDS, remaining))
     freeze_startup_objects()
     return response
 
 
-def _publish(request: PredictRequest, received: datetime) -> None:
+def _publish(request: PredictRequest, received: datetime, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
     """Send the scored transaction to the stream; a failure is logged and counted, the answer stands."""
     publisher = bootstrap.publisher()
     failures = 0
     try:
-        publisher.publish([request.to_event(received_at=received)])
+        publisher.publish([request.to_event(received_at=received)], timeout=max(timeout, 0.001))
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
         failures = 1
@@ -230,15 +252,45 @@ def _publish(request: PredictRequest, received: datetime) -> None:
         metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=failures)
 
 
-@app.get("/health", summary="Dependency status")
-def health() -> Response[Any]:
-    deps: dict[str, DependencyStatus] = {}
+def _probe(check: Callable[[], str]) -> DependencyStatus:
+    """One dependency: ``check`` returns what it found, or raises what is wrong."""
     started = time.perf_counter()
     try:
-        bootstrap.feature_store().ping()
-        deps["redis"] = DependencyStatus(ok=True, latency_ms=(time.perf_counter() - started) * 1000)
+        detail = check()
     except Exception as exc:
-        deps["redis"] = DependencyStatus(ok=False, detail=type(exc).__name__ + ": " + str(exc))
+        return DependencyStatus(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+    return DependencyStatus(ok=True, detail=detail, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def _store_filled() -> str:
+    filled = bootstrap.store_marker().read()
+    if filled is None:
+        raise RuntimeError(EMPTY)
+    return f"filled by {filled.by} at {datetime.fromtimestamp(filled.at, UTC).isoformat()}"
+
+
+def _champion_pointer() -> str:
+    store = bootstrap.model_store()
+    version = store.champion_version()
+    return f"{store.blobs.uri}: champion {version}" if version else f"{store.blobs.uri}: no champion"
+
+
+@app.get("/health", summary="Dependency status")
+def health() -> Response[Any]:
+    """Each dependency probed now: ``redis`` (PING), ``store`` (the fill marker: a store that lost
+    its data says ``empty (run fraudsys backfill)``), ``broker`` (a metadata round trip to the
+    stream), ``model_store`` (the champion pointer) and ``model`` (the champion served). ``down``
+    (503) when no champion can answer; ``degraded`` when anything else is not ok."""
+    deps: dict[str, DependencyStatus] = {
+        "redis": _probe(lambda: "PONG" if bootstrap.feature_store().ping() else "")
+    }
+    deps["store"] = (
+        _probe(_store_filled)
+        if deps["redis"].ok
+        else DependencyStatus(ok=False, detail="unknown: redis unreachable")
+    )
+    deps["broker"] = _probe(lambda: bootstrap.publisher().check(HEALTH_PROBE_TIMEOUT_SECONDS))
+    deps["model_store"] = _probe(_champion_pointer)
     version: str | None = None
     try:
         version = scorer().models.get().manifest.version

@@ -20,6 +20,7 @@ from xgboost import _c_api
 
 from fraud_adapters.model_store import ChampionCache, ModelFiles, ModelNotFoundError, ModelStore
 from fraud_adapters.redis_store import CorruptStateError, RedisFeatureStore
+from fraud_adapters.store_marker import EMPTY, MarkerCheck
 from fraud_core import spec
 from fraud_core.decision import is_fraud, top_reasons
 from fraud_core.features import F64
@@ -215,10 +216,21 @@ class Scored:
 
 
 class Scorer:
-    def __init__(self, store: RedisFeatureStore, models: ModelCache, label_delay: int) -> None:
+    """``marker``: the store's fill marker (``fraud_adapters.store_marker``); while the store
+    holds none (never filled, or its data was lost), answers come from the request-only
+    baseline, ``degraded``, as when Redis is unreachable. None: the store is taken as complete."""
+
+    def __init__(
+        self,
+        store: RedisFeatureStore,
+        models: ModelCache,
+        label_delay: int,
+        marker: MarkerCheck | None = None,
+    ) -> None:
         self.store = store
         self.models = models
         self.label_delay = label_delay
+        self.marker = marker
 
     def score(self, request: PredictRequest) -> Scored:
         started = time.perf_counter()
@@ -226,16 +238,22 @@ class Scorer:
         read_started = time.perf_counter()
         t = epoch_seconds(request.transaction_time)
         degraded = False
-        try:
-            state = self.store.read(request.card_id, request.merchant_name, t)
-        except (redis.RedisError, CorruptStateError) as exc:
-            # unreachable, or this card's/merchant's keys cannot be read (members no FraudSys code
-            # wrote, an error reply such as WRONGTYPE or OOM): request-only features
-            if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-                logger.error("feature state unreadable", extra={"reason": f"{type(exc).__name__}: {exc}"})
+        if self.marker is not None and self.marker.filled() is False:
+            # the store lost its history (or never had it): its features would all be wrong
             if model.baseline is None:
-                raise FeatureStoreUnavailableError(f"feature store unavailable: {exc}") from exc
+                raise FeatureStoreUnavailableError(f"feature store {EMPTY}")
             state, degraded = OnlineState(), True
+        else:
+            try:
+                state = self.store.read(request.card_id, request.merchant_name, t)
+            except (redis.RedisError, CorruptStateError) as exc:
+                # unreachable, or this card's/merchant's keys cannot be read (members no FraudSys
+                # code wrote, an error reply such as WRONGTYPE or OOM): request-only features
+                if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                    logger.error("feature state unreadable", extra={"reason": f"{type(exc).__name__}: {exc}"})
+                if model.baseline is None:
+                    raise FeatureStoreUnavailableError(f"feature store unavailable: {exc}") from exc
+                state, degraded = OnlineState(), True
         read_ms = (time.perf_counter() - read_started) * 1000
         row = request_features(request, state, self.label_delay)
         probability, contributions, names, values = model.predict(row, degraded)

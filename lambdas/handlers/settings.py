@@ -25,6 +25,8 @@ class Settings(BaseModel):
     model_store_uri: str = "data/model_store"
     model_name: str = "fraudsys"
     model_pointer_ttl_seconds: float = Field(default=30.0, ge=0)
+    #: how often the scorer re-reads the feature store's fill marker (``fraud_adapters.store_marker``)
+    store_marker_ttl_seconds: float = Field(default=1.0, ge=0)
     #: ``shap``: exact TreeSHAP reasons (cost grows with trees x leaves x depth**2);
     #: ``approx``: XGBoost's path attribution (Saabas), a few times cheaper on large models.
     reasons_method: Literal["shap", "approx"] = "shap"

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from bench.http_latency import server_timing
+from fraud_adapters.store_marker import StoreMarker
 from handlers import bootstrap, predict
 from local_stack.api import MAX_BODY_BYTES, LocalApi
 from local_stack.services import free_port
@@ -40,6 +42,7 @@ MAX_EXAMPLES = 150  # per operation and generation mode: the module runs in well
 def api(redis_service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
     models = tmp_path_factory.mktemp("fuzz-models")
     publish_test_model(str(models), version="7")
+    StoreMarker(redis.Redis(port=redis_service.port)).mark("tests: a new store")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_service.port}/0")
         env.setenv("MODEL_STORE_URI", str(models))
@@ -281,8 +284,9 @@ def test_an_idle_keep_alive_connection_stays_open(api: LocalApi) -> None:
 
 
 def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
-    """``Server-Timing`` lets a client split its latency: the handler invocation, within it
-    ``Scorer.score``, within that the champion check (``model``) and the Redis read (milliseconds)."""
+    """``Server-Timing`` lets a client split its latency: the wait in the API's queue, the handler
+    invocation, within it ``Scorer.score``, within that the champion check (``model``) and the
+    Redis read (milliseconds)."""
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
     try:
         conn.request("POST", "/predict", json.dumps(VALID), {"Content-Type": "application/json"})
@@ -296,7 +300,7 @@ def test_answers_carry_the_handler_score_and_read_times(api: LocalApi) -> None:
 
     timing = server_timing(scored.getheader("Server-Timing", "").encode())
     assert scored.status == 200
-    assert set(timing) == {"handler", "score", "model", "read"}
+    assert set(timing) == {"queue", "handler", "score", "model", "read"}
     assert 0 < timing["read"] <= timing["score"] <= timing["handler"] < 10_000
     assert 0 <= timing["model"] <= timing["score"] - timing["read"] + 0.01  # both inside score
-    assert set(server_timing(health.getheader("Server-Timing", "").encode())) == {"handler"}
+    assert set(server_timing(health.getheader("Server-Timing", "").encode())) == {"queue", "handler"}

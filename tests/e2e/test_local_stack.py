@@ -304,7 +304,7 @@ def test_broker_restart_duplicates_nothing_and_the_stream_resumes(
 def test_redis_restart_degrades_then_recovers(stack: LocalStack, frame: pd.DataFrame) -> None:
     assert stack.api is not None
     body = _request(frame.iloc[-5].to_dict(), int(frame["event_time"].max()) + 30_000, "e2e-degraded")
-    stack.services["redis"].stop()
+    stack.supervisor.hold("redis")  # down on purpose: the supervisor does not restart it
     try:
         # While Redis is down the scorer answers from the request-only model, flagged degraded
         status, answer = post_json(f"{stack.api.url}/predict", body)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from handlers import predict
 from tests.support.events import FakeContext, api_gateway_event
@@ -240,3 +241,152 @@ def test_a_warm_score_reads_redis_in_one_round_trip(
     assert status == 200, body
     assert len(sent) == 1
     assert b"EVALSHA" in sent[0].upper()
+
+
+def test_health_names_each_dependency(lambda_env: Path) -> None:
+    publish_test_model(str(lambda_env / "models"), version="5")
+    status, health = call("GET", "/health")
+    assert status == 200, health
+    deps = health["dependencies"]
+    assert set(deps) == {"redis", "store", "broker", "model_store", "model"}
+    assert all(d["ok"] for d in deps.values()), deps
+    assert deps["store"]["detail"].startswith("filled by tests")
+    assert deps["broker"]["detail"] == "no stream (STREAM_KIND=none)"
+    assert deps["model_store"]["detail"].endswith("champion 5")
+
+
+def test_a_store_that_lost_its_data_answers_degraded_and_health_says_why(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fraud_adapters.store_marker import EMPTY
+    from handlers import bootstrap
+
+    monkeypatch.setenv("STORE_MARKER_TTL_SECONDS", "0")  # the scorer re-reads the marker every request
+    bootstrap.reset()
+    predict.scorer.cache_clear()
+    publish_test_model(str(lambda_env / "models"), version="7")
+    assert call("POST", "/predict", VALID)[1]["degraded"] is False
+
+    # when Redis loses its data (a restart without persistence, a flush)
+    bootstrap.feature_store().client.flushall()
+
+    # then the answers come from the request alone, flagged, and /health says what to do
+    status, body = call("POST", "/predict", {**VALID, "transaction_id": "tx-after-loss"})
+    assert status == 200, body
+    assert body["degraded"] is True
+    assert body["model_version"] == "7-baseline"
+    status, health = call("GET", "/health")
+    assert status == 200
+    assert health["status"] == "degraded"
+    assert health["dependencies"]["redis"]["ok"] is True
+    assert health["dependencies"]["store"] == {
+        "ok": False,
+        "detail": f"RuntimeError: {EMPTY}",
+        "latency_ms": None,
+    }
+
+    # and once the store is filled again (fraudsys backfill writes the marker), full features again
+    bootstrap.store_marker().mark("fraudsys backfill")
+    assert call("POST", "/predict", {**VALID, "transaction_id": "tx-refilled"})[1]["degraded"] is False
+    assert call("GET", "/health")[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "step"),
+    [
+        ("/predict", VALID, "the feature read"),
+        ("/labels", {"transaction_id": "tx-1", "is_fraud": True}, "the index read"),
+    ],
+)
+def test_a_request_past_its_deadline_is_dropped_with_a_503_and_retry_after(
+    lambda_env: Path, path: str, body: dict[str, Any], step: str
+) -> None:
+    import time
+
+    from local_stack.events import LocalContext
+
+    publish_test_model(str(lambda_env / "models"))
+    late = LocalContext("fraudsys-test", deadline=time.monotonic() - 0.001)  # nothing left of it
+
+    response = predict.handler(api_gateway_event("POST", path, body), late)
+
+    assert response["statusCode"] == 503
+    headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
+    assert headers["Retry-After"] == "1"
+    assert json.loads(response["body"]) == {
+        "statusCode": 503,
+        "message": f"deadline exceeded before {step}: not done, retry later",
+    }
+
+
+def test_a_stalled_redis_costs_one_timeout_not_a_chain_of_retries(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled Redis costs each request its timeout, not more: the handlers' clients
+    (``Redis.from_url`` without a retry policy) never retry a timeout, where ``redis.Redis()``'s
+    default (10 retries, a backoff up to 1 s) makes a stalled GET or PING take ~5 s."""
+    import os
+    import signal
+    import time
+
+    from fraud_adapters.store_marker import StoreMarker
+    from handlers import bootstrap
+    from tests.support.services import redis_server
+
+    publish_test_model(str(lambda_env / "models"))
+    with redis_server() as stalled:
+        StoreMarker(redis.Redis(port=stalled.port)).mark("tests")
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{stalled.port}/0")
+        monkeypatch.setenv("REDIS_TIMEOUT_MS", "200")
+        monkeypatch.setenv("STORE_MARKER_TTL_SECONDS", "0")  # a GET of the fill marker per request
+        bootstrap.reset()
+        predict.scorer.cache_clear()
+        assert call("POST", "/predict", VALID)[1]["degraded"] is False  # connected, marker read
+        os.kill(stalled.process.pid, signal.SIGSTOP)
+        answers, took = [], []
+        try:
+            for i in range(2):  # the first times out on its pooled connection, the next must reconnect
+                started = time.monotonic()
+                answers.append(call("POST", "/predict", {**VALID, "transaction_id": f"tx-stalled-{i}"}))
+                took.append(time.monotonic() - started)
+            started = time.monotonic()
+            health = call("GET", "/health")
+            took.append(time.monotonic() - started)
+        finally:
+            os.kill(stalled.process.pid, signal.SIGCONT)
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert all(body["degraded"] for _, body in answers)
+    assert health[1]["dependencies"]["redis"]["ok"] is False
+    # each: a 200 ms timeout or two (the fill marker's GET, the state's pipeline); with redis-py's
+    # default retries a GET or a PING takes ~5 s. Generous for a busy machine.
+    assert max(took) < 3.0, took
+
+
+def test_after_a_redis_restart_the_next_answer_has_full_features(
+    lambda_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The pooled connection to the old process is closed: the pool replaces it before the read
+    (redis-py checks a pooled connection for unread data, here the server's close), so the
+    first answer after the restart is not degraded. The supervised local stack relies on it."""
+    from fraud_adapters.store_marker import StoreMarker
+    from handlers import bootstrap
+    from local_stack.services import free_port, start_redis
+
+    publish_test_model(str(lambda_env / "models"))
+    port = free_port()
+    server = start_redis(port, tmp_path / "redis", appendonly=True)  # the marker survives the restart
+    try:
+        StoreMarker(redis.Redis(port=port)).mark("tests")
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        bootstrap.reset()
+        predict.scorer.cache_clear()
+        assert call("POST", "/predict", VALID)[1]["degraded"] is False
+        server.stop()
+        server = start_redis(port, tmp_path / "redis", appendonly=True)
+
+        status, body = call("POST", "/predict", {**VALID, "transaction_id": "tx-after-restart"})
+
+        assert status == 200, body
+        assert body["degraded"] is False
+    finally:
+        server.stop()

@@ -146,3 +146,33 @@ def test_two_stages_in_one_account_do_not_both_manage_api_gateways_account_setti
         {"stages": {"dev": {**where, "manage_api_gateway_account": False}, "prod": where}}
     )
     assert [c.manage_api_gateway_account for c in configs] == [False, True]
+
+
+def test_throttling_follows_the_scorers_concurrency_and_per_instance_capacity() -> None:
+    # derived: burst = concurrency N (reserved, else the account's quota), rate = N x C / 2
+    reserved = StageConfig.model_validate(
+        {"name": "tt", "scorer": {"reserved_concurrency": 40, "instance_capacity_rps": 60}}
+    )
+    assert reserved.scorer_concurrency == 40
+    assert reserved.scorer_throttle == (1200, 40)
+    unreserved = StageConfig.model_validate(
+        {"name": "tt", "lambda_concurrency_quota": 10, "scorer": {"throttle_rate_limit": 50}}
+    )
+    assert unreserved.scorer_throttle == (50, 10)
+    # set by hand: at most what the instances answer, no burst beyond them
+    with pytest.raises(ValidationError, match="API Gateway answers 500"):
+        StageConfig.model_validate(
+            {"name": "tt", "scorer": {"reserved_concurrency": 40, "throttle_burst_limit": 41}}
+        )
+    with pytest.raises(ValidationError, match="instance_capacity_rps"):
+        StageConfig.model_validate(
+            {"name": "tt", "scorer": {"reserved_concurrency": 40, "throttle_rate_limit": 40 * 50 + 1}}
+        )
+
+
+def test_the_stages_throttle_within_their_scorer_capacity() -> None:
+    context = read_cdk_json_context(REPO_ROOT / "cdk.json").get("fraudsys")
+    dev, prod = (load_stage_configs(context, name)[0] for name in ("dev", "prod"))
+    assert dev.scorer.reserved_concurrency is None  # account limits: see docs/infra.md
+    assert dev.scorer_throttle == (50, 10)
+    assert prod.scorer_throttle == (1000, 400)

@@ -344,8 +344,9 @@ def test_rest_api_methods_auth_validation_key_plan_logs_tracing(msk: Synthesized
                     {
                         "DataTraceEnabled": False,
                         "LoggingLevel": "INFO",
-                        "ThrottlingRateLimit": 200,
-                        "ThrottlingBurstLimit": 400,
+                        # derived: reserved concurrency 50, 50 requests/s per instance
+                        "ThrottlingRateLimit": 1250,
+                        "ThrottlingBurstLimit": 50,
                     }
                 )
             ],
@@ -354,7 +355,7 @@ def test_rest_api_methods_auth_validation_key_plan_logs_tracing(msk: Synthesized
     serving.resource_count_is("AWS::ApiGateway::ApiKey", 1)
     serving.has_resource_properties(
         "AWS::ApiGateway::UsagePlan",
-        {"Throttle": {"RateLimit": 200, "BurstLimit": 400}, "Quota": {"Limit": 1000, "Period": "DAY"}},
+        {"Throttle": {"RateLimit": 1250, "BurstLimit": 50}, "Quota": {"Limit": 1000, "Period": "DAY"}},
     )
     serving.resource_count_is("AWS::ApiGateway::UsagePlanKey", 1)
     serving.has_resource_properties("AWS::WAFv2::WebACL", {"Scope": "REGIONAL"})
@@ -488,3 +489,19 @@ def test_only_the_archiver_carries_the_arrow_layer(msk: Synthesized) -> None:
         "FraudSys arrow layer for the event lake",
         "FraudSys slim XGBoost layer",
     ]
+
+
+def test_throttling_answers_429_with_retry_after_in_the_api_error_body(msk: Synthesized) -> None:
+    msk.template("serving").has_resource_properties(
+        "AWS::ApiGateway::GatewayResponse",
+        {
+            "ResponseType": "THROTTLED",
+            "StatusCode": "429",
+            "ResponseParameters": {"gatewayresponse.header.Retry-After": "'1'"},
+            "ResponseTemplates": {
+                "application/json": Match.serialized_json(
+                    {"statusCode": 429, "message": Match.string_like_regexp("too many requests")}
+                )
+            },
+        },
+    )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fraud_adapters.store_marker import StoreMarker
 from fraud_core import spec
 from fraud_core.schemas import LabelEvent, PredictRequest
 from handlers import bootstrap, predict, update_features
@@ -96,10 +97,12 @@ def test_redis_wiped_mid_stream_is_rebuilt_from_the_lake_exactly(lake_env: Path)
         if not recovered and t >= wipe_at:
             store = bootstrap.feature_store()
             store.client.flushall()
+            assert StoreMarker(store.client, store.prefix).read() is None  # lost with the data
             lake = read_lake(str(lake_env / "lake"))
             first = backfill(lake.transactions, lake.labels, store, bootstrap.transaction_index())
             second = backfill(lake.transactions, lake.labels, store, bootstrap.transaction_index())
             assert first.applied > 0
+            assert StoreMarker(store.client, store.prefix).read() is not None  # filled again
             assert second.applied == 0  # every event was there (or is older than its key's retention)
             assert second.duplicates + second.late == first.applied + first.duplicates + first.late
             for batch in sent[-20:]:  # the stream redelivers what it had in flight
@@ -233,6 +236,12 @@ def test_the_backfill_writes_the_updaters_state_key_for_key(
             lake.transactions, lake.labels, store, bootstrap.transaction_index(), profiles=profiles
         )
         backfilled = _dump(client)
+        marker = StoreMarker(client, store.prefix)
+        filled = marker.read()
+        assert filled is not None
+        assert filled.by == "fraudsys backfill"
+        # (the fixture marked the store the updater filled; the backfill marked it again)
+        assert updater.pop(marker.key.encode())[1] != backfilled.pop(marker.key.encode())[1]
 
     # then every key holds what the updater wrote (type and value; TTLs within a minute), but the
     # index entries of transactions older than the window (no label can change a feature there)

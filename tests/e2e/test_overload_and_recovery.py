@@ -1,0 +1,352 @@
+"""Overload, crashes and lost state on the local stack, with real processes (issue 19).
+
+One API process (one invocation at a time, like one Lambda instance) with a short deadline and
+a small queue: a stalled Redis (``SIGSTOP``: connections accepted, nothing answered) saturates
+it. Services are killed with ``SIGKILL`` and the stack's supervisor restarts them; Redis loses
+its data with a ``FLUSHALL`` (what a restart without persistence does) and the scorer notices.
+Timing: only generous deadlines; the assertions are about what is answered, not how fast.
+"""
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+import redis
+
+from fraud_adapters.blobs import open_blob_store
+from fraud_adapters.model_store import ModelStore
+from fraud_adapters.store_marker import EMPTY
+from handlers import bootstrap
+from local_stack.demo import wait_for_champion
+from local_stack.stack import LAKE_BUCKET, PERSISTENT_BUCKETS, LocalStack, StackConfig
+from tests.support.models import publish_test_model_to
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEADLINE_MS = 500  # shorter than one Redis timeout: a request that waits one out is past it
+REDIS_TIMEOUT_MS = 1000
+MAX_QUEUE = 4
+T0 = datetime(2020, 6, 21, 12, 0, tzinfo=UTC)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, redis.RedisError, http.client.HTTPException) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last!r})" if last else "")
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    cfg = StackConfig.on_free_ports(
+        tmp_path_factory.mktemp("overload"),
+        batch_size=100,
+        batching_window=0.2,
+        session_timeout_ms=3000,
+        model_pointer_ttl_seconds=1.0,
+        request_deadline_ms=DEADLINE_MS,
+        api_max_queue=MAX_QUEUE,
+        redis_timeout_ms=REDIS_TIMEOUT_MS,
+    )
+    local = LocalStack(cfg).up()
+    try:
+        publish_champion(local, "1")
+        yield local
+    finally:
+        local.down()
+
+
+def publish_champion(stack: LocalStack, version: str) -> None:
+    store = ModelStore(open_blob_store(stack.cfg.model_store_uri))
+    publish_test_model_to(store, version=version, label_delay=stack.cfg.label_delay_seconds)
+    assert wait_for_champion(stack, version, timeout=60) == version
+
+
+def body(transaction_id: str, card: str = "4111111111111111", minutes: int = 0) -> dict[str, Any]:
+    return {
+        "transaction_id": transaction_id,
+        "cc_num": card,
+        "merchant_name": "fraud_Kirlin and Sons",
+        "category": "shopping_net",
+        "amount_usd": 12.5,
+        "transaction_time": (T0 + timedelta(minutes=minutes)).isoformat(),
+        "lat": 40.7,
+        "long": -74.0,
+        "city_pop": 8000,
+        "merch_lat": 41.2,
+        "merch_long": -75.1,
+    }
+
+
+type Answer = tuple[int, dict[str, str], Any]
+
+
+def post(stack: LocalStack, payload: dict[str, Any], timeout: float = 30.0) -> Answer:
+    """POST /predict on a new connection: status, headers (lower-case names) and the JSON body."""
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", "/predict", json.dumps(payload), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        raw = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(raw or b"{}")
+    finally:
+        conn.close()
+
+
+def health(stack: LocalStack) -> dict[str, Any]:
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/health")
+        return dict(json.loads(conn.getresponse().read()))
+    finally:
+        conn.close()
+
+
+def card_events(card: str, minutes: int) -> int:
+    """The card's events in the store, as a request at ``T0 + minutes`` reads them."""
+    t = int((T0 + timedelta(minutes=minutes)).timestamp())
+    return int(bootstrap.feature_store().read(card, "fraud_Kirlin and Sons", t).card(t).count[-1])
+
+
+def indexed(transaction_id: str) -> bool:
+    """Whether the updater applied (and indexed) this transaction: it went through the stream."""
+    return transaction_id in bootstrap.transaction_index().get([transaction_id])
+
+
+@contextmanager
+def stalled_redis(stack: LocalStack) -> Iterator[None]:
+    """redis-server stopped (SIGSTOP): the kernel still accepts connections, nothing answers."""
+    pid = stack.services["redis"].process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def healthy(stack: LocalStack) -> bool:
+    return bool(health(stack)["status"] == "ok")
+
+
+def scores_in_full(stack: LocalStack, transaction_id: str, card: str, minutes: int) -> bool:
+    status, _, answer = post(stack, body(transaction_id, card, minutes))
+    return status == 200 and answer["degraded"] is False
+
+
+# ----------------------------------------------------------------------------- overload
+
+
+def test_a_saturated_worker_sheds_load_with_503_and_retry_after(stack: LocalStack) -> None:
+    assert scores_in_full(stack, "warm-1", "4000000000000001", 1)
+    answers: list[Answer] = []
+    start = threading.Barrier(12)
+
+    def client(i: int) -> None:
+        start.wait(30)
+        answers.append(post(stack, body(f"burst-{i}", "4000000000000002", 10 + i)))
+
+    # When twelve requests arrive at once while every request waits out a Redis timeout (longer
+    # than the deadline) and the API queues four at most
+    with stalled_redis(stack):
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+    # Then every request is answered, none with a score it could not give in time: each is a 503
+    # with Retry-After in the API's error body; those beyond the queue are refused at admission
+    assert len(answers) == 12
+    assert {status for status, _, _ in answers} == {503}, answers
+    assert all(headers.get("retry-after") == "1" for _, headers, _ in answers)
+    assert all(
+        set(error) == {"statusCode", "message"} and error["statusCode"] == 503 for *_, error in answers
+    )
+    messages = [error["message"] for *_, error in answers]
+    assert any(m.startswith("overloaded:") for m in messages), messages
+    assert any(m.startswith("deadline exceeded") for m in messages), messages
+    metrics = urlopen_text(f"{stack.api_url}/metrics")
+    assert 'fraudsys_shed_requests_total{reason="refused",route="/predict"}' in metrics
+
+    # And once Redis answers again, so does the API, in full
+    wait_until(lambda: scores_in_full(stack, "after-burst", "4000000000000003", 40), "full scores again")
+
+
+def urlopen_text(url: str) -> str:
+    host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/" + url.removeprefix("http://").split("/", 1)[1])
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_request_past_its_deadline_is_not_published(stack: LocalStack) -> None:
+    card = "4000000000000004"
+    assert scores_in_full(stack, "before-late", card, 100)
+    wait_until(lambda: indexed("before-late"), "the first transaction applied")
+    before = card_events(card, 200)
+
+    # When the one request waits out a Redis timeout longer than its deadline
+    with stalled_redis(stack):
+        status, headers, answer = post(stack, body("late-1", card, 101))
+
+    # Then it is dropped before the publish: a 503 with Retry-After, never in the stream
+    assert status == 503, answer
+    assert headers["retry-after"] == "1"
+    assert answer["message"] == "deadline exceeded before publishing: not done, retry later"
+    assert scores_in_full(stack, "after-late", card, 102)  # same card: same partition, in order
+    wait_until(lambda: indexed("after-late"), "the next transaction applied")
+    assert not indexed("late-1")
+    assert card_events(card, 200) == before + 1
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def kill(stack: LocalStack, name: str) -> int:
+    pid = stack.services[name].process.pid
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def restarted(stack: LocalStack, name: str, old_pid: int) -> bool:
+    service = stack.services.get(name)
+    return stack.supervisor.states()[name] == "up" and service is not None and service.process.pid != old_pid
+
+
+def test_a_killed_redis_is_restarted_with_its_data_and_the_answers_recover(stack: LocalStack) -> None:
+    card = "4000000000000005"
+    assert scores_in_full(stack, "kept-1", card, 300)
+    wait_until(lambda: indexed("kept-1"), "the transaction applied")
+    before = card_events(card, 400)
+
+    old = kill(stack, "redis")
+
+    wait_until(lambda: restarted(stack, "redis", old), "redis restarted by the supervisor")
+    stack.check()  # the stack goes on: nothing given up
+    # the append-only file kept the store (and its fill marker): full answers, same state
+    wait_until(lambda: healthy(stack), "/health ok")
+    assert card_events(card, 400) == before
+    assert scores_in_full(stack, "kept-2", card, 301)
+    wait_until(lambda: indexed("kept-2"), "the stream applies to the restarted redis")
+
+
+def test_a_killed_broker_is_restarted_and_the_stream_resumes(stack: LocalStack) -> None:
+    card = "4000000000000006"
+    old = kill(stack, "kafka")
+
+    wait_until(lambda: restarted(stack, "kafka", old), "the broker restarted by the supervisor")
+    wait_until(lambda: health(stack)["dependencies"]["broker"]["ok"], "/health: the broker ok", timeout=120)
+    # answers go on, and what is scored now reaches the store through the restarted broker
+    wait_until(lambda: scores_in_full(stack, f"resumed-{time.monotonic_ns()}", card, 500), "a full score")
+    assert scores_in_full(stack, "resumed", card, 501)
+    wait_until(lambda: indexed("resumed"), "the stream resumed", timeout=120)
+    stack.check()
+
+
+def test_a_stopped_dependency_degrades_health_until_it_is_back(stack: LocalStack) -> None:
+    stack.supervisor.hold("kafka")
+    try:
+        report = health(stack)
+        assert report["status"] == "degraded"
+        assert report["dependencies"]["broker"]["ok"] is False
+        assert report["dependencies"]["redis"]["ok"] is True
+        status, _, answer = post(stack, body("no-broker", "4000000000000007", 600))
+        assert status == 200, answer  # scored; the publish failure is logged and counted
+    finally:
+        stack.restart("kafka")
+    wait_until(lambda: healthy(stack), "/health ok again", timeout=120)
+
+    stack.supervisor.hold("redis")
+    try:
+        report = health(stack)
+        assert report["status"] == "degraded"
+        assert report["dependencies"]["redis"]["ok"] is False
+        assert report["dependencies"]["store"] == {
+            "ok": False,
+            "detail": "unknown: redis unreachable",
+            "latency_ms": None,
+        }
+        status, _, answer = post(stack, body("no-redis", "4000000000000007", 601))
+        assert status == 200, answer
+        assert answer["degraded"] is True
+    finally:
+        stack.restart("redis")
+    wait_until(lambda: healthy(stack), "/health ok again")
+
+
+# --------------------------------------------------------------------------- lost state
+
+
+def test_a_store_that_lost_its_data_is_noticed_until_a_backfill(stack: LocalStack) -> None:
+    from training.backfill import backfill
+    from training.data.lake import read_lake
+
+    card = "4000000000000009"
+    assert scores_in_full(stack, "history-1", card, 800)
+    wait_until(lambda: indexed("history-1"), "the transaction applied")
+    wait_until(
+        lambda: "history-1" in set(read_lake(stack.cfg.lake_uri).transactions["trans_num"]),
+        "the transaction archived in the lake",
+    )
+
+    # When Redis loses its data (a restart without persistence does the same)
+    bootstrap.feature_store().client.flushall()
+
+    # Then answers are degraded, not full answers on features that are all wrong, and /health says why
+    def degraded() -> bool:
+        status, _, answer = post(stack, body(f"lost-{time.monotonic_ns()}", card, 801))
+        return status == 200 and answer["degraded"] is True and answer["model_version"].endswith("-baseline")
+
+    wait_until(degraded, "degraded answers")
+    report = health(stack)
+    assert report["status"] == "degraded"
+    assert report["dependencies"]["store"]["ok"] is False
+    assert report["dependencies"]["store"]["detail"].endswith(EMPTY)
+
+    # And a backfill from the lake fills it again (its marker last): full answers, the history back
+    lake = read_lake(stack.cfg.lake_uri)
+    backfill(lake.transactions, lake.labels, bootstrap.feature_store(), bootstrap.transaction_index())
+    wait_until(lambda: scores_in_full(stack, "refilled", card, 802), "full answers after the backfill")
+    assert card_events(card, 900) >= 1
+    assert healthy(stack)
+    assert boto3.client("s3").list_objects_v2(Bucket=LAKE_BUCKET, Prefix="archive/", MaxKeys=1)["KeyCount"]
+
+
+# ------------------------------------------------------- last: the local S3 (the broker's log is there)
+
+
+def test_a_killed_local_s3_is_restarted_with_its_buckets(stack: LocalStack) -> None:
+    old = kill(stack, "s3")
+
+    wait_until(lambda: restarted(stack, "s3", old), "the local S3 restarted by the supervisor")
+    s3 = boto3.client("s3")
+    wait_until(
+        lambda: set(PERSISTENT_BUCKETS) <= {b["Name"] for b in s3.list_buckets()["Buckets"]},
+        "the buckets created again",
+    )
+    # moto kept its objects in memory: the champion is gone from the store, the loaded one serves
+    assert health(stack)["dependencies"]["model_store"]["ok"] is True
+    assert scores_in_full(stack, "after-s3", "4000000000000008", 700)
+    stack.check()
