@@ -13,6 +13,7 @@ stretches them).
     uv run python -m bench.backfill [--events 200000] [--repeat 3] [--json out.json]
 """
 
+import math
 import os
 import statistics
 import tempfile
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
 import redis
 
 from bench.common import Report, command_line, finish, parser
@@ -47,14 +50,26 @@ def _redis_cpu(client: "redis.Redis") -> float:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser("Backfill throughput: lake folder -> store and index.")
     p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--cards", type=int, default=5000)
+    p.add_argument(
+        "--cards", type=int, default=None, help="default: events / 60 (Kaggle's ~60 per card and month)"
+    )
     p.add_argument("--merchants", type=int, default=700)
     p.add_argument("--days", type=int, default=40)
     p.add_argument("--batch", type=int, default=1024, help="events per MULTI/EXEC")
     p.add_argument("--repeat", type=int, default=3, help="timed runs into an empty store")
+    p.add_argument(
+        "--index-buckets",
+        type=int,
+        default=None,
+        help="TX_INDEX_BUCKETS; default: the power of two >= events / 64 (docs/architecture.md)",
+    )
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.cards is None:
+        args.cards = max(1, args.events // 60)
+    if args.index_buckets is None:
+        args.index_buckets = 1 << max(0, math.ceil(math.log2(max(1, args.events / 64))))
     report = Report("Backfill throughput (per process)", command=command_line("bench.backfill", argv))
     one, five, fifteen = os.getloadavg()
     report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
@@ -78,7 +93,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             client.config_set(name, value)
         client.config_set("slowlog-log-slower-than", str(SLOW_US))
         store = RedisFeatureStore(client, HASHER, label_delay=delay)
-        index = TransactionIndex(client, label_delay=delay)
+        index = TransactionIndex(client, label_delay=delay, buckets=args.index_buckets)
         rates, seconds, python_us, redis_us, runs = [], [], [], [], []
         client.config_resetstat()
         for _ in range(args.repeat):
@@ -100,6 +115,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         n_events = stats.transactions + stats.labels
         report.values["events backfilled (transactions + labels)"] = (
             f"{stats.transactions:,} + {stats.labels:,}"
+        )
+        kept = lake_transactions.filter(pc.greater_equal(lake_transactions["event_time"], stats.since))
+        per_card = kept.group_by("card").aggregate([("trans_num", "count")])["trans_num_count"].to_numpy()
+        per_merchant = (
+            kept.group_by("merchant").aggregate([("trans_num", "count")])["trans_num_count"].to_numpy()
+        )
+        report.values["transactions per card: mean / median / max (cards)"] = (
+            f"{per_card.mean():.1f} / {np.median(per_card):.0f} / {per_card.max()} ({len(per_card):,})"
+        )
+        report.values["transactions per merchant: mean / median / max (merchants)"] = (
+            f"{per_merchant.mean():.1f} / {np.median(per_merchant):.0f} / {per_merchant.max()}"
+            f" ({len(per_merchant):,})"
+        )
+        buckets = list(client.scan_iter(match=f"{index.prefix}:{{xi:*", count=10_000))
+        report.values["index buckets written, entries per bucket (mean)"] = (
+            f"{len(buckets):,} of {args.index_buckets:,}, {stats.transactions / max(1, len(buckets)):.1f}"
         )
         report.values["read_lake_tables (s), the backfill's reader"] = round(read_seconds, 2)
         report.values["read_lake (s), the training reader (pandas frames)"] = round(frames_seconds, 2)

@@ -15,20 +15,21 @@ event inside the scripts). This writer builds the same state from Arrow columns:
   event by event) goes through ``apply_card`` with pre-encoded arguments, ``write_chunk`` per call;
 - a merchant's transactions go in with one ``ZADD``, then ``apply_merchant`` with no event trims
   its keys and sets their TTLs (same ``MULTI``/``EXEC``); labels go through ``store.apply``;
-- the transaction index: one ``SET ... EX`` per transaction, the value of ``TransactionIndex``.
+- the transaction index (``TransactionIndex``'s buckets): the rows sorted by bucket, one ``HSET``
+  of a bucket's entries (the updater's values) and one ``EXPIREAT`` per bucket.
 
 Each ``MULTI``/``EXEC`` holds at most ``chunk`` events (the server runs one at a time: a few
-milliseconds at most). The commands go to each node through two connections (the store's, whose
-replies hiredis parses, and the index's, whose replies are checked to be ``+OK`` as raw bytes), each
-fed by a thread while the caller encodes the next commands. On a Redis Cluster, a transaction holds
-the keys of one hash slot and goes to its node; a reply that is an error (a slot that moved, a
-node that restarted) fails the run: it is safe to run again.
+milliseconds at most). The commands go to each node through two connections (the store's and
+the index's; hiredis parses the replies), each fed by a thread while the caller encodes the next
+commands. On a Redis Cluster, a transaction holds the keys of one hash slot and goes to its node;
+a reply that is an error (a slot that moved, a node that restarted) fails the run: it is safe to run again.
 """
 
 import contextlib
 import queue
 import socket
 import threading
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -274,39 +275,6 @@ class _ParsedPipe(_Pipe):
         return out
 
 
-class _OkPipe(_Pipe):
-    """Commands answered ``+OK`` (the index's SETs): the replies are compared with ``+OK`` as raw
-    bytes, a reply at a time only when one differs (``done`` gets ``n``, or the error is raised)."""
-
-    _OK = b"+OK\r\n"
-
-    def __init__(self, client: "redis.Redis") -> None:
-        self._buffer = bytearray()
-        super().__init__(client)
-
-    def _read(self, n: int) -> int:
-        need = len(self._OK) * n  # no reply is shorter than +OK
-        buffer = self._buffer
-        while len(buffer) < need:
-            buffer += self._recv()
-        if buffer.startswith(self._OK * n):
-            del buffer[:need]
-            return n
-        lines = 0
-        at = 0
-        while lines < n:  # every reply is one line: +OK or an -error
-            end = buffer.find(b"\r\n", at)
-            if end < 0:
-                buffer += self._recv()
-                continue
-            line = bytes(buffer[at:end])
-            if not line.startswith(b"+"):
-                raise redis.ResponseError(line[1:].decode(errors="replace"))
-            lines, at = lines + 1, end + 2
-        del buffer[:at]
-        return n
-
-
 class BulkWriter:
     """Writes transactions (``transactions``) to the store and the index in bulk; ``close`` (or
     leaving its ``with`` block) waits for every reply. A reply that is an error is raised by the
@@ -355,7 +323,7 @@ class BulkWriter:
             name, node_client = "", client
         pipe = self._pipes.get((name, index))
         if pipe is None:
-            pipe = self._pipes[(name, index)] = _OkPipe(node_client) if index else _ParsedPipe(node_client)
+            pipe = self._pipes[(name, index)] = _ParsedPipe(node_client)
         return pipe
 
     def _slot(self, key: bytes) -> int:
@@ -479,35 +447,47 @@ class BulkWriter:
         return pieces
 
     def _index(self, index: TransactionIndex, table: pa.Table) -> Iterator[bool]:
-        head, tail = b"*5\r\n" + _bulk(b"SET"), _bulk(b"EX") + _bulk(str(index.ttl).encode())
-        for start in range(0, table.num_rows, SLAB):
-            part = table.slice(start, SLAB)
-            trans_num = part["trans_num"].combine_chunks()
-            key = [f"{index.prefix}:{{x:".encode(), trans_num, b"}"]  # TransactionIndex.key
-            data, offsets = _resp_rows(key, bulk_value_parts(part), head=head, tail=tail)
-            by_node: dict[_Pipe, list[int]] = defaultdict(list)
-            if self._cluster:
-                pipes: dict[int, _Pipe] = {}  # by hash slot
-                for i, tn in enumerate(trans_num.to_pylist()):
-                    tag = f"{{x:{tn}}}".encode()
-                    slot = key_slot(tag)
-                    pipe = pipes.get(slot) or pipes.setdefault(slot, self._pipe(tag, index=True))
-                    by_node[pipe].append(i)
-            else:
-                by_node[self._pipe(b"", index=True)] = list(range(part.num_rows))
-            for pipe, rows in by_node.items():
-                for first in range(0, len(rows), self.chunk):
-                    chosen = rows[first : first + self.chunk]
-                    if self._cluster:
-                        payload = b"".join(data[offsets[i] : offsets[i + 1]] for i in chosen)
-                    else:
-                        payload = bytes(data[offsets[chosen[0]] : offsets[chosen[-1] + 1]])
-                    pipe.submit(payload, len(chosen), self._index_done)
-                    self._report()
+        """The entries of ``table``'s rows into their buckets of the current generation: per
+        bucket, one ``HSET`` of its fields (at most ``chunk`` per command) and one ``EXPIREAT``."""
+        generation = index.generation()
+        tail = _bulk(str(index.expire_at(generation)).encode())
+        trans_num = table["trans_num"].combine_chunks()
+        ids = trans_num.cast(pa.binary()).to_pylist()
+        buckets = np.fromiter(map(zlib.crc32, ids), dtype=np.int64, count=len(ids)) % index.buckets
+        order = np.argsort(buckets, kind="stable")  # a bucket's rows together
+        rows = table.take(pa.array(order))
+        codes = buckets[order]
+        starts, ends = _groups(codes)
+        for slab in _slabs(np.subtract(ends, starts).tolist()):
+            first, last = starts[slab[0]], ends[slab[-1]]
+            part = rows.slice(first, last - first)
+            data, offsets = _resp_rows(part["trans_num"], bulk_value_parts(part))
+            payloads: dict[_Pipe, list[bytes | memoryview]] = defaultdict(list)
+            counts: dict[_Pipe, list[int]] = defaultdict(lambda: [0, 0])  # replies, rows
+            for g in slab:
+                key = index.bucket_key(int(codes[starts[g]]), generation).encode()
+                pipe = self._pipe(key, index=True)
+                out, count = payloads[pipe], counts[pipe]
+                for lo in range(starts[g] - first, ends[g] - first, self.chunk):
+                    hi = min(lo + self.chunk, ends[g] - first)
+                    out.append(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (hi - lo)) + _bulk(key))
+                    out.append(data[offsets[lo] : offsets[hi]])
+                    count[0] += 1
+                out.append(b"*3\r\n$8\r\nEXPIREAT\r\n" + _bulk(key) + tail)
+                count[0] += 1
+                count[1] += ends[g] - starts[g]
+            for pipe, out in payloads.items():
+                replies, n_rows = counts[pipe]
+                pipe.submit(b"".join(out), replies, self._index_done(n_rows))
+                self._report()
             yield True
 
-    def _index_done(self, n: int) -> None:
-        self._count(n, indexed=n)
+    def _index_done(self, n: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            self._count(n, indexed=n)
+
+        return done
 
     # ---- calls ---------------------------------------------------------------------------------
 
