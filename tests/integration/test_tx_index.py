@@ -37,7 +37,7 @@ def test_put_then_get_resolves_merchant_and_time_with_the_ttl(redis_client: "red
     assert index_ttl(2 * spec.DAY) - 5 <= ttl <= index_ttl(2 * spec.DAY) + GENERATION
     assert index_ttl(2 * spec.DAY) == 33 * spec.DAY
     # and no card data is stored
-    assert all(b"4111" not in b"".join(redis_client.hvals(k)) for k in keys)
+    assert all(b"4111" not in str(redis_client.hvals(k)).encode() for k in keys)
 
 
 def test_buckets_hold_many_entries_and_generations_are_read_newest_first(
