@@ -32,10 +32,11 @@ card, amount, time... : the content digest differs) is refused as a conflict, so
 alter another transaction's features by reusing its id; the lake reader keeps the same one (the
 earliest arrival). A redelivered transaction (same value) found in an older generation is written
 again into the current one: its life starts again, as a ``SET ... EX`` refreshed it. The digest is
-a BLAKE2b-64 of the event without its ``received_at`` stamp, with the card id replaced by its
-keyed hash. The value holds no card data (a label does not need the card: the updater places
-labels by merchant and transaction time) and a merchant name never holds ``\x1f``
-(``schemas.Name``).
+a BLAKE2b-64 of the event's fields but its ``received_at`` stamp in a binary record
+(``content_record``: the time in whole seconds, floats as their 8 bytes, text length-prefixed),
+with the card id replaced by its keyed hash. The value holds no card data (a label does not need
+the card: the updater places labels by merchant and transaction time) and a merchant name never
+holds ``\x1f`` (``schemas.Name``).
 
 On a ``redis.Redis`` client (cluster mode disabled) a claim is one Lua script call (one command,
 one reply); on a ``redis.RedisCluster`` client, writes and reads are non-transactional pipelines
@@ -48,19 +49,20 @@ Measured with ``MEMORY USAGE`` on redis-server 7.0 (jemalloc): see docs/architec
 
 import hashlib
 import itertools
+import struct
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydantic_core
 import redis
 
 from fraud_core import spec
+from fraud_core.online import NO_DOB
 from fraud_core.schemas import TransactionEvent
 
 if TYPE_CHECKING:
@@ -177,7 +179,7 @@ class TransactionIndex:
         """The entry's value; ``cards_hashed``: ``cc_num`` already holds the keyed card hash."""
         hashed = cards_hashed or self.card_key is None
         card = event.cc_num if hashed or self.card_key is None else self.card_key(event.cc_num)
-        digest = hashlib.blake2b(content_json(event, card), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(content_record(event, card), digest_size=8).hexdigest()
         return f"{event.event_time}{_SEP}{digest}{_SEP}{event.merchant}"
 
     def claim(self, transactions: Sequence[TransactionEvent]) -> list[TransactionEvent]:
@@ -294,28 +296,48 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def content_json(event: TransactionEvent, card: str) -> bytes:
-    """What the content digest hashes: the event as JSON without ``received_at``, with ``card``
-    (the keyed hash) as ``cc_num``."""
-    return event.model_copy(update={"cc_num": card}).model_dump_json(exclude={"received_at"}).encode()
+#: The fixed head of ``content_record``: transaction time (epoch s), amount, category code,
+#: lat, long, city_pop, merch_lat, merch_long, date of birth (day number, ``NO_DOB`` if none).
+CONTENT_HEAD = struct.Struct("<qdqddqddq")
+_CONTENT_DTYPE = np.dtype(
+    [
+        ("t", "<i8"),
+        ("amt", "<f8"),
+        ("category", "<i8"),
+        ("lat", "<f8"),
+        ("long", "<f8"),
+        ("city_pop", "<i8"),
+        ("merch_lat", "<f8"),
+        ("merch_long", "<f8"),
+        ("dob_day", "<i8"),
+    ]
+)
+if _CONTENT_DTYPE.itemsize != CONTENT_HEAD.size:
+    raise RuntimeError("the content record's head and its numpy dtype disagree")
+_LENGTH = struct.Struct("<I")
+_EPOCH = date(1970, 1, 1)
 
 
-#: ``TransactionEvent``'s fields in its JSON (``content_json``), and the lake column each comes from
-_CONTENT_COLUMNS = {
-    "kind": None,
-    "trans_num": "trans_num",
-    "cc_num": "card",
-    "merchant": "merchant",
-    "category": "category",
-    "amt": "amt",
-    "transaction_time": "event_time",
-    "lat": "lat",
-    "long": "long",
-    "city_pop": "city_pop",
-    "merch_lat": "merch_lat",
-    "merch_long": "merch_long",
-    "dob": "dob",
-}
+def content_record(event: TransactionEvent, card: str) -> bytes:
+    """What the content digest hashes: every field of the event but ``received_at``, with ``card``
+    (the keyed hash) for the card id: ``CONTENT_HEAD``, then ``trans_num``, ``card`` and
+    ``merchant`` as UTF-8, each after its length (uint32, little-endian). The transaction time in
+    whole seconds, as the lake keeps it."""
+    head = CONTENT_HEAD.pack(
+        event.event_time,
+        event.amt,
+        spec.CATEGORY_CODE[event.category],
+        event.lat,
+        event.long,
+        event.city_pop,
+        event.merch_lat,
+        event.merch_long,
+        NO_DOB if event.dob is None else (event.dob - _EPOCH).days,
+    )
+    texts = [text.encode() for text in (event.trans_num, card, event.merchant)]
+    return head + b"".join(_LENGTH.pack(len(text)) + text for text in texts)
+
+
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -323,56 +345,39 @@ def bulk_value_parts(table: "pa.Table") -> list[Any]:
     """``TransactionIndex.encode`` of many transactions at once (``fraudsys backfill``), as the
     pieces (arrays of one value per row, or bytes) whose concatenation is each row's value.
     ``table`` has the lake's columns (``fraud_adapters.lake``: ``card`` is the keyed hash,
-    ``event_time`` whole seconds, ``dob`` a date) and at least one row. The JSON of
-    ``content_json`` is assembled column by column from pydantic's own serialization of the
-    values (floats as one ``to_json`` of the column, text that needs escaping value by value),
-    then hashed row by row; the first row is checked against ``content_json``."""
+    ``event_time`` whole seconds, ``dob`` a date) and at least one row. The records of
+    ``content_record`` are built column-wise (numpy, pyarrow), then hashed row by row; the first
+    row is checked against ``content_record``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    fields = [name for name in TransactionEvent.model_fields if name != "received_at"]
-    if fields != list(_CONTENT_COLUMNS):
-        raise RuntimeError("TransactionEvent's fields changed: update tx_index._CONTENT_COLUMNS")
     n = table.num_rows
-    pieces: list[Any] = []  # text, or arrays of one value per row
-
-    def text(value: str) -> None:
-        if pieces and isinstance(pieces[-1], str):
-            pieces[-1] += value
-        else:
-            pieces.append(value)
-
-    comma = False  # the last piece's values end with the comma before the next field
-    for i, (name, column) in enumerate(_CONTENT_COLUMNS.items()):
-        text(("{" if i == 0 else "" if comma else ",") + f'"{name}":')
-        comma = False
-        if column is None:
-            text(pydantic_core.to_json("transaction").decode())
-            continue
-        values = table[column].combine_chunks()
-        if name == "transaction_time":
-            # 'YYYY-MM-DD hh:mm:ss' (event times are 1971..2200), written as pydantic writes UTC
-            when = pc.cast(pc.cast(values, pa.timestamp("s")), pa.string())
-            text('"')
-            pieces.append(pc.replace_substring(when, " ", "T", max_replacements=1))
-            text('Z"')
-        elif name == "dob":  # a date is its ISO text (date32: years 1..9999, zero-padded) in quotes
-            quoted = pc.binary_join_element_wise('"', pc.cast(values, pa.string()), '"', "")
-            pieces.append(pc.fill_null(quoted, "null"))
-        elif name == "city_pop":
-            pieces.append(pc.cast(values, pa.string()))
-        elif pa.types.is_floating(values.type):
-            pieces.append(_json_floats(values))
-            comma = True
-        elif _plain_text(values):  # JSON quotes it as is
-            text('"')
-            pieces.append(values)
-            text('"')
-        else:
-            pieces.append(_json_distinct(values))
-    text("}")
-    binary = [p.cast(pa.binary()) if isinstance(p, pa.Array) else p.encode() for p in pieces]
-    content = pc.binary_join_element_wise(*binary, b"")
+    head = np.empty(n, dtype=_CONTENT_DTYPE)
+    for name in ("amt", "lat", "long", "city_pop", "merch_lat", "merch_long"):
+        head[name] = table[name].to_numpy()
+    head["t"] = table["event_time"].to_numpy()
+    categories = table["category"].combine_chunks().dictionary_encode()
+    codes = np.array([spec.CATEGORY_CODE[c] for c in categories.dictionary.to_pylist()], dtype=np.int64)
+    head["category"] = codes[categories.indices.to_numpy(zero_copy_only=False)]
+    dob = table["dob"].combine_chunks()
+    days = pc.fill_null(dob.cast(pa.int32()), 0).to_numpy().astype(np.int64)
+    days[dob.is_null().to_numpy(zero_copy_only=False)] = NO_DOB
+    head["dob_day"] = days
+    pieces: list[Any] = [
+        pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(CONTENT_HEAD.size), n, [None, pa.py_buffer(head.tobytes())]
+        ).cast(pa.binary())
+    ]
+    for name in ("trans_num", "card", "merchant"):
+        text = table[name].combine_chunks().cast(pa.binary())
+        lengths = pc.binary_length(text).to_numpy(zero_copy_only=False).astype("<u4")
+        pieces.append(
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(4), n, [None, pa.py_buffer(lengths.tobytes())]
+            ).cast(pa.binary())
+        )
+        pieces.append(text)
+    content = pc.binary_join_element_wise(*pieces, b"")
     first = TransactionEvent.model_construct(
         trans_num=table["trans_num"][0].as_py(),
         cc_num=table["card"][0].as_py(),
@@ -388,7 +393,7 @@ def bulk_value_parts(table: "pa.Table") -> list[Any]:
         dob=table["dob"][0].as_py(),
         received_at=None,
     )
-    if content[0].as_py() != content_json(first, first.cc_num):
+    if content[0].as_py() != content_record(first, first.cc_num):
         raise RuntimeError(f"bulk index values disagree with TransactionIndex.encode: {content[0]!r}")
     hexes = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(_digests(content))])
     t = pc.cast(table["event_time"].combine_chunks(), pa.string()).cast(pa.binary())
@@ -423,44 +428,3 @@ def _digests(content: "pa.Array") -> bytes:
     hexes = np.empty(2 * len(nibbles), dtype=np.uint8)
     hexes[0::2], hexes[1::2] = _HEX[nibbles >> 4], _HEX[nibbles & 15]
     return hexes.tobytes()
-
-
-def _json_floats(values: "pa.Array") -> "pa.Array":
-    """Each float as pydantic's JSON writes it, with the comma that follows it (one ``to_json`` of
-    the column's values, cut after each comma)."""
-    import pyarrow as pa
-
-    if values.null_count:
-        raise ValueError("the index values need every float of a transaction")
-    floats = values.to_numpy(zero_copy_only=False)
-    body = np.frombuffer(pydantic_core.to_json(floats.tolist()), dtype=np.uint8)
-    offsets = np.empty(len(floats) + 1, dtype=np.int32)
-    offsets[0], offsets[-1] = 1, len(body)  # after '[', and the ']' becomes the last comma
-    offsets[1:-1] = np.flatnonzero(body == ord(",")) + 1
-    body = body.copy()
-    body[-1] = ord(",")
-    return pa.BinaryArray.from_buffers(
-        pa.binary(), len(floats), [None, pa.py_buffer(offsets), pa.py_buffer(body)]
-    )
-
-
-def _plain_text(values: "pa.Array") -> bool:
-    """Whether JSON writes every value as it is, in quotes: printable ASCII but the quote and the
-    backslash."""
-    if values.null_count or not len(values):
-        return False
-    offsets = np.frombuffer(
-        values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=4 * values.offset
-    )
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    outside = (data < 0x20) | (data > 0x7E) | (data == ord('"')) | (data == ord("\\"))
-    return not outside.any()
-
-
-def _json_distinct(values: "pa.Array") -> "pa.Array":
-    """Each value as pydantic's JSON writes it, serialized once per distinct value."""
-    import pyarrow as pa
-
-    encoded = values.dictionary_encode()
-    texts = [pydantic_core.to_json(v).decode() for v in encoded.dictionary.to_pylist()]
-    return pa.array(texts, pa.string()).take(encoded.indices)
