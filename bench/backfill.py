@@ -132,6 +132,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report.values["index buckets written, entries per bucket (mean)"] = (
             f"{len(buckets):,} of {args.index_buckets:,}, {stats.transactions / max(1, len(buckets)):.1f}"
         )
+        index_bytes = sum(int(client.memory_usage(key) or 0) for key in buckets)
+        report.values["index memory per entry (B, MEMORY USAGE of its buckets)"] = round(
+            index_bytes / max(1, stats.transactions)
+        )
         report.values["read_lake_tables (s), the backfill's reader"] = round(read_seconds, 2)
         report.values["read_lake (s), the training reader (pandas frames)"] = round(frames_seconds, 2)
         report.values["backfill into an empty store, each run (s)"] = ", ".join(f"{s:.2f}" for s in seconds)

@@ -10,9 +10,9 @@ Key format (``<p>`` is the prefix, default ``fs``; layout 2)::
                                             <content digest>\x1f<merchant name>" (one string)
 
 An entry lives in a bucket, a hash of many entries: ``bucket`` is ``crc32(trans_num) % buckets``
-(``TX_INDEX_BUCKETS``), ``generation`` the week of the write (``floor(wall clock / GENERATION)``).
+(``TX_INDEX_BUCKETS``), ``generation`` the fortnight of the write (``floor(wall clock / GENERATION)``).
 Sized so that a bucket holds at most ~100 entries a generation (``buckets`` >= the transactions
-of a week / 64), a bucket is a listpack: ~107 bytes per entry against ~225 for a string key per
+of a generation / 64), a bucket is a listpack: ~107 bytes per entry against ~200 for a string key per
 transaction, and a writer puts a bucket's entries with one ``HSET`` (~1 us of redis-server per
 entry against ~3 for ``SET ... EX``: docs/benchmarks.md). Too few buckets stay correct (a large
 bucket is a hash table), only less compact. The hash tag ``{xi:<bucket>}`` puts a bucket's
@@ -21,10 +21,10 @@ generations in one slot, and the buckets spread over a Redis Cluster's slots.
 Expiry per generation: the key of generation ``q`` expires at ``(q + 1) * GENERATION + ttl``
 (``EXPIREAT``, wall clock), ``ttl`` = ``label_delay + 30 days + 1 day`` (the merchant retention of
 the feature store), so an entry lives at least ``ttl`` after its write and at most ``GENERATION``
-(7 days) more. A label for a transaction older than that can no longer change any feature (the
+(14 days) more. A label for a transaction older than that can no longer change any feature (the
 transaction has left every merchant risk window of every later request), so the intake may forget
 it: such a label is an ``unknown_transaction``. Reads look into the generations that may still
-exist (``ttl / GENERATION + 2`` at most, newest first).
+exist (``ttl / GENERATION + 2`` at most, newest first: 4 with the default 7-day delay).
 
 The first transaction with an id owns it (``claim``): the updater claims every transaction it
 accepts before archiving and applying it, and a *different* transaction under a known id (another
@@ -70,9 +70,10 @@ if TYPE_CHECKING:
 
 _SEP = "\x1f"
 #: The wall-clock period of a generation of buckets (their expiry is per generation).
-GENERATION = 7 * spec.DAY
+GENERATION = 14 * spec.DAY
 #: Buckets of the index (``TX_INDEX_BUCKETS``): at most ~100 entries per bucket and generation
-#: up to ~6.5 million transactions a week (a bigger system sets more: weekly transactions / 64).
+#: up to ~6.5 million transactions a fortnight (a bigger system sets more: its transactions of
+#: 14 days / 64).
 DEFAULT_BUCKETS = 65_536
 
 # KEYS: per transaction, its bucket's generations, newest (the current one) first, ARGV[1] of them.

@@ -54,7 +54,7 @@ class Settings(BaseModel):
     #: the same whatever its activity; ``fraud_adapters.redis_store``); negative: never.
     card_tile_threshold: int = TILE_THRESHOLD
     #: Buckets of the transaction index (``fraud_adapters.tx_index``): at least the transactions
-    #: of a week / 64. A layout setting: every writer and reader uses the same (a change needs
+    #: of 14 days / 64. A layout setting: every writer and reader uses the same (a change needs
     #: ``fraudsys backfill``).
     tx_index_buckets: int = Field(default=DEFAULT_BUCKETS, ge=1)
     #: Time guard: an event or request dated more than this after the time the system received it
