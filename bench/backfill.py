@@ -16,6 +16,7 @@ stretches them).
 import math
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import redis
 
 from bench.common import Report, command_line, finish, parser
 from bench.synthetic import kaggle_like_frame, stream_payloads, to_events
+from fraud_adapters import bulk
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.lake import LakeRecord, LakeWriter, arrival_time
 from fraud_adapters.redis_store import REDIS_SERVER_CONFIG, CardHasher, RedisFeatureStore
@@ -47,6 +49,47 @@ def _redis_cpu(client: "redis.Redis") -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _replay(
+    client: "redis.Redis",
+    port: int,
+    transactions: Any,
+    labels: Any,
+    store: RedisFeatureStore,
+    index: TransactionIndex,
+    batch: int,
+) -> list[float]:
+    """redis-server's CPU per event for the very commands of one backfill: they are recorded as
+    the bulk writer sends them (store and index; the few label calls go through redis-py and are
+    left out), then sent again to an empty server by ``redis-cli --pipe`` (C, pipelined), 3 times."""
+    sent: list[bytes] = []
+    submit = bulk._Pipe.submit
+
+    def recording(pipe: Any, payload: bytes, replies: int, done: Any) -> None:
+        sent.append(bytes(payload))
+        submit(pipe, payload, replies, done)
+
+    client.flushall()
+    bulk._Pipe.submit = recording  # type: ignore[method-assign,assignment]
+    try:
+        stats = backfill(transactions, labels, store, index, batch=batch)
+    finally:
+        bulk._Pipe.submit = submit  # type: ignore[method-assign]
+    out: list[float] = []
+    with tempfile.TemporaryFile() as commands:
+        commands.write(b"".join(sent))
+        for _ in range(3):
+            client.flushall()
+            for name in ("apply_card", "apply_merchant"):
+                client.script_load(store.script(name)[0])
+            commands.seek(0)
+            before = _redis_cpu(client)
+            subprocess.run(  # a fixed argv list, no shell  # nosec B603 B607
+                ["redis-cli", "-p", str(port), "--pipe"], stdin=commands, capture_output=True, check=True
+            )
+            out.append((_redis_cpu(client) - before) / stats.transactions * 1e6)
+    return out
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser("Backfill throughput: lake folder -> store and index.")
     p.add_argument("--events", type=int, default=200_000)
@@ -57,6 +100,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--days", type=int, default=40)
     p.add_argument("--batch", type=int, default=1024, help="events per MULTI/EXEC")
     p.add_argument("--repeat", type=int, default=3, help="timed runs into an empty store")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="also send one backfill's commands again (redis-cli --pipe): redis-server's CPU per event",
+    )
     p.add_argument(
         "--index-buckets",
         type=int,
@@ -153,6 +201,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report.values["redis used_memory after (MB)"] = round(memory / 2**20, 1)
         median_rate = statistics.median(rates)
         report.target("backfill throughput (median)", median_rate, 200_000, "events/s", higher_is_better=True)
+        if args.replay:
+            replay_us = _replay(
+                client, service.port, lake_transactions, lake_labels, store, index, args.batch
+            )
+            report.values[
+                "redis-server alone: CPU per event replaying the same commands (us; cap events/s)"
+            ] = (
+                f"{statistics.median(replay_us):.2f} ({', '.join(f'{u:.2f}' for u in replay_us)}); "
+                f"{1e6 / statistics.median(replay_us):,.0f}"
+            )
         report.values["median including read_lake_tables (events/s)"] = round(
             n_events / (statistics.median(seconds) + read_seconds)
         )
