@@ -19,7 +19,7 @@ typecheck:
 	uv run mypy .
 
 security:
-	uv run bandit -c pyproject.toml -r lambdas training local_stack cdk_app bench -q
+	uv run bandit -c pyproject.toml -r lambdas training local_stack cdk_app fraudsys_cli bench -q
 	git ls-files -z | xargs -0 uv run detect-secrets-hook
 
 test: setup lint typecheck security

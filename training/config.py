@@ -163,6 +163,10 @@ def environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+#: the configuration ``fraudsys`` commands use when given no ``--config``
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
 def load_config(
     *paths: Path, overrides: dict[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> PipelineConfig:

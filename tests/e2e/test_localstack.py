@@ -37,6 +37,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cdk_app.config import StageConfig
+from fraudsys_cli import app
 from local_stack import localstack as localstack_module
 from local_stack.localstack import (
     API_ROUTES,
@@ -55,7 +56,6 @@ from local_stack.localstack import (
 )
 from local_stack.services import Service, free_port, start_moto
 from tests.support.models import publish_test_model
-from training.cli import app
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.localstack.yml"
 

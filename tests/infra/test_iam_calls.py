@@ -302,8 +302,7 @@ def _upload_raw_data(stage: Stage, tmp: Path) -> str:
 
 
 def _run_training(stage: Stage, tmp: Path, mlflow_url: str, raw_data_uri: str) -> None:
-    from training.cli import DEFAULT_CONFIG
-    from training.config import load_config
+    from training.config import DEFAULT_CONFIG, load_config
     from training.pipeline import run_pipeline
 
     env = {

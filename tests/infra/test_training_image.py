@@ -156,7 +156,7 @@ def test_entrypoint_trains_as_an_unprivileged_user_on_a_read_only_app(tmp_path: 
     final = stages[-1]
     image = tmp_path / "image"
     app = build_app_folder(stages, image / "app")
-    assert (app / "training" / "cli.py").exists()
+    assert (app / "fraudsys_cli" / "__init__.py").exists()
     assert (app / "lambdas" / "handlers").is_dir()
     make_read_only(image)
     # the user's home as useradd --create-home makes it: owned by the user
@@ -179,8 +179,8 @@ def test_entrypoint_trains_as_an_unprivileged_user_on_a_read_only_app(tmp_path: 
         "import sys; repo = sys.argv.pop(1); app = sys.argv.pop(1);"
         "editable = (repo, repo + '/lambdas');"
         "sys.path[:] = [app + '/lambdas', app] + [p for p in sys.path if p and p not in editable];"
-        "import training.cli; assert training.cli.__file__.startswith(app), training.cli.__file__;"
-        "sys.argv[0] = 'fraudsys'; training.cli.main()"
+        "import fraudsys_cli; assert fraudsys_cli.__file__.startswith(app), fraudsys_cli.__file__;"
+        "sys.argv[0] = 'fraudsys'; fraudsys_cli.main()"
     )
     assert final.entrypoint == ["fraudsys"]
     command = [sys.executable, "-c", launcher, str(REPO_ROOT), str(app), *final.cmd, *TINY]

@@ -307,7 +307,7 @@ def test_a_date_of_birth_older_than_the_window_survives_a_backfill(lake_env: Pat
 def test_the_backfill_command_rebuilds_the_store_from_the_lake(lake_env: Path) -> None:
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from fraudsys_cli import app
     from training.data.lake import newest_transaction_day
 
     # given transactions archived by the updater over 40 days, and Redis lost

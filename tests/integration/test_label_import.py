@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from fraud_adapters.tx_index import TransactionIndex
 from fraud_core.schemas import LabelEvent, LabelRequest, LabelsResponse
+from fraudsys_cli import app
 from handlers import bootstrap
 from tests.support.events import a_request
 from tests.support.services import Service
-from training.cli import app
 from training.label_import import LabelFileError, import_labels, parse_rows
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@
     uv run python -m training.data ingest data/sim/kaggle.csv --out data/sim/parquet
     uv run python -m training.data read data/sim/parquet
 
-The project CLI (`fraudsys`, training/cli.py) wraps the same functions; this entry point exists
+The project CLI (`fraudsys`, fraudsys_cli/) wraps the same functions; this entry point exists
 to measure them (wall and CPU seconds, peak RSS of the process) with nothing else loaded.
 """
 

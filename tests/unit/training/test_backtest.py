@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fraud_core import spec
+from fraudsys_cli import app
 from training.backtest import BacktestConfig, card_precision_top_k, run_backtest
-from training.cli import app
 from training.data.simulator import SimulatorConfig, run_simulation
 from training.dataset import label_events_at_delay
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fraud_core import spec
-from training.cli import app
+from fraudsys_cli import app
 from training.config import TuningConfig
 from training.data.kaggle import write_transactions_csv
 from training.data.simulator import SimulatorConfig, simulate

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ModelStore
-from training.cli import DEFAULT_CONFIG, app
-from training.config import load_config
+from fraudsys_cli import app
+from training.config import DEFAULT_CONFIG, load_config
 from training.registry import Registry
 
 runner = CliRunner()

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from fraudsys_cli.common import local_stack_overrides
 from handlers import bootstrap
 from handlers.settings import Settings
 from local_stack.stack import StackConfig, handler_environment
-from training.cli import _local_stack_overrides
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def newcomer_environment() -> Iterator[None]:
 def test_local_sets_the_stacks_dummy_credentials_region_endpoint_and_targets() -> None:
     stack = StackConfig()
 
-    overrides = _local_stack_overrides()
+    overrides = local_stack_overrides()
 
     assert f"model_store_uri={stack.model_store_uri}" in overrides
     assert f"label_delay_seconds={stack.label_delay_seconds}" in overrides
