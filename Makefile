@@ -5,7 +5,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 export CDK_DISABLE_CLI_TELEMETRY ?= true
 
 setup:
-	bash scripts/bootstrap.sh --node
+	bash scripts/bootstrap.sh --node --localstack
 
 demo:
 	bash scripts/bootstrap.sh

@@ -18,8 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTEXT_KEY = "fraudsys"
 STAGE_SELECT_KEY = "fraudsys:stages"
+#: ``-c fraudsys:redis_url=redis://...``: the Redis of every ``platform: localstack`` stage
+REDIS_URL_KEY = "fraudsys:redis_url"
+#: ``-c fraudsys:bundle_layers=true``: ``LocalStackConfig.bundle_layers`` of those stages
+BUNDLE_LAYERS_KEY = "fraudsys:bundle_layers"
 
 StreamKind = Literal["msk", "kinesis"]
+#: ``aws``: everything of docs/infra.md; ``localstack``: the same app for LocalStack's community
+#: edition, which lacks some services (``StageConfig.platform``, docs/localstack.md)
+Platform = Literal["aws", "localstack"]
 Architecture = Literal["x86_64", "arm64"]
 StartingPosition = Literal["LATEST", "TRIM_HORIZON"]
 
@@ -242,12 +249,32 @@ class AlarmConfig(_Frozen):
     email: str | None = None
 
 
+class LocalStackConfig(_Frozen):
+    """What a ``platform: localstack`` stage uses instead of what LocalStack's community edition
+    lacks: a Redis of its own (no ElastiCache), reached at ``redis_url`` by the functions."""
+
+    #: the compose file's Redis as the host sees it (docker-compose.localstack.yml); the functions
+    #: of a LocalStack that runs them as host processes see the same. Lambda containers on the
+    #: compose network reach it as redis://redis:6379/0: deploy with ``-c fraudsys:redis_url=...``.
+    redis_url: Annotated[str, Field(pattern=r"^rediss?://")] = "redis://127.0.0.1:6390/0"
+    #: the layers' packages also inside each function's code asset: LocalStack's community
+    #: edition does not mount layers in its Lambda containers (the Docker path, a Pro feature
+    #: there); its host executor (localstack_host) applies them. ``-c fraudsys:bundle_layers=true``
+    bundle_layers: bool = False
+
+
 class StageConfig(_Frozen):
     """Everything that differs between deployments of FraudSys."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,15}$")]
     account: Annotated[str, Field(pattern=r"^\d{12}$")] | None = None
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")] | None = None
+    #: ``localstack``: deployed into LocalStack (community) with ``cdklocal deploy``: no VPC (its
+    #: Lambdas run outside any), a Redis of its own instead of ElastiCache (``localstack``), no WAF,
+    #: no training stack (ECS, SageMaker), and buckets emptied by nobody (no custom resources: the
+    #: whole emulator is thrown away). Needs ``stream_kind: kinesis`` (no MSK there).
+    platform: Platform = "aws"
+    localstack: LocalStackConfig = LocalStackConfig()
     stream_kind: StreamKind = "msk"
     architecture: Architecture = "x86_64"
     service_name: str = "fraudsys"
@@ -285,6 +312,10 @@ class StageConfig(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
+        if self.platform == "localstack" and self.stream_kind != "kinesis":
+            raise ValueError(
+                "a localstack stage needs stream_kind: kinesis (LocalStack community has no MSK)"
+            )
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
         reserved = sum(part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver))
@@ -328,6 +359,10 @@ class StageConfig(_Frozen):
         n, capacity = self.scorer_concurrency, self.scorer.instance_capacity_rps
         rate = self.scorer.throttle_rate_limit or max(1, n * capacity // 2)
         return rate, self.scorer.throttle_burst_limit or n
+
+    @property
+    def on_aws(self) -> bool:
+        return self.platform == "aws"
 
     @property
     def prefix(self) -> str:

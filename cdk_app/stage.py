@@ -1,4 +1,8 @@
-"""A deployment stage (dev, prod, ...) as a ``cdk.Stage`` of five stacks, and the app-level wiring."""
+"""A deployment stage (dev, prod, ...) as a ``cdk.Stage`` of five stacks, and the app-level wiring.
+
+A ``platform: localstack`` stage (cdk.json's ``localstack``) is the same app for LocalStack's
+community edition: data, serving and observability, without what it lacks (the network stack, the
+training stack; ``StageConfig.platform``)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,15 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
-from cdk_app.config import CONTEXT_KEY, STAGE_SELECT_KEY, StageConfig, load_stage_configs
+from cdk_app.config import (
+    BUNDLE_LAYERS_KEY,
+    CONTEXT_KEY,
+    REDIS_URL_KEY,
+    STAGE_SELECT_KEY,
+    LocalStackConfig,
+    StageConfig,
+    load_stage_configs,
+)
 from cdk_app.constructs.observability import Monitored
 from cdk_app.constructs.scorer_api import API_STAGE
 from cdk_app.stacks.data_stack import DataStack
@@ -23,16 +35,20 @@ NAG_CONTEXT_KEY = "fraudsys:nag"
 class FraudSysStage(cdk.Stage):
     """Network -> Data -> (Serving, Training) -> Observability, named ``fraudsys-<stage>-<part>``."""
 
-    network: NetworkStack
+    network: NetworkStack | None
     data: DataStack
     serving: ServingStack
-    training: TrainingStack
+    training: TrainingStack | None
     observability: ObservabilityStack
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         env = cdk.Environment(account=config.account, region=config.region)
         super().__init__(scope, construct_id, env=env)
         self.config = config
+        if not config.on_aws:
+            # LocalStack's CloudFormation resolves exports (Fn::ImportValue), not the weak
+            # references (Fn::GetStackOutput) that cdk.json makes the default for AWS stages
+            cdk.CrossStackReferences.of(self).consume(cdk.ReferenceStrength.STRONG)
 
         def props(part: str, description: str) -> dict[str, Any]:
             return {
@@ -41,8 +57,12 @@ class FraudSysStage(cdk.Stage):
                 "termination_protection": config.retain_data,
             }
 
-        self.network = NetworkStack(self, "Network", config=config, **props("network", "VPC and endpoints"))
-        network = self.network.network
+        self.network = (
+            NetworkStack(self, "Network", config=config, **props("network", "VPC and endpoints"))
+            if config.on_aws
+            else None
+        )
+        network = self.network.network if self.network else None
         self.data = DataStack(
             self, "Data", config=config, network=network, **props("data", "buckets, Redis, stream")
         )
@@ -56,13 +76,17 @@ class FraudSysStage(cdk.Stage):
             stream=self.data.stream,
             **props("serving", "scorer API, feature updater and archiver"),
         )
-        self.training = TrainingStack(
-            self,
-            "Training",
-            config=config,
-            network=network,
-            storage=self.data.storage,
-            **props("training", "MLflow and the training job"),
+        self.training = (
+            TrainingStack(
+                self,
+                "Training",
+                config=config,
+                network=network,
+                storage=self.data.storage,
+                **props("training", "MLflow and the training job"),
+            )
+            if network is not None
+            else None
         )
         monitored = Monitored(
             scorer=self.serving.scorer.function,
@@ -86,6 +110,23 @@ def add_stages(app: cdk.App) -> list[FraudSysStage]:
     """One stage per entry of ``context.fraudsys.stages`` (or those named by ``-c fraudsys:stages=dev``)."""
     selected = app.node.try_get_context(STAGE_SELECT_KEY)
     configs = load_stage_configs(app.node.try_get_context(CONTEXT_KEY), selected)
+    # a LocalStack stage's Redis and layer bundling, from the cdklocal command line (docs/localstack.md)
+    overrides = {
+        "redis_url": app.node.try_get_context(REDIS_URL_KEY),
+        "bundle_layers": str(app.node.try_get_context(BUNDLE_LAYERS_KEY)).lower() == "true" or None,
+    }
+    overrides = {key: value for key, value in overrides.items() if value}
+    if overrides:
+        configs = [
+            c.model_copy(
+                update={
+                    "localstack": LocalStackConfig.model_validate({**c.localstack.model_dump(), **overrides})
+                }
+            )
+            if c.platform == "localstack"
+            else c
+            for c in configs
+        ]
     stages = [FraudSysStage(app, f"FraudSys-{config.name}", config=config) for config in configs]
     if str(app.node.try_get_context(NAG_CONTEXT_KEY)).lower() != "false":
         cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))

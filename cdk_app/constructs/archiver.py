@@ -11,7 +11,7 @@ from constructs import Construct
 
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import failed_batches_queue, log_group
-from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import powertools_environment, vpc_function
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import LAKE_PREFIX, Storage
@@ -31,11 +31,11 @@ class EventArchiver(Construct):
         construct_id: str,
         *,
         config: StageConfig,
-        network: Network,
+        network: Network | None,
         layer: lambda_.ILayerVersion,
         arrow_layer: lambda_.ILayerVersion,
         storage: Storage,
-        feature_store: RedisFeatureStore,
+        feature_store: FeatureStore,
         stream: EventStream,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -60,10 +60,11 @@ class EventArchiver(Construct):
             reserved_concurrency=cfg.reserved_concurrency,
             layer=layer,
             network=network,
-            security_group=network.archiver_sg,
+            security_group=network.archiver_sg if network else None,
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
             extra_layers=(arrow_layer,),  # pyarrow for the lake writer
+            layer_kinds=("xgboost", "arrow"),
         )
         feature_store.card_hash_key.grant_read(self.function)
         # the archive: PutObject under the lake prefix only (no read, no delete), and the data key

@@ -1,4 +1,5 @@
-"""ElastiCache Redis feature store: cluster mode enabled (shards per stage), Multi-AZ, TLS, AUTH."""
+"""The Redis feature store: ElastiCache with cluster mode enabled (shards per stage), Multi-AZ,
+TLS, AUTH on AWS; on LocalStack (no ElastiCache in its community edition) a Redis of its own."""
 
 from __future__ import annotations
 
@@ -18,7 +19,93 @@ from cdk_app.nag import acknowledge
 from fraud_adapters.redis_store import REDIS_SERVER_CONFIG
 
 
-class RedisFeatureStore(Construct):
+def generated_secret(
+    scope: Construct, construct_id: str, field: str, description: str, config: StageConfig
+) -> secretsmanager.Secret:
+    return secretsmanager.Secret(
+        scope,
+        construct_id,
+        description=description,
+        generate_secret_string=secretsmanager.SecretStringGenerator(
+            secret_string_template=json.dumps({}),
+            generate_string_key=field,
+            # Redis AUTH tokens: 16-128 printable characters without @ " / (no punctuation).
+            exclude_punctuation=True,
+            password_length=64,
+        ),
+        removal_policy=removal_policy(config),
+    )
+
+
+class FeatureStore(Construct):
+    """What the functions need of the feature store, wherever it runs."""
+
+    card_hash_key: secretsmanager.Secret
+    auth_secret: secretsmanager.Secret | None
+    url: str
+    cluster: bool
+
+    def _card_hash_key(self, config: StageConfig) -> secretsmanager.Secret:
+        secret = generated_secret(
+            self, "CardHashKey", "key", f"{config.prefix}: HMAC key for card ids in Redis", config
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "The HMAC key is part of every Redis key: rotating it orphans all feature state, so it is "
+            "changed only together with a feature-store rebuild, never on a timer.",
+        )
+        return secret
+
+    def handler_environment(self, config: StageConfig, redis_timeout_ms: int) -> dict[str, str]:
+        """What both handlers need to reach the feature store and read the stream's topics."""
+        return {
+            "REDIS_URL": self.url,
+            # true: the handlers use a cluster client (redis.RedisCluster) on REDIS_URL.
+            "REDIS_CLUSTER": "true" if self.cluster else "false",
+            **({"REDIS_AUTH_SECRET_ARN": self.auth_secret.secret_arn} if self.auth_secret else {}),
+            "REDIS_TIMEOUT_MS": str(redis_timeout_ms),
+            "CARD_HASH_KEY_SECRET_ARN": self.card_hash_key.secret_arn,
+            "TRANSACTIONS_TOPIC": config.transactions_topic,
+            "LABELS_TOPIC": config.labels_topic,
+            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+            "MAX_CLOCK_SKEW_SECONDS": str(config.max_clock_skew_seconds),
+            **(
+                {"MAX_REQUEST_AGE_SECONDS": str(config.max_request_age_seconds)}
+                if config.max_request_age_seconds is not None
+                else {}
+            ),
+            **powertools_environment(config),
+        }
+
+    def grant_connect(self, grantee: iam.IGrantable) -> None:
+        """What a client needs besides the network path: the AUTH token and the card HMAC key."""
+        if self.auth_secret is not None:
+            self.auth_secret.grant_read(grantee)
+        self.card_hash_key.grant_read(grantee)
+
+
+class ExternalRedis(FeatureStore):
+    """A ``platform: localstack`` stage's Redis (``localstack.redis_url``): one node, no TLS, no
+    AUTH; the card hash key is a generated secret as on AWS."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.auth_secret = None
+        self.cluster = False
+        self.url = config.localstack.redis_url
+        self.card_hash_key = self._card_hash_key(config)
+
+
+def create_feature_store(
+    scope: Construct, construct_id: str, *, config: StageConfig, network: Network | None, key: kms.IKey
+) -> FeatureStore:
+    if network is None:
+        return ExternalRedis(scope, construct_id, config=config)
+    return RedisFeatureStore(scope, construct_id, config=config, network=network, key=key)
+
+
+class RedisFeatureStore(FeatureStore):
     """A Redis Cluster: ``redis.num_shards`` shards, each a primary + ``redis.replicas_per_shard``
     replicas in other AZs with automatic failover (Multi-AZ when there is a replica).
 
@@ -28,7 +115,6 @@ class RedisFeatureStore(Construct):
     """
 
     auth_secret: secretsmanager.Secret
-    card_hash_key: secretsmanager.Secret
     replication_group: elasticache.CfnReplicationGroup
     url: str
 
@@ -39,37 +125,17 @@ class RedisFeatureStore(Construct):
         redis = config.redis
         policy = removal_policy(config)
 
-        def generated(name: str, field: str, description: str) -> secretsmanager.Secret:
-            return secretsmanager.Secret(
-                self,
-                name,
-                description=description,
-                generate_secret_string=secretsmanager.SecretStringGenerator(
-                    secret_string_template=json.dumps({}),
-                    generate_string_key=field,
-                    # Redis AUTH tokens: 16-128 printable characters without @ " / (no punctuation).
-                    exclude_punctuation=True,
-                    password_length=64,
-                ),
-                removal_policy=policy,
-            )
-
-        self.auth_secret = generated("AuthToken", "token", f"{config.prefix}: Redis AUTH token")
+        self.cluster = True
+        self.auth_secret = generated_secret(
+            self, "AuthToken", "token", f"{config.prefix}: Redis AUTH token", config
+        )
         acknowledge(
             self.auth_secret,
             "AwsSolutions-SMG4",
             "Rotating the Redis AUTH token needs ElastiCache's two-step ROTATE/SET update done in step "
             "with the clients; it is an operator runbook step (docs/infra.md), not a rotation Lambda.",
         )
-        self.card_hash_key = generated(
-            "CardHashKey", "key", f"{config.prefix}: HMAC key for card ids in Redis"
-        )
-        acknowledge(
-            self.card_hash_key,
-            "AwsSolutions-SMG4",
-            "The HMAC key is part of every Redis key: rotating it orphans all feature state, so it is "
-            "changed only together with a feature-store rebuild, never on a timer.",
-        )
+        self.card_hash_key = self._card_hash_key(config)
 
         subnets = elasticache.CfnSubnetGroup(
             self,
@@ -136,29 +202,3 @@ class RedisFeatureStore(Construct):
             f"rediss://{self.replication_group.attr_configuration_end_point_address}:"
             f"{self.replication_group.attr_configuration_end_point_port}/0"
         )
-
-    def handler_environment(self, config: StageConfig, redis_timeout_ms: int) -> dict[str, str]:
-        """What both handlers need to reach the feature store and read the stream's topics."""
-        return {
-            "REDIS_URL": self.url,
-            # Tells the handlers to use a cluster client (redis.RedisCluster) on REDIS_URL.
-            "REDIS_CLUSTER": "true",
-            "REDIS_AUTH_SECRET_ARN": self.auth_secret.secret_arn,
-            "REDIS_TIMEOUT_MS": str(redis_timeout_ms),
-            "CARD_HASH_KEY_SECRET_ARN": self.card_hash_key.secret_arn,
-            "TRANSACTIONS_TOPIC": config.transactions_topic,
-            "LABELS_TOPIC": config.labels_topic,
-            "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
-            "MAX_CLOCK_SKEW_SECONDS": str(config.max_clock_skew_seconds),
-            **(
-                {"MAX_REQUEST_AGE_SECONDS": str(config.max_request_age_seconds)}
-                if config.max_request_age_seconds is not None
-                else {}
-            ),
-            **powertools_environment(config),
-        }
-
-    def grant_connect(self, grantee: iam.IGrantable) -> None:
-        """What a client needs besides the network path: the AUTH token and the card HMAC key."""
-        self.auth_secret.grant_read(grantee)
-        self.card_hash_key.grant_read(grantee)

@@ -12,7 +12,7 @@ from constructs import Construct
 
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import failed_batches_queue, log_group
-from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import DEAD_LETTER_PREFIX, Storage
@@ -31,10 +31,10 @@ class FeatureUpdater(Construct):
         construct_id: str,
         *,
         config: StageConfig,
-        network: Network,
+        network: Network | None,
         layer: lambda_.ILayerVersion,
         storage: Storage,
-        feature_store: RedisFeatureStore,
+        feature_store: FeatureStore,
         stream: EventStream,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -54,7 +54,7 @@ class FeatureUpdater(Construct):
             reserved_concurrency=cfg.reserved_concurrency,
             layer=layer,
             network=network,
-            security_group=network.updater_sg,
+            security_group=network.updater_sg if network else None,
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
         )

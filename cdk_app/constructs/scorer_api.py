@@ -15,7 +15,7 @@ from constructs import Construct
 
 from cdk_app.config import StageConfig
 from cdk_app.constructs.common import log_group
-from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import MODEL_STORE_PREFIX, Storage
@@ -116,10 +116,10 @@ class ScorerApi(Construct):
         construct_id: str,
         *,
         config: StageConfig,
-        network: Network,
+        network: Network | None,
         layer: lambda_.ILayerVersion,
         storage: Storage,
-        feature_store: RedisFeatureStore,
+        feature_store: FeatureStore,
         stream: EventStream,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -144,7 +144,7 @@ class ScorerApi(Construct):
             reserved_concurrency=cfg.reserved_concurrency,
             layer=layer,
             network=network,
-            security_group=network.scorer_sg,
+            security_group=network.scorer_sg if network else None,
             log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
         )
@@ -292,7 +292,15 @@ class ScorerApi(Construct):
                 )
             ],
         )
-        self._web_acl(config)
+        if config.on_aws:
+            self._web_acl(config)
+        else:  # LocalStack's community edition has no WAF
+            acknowledge(
+                self.api,
+                "AwsSolutions-APIG3",
+                f"Stage {config.name} is deployed into LocalStack (platform: localstack), which has no "
+                "WAFv2; every AWS stage associates the web ACL.",
+            )
 
     def _web_acl(self, config: StageConfig) -> None:
         def managed(name: str, priority: int, count: tuple[str, ...] = ()) -> wafv2.CfnWebACL.RuleProperty:

@@ -40,6 +40,9 @@ class Storage(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         super().__init__(scope, construct_id)
         policy = removal_policy(config)
+        # CDK empties a bucket before deleting it with a custom resource (a Node.js function): not
+        # on LocalStack, where the emulator and its data are thrown away as a whole
+        auto_delete = not config.retain_data and config.on_aws
         self.key = kms.Key(
             self,
             "DataKey",
@@ -64,7 +67,7 @@ class Storage(Construct):
             ],
             removal_policy=policy,
             # dev: CDK's custom resource empties the bucket (every version) before deleting it
-            auto_delete_objects=not config.retain_data,
+            auto_delete_objects=auto_delete,
         )
         acknowledge(
             self.access_logs,
@@ -106,7 +109,7 @@ class Storage(Construct):
                 lifecycle_rules=rules,
                 metrics=[s3.BucketMetrics(id=DEAD_LETTER_METRICS_ID)] if metrics else None,
                 removal_policy=policy,
-                auto_delete_objects=not config.retain_data,
+                auto_delete_objects=auto_delete,
             )
 
         self.raw_data = bucket("RawData")

@@ -348,8 +348,10 @@ class KinesisStream(EventStream):
 
 
 def create_stream(
-    scope: Construct, construct_id: str, *, config: StageConfig, network: Network, key: kms.IKey
+    scope: Construct, construct_id: str, *, config: StageConfig, network: Network | None, key: kms.IKey
 ) -> EventStream:
     if config.stream_kind == "msk":
+        if network is None:
+            raise ValueError("an MSK stream needs the stage's network")
         return MskStream(scope, construct_id, config=config, network=network, key=key)
     return KinesisStream(scope, construct_id, config=config, key=key)

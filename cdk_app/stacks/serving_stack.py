@@ -7,7 +7,7 @@ from constructs import Construct
 
 from cdk_app.config import StageConfig
 from cdk_app.constructs.archiver import EventArchiver
-from cdk_app.constructs.feature_store import RedisFeatureStore
+from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.feature_updater import FeatureUpdater
 from cdk_app.constructs.layer import ArrowLayer, SlimXGBoostLayer
 from cdk_app.constructs.network import Network
@@ -30,9 +30,9 @@ class ServingStack(cdk.Stack):
         construct_id: str,
         *,
         config: StageConfig,
-        network: Network,
+        network: Network | None,
         storage: Storage,
-        feature_store: RedisFeatureStore,
+        feature_store: FeatureStore,
         stream: EventStream,
         **kwargs: Any,
     ) -> None:

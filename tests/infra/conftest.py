@@ -50,6 +50,15 @@ KINESIS_CONFIG = stage_config(
     lake={"infrequent_access_after_days": 60, "glacier_ir_after_days": None, "expire_after_days": 365},
 )
 
+#: a platform: localstack stage (what cdklocal deploys into LocalStack, docs/localstack.md)
+LOCALSTACK_CONFIG = stage_config(
+    "tls",
+    platform="localstack",
+    stream_kind="kinesis",
+    kinesis={"shard_count": 1},
+    localstack={"redis_url": "redis://127.0.0.1:6391/0"},
+)
+
 
 def app_context(**extra: Any) -> dict[str, Any]:
     """cdk.json's context (feature flags), without bundling, plus ``extra``."""
@@ -78,6 +87,7 @@ def stages(cdk_outdir: Path) -> dict[str, Synthesized]:
     built = {
         "msk": Synthesized(FraudSysStage(app, "FraudSys-tmsk", config=MSK_CONFIG)),
         "kinesis": Synthesized(FraudSysStage(app, "FraudSys-tkin", config=KINESIS_CONFIG)),
+        "localstack": Synthesized(FraudSysStage(app, "FraudSys-tls", config=LOCALSTACK_CONFIG)),
     }
     app.synth()
     return built

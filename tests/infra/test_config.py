@@ -19,8 +19,9 @@ def test_cdk_json_stages_validate_and_cover_both_stream_kinds() -> None:
     # when its stages are loaded
     configs = load_stage_configs(context["fraudsys"])
 
-    # then dev and prod are valid, and the two stream kinds are both deployed somewhere
-    assert {c.name for c in configs} == {"dev", "prod"}
+    # then dev, prod and localstack are valid, and the two stream kinds are both deployed somewhere
+    assert {c.name for c in configs} == {"dev", "prod", "localstack"}
+    assert [c.name for c in configs if c.platform == "localstack"] == ["localstack"]
     assert {c.stream_kind for c in configs} == {"msk", "kinesis"}
     prod = next(c for c in configs if c.name == "prod")
     assert prod.retain_data
@@ -176,3 +177,14 @@ def test_the_stages_throttle_within_their_scorer_capacity() -> None:
     assert dev.scorer.reserved_concurrency is None  # account limits: see docs/infra.md
     assert dev.scorer_throttle == (50, 10)
     assert prod.scorer_throttle == (1000, 400)
+
+
+def test_a_localstack_stage_needs_kinesis_and_takes_its_redis_from_the_config() -> None:
+    # LocalStack's community edition has no MSK
+    with pytest.raises(ValidationError, match="stream_kind: kinesis"):
+        stage_config("ls", platform="localstack", stream_kind="msk")
+    config = stage_config("ls", platform="localstack", stream_kind="kinesis")
+    assert not config.on_aws
+    assert config.localstack.redis_url == "redis://127.0.0.1:6390/0"  # the compose file's Redis
+    with pytest.raises(ValidationError):
+        stage_config("ls", platform="localstack", stream_kind="kinesis", localstack={"redis_url": "x"})

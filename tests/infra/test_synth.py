@@ -72,9 +72,10 @@ def test_cdk_nag_gate_really_fails_on_a_finding(tmp_path: Path) -> None:
 
 
 def test_cfn_lint_finds_no_errors_or_warnings(stages: object, cdk_outdir: Path) -> None:
-    # given the synthesized templates of both stages (the session fixture synthesized them)
+    # given the synthesized templates of the three stages (the session fixture synthesized them):
+    # five stacks each for MSK and Kinesis, three for the LocalStack stage
     templates = sorted(str(p) for p in cdk_outdir.glob("assembly-*/*.template.json"))
-    assert len(templates) == 10
+    assert len(templates) == 13
 
     # when cfn-lint checks them
     result = subprocess.run(
@@ -126,7 +127,8 @@ def test_npx_cdk_synth_of_every_stage(tmp_path: Path) -> None:
         ["npx", "--no-install", "cdk", "synth", "--quiet", "--output", str(tmp_path)], tmp_path, {}
     )
 
-    # then it succeeds for dev and prod
+    # then it succeeds for dev and prod (five stacks) and localstack (no network, no training)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     for stage in ("dev", "prod"):
         assert len(list((tmp_path / f"assembly-FraudSys-{stage}").glob("*.template.json"))) == 5
+    assert len(list((tmp_path / "assembly-FraudSys-localstack").glob("*.template.json"))) == 3

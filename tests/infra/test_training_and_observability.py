@@ -50,6 +50,7 @@ def test_training_task_runs_the_training_image_on_fargate(msk: Synthesized, kine
 
 def test_training_image_asset_is_built_from_the_repo_root_dockerfile(msk: Synthesized) -> None:
     stage = msk.stage
+    assert stage.training is not None  # an AWS stage
     image = stage.training.training.image
     assets = json.loads(_assets_manifest(stage.outdir, stage.training.artifact_id))
     docker = assets["dockerImages"]
