@@ -9,6 +9,10 @@ days, fixed hyperparameters). Candidates:
 * ``risk1d``: the delayed risk window of 1 day, ``[t - delay - 1d, t - delay)``: its transaction
   count, its frauds whose label arrived before ``t`` and their rate (the same rule as the 7d/30d
   windows; online a ``ZCOUNT`` more, no new state);
+* ``arrival``: the frauds at the merchant whose label arrived in the last day / 7 days (and
+  still holds), whatever their transaction's age within the kept history: sooner than the
+  delayed windows where labels arrive before the delay (``--arrivals spread``); online a read
+  of the labels that arrived in the window (the arrival index exists);
 * ``velocity``: the merchant's transactions in the last hour and its short-window velocity
   against its own baseline (24h count x 7 / 7d count, 1h count x 24 / 24h count; no new state);
 * ``cpp`` (common point of purchase, an upper bound: no online structure exists for it): the
@@ -53,6 +57,7 @@ I64 = NDArray[np.int64]
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "risk1d": ("merch_cnt_delayed_1d", "merch_fraud_cnt_1d", "merch_fraud_rate_1d"),
     "velocity": ("merch_cnt_1h", "merch_velocity_24h_7d", "merch_velocity_1h_24h"),
+    "arrival": ("merch_fraud_arrived_1d", "merch_fraud_arrived_7d"),
     "cpp": ("merch_compromised_cards_30d", "merch_compromised_share_30d"),
     "exposure": ("card_max_merchant_fraud_cards_30d", "card_risky_merchants_30d"),
 }
@@ -61,13 +66,20 @@ SETS: dict[str, tuple[str, ...]] = {
     "base-reseed": (),  # the spec's features, another seed: the noise of the fit itself
     "risk1d": ("risk1d",),
     "velocity": ("velocity",),
+    "arrival": ("arrival",),
     "risk1d+velocity": ("risk1d", "velocity"),
     "cpp": ("cpp",),
     "exposure": ("exposure",),
 }
 
 
-def simulation(preset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+#: ``--arrivals spread``: a label arrives 1 day + an exponential delay of mean 6 days after its
+#: transaction (median ~5.2 days, 75 % within ~9.3, ~1 % after 30), instead of exactly the
+#: 7-day label delay: some labels arrive before the delay, some after.
+SPREAD_MIN, SPREAD_MEAN = spec.DAY, 6 * spec.DAY
+
+
+def simulation(preset: str, arrivals: str = "fixed") -> tuple[pd.DataFrame, pd.DataFrame]:
     if preset == "kaggle":
         cfg = kaggle_scale()
     else:
@@ -89,7 +101,12 @@ def simulation(preset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not check["trans_num"].equals(transactions["trans_num"]):
         raise RuntimeError("simulate_marked no longer reproduces run_simulation")
     transactions = transactions.assign(followup=followup)
-    return transactions, label_events_at_delay(transactions, spec.DEFAULT_LABEL_DELAY)
+    labels = label_events_at_delay(transactions, spec.DEFAULT_LABEL_DELAY)
+    if arrivals == "spread":
+        rng = np.random.default_rng(5)
+        wait = SPREAD_MIN + rng.exponential(SPREAD_MEAN, len(labels)).astype(np.int64)
+        labels = labels.assign(label_time=labels["event_time"].to_numpy(dtype=np.int64) + wait)
+    return transactions, labels
 
 
 def _between(m_sorted_key: I64, m_sorted_t: I64, key: I64, start: I64, end: I64) -> I64:
@@ -132,6 +149,20 @@ def candidate_columns(tx: pd.DataFrame, labels: pd.DataFrame, rows: pd.DataFrame
     hist = np.arange(int(lens.sum())) + (lo - (lens.cumsum() - lens)).repeat(lens)
     held = (iv.arrival[hist] < t[query]) & (iv.until[hist] >= t[query])
     frauds1d = np.bincount(query, weights=held, minlength=n)
+    # arrival: frauds at the merchant whose fraud label arrived in [t - w, t) and still holds at
+    # t, whatever the transaction's age within the history the store keeps (delay + 30 days)
+    order_a = np.lexsort((iv.arrival, iv.key))
+    a_key, a_arrival = iv.key[order_a], iv.arrival[order_a]
+    a_until, a_trans_t = iv.until[order_a], iv.trans_t[order_a]
+    ca = compose(a_key, a_arrival)
+    for suffix, seconds in (("1d", spec.DAY), ("7d", 7 * spec.DAY)):
+        lo_a = ca.searchsorted(compose(m, t - seconds), side="left")
+        hi_a = ca.searchsorted(compose(m, t), side="left")
+        lens_a = hi_a - lo_a
+        q_a = np.arange(n).repeat(lens_a)
+        h_a = np.arange(int(lens_a.sum())) + (lo_a - (lens_a.cumsum() - lens_a)).repeat(lens_a)
+        holds = (a_until[h_a] >= t[q_a]) & (a_trans_t[h_a] >= t[q_a] - delay - spec.MAX_MERCHANT_RISK_WINDOW)
+        out[f"merch_fraud_arrived_{suffix}"] = np.bincount(q_a, weights=holds, minlength=n)
     out["merch_cnt_delayed_1d"] = count1d
     out["merch_fraud_cnt_1d"] = frauds1d
     out["merch_fraud_rate_1d"] = np.where(count1d > 0, frauds1d / np.maximum(count1d, 1), 0.0)
@@ -344,6 +375,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("kaggle", "shifted"), default="kaggle")
     parser.add_argument("--periods", type=int, default=8)
+    parser.add_argument(
+        "--arrivals", choices=("fixed", "spread"), default="fixed", help="label arrivals (SPREAD_MEAN)"
+    )
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--rounds", type=int, default=150)
     parser.add_argument("--nthread", type=int, default=2)
@@ -359,7 +393,7 @@ def main() -> None:
             )
         return
     started = time.perf_counter()
-    tx, labels = simulation(args.preset)
+    tx, labels = simulation(args.preset, args.arrivals)
     print(
         f"simulation {args.preset}: {len(tx)} transactions, {time.perf_counter() - started:.1f} s", flush=True
     )

@@ -16,7 +16,9 @@ def backfill(
         str | None,
         typer.Option(help="the time the state is built up to (ISO 8601); default: the lake's latest event"),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="events per store write")] = 5000,
+    batch: Annotated[
+        int, typer.Option(min=1, help="events per Redis transaction (MULTI/EXEC) of the bulk writes")
+    ] = 1024,
     local: Annotated[
         bool, typer.Option("--local", help="the local stack (`fraudsys local up`) for unset settings")
     ] = False,
@@ -25,7 +27,7 @@ def backfill(
 
     For go-live, a Redis loss or a layout change. Uses the handlers' settings (REDIS_URL,
     REDIS_CLUSTER, CARD_HASH_KEY..., LABEL_DELAY_SECONDS, LAKE_URI), like the updater. Safe to run
-    while the stream is live and to run again: the writes are the updater's, idempotent."""
+    while the stream is live and to run again: the state written is the updater's, idempotent."""
     from datetime import UTC, datetime, time
 
     from rich.progress import Progress
@@ -34,7 +36,7 @@ def backfill(
     from handlers.settings import settings
     from training.backfill import backfill as run_backfill
     from training.backfill import lake_start_day
-    from training.data.lake import latest_dob_transactions, newest_transaction_day, read_lake
+    from training.data.lake import latest_dob_transactions, newest_transaction_day, read_lake_tables
 
     if local:
         use_local_stack()
@@ -50,15 +52,15 @@ def backfill(
         until = int(datetime.combine(last_day, time.max, UTC).timestamp()) if last_day else None
     start = lake_start_day(store, until) if until is not None else None
     with console.status(f"reading the lake {uri}"):
-        data = read_lake(uri, start=start)
-    if not newest and len(data.transactions):
-        until = int(data.transactions["event_time"].max())
+        transactions, labels = read_lake_tables(uri, start=start)
+    if not newest and transactions.num_rows:
+        until = int(transactions["event_time"].to_numpy().max())
     profiles = latest_dob_transactions(uri, lake_start_day(store, until)) if until is not None else None
     with Progress(console=console) as progress:
         task = progress.add_task("backfilling", total=None)
         stats = run_backfill(
-            data.transactions,
-            data.labels,
+            transactions,
+            labels,
             store,
             bootstrap.transaction_index(5000),
             newest=until,

@@ -2,12 +2,15 @@
 
 For go-live, after a Redis loss, or after a layout change: the events of the last
 ``delay + 30 days + slack`` (the longest retention of the store) are read from the lake and
-applied through the store's own write path (``RedisFeatureStore.apply``, the updater's), so the
-state is the one the updater would have built. Safe to run while the stream is live and to run
-again: the store's writes are idempotent (a redelivered event changes nothing) and order
-independent, so an event both backfilled and streamed counts once. The transaction index (label
-intake) is rebuilt with the same transactions. Once every event is applied, the store's fill
-marker is written (``fraud_adapters.store_marker``): the scorer serves full features again.
+written in bulk (``fraud_adapters.bulk``): each card's and merchant's members with one ZADD, then
+the store's own apply scripts derive the rest from the sets in the same MULTI/EXEC, so the state
+is the one the updater builds from the same events. Labels go through the store's write path
+(``RedisFeatureStore.apply``, the updater's). Safe to run while the stream is live and to run
+again: members are deterministic (a ZADD of a member already there adds nothing), the derived
+keys are functions of the sets, and no updater call runs between a key's ZADD and its script,
+so an event both backfilled and streamed counts once. The transaction index (label intake) is
+rebuilt with the same transactions and the updater's values. Once every event is written, the
+store's fill marker is set (``fraud_adapters.store_marker``): the scorer serves full features again.
 """
 
 import time
@@ -18,11 +21,14 @@ from itertools import batched
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from fraud_adapters.redis_store import ApplyResult, RedisFeatureStore
+from fraud_adapters.bulk import CHUNK, TRANSACTION_COLUMNS, TRANSACTION_SCHEMA, BulkWriter
+from fraud_adapters.redis_store import RedisFeatureStore
 from fraud_adapters.store_marker import StoreMarker
 from fraud_adapters.tx_index import TransactionIndex
-from fraud_core.schemas import LabelEvent, TransactionEvent
+from fraud_core.schemas import LabelEvent
 
 
 @dataclass(frozen=True)
@@ -54,41 +60,23 @@ def _when(seconds: np.ndarray) -> list[datetime]:
     return [datetime.fromtimestamp(int(t), UTC) for t in seconds.tolist()]
 
 
-def transaction_events(frame: pd.DataFrame) -> Iterator[TransactionEvent]:
-    """Events of the lake's canonical frame, unvalidated (they were validated on the way in):
-    ``cc_num`` holds the card hash."""
-    dobs = frame["dob"].astype("string").fillna("").tolist() if "dob" in frame else [""] * len(frame)
-    columns = zip(
-        frame["trans_num"].astype(str).tolist(),
-        frame["cc_num"].astype(str).tolist(),
-        frame["merchant"].astype(str).tolist(),
-        frame["category"].astype(str).tolist(),
-        frame["amt"].to_numpy(dtype=np.float64).tolist(),
-        _when(frame["event_time"].to_numpy(dtype=np.int64)),
-        frame["lat"].to_numpy(dtype=np.float64).tolist(),
-        frame["long"].to_numpy(dtype=np.float64).tolist(),
-        frame["city_pop"].to_numpy(dtype=np.int64).tolist(),
-        frame["merch_lat"].to_numpy(dtype=np.float64).tolist(),
-        frame["merch_long"].to_numpy(dtype=np.float64).tolist(),
-        dobs,
-        strict=True,
-    )
-    for trans_num, card, merchant, category, amt, when, lat, long, pop, mlat, mlong, dob in columns:
-        yield TransactionEvent.model_construct(
-            trans_num=trans_num,
-            cc_num=card,
-            merchant=merchant,
-            category=category,
-            amt=amt,
-            transaction_time=when,
-            lat=lat,
-            long=long,
-            city_pop=pop,
-            merch_lat=mlat,
-            merch_long=mlong,
-            dob=date.fromisoformat(dob[:10]) if dob else None,
-            received_at=None,
-        )
+def lake_columns(frame: pd.DataFrame | pa.Table) -> pa.Table:
+    """The columns the bulk writer reads (``fraud_adapters.bulk.TRANSACTION_COLUMNS``): a lake
+    table as is, or the lake's canonical frame (``cc_num`` = card hash, ``dob`` ISO text or '')."""
+    if isinstance(frame, pa.Table):
+        return frame.select(list(TRANSACTION_COLUMNS)).cast(TRANSACTION_SCHEMA)
+    columns: dict[str, pa.Array] = {}
+    for name in TRANSACTION_COLUMNS:
+        values = frame["cc_num" if name == "card" else name]
+        if name == "dob":
+            text = pc.utf8_slice_codeunits(pa.array(values.astype("string"), pa.string()), 0, 10)
+            text = pc.if_else(pc.equal(pc.fill_null(text, ""), ""), pa.scalar(None, pa.string()), text)
+            columns[name] = pc.cast(text, pa.date32())
+        elif name in ("trans_num", "card", "merchant", "category"):
+            columns[name] = pa.array(values.astype("string"), pa.string())
+        else:
+            columns[name] = pa.array(values.to_numpy())
+    return pa.table(columns).cast(TRANSACTION_SCHEMA)
 
 
 def label_events(labels: pd.DataFrame) -> Iterator[LabelEvent]:
@@ -114,59 +102,64 @@ def label_events(labels: pd.DataFrame) -> Iterator[LabelEvent]:
 
 
 def backfill(
-    transactions: pd.DataFrame,
+    transactions: pd.DataFrame | pa.Table,
     labels: pd.DataFrame,
     store: RedisFeatureStore,
     index: TransactionIndex | None = None,
     newest: int | None = None,
-    batch: int = 5000,
+    batch: int = CHUNK,
     on_progress: Callable[[int, int], None] | None = None,
-    profiles: pd.DataFrame | None = None,
+    profiles: pd.DataFrame | pa.Table | None = None,
 ) -> BackfillStats:
-    """Apply the lake's events that the store keeps (transactions dated after
-    ``newest - retention``, ``newest`` default: the latest transaction) in batches of ``batch``.
+    """Write the lake's events that the store keeps (transactions dated after
+    ``newest - retention``, ``newest`` default: the latest transaction), at most ``batch`` events
+    per Redis transaction.
 
-    ``transactions``: the lake's canonical frame (``cc_num`` = card hash); ``labels``: its
-    label-event frame; ``profiles``: each card's latest transaction with a date of birth before
-    the window (``training.data.lake.latest_dob_transactions``), applied after it: older than
-    their card's retention, they are not kept, but they set the card's dob profile as the
-    updater's did. ``on_progress(done, total)`` after every batch.
+    ``transactions``: the lake's canonical frame (``cc_num`` = card hash) or a table of
+    ``lake_columns``; ``labels``: its label-event frame; ``profiles``: each card's latest
+    transaction with a date of birth before the window (``training.data.lake.latest_dob_transactions``):
+    older than their card's retention, they are not kept, but they set the card's dob profile as
+    the updater's did. ``on_progress(done, total)`` as the writes are answered.
     """
     started = time.perf_counter()
+    table = lake_columns(transactions)
+    times = table["event_time"].to_numpy()
     if newest is None:
-        newest = int(transactions["event_time"].max()) if len(transactions) else 0
+        newest = int(times.max()) if len(times) else 0
     since = backfill_window(store, newest)
-    tx = transactions.loc[transactions["event_time"].to_numpy(dtype=np.int64) >= since]
-    tx = tx.sort_values(["event_time", "trans_num"], kind="stable")
+    tx = table.filter(pa.array(times >= since))
     lab = labels.loc[labels["event_time"].to_numpy(dtype=np.int64) >= since]
     lab = lab.sort_values(["label_time", "trans_num"], kind="stable")
-    total, done = len(tx) + len(lab), 0
-    applied = duplicates = late = 0
+    older = lake_columns(profiles) if profiles is not None else None
+    if older is not None:
+        older = older.filter(pa.array(older["event_time"].to_numpy() < since))
+    rows = pa.concat_tables([tx, older]) if older is not None and older.num_rows else tx
+    n_indexed = tx.num_rows if index is not None else 0
+    total = 2 * rows.num_rows + n_indexed + len(lab)
 
-    def count(result: ApplyResult, n: int) -> None:
-        nonlocal applied, duplicates, late, done
+    with BulkWriter(
+        store,
+        index,
+        chunk=batch,
+        on_progress=None if on_progress is None else lambda done: on_progress(done, total),
+    ) as writer:
+        writer.transactions(rows, indexed=np.arange(rows.num_rows) < tx.num_rows)
+    counts = writer.counts
+    applied, duplicates, late = counts.applied, counts.duplicates, counts.late
+    done = writer.progress()
+    for label_chunk in batched(label_events(lab), 5000, strict=False):
+        result = store.apply([], label_chunk, cards_hashed=True)
         applied, duplicates, late = (
             applied + result.applied,
             duplicates + result.duplicates,
             late + len(result.late),
         )
-        done += n
+        done += len(label_chunk)
         if on_progress is not None:
             on_progress(done, total)
-
-    for transaction_chunk in batched(transaction_events(tx), batch, strict=False):
-        count(store.apply(transaction_chunk, [], cards_hashed=True), len(transaction_chunk))
-        if index is not None:
-            index.put(transaction_chunk, cards_hashed=True)
-    for label_chunk in batched(label_events(lab), batch, strict=False):
-        count(store.apply([], label_chunk, cards_hashed=True), len(label_chunk))
-    if profiles is not None and len(profiles):
-        older = profiles.loc[profiles["event_time"].to_numpy(dtype=np.int64) < since]
-        for profile_chunk in batched(transaction_events(older), batch, strict=False):
-            store.apply(profile_chunk, [], cards_hashed=True)  # late: the profile only
     StoreMarker(store.client, store.prefix).mark("fraudsys backfill")  # complete: full features again
     return BackfillStats(
-        transactions=len(tx),
+        transactions=tx.num_rows,
         labels=len(lab),
         applied=applied,
         duplicates=duplicates,

@@ -22,6 +22,7 @@ from fraud_core.features import (
     merchant_frauds,
     merchant_volume,
 )
+from fraud_core.schemas import to_cents_array
 
 ID_COLUMNS = ("trans_num", "cc_num", "merchant", "event_time")
 LABEL_COLUMN = "is_fraud"
@@ -54,7 +55,7 @@ def dob_seconds(dob: pd.Series) -> np.ndarray:
 
 def cents(amount: pd.Series | np.ndarray) -> np.ndarray:
     """Amounts in USD to integer cents, rounding exactly like ``fraud_core.schemas.to_cents``."""
-    return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
+    return to_cents_array(np.asarray(amount, dtype=np.float64))
 
 
 def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:

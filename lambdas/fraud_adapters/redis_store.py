@@ -75,7 +75,10 @@ the ``:f``/``:a`` keys) are rebuilt by ``fraudsys backfill``.
 Writes: one script handles many cards (or merchants); a batch's calls are cut at
 ``WRITE_CHUNK`` events, and on a cluster grouped by hash slot so that each call touches one
 slot; all calls of a batch go in one non-transactional pipeline per node (one round trip on a
-single redis-server). Reads: one script call for the card and one for the merchant, in one pipeline.
+single redis-server). ``fraudsys backfill`` writes the same state in bulk
+(``fraud_adapters.bulk``): a key's members with one ZADD, then the same apply script, in its bulk
+mode for cards, derives the rest from the set; both in one MULTI/EXEC. Reads: one script call for
+the card and one for the merchant, in one pipeline.
 The store needs a client with ``decode_responses=False`` (replies are bytes).
 """
 
@@ -183,9 +186,30 @@ end
 # tile threshold (a card gets tiles once it holds more events than this; negative: never), then
 # per card the number of its events and per event t, member, trans_num, dob ('' if none).
 # Returns one character per event: a(pplied), d(uplicate), l(ate).
+# Bulk mode (``fraudsys backfill``, ``fraud_adapters.bulk``): -1 instead of a card's number of
+# events says that its new members were added to its set by a ZADD just before, in the same
+# MULTI/EXEC. The script then derives the card's other state from the set, as if those members
+# had been its arguments: the profile from its latest member with a dob, the older profile from
+# the members it trims, the tiles rebuilt from the kept members (a ZADD does not update them);
+# it returns one 'l' per member it trimmed.
 _APPLY_CARD_LUA = (
     _TILE_LUA
     + """
+-- 'YYYY-MM-DD' of a day number (days since 1970-01-01; H. Hinnant's civil_from_days), as
+-- Python's date.isoformat writes the dob of the apply arguments
+local function iso_day(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)
+  yoe = math.floor(yoe / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02d', y, m, d)
+end
 local keep, extra, dob_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local threshold = tonumber(ARGV[4])
 local out = {}
@@ -195,6 +219,9 @@ for g = 1, #KEYS, 3 do
   local tiled = redis.call('EXISTS', tiles) == 1
   local n = tonumber(ARGV[i])
   i = i + 1
+  local bulk = n < 0
+  if bulk then n = 0 end
+  local rebuild = false
   local top = redis.call('ZRANGE', events, -1, -1, 'WITHSCORES')[2]
   top = top and tonumber(top) or nil
   for k = i, i + 4 * (n - 1), 4 do
@@ -259,17 +286,47 @@ for g = 1, #KEYS, 3 do
       pt, pn = t, trans_num
     end
   end
+  if bulk then
+    -- the profile, as the loop above: the set's latest member with a dob (the set's order is by
+    -- time, then trans_num), members below the retention point included (they are trimmed below)
+    local offset, size, done = 0, 1, false  -- pages of 1, 8, 64... members: the newest has one, usually
+    while not done do
+      local page = redis.call('ZREVRANGE', events, offset, offset + size - 1, 'WITHSCORES')
+      for j = 1, #page, 2 do
+        local m, t = page[j], tonumber(page[j + 1])
+        if pt ~= nil and t < pt then done = true break end
+        if #m < 57 then error(redis.error_reply('FSCORRUPT malformed card member in ' .. events)) end
+        local day = struct.unpack('<i8', m, #m - 7)
+        if day ~= NO_DOB then
+          local trans_num = string.sub(m, 1, #m - 57)
+          if pt == nil or t > pt or (t == pt and trans_num > pn) then
+            redis.call('HSET', profile, 't', int(t), 'n', trans_num, 'dob', iso_day(day))
+            pt, pn = t, trans_num
+          end
+          done = true
+          break
+        end
+      end
+      if #page < 2 * size then done = true end
+      offset, size = offset + size, size * 8
+    end
+    if tiled then  -- the ZADD did not update the tiles: rebuilt below from the kept members
+      redis.call('DEL', tiles)
+      tiled, rebuild = false, true
+    end
+  end
   local floor = '(' .. string.format('%d', top - keep)
   local trimmed = redis.call('ZRANGEBYSCORE', events, '-inf', floor, 'WITHSCORES')
   for j = 1, #trimmed, 2 do
     local m = trimmed[j]
     older(tonumber(trimmed[j + 1]), string.sub(m, 1, #m - 57), m)
+    if bulk then out[#out + 1] = 'l' end
   end
-  redis.call('ZREMRANGEBYSCORE', events, '-inf', floor)
+  if #trimmed > 0 then redis.call('ZREMRANGEBYSCORE', events, '-inf', floor) end
   if od ~= nil then
     redis.call('HSET', profile, 'ot', string.format('%d', ot), 'on', on, 'od', string.format('%d', od))
   end
-  if not tiled and threshold >= 0 and redis.call('ZCARD', events) > threshold then
+  if not tiled and (rebuild or (threshold >= 0 and redis.call('ZCARD', events) > threshold)) then
     tiled = true  -- built once from the kept events, then kept up to date event by event
     local all = redis.call('ZRANGE', events, 0, -1, 'WITHSCORES')
     for j = 1, #all, 2 do
@@ -705,8 +762,41 @@ def encode_card_member(event: TransactionEvent) -> bytes:
     )
 
 
+def card_member_tails(
+    t: np.ndarray[Any, Any],
+    cents: np.ndarray[Any, Any],
+    category: np.ndarray[Any, Any],
+    merch_lat: np.ndarray[Any, Any],
+    merch_long: np.ndarray[Any, Any],
+    merchant: np.ndarray[Any, Any],
+    dob_day: np.ndarray[Any, Any],
+) -> np.ndarray[Any, Any]:
+    """The fixed tails of many card members at once (``card_member``'s 56 bytes, one row each:
+    ``.tobytes()`` gives them back to back). ``merchant``: ``merchant_hash_codes`` of the
+    merchants; ``dob_day``: day numbers, ``NO_DOB`` where unknown."""
+    rows = np.empty(len(t), dtype=_CARD_DTYPE)
+    rows["t"] = t
+    rows["cents"] = cents
+    rows["category"] = category
+    rows["merch_lat"] = merch_lat
+    rows["merch_long"] = merch_long
+    rows["merchant"] = merchant
+    rows["dob_day"] = dob_day
+    return rows
+
+
+def merchant_hash_codes(merchants: Sequence[str]) -> np.ndarray[Any, Any]:
+    """``merchant_hash`` of each merchant as the int64 a card member's tail holds (same 8 bytes)."""
+    return np.frombuffer(b"".join(merchant_hash(m) for m in merchants), dtype="<i8")
+
+
+def label_member_of(trans_num: str, arrival: int, is_fraud: bool) -> str:
+    """A label's member: ``trans_num␟arrival␟0|1`` (1 = fraud)."""
+    return f"{trans_num}{_SEP}{arrival}{_SEP}{int(is_fraud)}"
+
+
 def label_member(label: LabelEvent) -> str:
-    return f"{label.trans_num}{_SEP}{label.arrival_time}{_SEP}{int(label.is_fraud)}"
+    return label_member_of(label.trans_num, label.arrival_time, label.is_fraud)
 
 
 def decode_card_rows(tails: bytes) -> np.ndarray[Any, Any]:
@@ -812,9 +902,7 @@ class _CallPacker:
             self._close(slot)
             current = None
         if current is None:
-            head = self.store.card_keep if script == "apply_card" else self.store.merchant_keep
-            head_args = [head, spec.DAY, spec.DOB_RETENTION, self.store.tile_threshold]
-            current = self.open[slot] = ([], head_args, [])
+            current = self.open[slot] = ([], self.store.script_head(script), [])
         current[0].extend(keys)
         current[1].extend(args)
         current[2].extend(events)
@@ -869,6 +957,16 @@ class RedisFeatureStore:
         self._count_windows = [(-seconds, 0) for _, seconds in spec.MERCHANT_VOLUME_WINDOWS] + [
             (-label_delay - seconds, -label_delay) for _, seconds in spec.MERCHANT_RISK_WINDOWS
         ]
+
+    def script(self, name: str) -> tuple[str, str]:
+        """Source and SHA1 of a store script (``apply_card``, ``apply_merchant``, ``read_card``,
+        ``read_merchant``), for writers that send its calls themselves (``fraud_adapters.bulk``)."""
+        return self._scripts[name]
+
+    def script_head(self, name: str) -> list[Any]:
+        """The first four arguments of an ``apply_card`` or ``apply_merchant`` call."""
+        keep = self.card_keep if name == "apply_card" else self.merchant_keep
+        return [keep, spec.DAY, spec.DOB_RETENTION, self.tile_threshold]
 
     def card_keys(self, card_hash: str) -> list[str]:
         tag = f"{self.prefix}:{{c:{card_hash}}}"

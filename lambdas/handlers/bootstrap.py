@@ -115,7 +115,10 @@ def store_marker(timeout_ms: int | None = None) -> StoreMarker:
 def transaction_index(timeout_ms: int | None = None) -> TransactionIndex:
     """The transaction index on the feature store's Redis client (one connection pool)."""
     store = feature_store(timeout_ms)
-    return TransactionIndex(store.client, settings().label_delay_seconds, card_key=store.hasher)
+    cfg = settings()
+    return TransactionIndex(
+        store.client, cfg.label_delay_seconds, card_key=store.hasher, buckets=cfg.tx_index_buckets
+    )
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fraud_adapters.redis_store import TILE_THRESHOLD
+from fraud_adapters.tx_index import DEFAULT_BUCKETS
 from fraud_core import spec
 
 DEV_CARD_HASH_KEY = "fraudsys-local-development-key"
@@ -52,6 +53,10 @@ class Settings(BaseModel):
     #: A card gets time tiles in Redis once it holds more events than this (its reads then cost
     #: the same whatever its activity; ``fraud_adapters.redis_store``); negative: never.
     card_tile_threshold: int = TILE_THRESHOLD
+    #: Buckets of the transaction index (``fraud_adapters.tx_index``): at least the transactions
+    #: of 14 days / 64. A layout setting: every writer and reader uses the same (a change needs
+    #: ``fraudsys backfill``).
+    tx_index_buckets: int = Field(default=DEFAULT_BUCKETS, ge=1)
     #: Time guard: an event or request dated more than this after the time the system received it
     #: is refused (422 at the API, a dead letter in the stream).
     max_clock_skew_seconds: int = Field(default=spec.MAX_CLOCK_SKEW, ge=0, le=spec.HISTORY_SLACK)

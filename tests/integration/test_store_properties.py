@@ -5,7 +5,9 @@ characters), same-second ties, bursts, events on window and retention edges, red
 fraud labels. Checked:
 
 1. idempotence: a batch applied twice (or holding every event twice) leaves the state of once;
-2. order independence: any permutation and any split into batches gives the same state;
+2. order independence: any permutation and any split into batches gives the same state, and so
+   does the bulk writer of ``fraudsys backfill`` (``fraud_adapters.bulk``), also with events of
+   the stream applied before and after it;
 3. parity: ``request_features(request, store.read(...))`` equals the offline
    ``training.dataset.build_features`` row of every transaction, replaying the stream through
    the store in time order (out of order within ``spec.HISTORY_SLACK``, with redeliveries).
@@ -22,12 +24,20 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraud_adapters.redis_store import TILE_THRESHOLD, CardHasher, CorruptStateError, RedisFeatureStore
+from fraud_adapters.bulk import BulkWriter
+from fraud_adapters.redis_store import (
+    TILE_THRESHOLD,
+    WRITE_CHUNK,
+    CardHasher,
+    CorruptStateError,
+    RedisFeatureStore,
+)
 from fraud_core import spec
 from fraud_core.online import request_features
 from fraud_core.schemas import LabelEvent, PredictRequest, TransactionEvent
@@ -211,9 +221,15 @@ def card_layout(request: pytest.FixtureRequest) -> Iterator[None]:
     LAYOUT["tile_threshold"] = TILE_THRESHOLD
 
 
-def new_store(client: AnyRedis, label_delay: int) -> RedisFeatureStore:
+def new_store(client: AnyRedis, label_delay: int, write_chunk: int = WRITE_CHUNK) -> RedisFeatureStore:
     client.flushall()
-    return RedisFeatureStore(client, HASHER, label_delay=label_delay, tile_threshold=LAYOUT["tile_threshold"])
+    return RedisFeatureStore(
+        client,
+        HASHER,
+        label_delay=label_delay,
+        write_chunk=write_chunk,
+        tile_threshold=LAYOUT["tile_threshold"],
+    )
 
 
 def apply(store: RedisFeatureStore, batch: Sequence[Event]) -> None:
@@ -318,6 +334,96 @@ def test_any_order_and_any_batching_give_the_same_state(
     # then the state is the same, raw and as read
     assert dump(any_redis) == expected
     assert read_all(store, points) == states
+
+
+def bulk_table(transactions: Sequence[TransactionEvent]) -> pa.Table:
+    """The lake's columns of these transactions (``fraud_adapters.bulk.TRANSACTION_COLUMNS``)."""
+    return pa.table(
+        {
+            "trans_num": [e.trans_num for e in transactions],
+            "card": [HASHER(e.cc_num) for e in transactions],
+            "merchant": [e.merchant for e in transactions],
+            "category": [e.category for e in transactions],
+            "amt": pa.array([e.amt for e in transactions], pa.float64()),
+            "event_time": pa.array([e.event_time for e in transactions], pa.int64()),
+            "lat": pa.array([e.lat for e in transactions], pa.float64()),
+            "long": pa.array([e.long for e in transactions], pa.float64()),
+            "city_pop": pa.array([e.city_pop for e in transactions], pa.int64()),
+            "merch_lat": pa.array([e.merch_lat for e in transactions], pa.float64()),
+            "merch_long": pa.array([e.merch_long for e in transactions], pa.float64()),
+            "dob": pa.array([e.dob for e in transactions], pa.date32()),
+        }
+    )
+
+
+@PROPERTY_SETTINGS
+@given(
+    stream=streams(days=70),
+    write_chunk=st.sampled_from((2, WRITE_CHUNK)),
+    chunk=st.sampled_from((1, 3, 1024)),
+    data=st.data(),
+)
+def test_the_bulk_writer_builds_the_state_of_the_apply_path(
+    any_redis: AnyRedis, stream: Stream, write_chunk: int, chunk: int, data: st.DataObject
+) -> None:
+    # given the state the updater's write path builds from the stream's events
+    store = new_store(any_redis, stream.label_delay, write_chunk)
+    events = stream.events()
+    apply(store, events)
+    expected, points = dump(any_redis), probes(stream)
+    states = read_all(store, points)
+
+    # when the bulk writer writes its transactions into an empty store (cards with more than
+    # `write_chunk` events through the script's own path, at most `chunk` events per MULTI),
+    # with labels through the store and events of the live stream applied before and after
+    store = new_store(any_redis, stream.label_delay, write_chunk)
+    apply(store, data.draw(st.lists(st.sampled_from(events), max_size=8), label="streamed before"))
+    writer = BulkWriter(store, chunk=chunk)
+    writer.transactions(bulk_table([e for e in events if isinstance(e, TransactionEvent)]))
+    counts = writer.close()
+    store.apply([], [e for e in events if isinstance(e, LabelEvent)])
+    apply(store, data.draw(st.lists(st.sampled_from(events), max_size=8), label="streamed after"))
+
+    # then the state is the same, raw and as read, and every transaction is counted once
+    assert dump(any_redis) == expected
+    assert read_all(store, points) == states
+    assert_every_key_expires(any_redis)
+    assert counts.applied + counts.duplicates + counts.late == len(stream.rows)
+
+
+@pytest.mark.parametrize(
+    "dob", ["0001-01-01", "1899-12-31", "1900-02-28", "1900-03-01", "1969-12-31", "2000-02-29", "9999-12-31"]
+)
+def test_the_bulk_writer_writes_any_date_of_birth_as_the_apply_path(
+    redis_client: "redis.Redis", dob: str
+) -> None:
+    # given a card's transactions with a date of birth at a calendar edge (the bulk mode of the
+    # card script writes the profile's ISO date from a member's day number)
+    rows = [replace(_row(f"T{i}", BASE_T + i * HOUR), dob=dob if i == 1 else None) for i in range(3)]
+    store = new_store(redis_client, spec.DEFAULT_LABEL_DELAY)
+    apply(store, [row.transaction() for row in rows])
+    expected = dump(redis_client)
+
+    # when the bulk writer writes them into an empty store
+    store = new_store(redis_client, spec.DEFAULT_LABEL_DELAY)
+    writer = BulkWriter(store)
+    writer.transactions(bulk_table([row.transaction() for row in rows]))
+    writer.close()
+
+    # then the profile holds the same date, as ISO text
+    assert dump(redis_client) == expected
+    assert redis_client.hget(store.card_keys(HASHER(CARDS[0]))[1], "dob") == dob.encode()
+
+
+def test_the_bulk_writer_reports_a_card_set_it_cannot_read(any_redis: AnyRedis) -> None:
+    # given a card set holding a member no layout wrote
+    store = new_store(any_redis, spec.DEFAULT_LABEL_DELAY)
+    row = _row("T1", BASE_T)
+    any_redis.zadd(store.card_keys(HASHER(row.card))[0], {b"too short for layout 4": BASE_T + DAY})
+
+    # when the bulk writer writes the card's transactions, then it says which key it cannot read
+    with pytest.raises(CorruptStateError, match="malformed card member"), BulkWriter(store) as writer:
+        writer.transactions(bulk_table([row.transaction()]))
 
 
 def mismatches(online: np.ndarray[Any, Any], offline: np.ndarray[Any, Any], row: Row) -> list[str]:

@@ -51,6 +51,7 @@ def test_no_candidate_sees_events_or_labels_after_its_row(simulated: tuple[pd.Da
     assert full.loc[before, "merch_fraud_cnt_1d"].max() > 0
     assert full.loc[before, "card_max_merchant_fraud_cards_30d"].max() > 0
     assert full.loc[before, "merch_compromised_cards_30d"].max() > 0
+    assert full.loc[before, "merch_fraud_arrived_7d"].max() > 0
 
 
 def test_the_1_day_window_counts_frauds_labelled_before_the_row_like_the_spec_windows(
@@ -68,3 +69,31 @@ def test_the_1_day_window_counts_frauds_labelled_before_the_row_like_the_spec_wi
     none = candidate_columns(tx, late, build_features(tx, DELAY, labels=late), DELAY)
     assert none["merch_fraud_cnt_1d"].max() == 0
     assert none["merch_cnt_delayed_1d"].equals(extra["merch_cnt_delayed_1d"])
+
+
+def test_the_arrival_window_counts_a_fraud_from_its_label_arrival_whatever_the_delay(
+    simulated: tuple[pd.DataFrame, np.ndarray],
+) -> None:
+    # given one merchant: a fraud at t0, its label arriving 2 days later (before the 7-day
+    # delay), then transactions at t0 + 2d (the label's arrival second) and t0 + 3d
+    tx, _ = simulated
+    t0 = int(tx["event_time"].min())
+    rows = tx.iloc[:3].copy()
+    rows["merchant"] = "m"
+    rows["trans_num"] = ["fraud", "at_arrival", "after"]
+    rows["event_time"] = [t0, t0 + 2 * spec.DAY, t0 + 3 * spec.DAY]
+    rows["is_fraud"] = [1, 0, 0]
+    rows = rows.reset_index(drop=True)
+    label = {"trans_num": "fraud", "merchant": "m", "event_time": t0, "is_fraud": 1}
+    labels = pd.DataFrame([{**label, "label_time": t0 + 2 * spec.DAY}])
+
+    def arrived(labels: pd.DataFrame) -> list[float]:
+        out = candidate_columns(rows, labels, build_features(rows, DELAY, labels=labels), DELAY)
+        return out["merch_fraud_arrived_7d"].tolist()
+
+    # then only the row after the arrival counts it (the delayed windows cannot: it is 3 days old)
+    assert arrived(labels) == [0.0, 0.0, 1.0]
+    assert build_features(rows, DELAY, labels=labels)["merch_fraud_cnt_7d"].max() == 0
+    # and a correction that arrived before that row takes it back
+    correction = pd.DataFrame([{**label, "is_fraud": 0, "label_time": t0 + 2 * spec.DAY + 60}])
+    assert arrived(pd.concat([labels, correction], ignore_index=True)) == [0.0, 0.0, 0.0]

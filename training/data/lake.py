@@ -133,6 +133,16 @@ def transaction_frame(table: pa.Table) -> pd.DataFrame:
     """Lake rows of kind transaction -> the canonical frame, one row per ``trans_num``."""
     if table.num_rows == 0:
         return sort_frame(_canonical({}, 0))
+    table = first_arrivals(table)
+    columns = {name: table[name] for name in table.column_names}
+    return sort_frame(_canonical(columns, table.num_rows))
+
+
+def first_arrivals(table: pa.Table) -> pa.Table:
+    """Lake rows of kind transaction, one per ``trans_num``: the earliest arrival (then ingest,
+    then source) wins; ordered by ``trans_num``."""
+    if table.num_rows == 0:
+        return table
     order = pc.sort_indices(
         table,
         sort_keys=[
@@ -143,12 +153,21 @@ def transaction_frame(table: pa.Table) -> pd.DataFrame:
         ],
     )
     table = table.take(order)
-    trans_num = table["trans_num"].to_numpy(zero_copy_only=False).astype(object)
-    first = np.ones(len(trans_num), dtype=bool)
-    first[1:] = trans_num[1:] != trans_num[:-1]
-    table = table.filter(pa.array(first))
-    columns = {name: table[name] for name in table.column_names}
-    return sort_frame(_canonical(columns, table.num_rows))
+    trans_num = table["trans_num"].combine_chunks()
+    first = np.ones(table.num_rows, dtype=bool)
+    first[1:] = pc.not_equal(trans_num[1:], trans_num[:-1]).to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(first))
+
+
+def read_lake_tables(
+    uri: str, start: date | None = None, end: date | None = None
+) -> tuple[pa.Table, pd.DataFrame]:
+    """``read_lake`` without the canonical frame: the transactions dated ``start``..``end`` as the
+    lake's own columns (deduplicated, ``first_arrivals``) and every label (``label_frame``), for
+    ``fraudsys backfill``, which writes Arrow columns."""
+    dataset = _dataset(uri)
+    transactions = first_arrivals(_read(dataset, _day_filter("transaction", start, end)))
+    return transactions, label_frame(_read(dataset, _day_filter("label", None, None)))
 
 
 def label_frame(table: pa.Table) -> pd.DataFrame:

@@ -1,0 +1,636 @@
+"""Bulk writes of the online store and the transaction index from columns (``fraudsys backfill``).
+
+The updater's path (``RedisFeatureStore.apply``) costs ~45 us of Python per event (pydantic
+events, script arguments packed one by one) and ~4 us of Redis per event (one ``redis.call`` per
+event inside the scripts). This writer builds the same state from Arrow columns:
+
+- members, keys and the commands' RESP bytes are built column-wise (pyarrow, numpy) with the
+  store's own encodings (``card_member_tails``, ``merchant_hash_codes``, ``tx_index.bulk_value_parts``);
+  Python touches each card and merchant, not each event;
+- a card's members go in with one native ``ZADD``, then the store's ``apply_card`` script in bulk
+  mode (``-1`` events) derives the rest from the set (profile, older profile, trim, tiles, TTLs),
+  in the same ``MULTI``/``EXEC``: no other client (the live updater) runs between the two, so
+  the result is the one the updater's script builds whatever interleaves with the stream;
+- a card with more than the store's ``write_chunk`` events (a busy card, whose tiles are kept
+  event by event) goes through ``apply_card`` with pre-encoded arguments, ``write_chunk`` per call;
+- a merchant's transactions go in with one ``ZADD``, then ``apply_merchant`` with no event trims
+  its keys and sets their TTLs (same ``MULTI``/``EXEC``); labels go through ``store.apply``;
+- the transaction index (``TransactionIndex``'s buckets): the rows sorted by bucket, one ``HSET``
+  of a bucket's entries (the updater's values) and one ``EXPIREAT`` per bucket.
+
+Each ``MULTI``/``EXEC`` holds at most ``chunk`` events (the server runs one at a time: a few
+milliseconds at most). The commands go to each node through two connections (the store's and
+the index's; hiredis parses the replies), each fed by a thread while the caller encodes the next
+commands. On a Redis Cluster, a transaction holds the keys of one hash slot and goes to its node;
+a reply that is an error (a slot that moved, a node that restarted) fails the run: it is safe to run again.
+"""
+
+import contextlib
+import queue
+import socket
+import threading
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import hiredis
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from fraud_adapters.redis_store import (
+    CorruptStateError,
+    RedisFeatureStore,
+    card_member_tails,
+    merchant_hash_codes,
+)
+from fraud_adapters.tx_index import TransactionIndex, bulk_value_parts
+from fraud_core import spec
+from fraud_core.online import NO_DOB
+from fraud_core.schemas import to_cents_array
+
+#: The columns ``BulkWriter.transactions`` reads (the lake's names and types,
+#: ``fraud_adapters.lake``): ``card`` holds the keyed card hash, ``event_time`` epoch seconds.
+TRANSACTION_SCHEMA = pa.schema(
+    [
+        ("trans_num", pa.string()),
+        ("card", pa.string()),
+        ("merchant", pa.string()),
+        ("category", pa.string()),
+        ("amt", pa.float64()),
+        ("event_time", pa.int64()),
+        ("lat", pa.float64()),
+        ("long", pa.float64()),
+        ("city_pop", pa.int64()),
+        ("merch_lat", pa.float64()),
+        ("merch_long", pa.float64()),
+        ("dob", pa.date32()),
+    ]
+)
+TRANSACTION_COLUMNS = tuple(TRANSACTION_SCHEMA.names)
+
+#: Events per ``MULTI``/``EXEC``: ~1-2 ms of the server (docs/benchmarks.md).
+CHUNK = 512
+#: Rows encoded at once: the work goes to Redis slab by slab, cards, merchants and index in turn.
+SLAB = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """A card's or merchant's keys, RESP-encoded once: its hash slot, the set the ZADD writes
+    (as a RESP bulk string), and every key of the script call (RESP bulk strings, back to back)."""
+
+    slot: int
+    first: bytes
+    zadd: bytes
+    script: bytes
+    count: int
+
+
+#: A piece of a key's rows in a call: its keys, first row, end row.
+type _Piece = tuple[_Keys, int, int]
+
+
+@dataclass
+class BulkCounts:
+    """What the writes did: ``applied`` members kept, ``duplicates`` already there, ``late``
+    below their card's retention point (written and trimmed, as the updater's script does);
+    ``indexed`` transaction index entries written."""
+
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    indexed: int = 0
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _resp_rows(*fields: Any, head: bytes = b"", tail: bytes = b"") -> tuple[memoryview, list[int]]:
+    """Per row, ``head``, each field as a RESP bulk string, ``tail``, back to back: the bytes of
+    all rows and the offset of each row (row i is ``data[offsets[i]:offsets[i + 1]]``). A field is
+    an array of one value per row, or a list of such arrays and bytes that make the value."""
+    parts: list[Any] = [head]
+    for field in fields:
+        pieces = [_binary(p) for p in (field if isinstance(field, list) else [field])]
+        length: Any = sum(len(p) for p in pieces if isinstance(p, bytes))
+        for piece in pieces:
+            if not isinstance(piece, bytes):
+                length = pc.add(length, pc.binary_length(piece))
+        parts += [b"$", pc.cast(length, pa.string()).cast(pa.binary()), b"\r\n", *pieces, b"\r\n"]
+    parts.append(tail)
+    merged: list[Any] = []  # adjacent bytes as one input of the join
+    for part in parts:
+        if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += part
+        elif not isinstance(part, bytes) or part:
+            merged.append(part)
+    joined = pc.binary_join_element_wise(*merged, b"")
+    offsets = np.frombuffer(
+        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
+    )
+    return memoryview(joined.buffers()[2]), offsets.tolist()
+
+
+def _binary(piece: Any) -> Any:
+    if isinstance(piece, bytes):
+        return piece
+    return (piece.combine_chunks() if isinstance(piece, pa.ChunkedArray) else piece).cast(pa.binary())
+
+
+def _groups(codes: np.ndarray[Any, Any]) -> tuple[list[int], list[int]]:
+    """Starts and ends of the runs of equal values in sorted ``codes``."""
+    if not len(codes):
+        return [], []
+    cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+    return [0, *cuts], [*cuts, len(codes)]
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[Any]]:
+    encoded = column.combine_chunks().dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
+
+def _raise_errors(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, list):
+            _raise_errors(reply)
+        elif isinstance(reply, Exception):
+            if isinstance(reply, redis.ResponseError) and str(reply).startswith("FSCORRUPT"):
+                raise CorruptStateError(str(reply).removeprefix("FSCORRUPT "))
+            raise reply
+
+
+class _Pipe:
+    """Pipelined raw commands on a connection of its own: one thread sends the payloads, another
+    reads their replies, so the server always has the next commands while the caller encodes
+    more; at most ``window`` bytes are in flight. ``done`` callbacks run in the reading thread."""
+
+    def __init__(self, client: "redis.Redis", window: int = 64 << 20) -> None:
+        self._pool = client.connection_pool
+        self._connection = self._pool.get_connection()
+        # the connection is ours until close(): its socket is read here, not by redis-py's parser
+        self._socket = cast(socket.socket, self._connection._sock)
+        timeout = self._socket.gettimeout()
+        if timeout is not None:  # a reply may wait for every payload queued before it
+            self._socket.settimeout(max(timeout, 60.0))
+        self._window = window
+        self._in_flight = 0
+        self._space = threading.Condition()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[tuple[int, int, Callable[[Any], None]] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._send, name="bulk-send", daemon=True),
+            threading.Thread(target=self._receive, name="bulk-receive", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, payload: bytes, replies: int, done: Callable[[Any], None]) -> None:
+        """Queue ``payload`` (whole commands); ``done`` gets what ``_read`` makes of its
+        ``replies`` replies. Waits while the window is full; raises the pipe's first error."""
+        with self._space:
+            while self._in_flight and self._in_flight + len(payload) > self._window and self._error is None:
+                self._space.wait()
+            if self._error is not None:
+                raise self._error
+            self._in_flight += len(payload)
+        self._pending.put((replies, len(payload), done))
+        self._outbox.put(payload)
+
+    def close(self) -> None:
+        """Wait for every reply; give the connection back; raise the first error."""
+        self._outbox.put(None)
+        self._pending.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._connection.disconnect()  # type: ignore[no-untyped-call]  # its parser never saw these replies
+        self._pool.release(self._connection)
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._space:
+            if self._error is None:
+                self._error = exc
+            self._space.notify_all()
+        with contextlib.suppress(OSError):  # wake the other thread (blocked on the socket)
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def _send(self) -> None:
+        while (payload := self._outbox.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._socket.sendall(payload)
+            except BaseException as exc:  # raised by submit() or close()
+                self._fail(exc)
+
+    def _receive(self) -> None:
+        while (job := self._pending.get()) is not None:
+            if self._error is not None:
+                continue
+            replies, size, done = job
+            try:
+                done(self._read(replies))
+            except BaseException as exc:  # raised by submit() or close()
+                self._fail(exc)
+            with self._space:
+                self._in_flight -= size
+                self._space.notify_all()
+
+    def _recv(self) -> bytes:
+        data = self._socket.recv(1 << 20)
+        if not data:
+            raise redis.ConnectionError("the connection to Redis closed during the bulk write")
+        return data
+
+    def _read(self, n: int) -> Any:
+        raise NotImplementedError
+
+
+class _ParsedPipe(_Pipe):
+    """Replies parsed by hiredis: ``done`` gets the list of them (error replies as exceptions)."""
+
+    def __init__(self, client: "redis.Redis") -> None:
+        self._reader = hiredis.Reader(replyError=redis.ResponseError)
+        super().__init__(client)
+
+    def _read(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        reader = self._reader
+        while len(out) < n:
+            reply = reader.gets()
+            if reply is False:
+                reader.feed(self._recv())
+            else:
+                out.append(reply)
+        return out
+
+
+class BulkWriter:
+    """Writes transactions (``transactions``) to the store and the index in bulk; ``close`` (or
+    leaving its ``with`` block) waits for every reply. A reply that is an error is raised by the
+    next ``transactions`` or by ``close``. Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        store: RedisFeatureStore,
+        index: TransactionIndex | None = None,
+        chunk: int = CHUNK,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self.store = store
+        self.index = index
+        self.chunk = chunk
+        self.on_progress = on_progress
+        self.counts = BulkCounts()
+        self._lock = threading.Lock()
+        self._done = 0
+        self._pipes: dict[tuple[str, bool], _Pipe] = {}
+        self._sha = {name: store.script(name)[1].encode() for name in ("apply_card", "apply_merchant")}
+        self._head = {name: [str(x).encode() for x in store.script_head(name)] for name in self._sha}
+        self._cluster = isinstance(store.client, RedisCluster)
+        for client in self._node_clients():
+            for name in self._sha:
+                client.script_load(store.script(name)[0])
+
+    # ---- routing -------------------------------------------------------------------------------
+
+    def _node_clients(self) -> list["redis.Redis"]:
+        client = self.store.client
+        if isinstance(client, RedisCluster):
+            nodes = client.get_primaries()  # type: ignore[no-untyped-call]
+            return [client.get_redis_connection(node) for node in nodes]
+        return [client]
+
+    def _pipe(self, key: bytes, index: bool = False) -> _Pipe:
+        """The pipe to the node of ``key`` (any key on one redis-server): the store's or the index's."""
+        client = self.store.client
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            name, node_client = node.name, client.get_redis_connection(node)
+        else:
+            name, node_client = "", client
+        pipe = self._pipes.get((name, index))
+        if pipe is None:
+            pipe = self._pipes[(name, index)] = _ParsedPipe(node_client)
+        return pipe
+
+    def _slot(self, key: bytes) -> int:
+        return key_slot(key) if self._cluster else 0
+
+    # ---- counting ------------------------------------------------------------------------------
+
+    def _count(
+        self, events: int, applied: int = 0, duplicates: int = 0, late: int = 0, indexed: int = 0
+    ) -> None:
+        with self._lock:
+            counts = self.counts
+            counts.applied += applied
+            counts.duplicates += duplicates
+            counts.late += late
+            counts.indexed += indexed
+            self._done += events
+
+    def progress(self) -> int:
+        """Rows whose writes have been answered (a transaction counts once per key family:
+        card, merchant, index)."""
+        return self._done
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self._done)
+
+    # ---- transactions --------------------------------------------------------------------------
+
+    def transactions(self, table: pa.Table, indexed: np.ndarray[Any, Any] | None = None) -> None:
+        """Queue the writes of ``table`` (``TRANSACTION_COLUMNS``): cards, merchants, and the index
+        for the rows where ``indexed`` (default: all) is true."""
+        missing = set(TRANSACTION_COLUMNS) - set(table.column_names)
+        if missing:
+            raise ValueError(f"missing columns: {sorted(missing)}")
+        if table.num_rows == 0:
+            return
+        columns = _Columns(table.select(list(TRANSACTION_COLUMNS)).cast(TRANSACTION_SCHEMA).combine_chunks())
+        work = [self._cards(columns), self._merchants(columns)]
+        if self.index is not None:
+            rows = np.arange(table.num_rows) if indexed is None else np.flatnonzero(indexed)
+            work.append(self._index(self.index, columns.table.take(pa.array(rows))))
+        while work:  # a slab of each in turn: Redis gets every kind of work from the start
+            for slabs in list(work):
+                if not next(slabs, False):
+                    work.remove(slabs)
+
+    def _cards(self, columns: "_Columns") -> Iterator[bool]:
+        store = self.store
+        # each card's events newest first: its first call knows its retention point, and a
+        # listpack takes the members at its head
+        order = np.lexsort((-columns.t, columns.card_codes))
+        codes = columns.card_codes[order]
+        starts, ends = _groups(codes)
+        sizes = np.subtract(ends, starts)
+        busy = sizes > store.write_chunk if store.tile_threshold >= 0 else np.zeros(len(sizes), dtype=bool)
+        plain = order[~np.repeat(busy, sizes)]  # the other cards' rows, card by card
+        yield from self._keyed_slabs("apply_card", columns, plain, columns.card_codes, self._card_keys)
+        # busy cards: the script's own path, their tiles kept event by event
+        for g in np.flatnonzero(busy).tolist():
+            rows = order[starts[g] : ends[g]]
+            keys = self._card_keys(columns.cards[columns.card_codes[rows[0]]])
+            data, offsets = _resp_rows(
+                columns.times(rows), columns.members(rows), columns.trans_nums(rows), columns.dobs(rows)
+            )
+            for first in range(0, len(rows), store.write_chunk):
+                self._apply_call(keys, data, offsets, first, min(first + store.write_chunk, len(rows)))
+            yield True
+
+    def _merchants(self, columns: "_Columns") -> Iterator[bool]:
+        order = np.lexsort((-columns.t, columns.merchant_codes))
+        yield from self._keyed_slabs(
+            "apply_merchant", columns, order, columns.merchant_codes, self._merchant_keys
+        )
+
+    def _keyed_slabs(
+        self,
+        name: str,
+        columns: "_Columns",
+        order: np.ndarray[Any, Any],
+        codes: np.ndarray[Any, Any],
+        keys_of: Callable[[Any], _Keys],
+    ) -> Iterator[bool]:
+        """Rows in ``order`` (grouped by key: ``codes``) written by ZADD + ``name`` in bulk mode,
+        a slab of about ``SLAB`` rows at a time."""
+        values = columns.cards if name == "apply_card" else columns.merchants
+        starts, ends = _groups(codes[order])
+        for slab in _slabs(np.subtract(ends, starts).tolist()):
+            first, last = starts[slab[0]], ends[slab[-1]]
+            rows = order[first:last]
+            member = columns.members(rows) if name == "apply_card" else columns.trans_nums(rows)
+            data, offsets = _resp_rows(columns.times(rows), member)
+            keys = [keys_of(values[codes[order[starts[g]]]]) for g in slab]
+            sizes = [ends[g] - starts[g] for g in slab]
+            for batch in _packed(self._pieces(keys, sizes), self.chunk):
+                self._bulk_call(name, batch, data, offsets)
+            yield True
+
+    def _card_keys(self, card: str) -> _Keys:
+        return self._keys(self.store.card_keys(card))
+
+    def _merchant_keys(self, merchant: str) -> _Keys:
+        return self._keys(self.store.merchant_keys(merchant))
+
+    def _keys(self, names: list[str]) -> _Keys:
+        encoded = [name.encode() for name in names]
+        return _Keys(
+            self._slot(encoded[0]), encoded[0], _bulk(encoded[0]), b"".join(map(_bulk, encoded)), len(encoded)
+        )
+
+    def _pieces(self, keys: list[_Keys], sizes: list[int]) -> list[_Piece]:
+        """Each key's rows (consecutive in the slab) cut at ``chunk``, ordered by hash slot."""
+        pieces: list[_Piece] = []
+        at = 0
+        for key, size in zip(keys, sizes, strict=True):
+            for first in range(0, size, self.chunk):
+                pieces.append((key, at + first, at + min(first + self.chunk, size)))
+            at += size
+        if self._cluster:
+            pieces.sort(key=lambda piece: piece[0].slot)  # stable: a key's pieces stay in order
+        return pieces
+
+    def _index(self, index: TransactionIndex, table: pa.Table) -> Iterator[bool]:
+        """The entries of ``table``'s rows into their buckets of the current generation: per
+        bucket, one ``HSET`` of its fields (at most ``chunk`` per command) and one ``EXPIREAT``."""
+        generation = index.generation()
+        tail = _bulk(str(index.expire_at(generation)).encode())
+        trans_num = table["trans_num"].combine_chunks()
+        ids = trans_num.cast(pa.binary()).to_pylist()
+        buckets = np.fromiter(map(zlib.crc32, ids), dtype=np.int64, count=len(ids)) % index.buckets
+        order = np.argsort(buckets, kind="stable")  # a bucket's rows together
+        rows = table.take(pa.array(order))
+        codes = buckets[order]
+        starts, ends = _groups(codes)
+        for slab in _slabs(np.subtract(ends, starts).tolist()):
+            first, last = starts[slab[0]], ends[slab[-1]]
+            part = rows.slice(first, last - first)
+            data, offsets = _resp_rows(part["trans_num"], bulk_value_parts(part))
+            payloads: dict[_Pipe, list[bytes | memoryview]] = defaultdict(list)
+            counts: dict[_Pipe, list[int]] = defaultdict(lambda: [0, 0])  # replies, rows
+            for g in slab:
+                key = index.bucket_key(int(codes[starts[g]]), generation).encode()
+                pipe = self._pipe(key, index=True)
+                out, count = payloads[pipe], counts[pipe]
+                for lo in range(starts[g] - first, ends[g] - first, self.chunk):
+                    hi = min(lo + self.chunk, ends[g] - first)
+                    out.append(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (hi - lo)) + _bulk(key))
+                    out.append(data[offsets[lo] : offsets[hi]])
+                    count[0] += 1
+                out.append(b"*3\r\n$8\r\nEXPIREAT\r\n" + _bulk(key) + tail)
+                count[0] += 1
+                count[1] += ends[g] - starts[g]
+            for pipe, out in payloads.items():
+                replies, n_rows = counts[pipe]
+                pipe.submit(b"".join(out), replies, self._index_done(n_rows))
+                self._report()
+            yield True
+
+    def _index_done(self, n: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            self._count(n, indexed=n)
+
+        return done
+
+    # ---- calls ---------------------------------------------------------------------------------
+
+    def _bulk_call(self, name: str, batch: list[_Piece], data: memoryview, offsets: list[int]) -> None:
+        """MULTI, one ZADD per key's piece, the script in bulk mode for those keys, EXEC."""
+        parts: list[bytes | memoryview] = [b"*1\r\n$5\r\nMULTI\r\n"]
+        n_keys = events = 0
+        for keys, first, last in batch:
+            parts.append(b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * (last - first)) + keys.zadd)
+            parts.append(data[offsets[first] : offsets[last]])
+            n_keys += keys.count
+            events += last - first
+        # per key: a card's -1 (its new members are in its set), a merchant's 0 transactions, 0 labels
+        per_key = b"$2\r\n-1\r\n" if name == "apply_card" else b"$1\r\n0\r\n$1\r\n0\r\n"
+        n_args = 3 + n_keys + len(self._head[name]) + len(batch) * (1 if name == "apply_card" else 2)
+        parts.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % n_args + _bulk(self._sha[name]) + _bulk(b"%d" % n_keys))
+        parts += [keys.script for keys, _, _ in batch]
+        parts.append(b"".join(map(_bulk, self._head[name])) + per_key * len(batch) + b"*1\r\n$4\r\nEXEC\r\n")
+        counted = name == "apply_card"  # (a transaction counts by its card)
+
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            results = replies[-1]
+            if not isinstance(results, list) or len(results) != len(batch) + 1:
+                raise redis.ResponseError(f"unexpected EXEC reply {results!r:.200}")
+            if counted:  # members trimmed at once count as late (some may be older members of the key)
+                added = sum(results[:-1])
+                late = min(results[-1].count(b"l"), added)
+                self._count(events, applied=added - late, duplicates=events - added, late=late)
+            else:
+                self._count(events)
+
+        self._pipe(batch[0][0].first).submit(b"".join(parts), len(batch) + 3, done)
+        self._report()
+
+    def _apply_call(self, keys: _Keys, data: memoryview, offsets: list[int], first: int, last: int) -> None:
+        """One ``apply_card`` call with its events' pre-encoded arguments (a busy card)."""
+        events = last - first
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + keys.count + len(self._head["apply_card"]) + 1 + 4 * events)
+        head += _bulk(self._sha["apply_card"]) + _bulk(b"%d" % keys.count) + keys.script
+        head += b"".join(map(_bulk, self._head["apply_card"])) + _bulk(b"%d" % events)
+
+        def done(replies: list[Any]) -> None:
+            _raise_errors(replies)
+            reply = replies[0]
+            self._count(
+                events, applied=reply.count(b"a"), duplicates=reply.count(b"d"), late=reply.count(b"l")
+            )
+
+        self._pipe(keys.first).submit(head + data[offsets[first] : offsets[last]], 1, done)
+        self._report()
+
+    def __enter__(self) -> "BulkWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is None:
+            self.close()
+        else:  # the error that stopped the caller is the one to see
+            with contextlib.suppress(Exception):
+                self.close()
+
+    def close(self) -> BulkCounts:
+        """Wait for every reply; raises the first error."""
+        errors: list[BaseException] = []
+        for pipe in self._pipes.values():
+            try:
+                pipe.close()
+            except BaseException as exc:  # the first is raised below
+                errors.append(exc)
+        self._pipes.clear()
+        self._report()
+        if errors:
+            raise errors[0]
+        return self.counts
+
+
+class _Columns:
+    """A table of transactions (``TRANSACTION_COLUMNS``) and its encoded columns, taken by rows."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.t = table["event_time"].to_numpy().astype(np.int64, copy=False)
+        self.card_codes, self.cards = _codes(table["card"])
+        self.merchant_codes, self.merchants = _codes(table["merchant"])
+        category_codes, categories = _codes(table["category"])
+        dob = table["dob"].combine_chunks()
+        dob_day = pc.fill_null(dob.cast(pa.int32()), 0).to_numpy().astype(np.int64)
+        dob_day[dob.is_null().to_numpy(zero_copy_only=False)] = NO_DOB
+        self.tails = card_member_tails(
+            t=self.t,
+            cents=to_cents_array(table["amt"].to_numpy()),
+            category=np.array([spec.CATEGORY_CODE[c] for c in categories], dtype=np.int64)[category_codes],
+            merch_lat=table["merch_lat"].to_numpy(),
+            merch_long=table["merch_long"].to_numpy(),
+            merchant=merchant_hash_codes(self.merchants)[self.merchant_codes],
+            dob_day=dob_day,
+        )
+
+    def times(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        return pc.cast(pa.array(self.t[rows]), pa.string())
+
+    def trans_nums(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        return self.table["trans_num"].take(pa.array(rows)).combine_chunks()
+
+    def members(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        """``card_member``: trans_num, NUL, the 56-byte tail."""
+        tails = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(56), len(rows), [None, pa.py_buffer(self.tails[rows].tobytes())]
+        )
+        return pc.binary_join_element_wise(
+            self.trans_nums(rows).cast(pa.binary()), tails.cast(pa.binary()), b"\0"
+        )
+
+    def dobs(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+        """The dob argument of ``apply_card``: ISO (``date.isoformat``), '' when unknown."""
+        return pc.fill_null(self.table["dob"].take(pa.array(rows)).combine_chunks().cast(pa.string()), "")
+
+
+def _slabs(sizes: list[int]) -> Iterator[list[int]]:
+    """Consecutive groups (indices into ``sizes``) of about ``SLAB`` rows."""
+    current: list[int] = []
+    rows = 0
+    for g, size in enumerate(sizes):
+        if current and rows + size > SLAB:
+            yield current
+            current, rows = [], 0
+        current.append(g)
+        rows += size
+    if current:
+        yield current
+
+
+def _packed(pieces: list[_Piece], chunk: int) -> Iterator[list[_Piece]]:
+    """Pieces (sorted by slot) packed into calls of one slot and at most ``chunk`` events."""
+    batch: list[_Piece] = []
+    events = 0
+    for piece in pieces:
+        size = piece[2] - piece[1]
+        if batch and (piece[0].slot != batch[0][0].slot or events + size > chunk):
+            yield batch
+            batch, events = [], 0
+        batch.append(piece)
+        events += size
+    if batch:
+        yield batch
