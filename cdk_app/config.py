@@ -234,6 +234,33 @@ class TrainingConfig(_Frozen):
         return self
 
 
+class SparkJobConfig(_Frozen):
+    """The feature job on EMR Serverless (``cdk_app.constructs.feature_job``): the Spark step of the
+    scheduled retraining. Sizes from the measured rate: docs/infra.md ("The Spark feature job")."""
+
+    #: an EMR Serverless release (Spark 3.5.x on emr-7.x); the job's Python and libraries come from
+    #: the environment archive (docs/infra.md), not from the release's image
+    release_label: Annotated[str, Field(pattern=r"^emr-\d+\.\d+\.\d+$")] = "emr-7.8.0"
+    #: the application's ceiling (all of its running jobs together)
+    max_vcpu: Annotated[int, Field(ge=4, le=4000)] = 400
+    max_memory_gb: Annotated[int, Field(ge=16, le=24000)] = 3000
+    #: executors: cores and memory each (EMR Serverless workers: 4 vCPU with 8-30 GB)
+    executor_cores: Literal[1, 2, 4, 8, 16] = 4
+    executor_memory_gb: Annotated[int, Field(ge=2, le=120)] = 16
+    driver_memory_gb: Annotated[int, Field(ge=2, le=120)] = 16
+    #: rows per card / merchant group (``training.spark_features.SparkFeatureConfig.bucket_rows``)
+    bucket_rows: PositiveInt = 500_000
+    idle_timeout_minutes: Annotated[int, Field(ge=1, le=10080)] = 15
+    #: the job's Python environment (``scripts/build_emr_env.sh``), uploaded under the Features
+    #: bucket's ``emr/`` prefix
+    environment_archive: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]+\.tar\.gz$")] = "fraudsys-env.tar.gz"
+    #: the training task's share of legitimate rows after the Spark step (``sampling.legit_rate``)
+    legit_sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    log_retention_days: RetentionDays = 90
+    #: the whole workflow (Spark step and training task) is stopped past this
+    timeout_hours: Annotated[int, Field(ge=1, le=48)] = 12
+
+
 class AlarmConfig(_Frozen):
     scorer_p99_latency_ms: PositiveInt = 150
     api_5xx_per_minute: PositiveInt = 5
@@ -301,6 +328,7 @@ class StageConfig(_Frozen):
     updater: UpdaterConfig = UpdaterConfig()
     archiver: ArchiverConfig = ArchiverConfig()
     training: TrainingConfig = TrainingConfig()
+    spark: SparkJobConfig = SparkJobConfig()
     lake: LakeConfig = LakeConfig()
     alarms: AlarmConfig = AlarmConfig()
     tags: Mapping[str, str] = Field(default_factory=dict)

@@ -1,9 +1,10 @@
 """Models: features, training, the champion gate, evaluation, batch scoring and backtests."""
 
+import enum
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -22,12 +23,35 @@ from fraudsys_cli.common import (
     step,
 )
 
+if TYPE_CHECKING:
+    from training.config import PipelineConfig
+
+
+class Engine(enum.StrEnum):
+    pandas = "pandas"
+    spark = "spark"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="feature engine: pandas (one process) or spark (PySpark local mode, or the cluster's under "
+        "spark-submit; needs the `spark` extra and Java 17+): the same rows (training/spark_features.py)"
+    ),
+]
+
 
 @app.command()
 def features(
     config: ConfigOption = None,
     set_: SetOption = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("data/features.parquet"),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="a Parquet file; with --engine spark a folder partitioned by day (dt=)"
+        ),
+    ] = Path("data/features.parquet"),
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """Point-in-time feature rows for the configured source, written as Parquet."""
     import time
@@ -36,6 +60,9 @@ def features(
     from training.pipeline import load_transactions
 
     cfg = config_from(config, set_)
+    if engine is Engine.spark:
+        spark_features(cfg, output)
+        return
     frame = load_transactions(cfg)
     started = time.perf_counter()
     with console.status(f"features for {len(frame):,} rows"):
@@ -47,11 +74,41 @@ def features(
     )
 
 
-def run_pipeline_command(config: list[Path] | None, set_: list[str] | None, auto_promote: bool) -> None:
+def spark_features(cfg: "PipelineConfig", output: Path) -> None:
+    """``features --engine spark``: a Parquet source is read by Spark itself (it may be larger than
+    this machine's memory), any other source is loaded here first; the table is partitioned by day."""
+    import time
+
+    from training.config import ParquetSource
+    from training.spark_features import feature_rows, spark_frame, spark_session, write_feature_table
+
+    started = time.perf_counter()
+    with spark_session() as spark, console.status("features on Spark"):
+        if isinstance(cfg.source, ParquetSource):
+            transactions = spark.read.parquet(str(cfg.source.path))
+        else:
+            from training.pipeline import load_transactions
+
+            transactions = spark_frame(spark, load_transactions(cfg))
+        write_feature_table(feature_rows(spark, transactions, cfg.label_delay_seconds), str(output))
+        written = spark.read.parquet(str(output))
+        rows, columns = written.count(), len(written.columns)
+    seconds = time.perf_counter() - started
+    console.print(f"{rows:,} rows x {columns} columns (with dt) in {seconds:.1f} s -> {output}/dt=*")
+
+
+def run_pipeline_command(
+    config: list[Path] | None, set_: list[str] | None, auto_promote: bool, engine: Engine = Engine.pandas
+) -> None:
     from training.pipeline import run_pipeline
 
     cfg = config_from(config, set_)
-    result = run_pipeline(cfg, auto_promote=auto_promote, step=step)
+    if engine is Engine.spark:
+        from training.spark_features import build_features_spark
+
+        result = run_pipeline(cfg, auto_promote=auto_promote, step=step, features=build_features_spark)
+    else:
+        result = run_pipeline(cfg, auto_promote=auto_promote, step=step)
     console.print(metrics_table(result.metrics, f"model version {result.version}"))
     state = "[green]champion[/green]" if result.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"version {result.version}: {state} ({result.decision.reason})")
@@ -67,10 +124,11 @@ def pipeline(
     set_: SetOption = None,
     train_until: TrainUntilOption = None,
     local: LocalOption = False,
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """The whole job: data -> features -> tuning -> training -> evaluation -> registry -> champion gate."""
     overrides = [*(local_stack_overrides() if local else []), *(as_of(set_, train_until) or [])]
-    run_pipeline_command(config, overrides, auto_promote=True)
+    run_pipeline_command(config, overrides, auto_promote=True, engine=engine)
 
 
 @app.command()
@@ -80,7 +138,8 @@ def retrain(
     """The retraining loop on the running local stack (``fraudsys local up``): train on the events
     its updater archived (the local lake, real label arrivals), register, let the champion gate
     decide, publish; the scorer picks a new champion up within its pointer TTL. On AWS the
-    training task does the same on its schedule (TRAINING_SOURCE=lake)."""
+    scheduled workflow does the same: the Spark step builds the features from the lake, then the
+    training task trains on them (TRAINING_SOURCE=features)."""
     from local_stack.stack import StackConfig
 
     local = ["source.kind=lake", f"source.uri={StackConfig().lake_uri}", *local_stack_overrides()]
@@ -174,9 +233,11 @@ def score(
     ] = 7,
     config: ConfigOption = None,
     set_: SetOption = None,
+    engine: EngineOption = Engine.pandas,
 ) -> None:
     """Batch scoring / backtest with the published champion, streamed by day (memory does not grow
-    with the file): trans_num, predicted_fraud, fraud_probability, model_version."""
+    with the file): trans_num, predicted_fraud, fraud_probability, model_version. With --engine
+    spark the features of the whole range are built by Spark, the rows sorted by time."""
     import itertools
 
     from fraud_adapters.model_store import ModelNotFoundError
@@ -187,6 +248,9 @@ def score(
     cfg = config_from(config, set_)
     start = day_start(from_day.date()) if from_day else None
     end = day_start(until_day.date()) if until_day else None
+    if engine is Engine.spark:
+        spark_score(cfg, input_path, output, start, end)
+        return
     chunks = parquet_chunks(input_path, start, end) if input_path.is_dir() else csv_chunks(input_path)
     try:
         first = list(itertools.islice(chunks, 1))  # a malformed file is reported before the model
@@ -209,6 +273,35 @@ def score(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"{scored:,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
+
+
+def spark_score(
+    cfg: "PipelineConfig", input_path: Path, output: Path, start: int | None, end: int | None
+) -> None:
+    """``score --engine spark``: a Parquet folder is read by Spark, a CSV loaded here first."""
+    from fraud_adapters.model_store import ModelNotFoundError
+    from training.data.schema import DataFormatError
+    from training.scoring import SCORE_COLUMNS, load_champion
+    from training.spark_features import score_rows, spark_frame, spark_session
+
+    try:
+        model = load_champion(cfg.store_uri, cfg.registry.model_name)
+        with spark_session() as spark, console.status(f"scoring {input_path} on Spark"):
+            if input_path.is_dir():
+                transactions = spark.read.parquet(str(input_path))
+            else:
+                from training.data.kaggle import read_transactions_csv
+
+                transactions = spark_frame(spark, read_transactions_csv(input_path))
+            scores = score_rows(spark, transactions, model, start, end)
+            table = scores.orderBy("event_time", "trans_num").toPandas()
+    except (DataFormatError, ModelNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table[list(SCORE_COLUMNS)].to_csv(output, index=False)
+    flagged = int(table["predicted_fraud"].sum())
+    console.print(f"{len(table):,} scored by model v{model.version}, {flagged:,} flagged -> {output}")
 
 
 @app.command()

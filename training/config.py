@@ -43,7 +43,18 @@ class LakeSource(_Frozen):
     end: date | None = Field(default=None, description="last transaction day (UTC), inclusive; None: all")
 
 
-DataSource = Annotated[SimulatedSource | CsvSource | ParquetSource | LakeSource, Field(discriminator="kind")]
+class FeatureTableSource(_Frozen):
+    """A feature table the Spark job wrote (``training.spark_features``: Parquet partitioned by
+    ``dt``): the pipeline trains on it without building features (the scheduled retraining on
+    AWS, after its EMR Serverless step; docs/infra.md)."""
+
+    kind: Literal["features"] = "features"
+    uri: str = Field(description="the table: s3://bucket/prefix or a local folder (dt=YYYY-MM-DD/ below it)")
+
+
+DataSource = Annotated[
+    SimulatedSource | CsvSource | ParquetSource | LakeSource | FeatureTableSource, Field(discriminator="kind")
+]
 
 
 class SplitConfig(_Frozen):
@@ -90,6 +101,15 @@ class ThresholdConfig(_Frozen):
     target_fpr: float = Field(default=0.01, gt=0, lt=1)
 
 
+class SamplingConfig(_Frozen):
+    """Time-stratified sampling of legitimate training rows, re-weighted (``training.sampling``):
+    every fraud, ``legit_rate`` of each day's legitimate rows of weight ``1 / legit_rate``; the
+    validation and test days are kept whole. 1: no sampling (the default)."""
+
+    legit_rate: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+
+
 class RegistryConfig(_Frozen):
     tracking_uri: str | None = Field(
         default=None, description="None: MLFLOW_TRACKING_URI or sqlite in data_dir"
@@ -108,6 +128,7 @@ class PipelineConfig(_Frozen):
     split: SplitConfig = SplitConfig()
     tuning: TuningConfig = TuningConfig()
     threshold: ThresholdConfig = ThresholdConfig()
+    sampling: SamplingConfig = SamplingConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @property
@@ -153,7 +174,15 @@ def environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["label_delay_seconds"] = int(delay)
     if name := env.get("MODEL_NAME"):
         out["registry"] = {"model_name": name}
-    if env.get("TRAINING_SOURCE", "raw") == "lake":
+    if rate := env.get("LEGIT_SAMPLE_RATE"):
+        out["sampling"] = {"legit_rate": float(rate)}
+    training_source = env.get("TRAINING_SOURCE", "raw")
+    if training_source == "features":
+        # the scheduled retraining after its Spark step: the feature table that step wrote
+        if not (table := env.get("FEATURE_TABLE_URI")):
+            raise ValueError("TRAINING_SOURCE=features needs FEATURE_TABLE_URI")
+        out["source"] = {"kind": "features", "uri": table}
+    elif training_source == "lake":
         # the scheduled retraining: the events the system archived, with their real label arrivals
         if not (lake := env.get("LAKE_URI")):
             raise ValueError("TRAINING_SOURCE=lake needs LAKE_URI")

@@ -12,6 +12,7 @@ import pandas as pd
 
 from fraud_core import spec
 from fraud_core.features import (
+    CardAggregates,
     CardEvents,
     MerchantAggregates,
     Queries,
@@ -87,6 +88,14 @@ def _known_dob(df: pd.DataFrame, order: np.ndarray) -> np.ndarray:
     return filled
 
 
+#: The feature columns that depend on the merchant: its transactions and its label events.
+MERCHANT_FEATURES: tuple[str, ...] = tuple(name for name in spec.FEATURE_NAMES if name.startswith("merch_"))
+#: The others depend on the row itself and on its card's transactions only (``age_years``: the
+#: card's earlier dates of birth). A distributed engine computes the two sets in separate passes,
+#: one grouped by card and one by merchant, each with the functions below.
+CARD_FEATURES: tuple[str, ...] = tuple(name for name in spec.FEATURE_NAMES if name not in MERCHANT_FEATURES)
+
+
 def build_features(
     df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY, labels: pd.DataFrame | None = None
 ) -> pd.DataFrame:
@@ -96,18 +105,75 @@ def build_features(
     ``label_events_at_delay(df, label_delay)``. A label places its transaction by its own
     merchant and transaction time, like the online store. Returns ``ID_COLUMNS``, ``is_fraud``
     (when present) and ``spec.FEATURE_NAMES``, in the order of ``df``.
+
+    With unique ``trans_num`` (the canonical frame's contract) every row depends only on the
+    rows of its card (``CARD_FEATURES``) and of its merchant with the merchant's label events
+    (``MERCHANT_FEATURES``), never on the order of ``df``: ``card_features`` and
+    ``merchant_features`` give the same values from any subset holding whole cards / merchants.
     """
+    return _features(df, label_delay, labels, card=True, merchant=True)
+
+
+def card_features(df: pd.DataFrame) -> pd.DataFrame:
+    """``build_features`` restricted to ``CARD_FEATURES`` (the row's own and its card's): exact for
+    every row whose card's earlier transactions are all in ``df``. ``ID_COLUMNS``, ``is_fraud``
+    (when present), then ``CARD_FEATURES``."""
+    return _features(df, spec.DEFAULT_LABEL_DELAY, None, card=True, merchant=False)
+
+
+def merchant_features(
+    df: pd.DataFrame, label_delay: int = spec.DEFAULT_LABEL_DELAY, labels: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """``build_features`` restricted to ``MERCHANT_FEATURES``: exact for every row whose merchant's
+    transactions of its windows (``[t - label_delay - 30 days, t)``) and their label events are
+    in ``df`` and ``labels``. ``trans_num``, then ``MERCHANT_FEATURES``."""
+    return _features(df, label_delay, labels, card=False, merchant=True)
+
+
+def _empty_card(n: int) -> CardAggregates:
+    windows = np.zeros((len(spec.CARD_WINDOWS), n), dtype=np.int64)
+    zeros, floats = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+    return CardAggregates(
+        count=windows,
+        sum_cents=windows,
+        sumsq_hi=windows,
+        sumsq_lo=windows,
+        max_cents=windows,
+        prev_t=np.full(n, -1, dtype=np.int64),
+        prev_merch_lat=floats,
+        prev_merch_long=floats,
+        distinct_merchants=zeros,
+        distinct_categories=zeros,
+    )
+
+
+def _empty_merchant(n: int) -> MerchantAggregates:
+    volume = np.zeros((len(spec.MERCHANT_VOLUME_WINDOWS), n), dtype=np.int64)
+    risk = np.zeros((len(spec.MERCHANT_RISK_WINDOWS), n), dtype=np.int64)
+    return MerchantAggregates(volume, risk, risk)
+
+
+def _features(
+    df: pd.DataFrame, label_delay: int, labels: pd.DataFrame | None, *, card: bool, merchant: bool
+) -> pd.DataFrame:
+    """The rows of ``build_features``; without ``card`` (``merchant``) the card (merchant)
+    aggregates are not computed and only the other part's columns are returned."""
+    names = list(spec.FEATURE_NAMES if card and merchant else CARD_FEATURES if card else MERCHANT_FEATURES)
     n = len(df)
     if n == 0:
-        label = [LABEL_COLUMN] if LABEL_COLUMN in df else []
-        return pd.DataFrame(columns=[*ID_COLUMNS, *label, *spec.FEATURE_NAMES], index=df.index)
+        ids = [*ID_COLUMNS, *([LABEL_COLUMN] if LABEL_COLUMN in df else [])] if card else ["trans_num"]
+        return pd.DataFrame(columns=[*ids, *names], index=df.index)
     t = df["event_time"].to_numpy(dtype=np.int64)
     card_code = pd.factorize(df["cc_num"].astype(str))[0].astype(np.int64)
-    if labels is None:
+    if merchant and labels is None:
         labels = label_events_at_delay(df, label_delay)
-    merchant_codes = pd.factorize(
-        np.concatenate([df["merchant"].astype(str).to_numpy(), labels["merchant"].astype(str).to_numpy()])
-    )[0].astype(np.int64)
+    events_of_labels = (
+        labels if merchant and labels is not None else pd.DataFrame(columns=LABEL_EVENT_COLUMNS)
+    )
+    label_merchants = events_of_labels["merchant"].astype(str).to_numpy()
+    merchant_codes = pd.factorize(np.concatenate([df["merchant"].astype(str).to_numpy(), label_merchants]))[
+        0
+    ].astype(np.int64)
     merchant_code = merchant_codes[:n]
     category = df["category"].map(spec.CATEGORY_CODE)
     if category.isna().any():
@@ -120,15 +186,8 @@ def build_features(
         pd.DataFrame({"card": card_code, "t": t, "trans_num": df["trans_num"].astype(str).to_numpy()})
         .sort_values(["card", "t", "trans_num"], kind="stable")
         .index.to_numpy()
-    )
-    events = CardEvents(
-        key=card_code[order],
-        t=t[order],
-        cents=amount_cents[order],
-        merchant=merchant_code[order],
-        category=category_code[order],
-        merch_lat=df["merch_lat"].to_numpy(dtype=np.float64)[order],
-        merch_long=df["merch_long"].to_numpy(dtype=np.float64)[order],
+        if card
+        else np.arange(n)
     )
     queries = Queries(
         card_key=card_code,
@@ -140,28 +199,47 @@ def build_features(
         merch_lat=df["merch_lat"].to_numpy(dtype=np.float64),
         merch_long=df["merch_long"].to_numpy(dtype=np.float64),
         city_pop=df["city_pop"].to_numpy(dtype=np.float64),
-        dob_t=_known_dob(df, order) if "dob" in df else np.full(n, np.nan),
+        dob_t=_known_dob(df, order) if card and "dob" in df else np.full(n, np.nan),
     )
-    card = card_aggregates(events, card_code, t)
-
-    m_order = np.lexsort((t, merchant_code))
-    volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
-    intervals = fraud_intervals(
-        key=merchant_codes[n:],
-        # a label chain is one transaction as its labels place it (merchant, id, time), like the
-        # online store, which keeps a merchant's labels by transaction time
-        trans=pd.MultiIndex.from_arrays(
-            [merchant_codes[n:], labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
+    if card:
+        events = CardEvents(
+            key=card_code[order],
+            t=t[order],
+            cents=amount_cents[order],
+            merchant=merchant_code[order],
+            category=category_code[order],
+            merch_lat=queries.merch_lat[order],
+            merch_long=queries.merch_long[order],
         )
-        .factorize()[0]
-        .astype(np.int64),
-        trans_t=labels["event_time"].to_numpy(dtype=np.int64),
-        arrival=labels["label_time"].to_numpy(dtype=np.int64),
-        is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
-    )
-    frauds = merchant_frauds(intervals, merchant_code, t, label_delay)
-    matrix = assemble_features(queries, card, MerchantAggregates(volume, risk, frauds))
+        card_aggs = card_aggregates(events, card_code, t)
+    else:
+        card_aggs = _empty_card(n)
 
-    out = pd.DataFrame(matrix, columns=list(spec.FEATURE_NAMES), index=df.index)
-    ids = df.loc[:, [c for c in (*ID_COLUMNS, LABEL_COLUMN) if c in df]].copy()
-    return pd.concat([ids, out], axis=1)
+    if merchant:
+        labels = events_of_labels
+        m_order = np.lexsort((t, merchant_code))
+        volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
+        intervals = fraud_intervals(
+            key=merchant_codes[n:],
+            # a label chain is one transaction as its labels place it (merchant, id, time), like the
+            # online store, which keeps a merchant's labels by transaction time
+            trans=pd.MultiIndex.from_arrays(
+                [merchant_codes[n:], labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
+            )
+            .factorize()[0]
+            .astype(np.int64),
+            trans_t=labels["event_time"].to_numpy(dtype=np.int64),
+            arrival=labels["label_time"].to_numpy(dtype=np.int64),
+            is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
+        )
+        frauds = merchant_frauds(intervals, merchant_code, t, label_delay)
+        merchant_aggs = MerchantAggregates(volume, risk, frauds)
+    else:
+        merchant_aggs = _empty_merchant(n)
+    matrix = assemble_features(queries, card_aggs, merchant_aggs)
+
+    if not (card and merchant):
+        matrix = matrix[:, [spec.FEATURE_NAMES.index(name) for name in names]]
+    out = pd.DataFrame(matrix, columns=names, index=df.index)
+    ids = [c for c in (*ID_COLUMNS, LABEL_COLUMN) if c in df] if card else ["trans_num"]
+    return pd.concat([df.loc[:, ids].copy(), out], axis=1)

@@ -3,7 +3,7 @@ registry -> champion gate -> model store."""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +13,23 @@ from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.model_store import ModelStore
 from fraud_core import spec
 from training.asof import asof_splits, known_at, read_range
-from training.config import CsvSource, LakeSource, ParquetSource, PipelineConfig, SimulatedSource
+from training.config import (
+    CsvSource,
+    FeatureTableSource,
+    LakeSource,
+    ParquetSource,
+    PipelineConfig,
+    SimulatedSource,
+)
 from training.dataset import build_features, label_events_at_delay
 from training.evaluate import choose_threshold, evaluate, save_plots
 from training.registry import Candidate, GateDecision, Registry, publish, write_json
+from training.sampling import FeatureTable, read_feature_table, sample_legitimate
 from training.train import Splits, base_params, fit, fit_rounds, importance, predict, time_splits, tune
 
 Step = Callable[[str], None]
+#: ``build_features``' signature: (transactions, label delay, label events) -> feature rows.
+FeatureBuilder = Callable[[pd.DataFrame, int, pd.DataFrame | None], pd.DataFrame]
 
 
 def _quiet(_: str) -> None:
@@ -257,31 +267,48 @@ def run_pipeline(
     step: Step = _quiet,
     frame: pd.DataFrame | None = None,
     data: SourceData | None = None,
+    features: FeatureBuilder = build_features,
 ) -> PipelineResult:
     """The whole job; ``frame`` (canonical transactions, labels at the delay) or ``data``
-    (transactions and label events) replaces the configured source if given."""
+    (transactions and label events) replaces the configured source if given. ``features``
+    builds the rows (``training.spark_features.build_features_spark``: the same rows on Spark)."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    if data is not None:
-        source = as_of(cfg, data)
-    elif frame is not None:
-        source = as_of(cfg, SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds)))
+    rate = cfg.sampling.legit_rate
+    if isinstance(cfg.source, FeatureTableSource) and data is None and frame is None:
+        # built by the Spark step: read day by day, the legitimate training rows sampled as read
+        step(
+            f"reading the feature table {cfg.source.uri}"
+            + (f", legitimate rows at {rate:g}" if rate < 1 else "")
+        )
+        table = read_table(cfg)
+        rows, n_rows, n_frauds = table.rows, table.table_rows, table.table_frauds
+        seconds["load"] = time.perf_counter() - started
+        splits = make_splits(cfg, rows)
     else:
-        step(f"loading transactions ({cfg.source.kind})")
-        source = load_source(cfg)
-    df = source.transactions
-    seconds["load"] = time.perf_counter() - started
+        if data is not None:
+            source = as_of(cfg, data)
+        elif frame is not None:
+            source = as_of(cfg, SourceData(frame, label_events_at_delay(frame, cfg.label_delay_seconds)))
+        else:
+            step(f"loading transactions ({cfg.source.kind})")
+            source = load_source(cfg)
+        df = source.transactions
+        n_rows, n_frauds = len(df), int(np.sum(df["is_fraud"]))
+        seconds["load"] = time.perf_counter() - started
 
-    t0 = time.perf_counter()
-    step(f"point-in-time features for {len(df):,} transactions, {len(source.labels):,} label events")
-    rows = build_features(df, cfg.label_delay_seconds, labels=source.labels)
-    seconds["features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        step(f"point-in-time features for {len(df):,} transactions, {len(source.labels):,} label events")
+        rows = features(df, cfg.label_delay_seconds, source.labels)
+        seconds["features"] = time.perf_counter() - t0
+        splits = sample_splits(cfg, make_splits(cfg, rows))
 
-    splits = make_splits(cfg, rows)
     t0 = time.perf_counter()
     report_dir = cfg.data_dir / "reports"
     candidate = train_candidate(cfg, splits, report_dir, step)
     seconds["train"] = time.perf_counter() - t0
+    candidate.tags["legit_sample_rate"] = f"{rate:g}"
+    candidate.metrics["train_rows"] = float(len(splits.train))
 
     step("registering in MLflow")
     registry = Registry(cfg.tracking_uri(), cfg.registry.experiment, cfg.registry.model_name)
@@ -331,8 +358,8 @@ def run_pipeline(
             "run_id": run_id,
             "promoted": promoted,
             "gate": decision.reason,
-            "rows": len(df),
-            "frauds": int(np.sum(df["is_fraud"])),
+            "rows": n_rows,
+            "frauds": n_frauds,
             "seconds": seconds,
             "metrics": candidate.metrics,
             "params": candidate.params,
@@ -340,8 +367,8 @@ def run_pipeline(
         },
     )
     return PipelineResult(
-        rows=len(df),
-        frauds=int(np.sum(df["is_fraud"])),
+        rows=n_rows,
+        frauds=n_frauds,
         seconds=seconds,
         version=version,
         run_id=run_id,
@@ -352,6 +379,32 @@ def run_pipeline(
         report=report,
         boundaries=splits.boundaries,
     )
+
+
+def sample_splits(cfg: PipelineConfig, splits: Splits) -> Splits:
+    """``splits`` with the training rows sampled (``sampling.legit_rate`` < 1): the train split
+    and the as-of refit's days before validation; validation and test stay whole."""
+    rate, seed = cfg.sampling.legit_rate, cfg.sampling.seed
+    if rate >= 1:
+        return splits
+    refit = splits.refit
+    if refit is not None:
+        refit = sample_legitimate(refit, rate, seed, keep_from=splits.boundaries["validation_start"])
+    return replace(splits, train=sample_legitimate(splits.train, rate, seed), refit=refit)
+
+
+def read_table(cfg: PipelineConfig) -> "FeatureTable":
+    """The feature table of a ``features`` source, its legitimate rows sampled except in the last
+    validation + test days (+ 1: the windows end at the last event, not at a day boundary)."""
+    if not isinstance(cfg.source, FeatureTableSource):
+        raise TypeError(f"not a feature table source: {cfg.source!r}")
+    if cfg.split.train_until is not None:
+        raise ValueError(
+            "split.train_until (as-of training) needs the events and their label arrivals: train on "
+            "the lake, or build the feature table from the events known at the cutoff"
+        )
+    whole_days = cfg.split.validation_days + cfg.split.test_days + 1
+    return read_feature_table(cfg.source.uri, cfg.sampling.legit_rate, cfg.sampling.seed, whole_days)
 
 
 def score_file(frame: pd.DataFrame, store_uri: str, model_name: str) -> pd.DataFrame:

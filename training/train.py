@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from fraud_core import spec
 from training.config import SplitConfig, TuningConfig
+from training.sampling import row_weights
 
 if TYPE_CHECKING:
     import optuna
@@ -66,14 +67,30 @@ def time_splits(rows: pd.DataFrame, cfg: SplitConfig, label_delay: int, warmup_d
 
 
 def matrix(rows: pd.DataFrame, features: Sequence[str], with_label: bool = True) -> xgb.DMatrix:
+    """The rows' features (and labels); sampled rows (``training.sampling``) carry their weights,
+    which the loss and the evaluation metric (early stopping) then use."""
     label = rows["is_fraud"].to_numpy() if with_label else None
     return xgb.DMatrix(
-        rows[list(features)].to_numpy(dtype=np.float64), label=label, feature_names=list(features)
+        rows[list(features)].to_numpy(dtype=np.float64),
+        label=label,
+        weight=row_weights(rows),
+        feature_names=list(features),
     )
 
 
+def class_counts(rows: pd.DataFrame) -> tuple[float, float]:
+    """(legitimate, fraud) counts of the rows, weighted when they were sampled: the unsampled
+    table's counts, which the class weight is computed from."""
+    y = rows["is_fraud"].to_numpy() != 0
+    weights = row_weights(rows)
+    if weights is None:
+        return float(len(rows) - y.sum()), float(y.sum())
+    return float(weights[~y].sum()), float(weights[y].sum())
+
+
 def base_params(train: pd.DataFrame, nthread: int, seed: int) -> dict[str, Any]:
-    positives = max(int(train["is_fraud"].sum()), 1)
+    legitimate, frauds = class_counts(train)
+    positives = max(frauds, 1.0)
     return {
         "objective": "binary:logistic",
         "eval_metric": "aucpr",
@@ -81,7 +98,7 @@ def base_params(train: pd.DataFrame, nthread: int, seed: int) -> dict[str, Any]:
         "nthread": nthread,
         "seed": seed,
         # Imbalance: weight frauds by the square root of the class ratio (full ratio over-calibrates).
-        "scale_pos_weight": float(np.sqrt((len(train) - positives) / positives)),
+        "scale_pos_weight": float(np.sqrt(legitimate / positives)),
     }
 
 

@@ -9,10 +9,13 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as sfn_tasks
 from constructs import Construct
 
 from cdk_app.config import REPO_ROOT, StageConfig
 from cdk_app.constructs.common import log_group
+from cdk_app.constructs.feature_job import FEATURE_TABLE, SparkFeatureJob
 from cdk_app.constructs.mlflow import MlflowTracking
 from cdk_app.constructs.network import Network
 from cdk_app.constructs.storage import (
@@ -45,11 +48,15 @@ CONTAINER_NAME = "training"
 
 
 class TrainingJob(Construct):
-    """Fargate task definition plus two EventBridge rules (cron schedule, on-demand event)."""
+    """Fargate task definition, the scheduled retraining workflow (the Spark feature step, then
+    the task on its table) and two EventBridge rules (cron schedule -> the workflow, on-demand
+    event -> the task on the raw data set)."""
 
     cluster: ecs.Cluster
     image: ecr_assets.DockerImageAsset
     task_definition: ecs.FargateTaskDefinition
+    features: SparkFeatureJob
+    workflow: sfn.StateMachine
     schedule_rule: events.Rule
     on_demand_rule: events.Rule
 
@@ -97,11 +104,13 @@ class TrainingJob(Construct):
         storage.grant_objects(task_role, "RawData", RAW_DATA_PREFIX, read=True)
         storage.grant_objects(task_role, "Models", MODEL_STORE_PREFIX, read=True, write=True)
         storage.grant_objects(task_role, "Lake", LAKE_PREFIX, read=True)
+        storage.grant_objects(task_role, "Features", FEATURE_TABLE, read=True)
         mlflow.grant_tracking(task_role)
         # The sagemaker-mlflow client writes run artifacts straight to the artifact store.
         storage.grant_objects(task_role, "Models", MLFLOW_ARTIFACT_PREFIX, read=True, write=True)
 
-        self.task_definition.add_container(
+        self.features = SparkFeatureJob(self, "Features", config=config, storage=storage)
+        container = self.task_definition.add_container(
             CONTAINER_NAME,
             image=ecs.ContainerImage.from_docker_image_asset(self.image),
             command=list(cfg.command),
@@ -115,6 +124,8 @@ class TrainingJob(Construct):
                 "MODEL_NAME": config.model_name,
                 "MLFLOW_TRACKING_URI": mlflow.tracking_server_arn,
                 "LABEL_DELAY_SECONDS": str(config.label_delay_seconds),
+                "FEATURE_TABLE_URI": self.features.table_uri,
+                "LEGIT_SAMPLE_RATE": f"{config.spark.legit_sample_rate:g}",
             },
         )
         acknowledge(
@@ -157,12 +168,13 @@ class TrainingJob(Construct):
                 ],
             )
 
+        self.workflow = self._workflow(config, network, container, storage)
         self.schedule_rule = events.Rule(
             self,
             "Schedule",
-            description=f"{config.prefix}: retrain on schedule",
+            description=f"{config.prefix}: retrain on schedule (the Spark feature step, then training)",
             schedule=events.Schedule.expression(cfg.schedule),
-            targets=[target("lake")],
+            targets=[targets.SfnStateMachine(self.workflow)],
         )
         self.on_demand_rule = events.Rule(
             self,
@@ -171,6 +183,61 @@ class TrainingJob(Construct):
             event_pattern=events.EventPattern(source=[ON_DEMAND_SOURCE], detail_type=[ON_DEMAND_DETAIL_TYPE]),
             targets=[target("raw")],
         )
+
+    def _workflow(
+        self, config: StageConfig, network: Network, container: ecs.ContainerDefinition, storage: Storage
+    ) -> sfn.StateMachine:
+        """Spark step (the feature table from the lake) -> training task (``TRAINING_SOURCE=features``:
+        the table, its legitimate rows sampled at ``spark.legit_sample_rate``)."""
+        train = sfn_tasks.EcsRunTask(
+            self,
+            "Train",
+            comment="the training task on the feature table: tune, fit, gate, register, publish",
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            launch_target=sfn_tasks.EcsFargateLaunchTarget(
+                platform_version=ecs.FargatePlatformVersion.LATEST
+            ),
+            integration_pattern=sfn.IntegrationPattern.RUN_JOB,
+            subnets=network.app_subnets,
+            security_groups=[network.training_sg],
+            assign_public_ip=False,
+            container_overrides=[
+                sfn_tasks.ContainerOverride(
+                    container_definition=container,
+                    environment=[sfn_tasks.TaskEnvironmentVariable(name="TRAINING_SOURCE", value="features")],
+                )
+            ],
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        definition = self.features.step(self, config, storage.lake_uri).next(train)
+        workflow = sfn.StateMachine(
+            self,
+            "Workflow",
+            state_machine_name=f"{config.prefix}-retraining",
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            timeout=cdk.Duration.hours(config.spark.timeout_hours),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(
+                destination=log_group(self, "WorkflowLogs", config, config.training.log_retention_days),
+                level=sfn.LogLevel.ALL,
+                include_execution_data=False,
+            ),
+        )
+        self.features.grant_start(workflow)
+        acknowledge(
+            workflow,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Step Functions' own grants: X-Ray and CloudWatch Logs delivery have no resource-level "
+            "permissions, and ecs:DescribeTasks/StopTask name task ids unknown before RunTask.",
+        )
+        acknowledge(
+            workflow,
+            f"AwsSolutions-IAM5[Resource::{self.features.job_runs_rendered}]",
+            "GetJobRun/CancelJobRun of the job runs of this one application (run ids are unknown before "
+            "StartJobRun).",
+        )
+        return workflow
 
     def run_task_command(self, network: Network) -> str:
         """The ``aws ecs run-task`` line for an operator (also printed as a stack output)."""

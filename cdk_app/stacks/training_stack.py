@@ -35,6 +35,10 @@ class TrainingStack(cdk.Stack):
         )
         cdk.CfnOutput(self, "MlflowTrackingServerArn", value=self.mlflow.tracking_server_arn)
         cdk.CfnOutput(self, "RunTrainingNow", value=self.training.run_task_command(network))
+        cdk.CfnOutput(self, "RetrainingWorkflow", value=self.training.workflow.state_machine_arn)
+        cdk.CfnOutput(
+            self, "FeatureJobApplication", value=self.training.features.application.attr_application_id
+        )
         cdk.CfnOutput(
             self,
             "RequestTraining",
