@@ -44,11 +44,11 @@ from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraud_core import spec
-from fraud_core.features import compose, fraud_intervals
+from fraud_core.features import compose
 from training.asof import floor_day
 from training.backtest import BacktestConfig, _target_known_at, card_precision_top_k
 from training.data.simulator import FraudRates, SimulatorConfig, kaggle_scale, run_simulation
-from training.dataset import build_features, label_events_at_delay
+from training.dataset import build_features, label_chains, label_events_at_delay
 from training.evaluate import recall_at_fpr
 from training.train import base_params, fit_rounds, predict
 
@@ -130,17 +130,7 @@ def candidate_columns(tx: pd.DataFrame, labels: pd.DataFrame, rows: pd.DataFrame
 
     # risk1d: the same rule as fraud_core.features.merchant_frauds for a 1-day window
     count1d = _between(mk, mt, m, t - delay - spec.DAY, t - delay)
-    iv = fraud_intervals(
-        key=codes[n:].astype(np.int64),
-        trans=pd.MultiIndex.from_arrays(
-            [codes[n:], labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
-        )
-        .factorize()[0]
-        .astype(np.int64),
-        trans_t=labels["event_time"].to_numpy(dtype=np.int64),
-        arrival=labels["label_time"].to_numpy(dtype=np.int64),
-        is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
-    )
+    iv = label_chains(labels, codes[n:])
     ck = compose(iv.key, iv.trans_t)
     lo = ck.searchsorted(compose(m, t - delay - spec.DAY), side="left")
     hi = ck.searchsorted(compose(m, t - delay), side="left")

@@ -14,6 +14,7 @@ from fraud_core import spec
 from fraud_core.features import (
     CardAggregates,
     CardEvents,
+    FraudIntervals,
     MerchantAggregates,
     Queries,
     assemble_features,
@@ -94,6 +95,25 @@ MERCHANT_FEATURES: tuple[str, ...] = tuple(name for name in spec.FEATURE_NAMES i
 #: card's earlier dates of birth). A distributed engine computes the two sets in separate passes,
 #: one grouped by card and one by merchant, each with the functions below.
 CARD_FEATURES: tuple[str, ...] = tuple(name for name in spec.FEATURE_NAMES if name not in MERCHANT_FEATURES)
+
+
+def label_chains(labels: pd.DataFrame, merchant_codes: np.ndarray) -> FraudIntervals:
+    """The label events' fraud intervals (``fraud_core.features.fraud_intervals``), ``merchant_codes``
+    the labels' merchants as integer codes. A label chain is one transaction as its labels place it
+    (merchant, id, time), like the online store, which keeps a merchant's labels by transaction
+    time."""
+    key = merchant_codes.astype(np.int64)
+    return fraud_intervals(
+        key=key,
+        trans=pd.MultiIndex.from_arrays(
+            [key, labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
+        )
+        .factorize()[0]
+        .astype(np.int64),
+        trans_t=labels["event_time"].to_numpy(dtype=np.int64),
+        arrival=labels["label_time"].to_numpy(dtype=np.int64),
+        is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
+    )
 
 
 def build_features(
@@ -219,19 +239,7 @@ def _features(
         labels = events_of_labels
         m_order = np.lexsort((t, merchant_code))
         volume, risk = merchant_volume(merchant_code[m_order], t[m_order], merchant_code, t, label_delay)
-        intervals = fraud_intervals(
-            key=merchant_codes[n:],
-            # a label chain is one transaction as its labels place it (merchant, id, time), like the
-            # online store, which keeps a merchant's labels by transaction time
-            trans=pd.MultiIndex.from_arrays(
-                [merchant_codes[n:], labels["trans_num"].astype(str), labels["event_time"].astype(np.int64)]
-            )
-            .factorize()[0]
-            .astype(np.int64),
-            trans_t=labels["event_time"].to_numpy(dtype=np.int64),
-            arrival=labels["label_time"].to_numpy(dtype=np.int64),
-            is_fraud=labels["is_fraud"].to_numpy(dtype=bool),
-        )
+        intervals = label_chains(labels, merchant_codes[n:])
         frauds = merchant_frauds(intervals, merchant_code, t, label_delay)
         merchant_aggs = MerchantAggregates(volume, risk, frauds)
     else:
