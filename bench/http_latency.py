@@ -241,10 +241,18 @@ def serve(opts: ServerOptions) -> None:
             from local_stack.replay import replay
 
             publisher = kafka_publisher(cfg.kafka)
-            stats = replay(
-                frame, lambda events: publisher.publish(events, timeout=30), 20_000.0, cfg.label_delay_seconds
-            )
-            publisher.close()
+            progress = stack.replay_progress()
+            try:
+                stats = replay(
+                    frame,
+                    lambda events: publisher.publish(events, timeout=30),
+                    20_000.0,
+                    cfg.label_delay_seconds,
+                    applied=progress,
+                )
+            finally:
+                progress.close()
+                publisher.close()
             published = time.perf_counter()
             applied_then = stack.poller.processed if stack.poller is not None else 0
             wait_for_updates(stack, stats.transactions + stats.labels, timeout=900)

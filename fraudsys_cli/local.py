@@ -113,12 +113,21 @@ def local_replay(
     label_delay: Annotated[int, typer.Option(help="seconds from a fraud to its label")] = 7 * 86400,
     limit: Annotated[int | None, typer.Option(help="send at most this many transactions")] = None,
     seed: int = 42,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="stay within a day (event time) of what the updater (consumer group "
+            "fraudsys-updater) has applied, so that no partition's events fall behind their keys' "
+            "retention; --no-follow when no updater consumes the broker"
+        ),
+    ] = True,
 ) -> None:
     """Produce a transaction stream (and delayed labels) into the broker at a given rate."""
     from rich.progress import Progress
 
     from handlers.bootstrap import kafka_publisher
-    from local_stack.replay import replay
+    from local_stack.replay import ConsumerProgress, replay
+    from local_stack.stack import LABELS_TOPIC, TRANSACTIONS_TOPIC, UPDATER_GROUP
 
     if input_csv is not None:
         from training.data.kaggle import read_transactions_csv
@@ -132,19 +141,29 @@ def local_replay(
     if limit is not None:
         frame = frame.sort_values(["event_time", "trans_num"]).head(limit)
     publisher = kafka_publisher(bootstrap)
-    with Progress(console=console) as progress:
-        task = progress.add_task("replaying", total=len(frame))
-        stats = replay(
-            frame,
-            lambda events: publisher.publish(events, timeout=10),
-            rate,
-            label_delay,
-            on_progress=lambda tx, _labels: progress.update(task, completed=tx),
-        )
-    publisher.close()
+    topics = (TRANSACTIONS_TOPIC, LABELS_TOPIC)
+    applied = ConsumerProgress(bootstrap, UPDATER_GROUP, topics) if follow else None
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("replaying", total=len(frame))
+            stats = replay(
+                frame,
+                lambda events: publisher.publish(events, timeout=10),
+                rate,
+                label_delay,
+                on_progress=lambda tx, _labels: progress.update(task, completed=tx),
+                applied=applied,
+            )
+    except TimeoutError as exc:
+        console.print(f"[red]{exc}[/red] (is `fraudsys local up` running? --no-follow replays without it)")
+        raise typer.Exit(1) from exc
+    finally:
+        publisher.close()
+        if applied is not None:
+            applied.close()
     console.print(
         f"{stats.transactions:,} transactions and {stats.labels:,} labels in {stats.seconds:.1f} s "
-        f"({stats.rate:,.0f}/s)"
+        f"({stats.rate:,.0f}/s; {stats.held_seconds:.1f} s waiting for the updater)"
     )
 
 
@@ -245,7 +264,15 @@ def demo(
             "HTTP latency p50 / p99 / max",
             f"{summary.p50_ms:.2f} / {summary.p99_ms:.2f} / {summary.max_ms:.2f} ms",
         ),
-        ("history replayed", f"{summary.replayed:,} tx in {summary.replay_seconds:.1f} s"),
+        (
+            "history replayed",
+            f"{summary.replayed:,} tx in {summary.replay_seconds:.1f} s "
+            f"({summary.replay_held_seconds:.1f} s waiting for the updater)",
+        ),
+        (
+            "dead letters",
+            ", ".join(f"{n:,} {reason}" for reason, n in summary.dead_letters.items()) or "0",
+        ),
     ]
     loop = summary.retrain
     if loop is not None:
@@ -267,5 +294,5 @@ def demo(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    if summary.errors or (loop is not None and loop.after_errors):
+    if summary.errors or summary.dead_letters or (loop is not None and loop.after_errors):
         raise typer.Exit(1)

@@ -60,8 +60,12 @@ class DemoSummary:
     max_ms: float
     replayed: int
     replay_seconds: float
+    replay_held_seconds: float  # of replay_seconds, waiting for the updater (``local_stack.replay``)
     model_version: str
     retrain: RetrainSummary | None = None
+    #: the stream's dead letters by reason when the demo ended (none expected: the replay is
+    #: guarded, every request is well formed)
+    dead_letters: dict[str, int] = field(default_factory=dict)
 
     @property
     def precision(self) -> float:
@@ -174,13 +178,18 @@ def run_demo(
             f"replaying {len(history):,} transactions of history into the broker at {replay_rate:,.0f}/s "
             "(the updater applies them to Redis, the archiver writes them to the local lake)"
         )
-        stats = replay(
-            history,
-            lambda events: publisher.publish(events, timeout=10),
-            replay_rate,
-            cfg.label_delay_seconds,
-        )
-        publisher.close()
+        progress = stack.replay_progress()
+        try:
+            stats = replay(
+                history,
+                lambda events: publisher.publish(events, timeout=10),
+                replay_rate,
+                cfg.label_delay_seconds,
+                applied=progress,
+            )
+        finally:
+            progress.close()
+            publisher.close()
         wait_for_updates(stack, stats.transactions + stats.labels)
         step(
             f"replayed {stats.transactions:,} transactions, {stats.labels:,} labels in {stats.seconds:.1f}s; "
@@ -199,6 +208,7 @@ def run_demo(
             max_ms=max(scored.latencies, default=0.0),
             replayed=stats.transactions,
             replay_seconds=stats.seconds,
+            replay_held_seconds=stats.held_seconds,
             model_version=scored.version,
         )
         if retrain:
@@ -217,6 +227,7 @@ def run_demo(
                 )
             ]
             summary = replace(summary, retrain=_retrain(stack, stack_cfg, data_dir, reported, after, step))
+        summary = replace(summary, dead_letters=stack.dead_letters())
         if keep_running:
             step(f"the API stays up at {stack.api_url} (POST /predict, GET /health, GET /metrics); Ctrl-C")
             serve_forever(stack)

@@ -1,15 +1,27 @@
 """``fraudsys local replay``: a transaction stream into the broker at a given rate, with labels
-(chargebacks) following their transactions after the label delay (in event time)."""
+(chargebacks) following their transactions after the label delay (in event time).
+
+A replay compresses time: months of history pass in a minute. The stream's partitions are
+consumed independently (on AWS each partition's batches are their own invocations), so if the
+consumer of one partition fell behind the other by more than a key's retention (30 days + the
+1-day slack, in event time: seconds of a fast replay), a merchant that has events on both
+partitions would see the lagging partition's events as *late* and dead-letter them. A replay
+therefore runs at most ``max_ahead`` (default ``spec.HISTORY_SLACK``) of event time ahead of
+what the updater has applied, measured by the updater's committed offsets
+(``ConsumerProgress``): within the slack, out-of-order events are applied exactly.
+"""
 
 import heapq
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pandas as pd
 
+from fraud_core import spec
 from fraud_core.schemas import LabelEvent, TransactionEvent
 
 Event = TransactionEvent | LabelEvent
@@ -20,6 +32,8 @@ class ReplayStats:
     transactions: int
     labels: int
     seconds: float
+    #: wall seconds the replay waited for the updater (``applied``) to come within ``max_ahead``
+    held_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -79,6 +93,43 @@ def timeline(
         yield arrival, label
 
 
+class ConsumerProgress:
+    """Records of ``topics`` a consumer group has committed since this object was made (offsets
+    past each partition's end at that moment): what the group has handled of what was published
+    after it. Other producers' records in the meantime count too (the measure is then generous)."""
+
+    def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.admin import KafkaAdminClient
+
+        self.group = group
+        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="fraudsys-replay")
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        try:
+            parts = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not parts:
+                raise RuntimeError(f"no partitions for topics {list(topics)} at {bootstrap}")
+            self._start: dict[Any, int] = dict(consumer.end_offsets(parts))
+        finally:
+            consumer.close()
+
+    def __call__(self) -> int:
+        committed = self._admin.list_group_offsets({self.group: list(self._start)}).get(self.group, {})
+        done = 0
+        for tp, start in self._start.items():
+            meta = committed.get(tp)
+            if meta is not None and meta.offset >= 0:
+                done += max(meta.offset - start, 0)
+        return done
+
+    def close(self) -> None:
+        self._admin.close()
+
+
 def replay(
     frame: pd.DataFrame,
     publish: Callable[[list[Event]], None],
@@ -86,30 +137,68 @@ def replay(
     label_delay: int,
     chunk: int = 200,
     on_progress: Callable[[int, int], None] | None = None,
+    applied: Callable[[], int] | None = None,
+    max_ahead: int = spec.HISTORY_SLACK,
+    stall_timeout: float = 300.0,
 ) -> ReplayStats:
-    """Send ``frame`` as a stream at ``rate`` transactions per second (wall clock)."""
+    """Send ``frame`` as a stream at ``rate`` transactions per second (wall clock).
+
+    ``applied``: how many of the records sent so far the updater has handled (for example a
+    ``ConsumerProgress``). With it, no event is sent while a record more than ``max_ahead``
+    seconds older (event time) is still unhandled; ``TimeoutError`` if the updater makes no
+    progress for ``stall_timeout`` seconds while the replay waits for it."""
     started = time.perf_counter()
     sent_tx = sent_labels = 0
+    sent = 0  # records published
     batch: list[Event] = []
+    marks: deque[tuple[int, int]] = deque()  # (event time of a flush's last record, records sent up to it)
+    need = done = 0  # records that must be handled before the next send; last reading of applied()
+    held = 0.0
 
-    def flush() -> None:
+    def flush(t: int) -> None:
+        nonlocal sent
         if batch:
             publish(batch)
+            sent += len(batch)
+            marks.append((t, sent))
             batch.clear()
             if on_progress is not None:
                 on_progress(sent_tx, sent_labels)
 
-    for _, event in timeline(frame, label_delay):
+    def hold(t: int) -> None:
+        nonlocal need, done, held
+        while marks and marks[0][0] < t - max_ahead:
+            need = marks.popleft()[1]
+        if applied is None or done >= need:
+            return
+        began = last_move = time.perf_counter()
+        while (now := applied()) < need:
+            moment = time.perf_counter()
+            if now > done:
+                done, last_move = now, moment
+            elif moment - last_move > stall_timeout:
+                raise TimeoutError(
+                    f"the updater handled {now:,} of the {need:,} records the replay waits for "
+                    f"and made no progress for {stall_timeout:.0f} s"
+                )
+            time.sleep(0.05)
+        done = now
+        held += time.perf_counter() - began
+
+    last = 0
+    for t, event in timeline(frame, label_delay):
+        hold(t)
         batch.append(event)
+        last = t
         if isinstance(event, TransactionEvent):
             sent_tx += 1
             ahead = started + sent_tx / rate - time.perf_counter()
             if ahead > 0.05:
-                flush()
+                flush(t)
                 time.sleep(ahead)
         else:
             sent_labels += 1
         if len(batch) >= chunk:
-            flush()
-    flush()
-    return ReplayStats(sent_tx, sent_labels, time.perf_counter() - started)
+            flush(t)
+    flush(last)
+    return ReplayStats(sent_tx, sent_labels, time.perf_counter() - started, held)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def _client(endpoint: str) -> "S3Client":
+def client(endpoint: str) -> "S3Client":
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint)
@@ -25,7 +25,7 @@ def _client(endpoint: str) -> "S3Client":
 
 def save(endpoint: str, folder: Path, buckets: Iterable[str]) -> int:
     """Copy every object of ``buckets`` to ``folder``; returns the number of objects saved."""
-    s3 = _client(endpoint)
+    s3 = client(endpoint)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     fresh = folder.with_name(f".{folder.name}.new")
     shutil.rmtree(fresh, ignore_errors=True)
@@ -57,7 +57,7 @@ def restore(endpoint: str, folder: Path) -> int:
     """Create the saved buckets and upload their objects; returns the number of objects restored."""
     if not folder.is_dir():
         return 0
-    s3 = _client(endpoint)
+    s3 = client(endpoint)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     restored = 0
     for bucket_dir in sorted(p for p in folder.iterdir() if p.is_dir()):

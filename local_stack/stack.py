@@ -22,6 +22,7 @@ from local_stack import s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
+from local_stack.replay import ConsumerProgress
 from local_stack.services import (
     RedisTls,
     Service,
@@ -444,6 +445,25 @@ class LocalStack:
             raise ServiceError(
                 f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
             )
+
+    def dead_letters(self) -> dict[str, int]:
+        """Dead letters in the local S3 per reason (the updater's and the archiver's): what the
+        stream's consumers refused, one record each (a poison batch's records share a reason)."""
+        import json
+
+        s3 = s3_snapshot.client(self._s3_endpoint)
+        out: dict[str, int] = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=DEAD_LETTER_BUCKET):
+            for item in page.get("Contents", []):
+                body = s3.get_object(Bucket=DEAD_LETTER_BUCKET, Key=item["Key"])["Body"].read()
+                reason = str(json.loads(body).get("reason", "?"))
+                out[reason] = out.get(reason, 0) + 1
+        return out
+
+    def replay_progress(self) -> ConsumerProgress:
+        """How many records the updater has handled of those published from now on (a replay's
+        guard: ``local_stack.replay``)."""
+        return ConsumerProgress(self.cfg.kafka, UPDATER_GROUP, (TRANSACTIONS_TOPIC, LABELS_TOPIC))
 
     def endpoints(self) -> dict[str, str]:
         out = {
