@@ -60,13 +60,14 @@ def test_months_of_history_at_full_speed_are_applied_without_late_dead_letters(s
         last = frame[frame["cc_num"] == card].sort_values("event_time").iloc[-1].to_dict()
         probe = {**last, "trans_num": f"probe-{k}", "event_time": end + 60, "is_fraud": 0}
         offline = build_features(pd.concat([frame, pd.DataFrame([probe])]), label_delay=DELAY)
-        expected = offline.set_index("trans_num").loc[f"probe-{k}", NAMES]
+        row = offline.set_index("trans_num").loc[f"probe-{k}"]
+        expected = {name: float(row[name]) for name in NAMES}
         request = PredictRequest.model_validate(predict_body(probe))
         state = bootstrap.feature_store().read(request.card_id, request.merchant_name, end + 60)
         online = dict(zip(NAMES, request_features(request, state, DELAY)[0], strict=True))
         wrong = {
-            name: (online[name], float(expected[name]))
+            name: (online[name], expected[name])
             for name in NAMES
-            if not math.isclose(online[name], float(expected[name]), rel_tol=1e-6, abs_tol=1e-6)
+            if not math.isclose(online[name], expected[name], rel_tol=1e-6, abs_tol=1e-6)
         }
         assert wrong == {}, f"card {k}: online vs offline {wrong}"
