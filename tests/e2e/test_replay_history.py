@@ -60,7 +60,7 @@ def test_months_of_history_at_full_speed_are_applied_without_late_dead_letters(s
         last = frame[frame["cc_num"] == card].sort_values("event_time").iloc[-1].to_dict()
         probe = {**last, "trans_num": f"probe-{k}", "event_time": end + 60, "is_fraud": 0}
         offline = build_features(pd.concat([frame, pd.DataFrame([probe])]), label_delay=DELAY)
-        row = offline.set_index("trans_num").loc[f"probe-{k}"]
+        row = offline[offline["trans_num"] == f"probe-{k}"].iloc[0].to_dict()
         expected = {name: float(row[name]) for name in NAMES}
         request = PredictRequest.model_validate(predict_body(probe))
         state = bootstrap.feature_store().read(request.card_id, request.merchant_name, end + 60)
