@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import write_json
+from bench.common import parent_pid, process_cmdline, process_tree, process_usage, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 5.0
@@ -387,40 +387,22 @@ def api_server(opts: ServerOptions, ready_timeout: float = 900.0) -> Iterator[Se
 def api_pids(pid: int) -> list[int]:
     """The API process and its API worker processes (``local_stack.workers``, spawned children);
     not redis-server, the broker or moto, which it also starts."""
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"multiprocessing.spawn" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return [pid] + [
+        p
+        for p in process_tree(pid)
+        if p != pid and parent_pid(p) == pid and "multiprocessing.spawn" in " ".join(process_cmdline(p))
+    ]
 
 
 def rss_mb(pid: int) -> float:
     """Resident memory of the API process and its workers."""
-    total = 0
-    for p in api_pids(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024 if total else float("nan")
+    total = sum(usage[0] for p in api_pids(pid) if (usage := process_usage(p)) is not None)
+    return total / 2**20 if total else float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of the API process and its workers (all their threads)."""
-    ticks = 0
-    for p in api_pids(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(usage[1] for p in api_pids(pid) if (usage := process_usage(p)) is not None)
 
 
 class HttpConnection:
