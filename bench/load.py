@@ -1,14 +1,15 @@
 """Load test of the local API at twice the target rate (default 400 requests/s for 3 minutes),
 or (``--sweep``) an overload sweep: open-loop phases at each rate, then a burst and a probe.
 
-The same setup as ``bench.http_latency`` (API process with the local stack, a trained champion,
-Redis holding ~1,200 cards), then one open-loop run at ``--rate`` on keep-alive connections.
-Reported: errors (must be 0, including requests never sent because every connection was still
-busy at the end), achieved rate, latency percentiles per ``--window`` seconds (HTTP from send,
-and the handler's own time from the answers' ``Server-Timing``; must stay stable), and the RSS
-and CPU of every process of the stack -- the API process and all its descendants (redis-server,
-the tansu broker, the moto S3 server, the archiver, API workers, MLflow if any), found by their
-parent links in /proc at each sample -- every ``--rss-interval`` seconds (must not grow).
+The same setup as ``bench.http_latency`` (``bench.http.server``: the API process with the local
+stack, a trained champion, Redis holding ~1,200 cards), then one open-loop run at ``--rate`` on
+keep-alive connections. Reported: errors (must be 0, including requests never sent because
+every connection was still busy at the end), achieved rate, latency percentiles per ``--window``
+seconds (HTTP from send, and the handler's own time from the answers' ``Server-Timing``; must
+stay stable), and the RSS and CPU of every process of the stack -- the API process and all its
+descendants (redis-server, the tansu broker, the moto S3 server, the archiver, API workers,
+MLflow if any), found by their parent links in /proc at each sample -- every
+``--rss-interval`` seconds (must not grow).
 
 The rules, fixed before any run:
 
@@ -63,20 +64,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import environment, process_label, process_tree, process_usage, write_json
-from bench.http_latency import (
-    Run,
-    Server,
-    add_server_args,
-    api_server,
-    machine,
-    open_loop,
-    phase_row,
-    rss_mb,
-    server_options,
-    table,
-    warm_up,
-    workdir_of,
-)
+from bench.http.analysis import Run, machine, phase_row, table
+from bench.http.client import open_loop, warm_up
+from bench.http.server import Server, add_server_args, api_server, rss_mb, server_options, workdir_of
 
 MAX_MINUTES = 60.0
 FLAT_MINUTES = 20.0  # memory: the slope is taken over the run's last 20 minutes

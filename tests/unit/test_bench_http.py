@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.http_latency import Run, refused_server_env, server_timing
+from bench.http.analysis import Run, server_timing
+from bench.http.server import refused_server_env
 
 
 def test_server_timing_reads_each_duration_and_skips_what_it_cannot_read() -> None:
