@@ -25,7 +25,7 @@ The rules, fixed before any run:
 The soak (issue 19's proof: 30 minutes at a rate well below the knee of one API process)::
 
     uv run python -m bench.load --rate 100 --minutes 30 --window 300 --api-workers 1 \
-        --profile-seconds 0 --json soak.json
+        --publish-mode background --profile-seconds 0 --json soak.json
 
 With ``--profile-seconds N`` (default 20) and py-spy on the PATH
 (``uv run --with py-spy python -m bench.load``), py-spy samples the threads of the API process
