@@ -492,9 +492,10 @@ class Supervisor:
                 entry.service.stop()
             entry.service = entry.start()
             entry.state, entry.attempts = "up", []
-            if entry.after_restart is not None:
-                entry.after_restart()
-            entry.hook_pending = False
+            # what follows a restart; while it fails (redis-server still loading its append-only
+            # file answers BUSY LOADING) the watcher runs it again
+            entry.hook_pending = True
+            self._after_restart(entry)
             return entry.service
 
     def stop(self) -> None:

@@ -291,7 +291,7 @@ def test_a_local_s3_killed_mid_replay_loses_no_acknowledged_event(stack: LocalSt
 
     # Then the supervisor restarted it and the stack serves in full again
     wait_until(lambda: restarted(stack, "s3", kills["s3"]), "the local S3 restarted")
-    probe = lambda: scores_in_full(stack, f"chaos-{time.monotonic_ns()}", "4000000000000010", 1000)  # noqa: E731
+    probe = lambda: scores_in_full(stack, f"probe-{time.monotonic_ns()}", "4000000000000010", 1000)  # noqa: E731
     wait_until(probe, "a full score")
     stack.check()
     # and every acknowledged event was applied to Redis exactly once: each is indexed, and every
