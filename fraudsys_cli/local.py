@@ -254,7 +254,7 @@ def demo(
     table.add_column("value", justify="right")
     rows = [
         ("requests", f"{summary.requests:,}"),
-        ("errors", f"{summary.errors:,}"),
+        ("errors", f"{summary.errors:,}" + (f" ({summary.retried:,} sent again)" if summary.retried else "")),
         ("flagged as fraud", f"{summary.flagged:,}"),
         ("frauds among requests", f"{summary.frauds:,}"),
         ("frauds caught", f"{summary.caught:,}"),

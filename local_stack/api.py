@@ -20,6 +20,12 @@ changed) and ``read`` (its Redis read), as ``handlers.predict.last_timings`` kep
 handler thread. A client can then split its latency into the handler (Redis read, the rest of scoring, and the
 Powertools, validation and publish around it) and everything outside: HTTP, event building,
 queueing and the client itself.
+
+Slow or idle clients hold nothing for long: a connection must complete a request's headers within
+``HEADER_TIMEOUT`` of opening (or of its request's first byte), else it is answered 408 and
+closed; a body must arrive whole within ``BODY_TIMEOUT`` of its headers, else 408 in the API's
+error body; at most ``MAX_CONNECTIONS`` connections and requests at once (uvicorn's
+``limit_concurrency``: past it, 503).
 """
 
 import asyncio
@@ -41,6 +47,9 @@ from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_met
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
 LOCAL_ROUTES = {"/metrics", "/openapi.json"}  # GET only, served here
 MAX_BODY_BYTES = 256 * 1024
+HEADER_TIMEOUT = 5.0  # seconds from a connection's opening (or a request's first byte) to its headers' end
+BODY_TIMEOUT = 5.0  # seconds from a request's headers to its body's end
+MAX_CONNECTIONS = 1024  # open connections and requests in flight per API process
 DRAIN_BYTES = 8 * 1024 * 1024  # a too large body is read and dropped up to this size
 SERVER_TIMING = "Server-Timing"
 # Server-Timing name, handlers.predict.last_timings attribute
@@ -56,6 +65,64 @@ Send = Callable[[Message], Awaitable[None]]
 
 class BodyTooLargeError(Exception):
     pass
+
+
+def _guarded_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a header deadline (``HEADER_TIMEOUT``): a connection that
+    has not completed a request's headers in time (nothing sent, or a slow trickle) is answered
+    408 and closed, so slow clients cannot hold connections open."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    answer = _error(HTTPStatus.REQUEST_TIMEOUT, f"request headers not received within {HEADER_TIMEOUT:.0f} s")
+    timed_out = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + b"content-length: "
+        + str(len(answer)).encode()
+        + b"\r\n\r\n"
+        + answer
+    )
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        header_timer: asyncio.TimerHandle | None = None
+        begun = False  # a request's first bytes came, its headers' end not yet
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.begun = True
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self.begun = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being answered (its headers came): the body has its own timeout
+            if not self.transport.is_closing():
+                if self.begun:  # a partial request is answered; a connection that sent nothing is just closed
+                    self.transport.write(timed_out)
+                self.transport.close()
+
+    return GuardedHttpToolsProtocol
 
 
 def _error(status: HTTPStatus, message: str) -> bytes:
@@ -150,6 +217,7 @@ class LocalApi:
         bind: bool = True,
         deadline_ms: float = 250.0,
         max_queue: int = 128,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         import uvicorn
 
@@ -169,7 +237,8 @@ class LocalApi:
             uvicorn.Config(
                 self.asgi,
                 loop="uvloop",
-                http="httptools",
+                http=_guarded_protocol(),
+                limit_concurrency=max_connections,
                 interface="asgi3",
                 lifespan="off",
                 proxy_headers=False,
@@ -195,7 +264,13 @@ class LocalApi:
         path: str = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            raw = await self._body(receive)
+            raw = await asyncio.wait_for(self._body(receive), BODY_TIMEOUT)
+        except TimeoutError:
+            status = HTTPStatus.REQUEST_TIMEOUT
+            message = f"request body not received within {BODY_TIMEOUT:.0f} s"
+            closing = [(b"connection", b"close")]
+            await self._send(send, status.value, _error(status, message), extra_headers=closing)
+            return
         except BodyTooLargeError:
             status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
             message = f"request body too large: at most {MAX_BODY_BYTES} bytes"

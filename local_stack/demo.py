@@ -55,6 +55,7 @@ class DemoSummary:
     caught: int
     degraded: int
     errors: int
+    retried: int  # requests sent again after a 503 (load shed)
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -203,6 +204,7 @@ def run_demo(
             caught=scored.caught,
             degraded=scored.degraded,
             errors=scored.errors,
+            retried=scored.retried,
             p50_ms=float(np.percentile(scored.latencies, 50)) if scored.latencies else 0.0,
             p99_ms=float(np.percentile(scored.latencies, 99)) if scored.latencies else 0.0,
             max_ms=max(scored.latencies, default=0.0),
@@ -246,16 +248,24 @@ class _Scored:
     caught: int = 0
     degraded: int = 0
     errors: int = 0
+    retried: int = 0  # 503s sent again
     version: str = ""
 
 
-def _score(stack: LocalStack, rows: list[dict[Any, Any]]) -> _Scored:
-    """Send each row as a live ``POST /predict``; count decisions and latency."""
+def _score(stack: LocalStack, rows: list[dict[Any, Any]], attempts: int = 4) -> _Scored:
+    """Send each row as a live ``POST /predict``; count decisions and latency (of each attempt).
+    A 503 (the API shed the request: its deadline was out of reach) is sent again after a short
+    back-off, as a client honouring ``Retry-After`` would, up to ``attempts`` times."""
     out = _Scored()
     for row in rows:
-        started = time.perf_counter()
-        status, answer = post_json(f"{stack.api_url}/predict", predict_body(row))
-        out.latencies.append((time.perf_counter() - started) * 1000)
+        for attempt in range(attempts):
+            started = time.perf_counter()
+            status, answer = post_json(f"{stack.api_url}/predict", predict_body(row))
+            out.latencies.append((time.perf_counter() - started) * 1000)
+            if status != 503 or attempt == attempts - 1:
+                break
+            out.retried += 1
+            time.sleep(0.05 * 2**attempt)
         if status != 200:
             out.errors += 1
             continue

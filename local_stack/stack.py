@@ -145,6 +145,17 @@ def cdk_updater_settings() -> tuple[int, float]:
     return cdk_consumer_settings("updater")
 
 
+def cdk_updater_redis_timeout_ms() -> int:
+    """The deployed updater's Redis timeout (cdk.json, stage dev; 1000 ms without it)."""
+    try:
+        from cdk_app.config import CONTEXT_KEY, load_stage_configs, read_cdk_json_context
+
+        return load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0].updater.redis_timeout_ms
+    except Exception as exc:  # cdk.json missing or invalid
+        log.debug("cdk.json not read (%s); using 1000 ms", exc)
+        return 1000
+
+
 def cdk_consumer_settings(part: str) -> tuple[int, float]:
     """Batch size and batching window of a deployed stream consumer, ``updater`` or ``archiver``
     (cdk.json, stage dev)."""
@@ -165,6 +176,8 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
     return {
         "REDIS_URL": cfg.redis_url,
         "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
+        # the updater runs in the scorer's process here: its own timeout, the deployed updater's
+        "UPDATER_REDIS_TIMEOUT_MS": str(cdk_updater_redis_timeout_ms()),
         "MODEL_STORE_URI": cfg.model_store_uri,
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
         "DEAD_LETTER_URI": cfg.dead_letter_uri,

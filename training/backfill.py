@@ -127,7 +127,8 @@ def backfill(
     if newest is None:
         newest = int(times.max()) if len(times) else 0
     since = backfill_window(store, newest)
-    tx = table.filter(pa.array(times >= since))
+    kept = times >= since
+    tx = table if kept.all() else table.filter(pa.array(kept))
     lab = labels.loc[labels["event_time"].to_numpy(dtype=np.int64) >= since]
     lab = lab.sort_values(["label_time", "trans_num"], kind="stable")
     older = lake_columns(profiles) if profiles is not None else None

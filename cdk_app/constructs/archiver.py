@@ -10,7 +10,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app.config import StageConfig
-from cdk_app.constructs.common import failed_batches_queue, log_group
+from cdk_app.constructs.common import failed_batches_queue
 from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import powertools_environment, vpc_function
 from cdk_app.constructs.network import Network
@@ -55,13 +55,10 @@ class EventArchiver(Construct):
             config=config,
             handler="handlers.archive_events.handler",
             description="archiver (stream -> event lake)",
-            memory_mb=cfg.memory_mb,
-            timeout_seconds=cfg.timeout_seconds,
-            reserved_concurrency=cfg.reserved_concurrency,
+            settings=cfg,
             layer=layer,
             network=network,
             security_group=network.archiver_sg if network else None,
-            log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
             extra_layers=(arrow_layer,),  # pyarrow for the lake writer
             layer_kinds=("xgboost", "arrow"),

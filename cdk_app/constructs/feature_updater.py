@@ -11,7 +11,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app.config import StageConfig
-from cdk_app.constructs.common import failed_batches_queue, log_group
+from cdk_app.constructs.common import failed_batches_queue
 from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
@@ -49,13 +49,10 @@ class FeatureUpdater(Construct):
             config=config,
             handler="handlers.update_features.handler",
             description="feature updater (stream -> Redis)",
-            memory_mb=cfg.memory_mb,
-            timeout_seconds=cfg.timeout_seconds,
-            reserved_concurrency=cfg.reserved_concurrency,
+            settings=cfg,
             layer=layer,
             network=network,
             security_group=network.updater_sg if network else None,
-            log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
         )
         feature_store.grant_connect(self.function)

@@ -12,10 +12,10 @@ import jsii
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_app.config import REPO_ROOT, Architecture, StageConfig
+from cdk_app.config import REPO_ROOT, Architecture, ScorerConfig, StageConfig, StreamConsumerConfig
+from cdk_app.constructs.common import log_group
 from cdk_app.constructs.layer import FALLBACK_IMAGE, lambda_architecture
 from cdk_app.constructs.network import Network
 from cdk_app.nag import acknowledge
@@ -104,19 +104,18 @@ def vpc_function(
     config: StageConfig,
     handler: str,
     description: str,
-    memory_mb: int,
-    timeout_seconds: int,
-    reserved_concurrency: int | None,
+    settings: ScorerConfig | StreamConsumerConfig,
     layer: lambda_.ILayerVersion,
     network: Network | None,
     security_group: ec2.ISecurityGroup | None,
-    log_group: logs.ILogGroup,
     environment: dict[str, str],
     extra_layers: tuple[lambda_.ILayerVersion, ...] = (),
     layer_kinds: tuple[build.LayerKind, ...] = ("xgboost",),
 ) -> lambda_.Function:
-    """``layer_kinds``: what ``layer`` and ``extra_layers`` are built from (bundled when the stage
-    says so, ``lambda_code``)."""
+    """A Python function of the project with its own role and log group (``Logs`` in ``scope``):
+    ``settings`` gives its memory, timeout, reserved concurrency and log retention; ``layer_kinds``
+    what ``layer`` and ``extra_layers`` are built from (bundled when the stage says so,
+    ``lambda_code``)."""
     # network None: a platform: localstack stage (no VPC there); the function runs outside any
     managed = "AWSLambdaVPCAccessExecutionRole" if network is not None else "AWSLambdaBasicExecutionRole"
     role = iam.Role(
@@ -147,15 +146,15 @@ def vpc_function(
         code=lambda_code(config, layer_kinds),
         layers=[layer, *extra_layers],
         description=f"{config.prefix} {description}",
-        memory_size=memory_mb,
-        timeout=cdk.Duration.seconds(timeout_seconds),
-        reserved_concurrent_executions=reserved_concurrency,
+        memory_size=settings.memory_mb,
+        timeout=cdk.Duration.seconds(settings.timeout_seconds),
+        reserved_concurrent_executions=settings.reserved_concurrency,
         role=role,
         vpc=network.vpc if network else None,
         vpc_subnets=network.app_subnets if network else None,
         security_groups=[security_group] if security_group else None,
         tracing=lambda_.Tracing.ACTIVE,
-        log_group=log_group,
+        log_group=log_group(scope, "Logs", config, settings.log_retention_days),
         environment=environment,
     )
     acknowledge(

@@ -139,13 +139,10 @@ class ScorerApi(Construct):
             config=config,
             handler="handlers.predict.handler",
             description="scorer (POST /predict, GET /health, POST /labels)",
-            memory_mb=cfg.memory_mb,
-            timeout_seconds=cfg.timeout_seconds,
-            reserved_concurrency=cfg.reserved_concurrency,
+            settings=cfg,
             layer=layer,
             network=network,
             security_group=network.scorer_sg if network else None,
-            log_group=log_group(self, "Logs", config, cfg.log_retention_days),
             environment=environment,
         )
         feature_store.grant_connect(self.function)

@@ -4,9 +4,10 @@ The updater's path (``RedisFeatureStore.apply``) costs ~45 us of Python per even
 events, script arguments packed one by one) and ~4 us of Redis per event (one ``redis.call`` per
 event inside the scripts). This writer builds the same state from Arrow columns:
 
-- members, keys and the commands' RESP bytes are built column-wise (pyarrow, numpy) with the
-  store's own encodings (``card_member_tails``, ``merchant_hash_codes``, ``tx_index.bulk_value_parts``);
-  Python touches each card and merchant, not each event;
+- members, keys and the commands' RESP bytes are built column-wise (numpy: ``byte_rows``) with
+  the store's own encodings (``card_member_tails``, ``merchant_hash_codes``,
+  ``tx_index.BulkValues``); Python touches each card, merchant and index bucket, not each
+  event (but for the index's content digest: one hashlib call per transaction);
 - a card's members go in with one native ``ZADD``, then the store's ``apply_card`` script in bulk
   mode (``-1`` events) derives the rest from the set (profile, older profile, trim, tiles, TTLs),
   in the same ``MULTI``/``EXEC``: no other client (the live updater) runs between the two, so
@@ -19,10 +20,11 @@ event inside the scripts). This writer builds the same state from Arrow columns:
   of a bucket's entries (the updater's values) and one ``EXPIREAT`` per bucket.
 
 Each ``MULTI``/``EXEC`` holds at most ``chunk`` events (the server runs one at a time: a few
-milliseconds at most). The commands go to each node through two connections (the store's and
-the index's; hiredis parses the replies), each fed by a thread while the caller encodes the next
-commands. On a Redis Cluster, a transaction holds the keys of one hash slot and goes to its node;
-a reply that is an error (a slot that moved, a node that restarted) fails the run: it is safe to run again.
+milliseconds at most). The commands go to each node through a connection of their own, sent by
+one thread and their replies read by another (hiredis parses them) while the caller encodes the
+next commands: the client's work overlaps the server's, and no chunk waits for its replies. On
+a Redis Cluster, a transaction holds the keys of one hash slot and goes to its node; a reply that
+is an error (a slot that moved, a node that restarted) fails the run: it is safe to run again.
 """
 
 import contextlib
@@ -43,15 +45,14 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from fraud_adapters import byte_rows
 from fraud_adapters.redis_store import (
     CorruptStateError,
     RedisFeatureStore,
     card_member_tails,
     merchant_hash_codes,
 )
-from fraud_adapters.tx_index import TransactionIndex, bulk_value_parts
-from fraud_core import spec
-from fraud_core.online import NO_DOB
+from fraud_adapters.tx_index import BulkValues, TransactionIndex
 from fraud_core.schemas import to_cents_array
 
 #: The columns ``BulkWriter.transactions`` reads (the lake's names and types,
@@ -112,38 +113,6 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _resp_rows(*fields: Any, head: bytes = b"", tail: bytes = b"") -> tuple[memoryview, list[int]]:
-    """Per row, ``head``, each field as a RESP bulk string, ``tail``, back to back: the bytes of
-    all rows and the offset of each row (row i is ``data[offsets[i]:offsets[i + 1]]``). A field is
-    an array of one value per row, or a list of such arrays and bytes that make the value."""
-    parts: list[Any] = [head]
-    for field in fields:
-        pieces = [_binary(p) for p in (field if isinstance(field, list) else [field])]
-        length: Any = sum(len(p) for p in pieces if isinstance(p, bytes))
-        for piece in pieces:
-            if not isinstance(piece, bytes):
-                length = pc.add(length, pc.binary_length(piece))
-        parts += [b"$", pc.cast(length, pa.string()).cast(pa.binary()), b"\r\n", *pieces, b"\r\n"]
-    parts.append(tail)
-    merged: list[Any] = []  # adjacent bytes as one input of the join
-    for part in parts:
-        if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
-            merged[-1] += part
-        elif not isinstance(part, bytes) or part:
-            merged.append(part)
-    joined = pc.binary_join_element_wise(*merged, b"")
-    offsets = np.frombuffer(
-        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
-    )
-    return memoryview(joined.buffers()[2]), offsets.tolist()
-
-
-def _binary(piece: Any) -> Any:
-    if isinstance(piece, bytes):
-        return piece
-    return (piece.combine_chunks() if isinstance(piece, pa.ChunkedArray) else piece).cast(pa.binary())
-
-
 def _groups(codes: np.ndarray[Any, Any]) -> tuple[list[int], list[int]]:
     """Starts and ends of the runs of equal values in sorted ``codes``."""
     if not len(codes):
@@ -154,7 +123,19 @@ def _groups(codes: np.ndarray[Any, Any]) -> tuple[list[int], list[int]]:
 
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[Any]]:
     encoded = column.combine_chunks().dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _newest_first(codes: np.ndarray[Any, Any], t: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The rows grouped by ``codes`` (ascending), each group's newest first (ties in any order):
+    one sort of a combined key where it fits in 62 bits, else a lexicographic sort."""
+    if not len(t):
+        return np.empty(0, dtype=np.int64)
+    low, high = int(t.min()), int(t.max())
+    span = high - low + 1
+    if (int(codes.max()) + 1) * span < 1 << 62:
+        return np.argsort(codes * span + (high - t))
+    return np.lexsort((-t, codes))
 
 
 def _raise_errors(replies: list[Any]) -> None:
@@ -181,6 +162,8 @@ class _Pipe:
         if timeout is not None:  # a reply may wait for every payload queued before it
             self._socket.settimeout(max(timeout, 60.0))
         self._window = window
+        self._buffer = bytearray(1 << 16)
+        self._view = memoryview(self._buffer)
         self._in_flight = 0
         self._space = threading.Condition()
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -247,10 +230,12 @@ class _Pipe:
                 self._space.notify_all()
 
     def _recv(self) -> bytes:
-        data = self._socket.recv(1 << 20)
-        if not data:
+        """The next bytes the server sent (read into a buffer reused by each call: no 1 MB
+        allocation per read)."""
+        size = self._socket.recv_into(self._buffer)
+        if not size:
             raise redis.ConnectionError("the connection to Redis closed during the bulk write")
-        return data
+        return bytes(self._view[:size])
 
     def _read(self, n: int) -> Any:
         raise NotImplementedError
@@ -296,7 +281,7 @@ class BulkWriter:
         self.counts = BulkCounts()
         self._lock = threading.Lock()
         self._done = 0
-        self._pipes: dict[tuple[str, bool], _Pipe] = {}
+        self._pipes: dict[str, _Pipe] = {}
         self._sha = {name: store.script(name)[1].encode() for name in ("apply_card", "apply_merchant")}
         self._head = {name: [str(x).encode() for x in store.script_head(name)] for name in self._sha}
         self._cluster = isinstance(store.client, RedisCluster)
@@ -313,17 +298,17 @@ class BulkWriter:
             return [client.get_redis_connection(node) for node in nodes]
         return [client]
 
-    def _pipe(self, key: bytes, index: bool = False) -> _Pipe:
-        """The pipe to the node of ``key`` (any key on one redis-server): the store's or the index's."""
+    def _pipe(self, key: bytes) -> _Pipe:
+        """The pipe to the node of ``key`` (the one redis-server if not a cluster)."""
         client = self.store.client
         if isinstance(client, RedisCluster):
             node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
             name, node_client = node.name, client.get_redis_connection(node)
         else:
             name, node_client = "", client
-        pipe = self._pipes.get((name, index))
+        pipe = self._pipes.get(name)
         if pipe is None:
-            pipe = self._pipes[(name, index)] = _ParsedPipe(node_client)
+            pipe = self._pipes[name] = _ParsedPipe(node_client)
         return pipe
 
     def _slot(self, key: bytes) -> int:
@@ -364,8 +349,8 @@ class BulkWriter:
         columns = _Columns(table.select(list(TRANSACTION_COLUMNS)).cast(TRANSACTION_SCHEMA).combine_chunks())
         work = [self._cards(columns), self._merchants(columns)]
         if self.index is not None:
-            rows = np.arange(table.num_rows) if indexed is None else np.flatnonzero(indexed)
-            work.append(self._index(self.index, columns.table.take(pa.array(rows))))
+            rows = None if indexed is None else np.flatnonzero(indexed)
+            work.append(self._index(self.index, columns, rows))
         while work:  # a slab of each in turn: Redis gets every kind of work from the start
             for slabs in list(work):
                 if not next(slabs, False):
@@ -375,26 +360,34 @@ class BulkWriter:
         store = self.store
         # each card's events newest first: its first call knows its retention point, and a
         # listpack takes the members at its head
-        order = np.lexsort((-columns.t, columns.card_codes))
+        order = _newest_first(columns.card_codes, columns.t)
         codes = columns.card_codes[order]
         starts, ends = _groups(codes)
         sizes = np.subtract(ends, starts)
         busy = sizes > store.write_chunk if store.tile_threshold >= 0 else np.zeros(len(sizes), dtype=bool)
-        plain = order[~np.repeat(busy, sizes)]  # the other cards' rows, card by card
+        plain = order[~np.repeat(busy, sizes)] if busy.any() else order  # the other cards' rows
         yield from self._keyed_slabs("apply_card", columns, plain, columns.card_codes, self._card_keys)
         # busy cards: the script's own path, their tiles kept event by event
+        dobs = byte_rows.resp(columns.dobs()) if busy.any() else []
         for g in np.flatnonzero(busy).tolist():
             rows = order[starts[g] : ends[g]]
             keys = self._card_keys(columns.cards[columns.card_codes[rows[0]]])
-            data, offsets = _resp_rows(
-                columns.times(rows), columns.members(rows), columns.trans_nums(rows), columns.dobs(rows)
+            data, offsets = byte_rows.join(
+                [
+                    *columns.score,
+                    *columns.member,
+                    *byte_rows.resp(columns.trans_num),
+                    *dobs,
+                ],
+                rows,
             )
+            view, at = memoryview(data), offsets.tolist()
             for first in range(0, len(rows), store.write_chunk):
-                self._apply_call(keys, data, offsets, first, min(first + store.write_chunk, len(rows)))
+                self._apply_call(keys, view, at, first, min(first + store.write_chunk, len(rows)))
             yield True
 
     def _merchants(self, columns: "_Columns") -> Iterator[bool]:
-        order = np.lexsort((-columns.t, columns.merchant_codes))
+        order = _newest_first(columns.merchant_codes, columns.t)
         yield from self._keyed_slabs(
             "apply_merchant", columns, order, columns.merchant_codes, self._merchant_keys
         )
@@ -410,16 +403,16 @@ class BulkWriter:
         """Rows in ``order`` (grouped by key: ``codes``) written by ZADD + ``name`` in bulk mode,
         a slab of about ``SLAB`` rows at a time."""
         values = columns.cards if name == "apply_card" else columns.merchants
+        member = columns.member if name == "apply_card" else byte_rows.resp(columns.trans_num)
         starts, ends = _groups(codes[order])
         for slab in _slabs(np.subtract(ends, starts).tolist()):
             first, last = starts[slab[0]], ends[slab[-1]]
-            rows = order[first:last]
-            member = columns.members(rows) if name == "apply_card" else columns.trans_nums(rows)
-            data, offsets = _resp_rows(columns.times(rows), member)
+            data, offsets = byte_rows.join([*columns.score, *member], order[first:last])
             keys = [keys_of(values[codes[order[starts[g]]]]) for g in slab]
             sizes = [ends[g] - starts[g] for g in slab]
+            view, at = memoryview(data), offsets.tolist()
             for batch in _packed(self._pieces(keys, sizes), self.chunk):
-                self._bulk_call(name, batch, data, offsets)
+                self._bulk_call(name, batch, view, at)
             yield True
 
     def _card_keys(self, card: str) -> _Keys:
@@ -446,32 +439,42 @@ class BulkWriter:
             pieces.sort(key=lambda piece: piece[0].slot)  # stable: a key's pieces stay in order
         return pieces
 
-    def _index(self, index: TransactionIndex, table: pa.Table) -> Iterator[bool]:
-        """The entries of ``table``'s rows into their buckets of the current generation: per
-        bucket, one ``HSET`` of its fields (at most ``chunk`` per command) and one ``EXPIREAT``."""
+    def _index(
+        self, index: TransactionIndex, columns: "_Columns", indexed: np.ndarray[Any, Any] | None
+    ) -> Iterator[bool]:
+        """The entries of the rows ``indexed`` (default: all) into their buckets of the current
+        generation: per bucket, one ``HSET`` of its fields (at most ``chunk`` per command) and
+        one ``EXPIREAT``."""
         generation = index.generation()
         tail = _bulk(str(index.expire_at(generation)).encode())
-        trans_num = table["trans_num"].combine_chunks()
-        ids = trans_num.cast(pa.binary()).to_pylist()
-        buckets = np.fromiter(map(zlib.crc32, ids), dtype=np.int64, count=len(ids)) % index.buckets
-        order = np.argsort(buckets, kind="stable")  # a bucket's rows together
-        rows = table.take(pa.array(order))
+        ids = columns.table["trans_num"].cast(pa.binary())
+        if indexed is not None:
+            ids = ids.take(pa.array(indexed))
+        crcs = map(zlib.crc32, ids.to_numpy(zero_copy_only=False))
+        buckets = np.fromiter(crcs, dtype=np.int64, count=len(ids)) % index.buckets
+        order = np.argsort(buckets.astype(np.uint16) if index.buckets <= 1 << 16 else buckets, kind="stable")
         codes = buckets[order]
+        if indexed is not None:
+            order = indexed[order]
+        values = columns.values
         starts, ends = _groups(codes)
         for slab in _slabs(np.subtract(ends, starts).tolist()):
-            first, last = starts[slab[0]], ends[slab[-1]]
-            part = rows.slice(first, last - first)
-            data, offsets = _resp_rows(part["trans_num"], bulk_value_parts(part))
+            rows = order[starts[slab[0]] : ends[slab[-1]]]  # a bucket's rows together
+            first = starts[slab[0]]
+            data, offsets = byte_rows.join(
+                [*byte_rows.resp(columns.trans_num.take(rows)), *byte_rows.resp(*values.parts(rows))]
+            )
+            view, at = memoryview(data), offsets.tolist()
             payloads: dict[_Pipe, list[bytes | memoryview]] = defaultdict(list)
             counts: dict[_Pipe, list[int]] = defaultdict(lambda: [0, 0])  # replies, rows
             for g in slab:
                 key = index.bucket_key(int(codes[starts[g]]), generation).encode()
-                pipe = self._pipe(key, index=True)
+                pipe = self._pipe(key)
                 out, count = payloads[pipe], counts[pipe]
                 for lo in range(starts[g] - first, ends[g] - first, self.chunk):
                     hi = min(lo + self.chunk, ends[g] - first)
                     out.append(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (hi - lo)) + _bulk(key))
-                    out.append(data[offsets[lo] : offsets[hi]])
+                    out.append(view[at[lo] : at[hi]])
                     count[0] += 1
                 out.append(b"*3\r\n$8\r\nEXPIREAT\r\n" + _bulk(key) + tail)
                 count[0] += 1
@@ -566,45 +569,34 @@ class BulkWriter:
 
 
 class _Columns:
-    """A table of transactions (``TRANSACTION_COLUMNS``) and its encoded columns, taken by rows."""
+    """A table of transactions (``TRANSACTION_COLUMNS``) and its encoded columns
+    (``byte_rows``: one value per row): ``score``, the RESP bulk string of the transaction time;
+    ``member``, of its card member (``card_member``: trans_num, NUL, the 56-byte tail);
+    ``values``, the index values (``tx_index.BulkValues``, whose columns these reuse)."""
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table
-        self.t = table["event_time"].to_numpy().astype(np.int64, copy=False)
+        self.values = BulkValues(table)
+        head = self.values.head
+        self.t = head["t"]
         self.card_codes, self.cards = _codes(table["card"])
         self.merchant_codes, self.merchants = _codes(table["merchant"])
-        category_codes, categories = _codes(table["category"])
-        dob = table["dob"].combine_chunks()
-        dob_day = pc.fill_null(dob.cast(pa.int32()), 0).to_numpy().astype(np.int64)
-        dob_day[dob.is_null().to_numpy(zero_copy_only=False)] = NO_DOB
-        self.tails = card_member_tails(
+        tails = card_member_tails(
             t=self.t,
-            cents=to_cents_array(table["amt"].to_numpy()),
-            category=np.array([spec.CATEGORY_CODE[c] for c in categories], dtype=np.int64)[category_codes],
-            merch_lat=table["merch_lat"].to_numpy(),
-            merch_long=table["merch_long"].to_numpy(),
+            cents=to_cents_array(head["amt"]),
+            category=head["category"],
+            merch_lat=head["merch_lat"],
+            merch_long=head["merch_long"],
             merchant=merchant_hash_codes(self.merchants)[self.merchant_codes],
-            dob_day=dob_day,
+            dob_day=head["dob_day"],
         )
+        self.trans_num = self.values.trans_num
+        self.score = byte_rows.resp(self.values.time)
+        self.member = byte_rows.resp(self.trans_num, b"\0", byte_rows.fixed(tails))
 
-    def times(self, rows: np.ndarray[Any, Any]) -> pa.Array:
-        return pc.cast(pa.array(self.t[rows]), pa.string())
-
-    def trans_nums(self, rows: np.ndarray[Any, Any]) -> pa.Array:
-        return self.table["trans_num"].take(pa.array(rows)).combine_chunks()
-
-    def members(self, rows: np.ndarray[Any, Any]) -> pa.Array:
-        """``card_member``: trans_num, NUL, the 56-byte tail."""
-        tails = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(56), len(rows), [None, pa.py_buffer(self.tails[rows].tobytes())]
-        )
-        return pc.binary_join_element_wise(
-            self.trans_nums(rows).cast(pa.binary()), tails.cast(pa.binary()), b"\0"
-        )
-
-    def dobs(self, rows: np.ndarray[Any, Any]) -> pa.Array:
+    def dobs(self) -> byte_rows.Texts:
         """The dob argument of ``apply_card``: ISO (``date.isoformat``), '' when unknown."""
-        return pc.fill_null(self.table["dob"].take(pa.array(rows)).combine_chunks().cast(pa.string()), "")
+        return byte_rows.texts(pc.fill_null(self.table["dob"].combine_chunks().cast(pa.string()), ""))
 
 
 def _slabs(sizes: list[int]) -> Iterator[list[int]]:

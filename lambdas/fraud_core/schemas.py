@@ -97,6 +97,16 @@ class _Strict(BaseModel):
 class PredictRequest(_Strict):
     """A card transaction to score (``POST /predict``)."""
 
+    # the document states the rule ``_one_card_id`` enforces: exactly one of the two is a string
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["cc_num"], "properties": {"cc_num": {"type": "string"}}},
+                {"required": ["customer_id"], "properties": {"customer_id": {"type": "string"}}},
+            ]
+        }
+    )
+
     transaction_id: TransactionId = Field(
         default_factory=lambda: uuid.uuid4().hex, description="Your id; generated when omitted."
     )

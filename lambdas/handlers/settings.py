@@ -21,6 +21,9 @@ class Settings(BaseModel):
     redis_cluster: bool = False
     redis_auth_secret_arn: str | None = None
     redis_timeout_ms: int = Field(default=50, gt=0)
+    #: the updater's own Redis timeout where it shares the process environment with the scorer
+    #: (the local stack); unset: ``REDIS_TIMEOUT_MS`` (each deployed function has its own)
+    updater_redis_timeout_ms: int | None = Field(default=None, gt=0)
     card_hash_key: str = DEV_CARD_HASH_KEY
     card_hash_key_secret_arn: str | None = None
     model_store_uri: str = "data/model_store"

@@ -45,9 +45,12 @@ UPDATER_REDIS_TIMEOUT_MS = 1000
 
 
 def updater_redis_timeout_ms() -> int:
-    """``REDIS_TIMEOUT_MS`` when set (the CDK sets ``updater.redis_timeout_ms``), else 1000 ms: the
-    scorer's 50 ms default is too short for a batch's pipeline."""
+    """``UPDATER_REDIS_TIMEOUT_MS`` (the local stack, whose updater shares the scorer's
+    environment), else ``REDIS_TIMEOUT_MS`` when set (the CDK sets ``updater.redis_timeout_ms``),
+    else 1000 ms: the scorer's 50 ms default is too short for a batch's pipeline."""
     cfg = settings()
+    if cfg.updater_redis_timeout_ms is not None:
+        return cfg.updater_redis_timeout_ms
     return cfg.redis_timeout_ms if "redis_timeout_ms" in cfg.model_fields_set else UPDATER_REDIS_TIMEOUT_MS
 
 

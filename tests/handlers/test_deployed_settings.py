@@ -37,6 +37,27 @@ def test_the_updater_honours_redis_timeout_ms(monkeypatch: pytest.MonkeyPatch, c
     assert update_features.updater_redis_timeout_ms() == update_features.UPDATER_REDIS_TIMEOUT_MS
 
 
+def test_in_the_local_stack_the_updater_keeps_its_own_timeout_beside_the_scorers(
+    monkeypatch: pytest.MonkeyPatch, clean_settings: None
+) -> None:
+    # given one process environment for the scorer and the updater (the local stack's)
+    from local_stack.stack import StackConfig, cdk_updater_redis_timeout_ms, handler_environment
+
+    env = handler_environment(StackConfig.on_free_ports(Path("unused")))
+    for key in ("REDIS_TIMEOUT_MS", "UPDATER_REDIS_TIMEOUT_MS", "REDIS_URL"):
+        monkeypatch.setenv(key, env[key])
+    # then the updater's Redis client waits as long as the deployed updater's, the scorer's as its own
+    assert update_features.updater_redis_timeout_ms() == cdk_updater_redis_timeout_ms() >= 1000
+    updater = bootstrap.feature_store(update_features.updater_redis_timeout_ms()).client
+    scorer = bootstrap.feature_store().client
+    assert isinstance(updater, redis.Redis)
+    assert isinstance(scorer, redis.Redis)
+    assert (
+        updater.connection_pool.connection_kwargs["socket_timeout"] == cdk_updater_redis_timeout_ms() / 1000
+    )
+    assert scorer.connection_pool.connection_kwargs["socket_timeout"] == int(env["REDIS_TIMEOUT_MS"]) / 1000
+
+
 def test_metrics_carry_the_service_name_the_alarms_filter_on() -> None:
     # the CDK sets POWERTOOLS_SERVICE_NAME from the stage's service_name, the alarms' dimension
     code = (

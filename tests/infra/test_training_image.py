@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import tiny_training_args
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
 UNPRIVILEGED = 65534  # nobody
@@ -32,18 +34,7 @@ AS_UNPRIVILEGED = [
     "--inh-caps=-all,+dac_read_search",
     "--ambient-caps=-all,+dac_read_search",
 ]
-TINY = [
-    "--set",
-    "source.n_cards=60",
-    "--set",
-    "source.n_days=60",
-    "--set",
-    "tuning.n_trials=1",
-    "--set",
-    "tuning.n_folds=2",
-    "--set",
-    "tuning.max_rounds=20",
-]
+TINY = tiny_training_args(max_rounds=20)
 
 
 @dataclass

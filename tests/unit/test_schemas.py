@@ -1,5 +1,7 @@
 """The models where data enters and leaves: what they show of card numbers."""
 
+from typing import Any
+
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
@@ -59,3 +61,30 @@ def test_a_label_body_is_one_label_or_a_batch() -> None:
     assert isinstance(batch, LabelBatchRequest)
     with pytest.raises(ValidationError, match="is_fraud"):
         body.validate_json('{"transaction_id": "t1", "is_fraud": "true"}')  # JSON booleans only
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {"cc_num": "4111111111111111"},
+        {"customer_id": "cust-1"},
+        {"cc_num": "4111111111111111", "customer_id": "cust-1"},
+        {},
+        {"cc_num": None, "customer_id": "cust-1"},
+        {"cc_num": "4111111111111111", "customer_id": None},
+        {"cc_num": None, "customer_id": None},
+    ],
+    ids=["cc", "customer", "both", "neither", "cc-null", "customer-null", "both-null"],
+)
+def test_the_json_schema_states_the_one_card_id_rule_as_the_model_enforces_it(ids: dict[str, Any]) -> None:
+    import jsonschema  # type: ignore[import-untyped]  # schemathesis depends on it
+
+    body = a_request().model_dump(mode="json", exclude={"cc_num", "customer_id"}) | ids
+    try:
+        PredictRequest.model_validate(body)
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    schema_ok = jsonschema.Draft202012Validator(PredictRequest.model_json_schema()).is_valid(body)
+    assert schema_ok == model_ok
+    assert model_ok == (len([v for v in ids.values() if v is not None]) == 1)

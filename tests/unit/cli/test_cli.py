@@ -10,22 +10,12 @@ from typer.testing import CliRunner
 from fraud_adapters.blobs import LocalBlobStore
 from fraud_adapters.model_store import ModelStore
 from fraudsys_cli import app
+from tests.support.cli import tiny_training_args
 from training.config import DEFAULT_CONFIG, load_config
 from training.registry import Registry
 
 runner = CliRunner()
-TINY = [
-    "--set",
-    "source.n_cards=60",
-    "--set",
-    "source.n_days=60",
-    "--set",
-    "tuning.n_trials=1",
-    "--set",
-    "tuning.n_folds=2",
-    "--set",
-    "tuning.max_rounds=30",
-]
+TINY = tiny_training_args(max_rounds=30)
 
 
 @pytest.mark.slow
