@@ -1,5 +1,6 @@
 """Starting and supervising the local parts on 127.0.0.1: redis-server, the tansu Kafka-protocol
-broker, the MLflow server and the moto S3 server. Each writes its log under ``<run_dir>/logs``.
+broker, the MLflow server and the local S3 (``local_stack.s3_server``: objects on disk; moto's
+server, in memory, for throwaway uses). Each writes its log under ``<run_dir>/logs``.
 For tests, ``redis_cluster()`` also starts a real Redis Cluster (three masters by default)."""
 
 import contextlib
@@ -250,7 +251,20 @@ def start_kafka(
     return _start("kafka", argv, port, log_dir, 30, env)
 
 
+def start_s3(port: int, data_dir: Path, log_dir: Path | None = None) -> Service:
+    """The local S3 with its objects on disk in ``data_dir`` (``local_stack.s3_server``): what it
+    acknowledged survives a kill -9 and a restart."""
+    return _start(
+        "s3",
+        [sys.executable, "-m", "local_stack.s3_server", "--port", str(port), "--dir", str(data_dir)],
+        port,
+        log_dir,
+        30,
+    )
+
+
 def start_moto(port: int, log_dir: Path | None = None) -> Service:
+    """moto's S3 server, objects in memory (tests that need a throwaway S3)."""
     return _start(
         "moto-s3",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -478,9 +492,10 @@ class Supervisor:
                 entry.service.stop()
             entry.service = entry.start()
             entry.state, entry.attempts = "up", []
-            if entry.after_restart is not None:
-                entry.after_restart()
-            entry.hook_pending = False
+            # what follows a restart; while it fails (redis-server still loading its append-only
+            # file answers BUSY LOADING) the watcher runs it again
+            entry.hook_pending = True
+            self._after_restart(entry)
             return entry.service
 
     def stop(self) -> None:

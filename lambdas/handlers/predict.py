@@ -21,6 +21,10 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
+    OpenAPIRequestValidationMiddleware,
+)
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
@@ -183,6 +187,32 @@ def _refused_time(exc: TimeGuardError) -> Response[Any]:
     return _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), detail)
 
 
+#: Powertools' request validation, for every body ``_predict_request`` does not take itself
+_validate_request = OpenAPIRequestValidationMiddleware()  # type: ignore[no-untyped-call]
+
+
+def _predict_request(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """The body of ``POST /predict`` as a ``PredictRequest``, validated once (route middleware).
+
+    A valid body is taken as Powertools' validation middleware takes it: the resolver's
+    ``json_body`` validated by the model (``from_attributes``, as its ``ModelField.validate``),
+    passed as ``request``; without the middleware's per-request walk over the path, query, header
+    and cookie parameters this route does not have, nor the re-validation of the answer (the
+    route returns the dict that serialization gave). Every other body (one that does not
+    validate, a JSON list, another content type) goes through Powertools' middleware itself, so
+    every 4xx and its message are Powertools' own (tests/handlers/test_predict_validation.py).
+    """
+    content_type = app.current_event.headers.get("content-type", "").strip()
+    if not content_type or content_type.startswith(content_types.APPLICATION_JSON):
+        try:
+            request = PredictRequest.model_validate(app.current_event.json_body, from_attributes=True)
+        except Exception:  # Powertools below answers it: the same 4xx as before
+            return _validate_request.handler(app, next_middleware)
+        app.context["_route_args"] = {"request": request}
+        return next_middleware(app)
+    return _validate_request.handler(app, next_middleware)
+
+
 @app.post(
     "/predict",
     summary="Score one card transaction",
@@ -191,8 +221,10 @@ def _refused_time(exc: TimeGuardError) -> Response[Any]:
         422: {"description": "Invalid request, or transaction_time outside the time guard"},
         503: {"description": "No champion model, or the request's deadline passed (Retry-After)"},
     },
+    enable_validation=False,  # _predict_request validates the body (the OpenAPI document is the same)
+    middlewares=[_predict_request],
 )
-def predict(request: PredictRequest) -> PredictResponse:
+def predict(request: PredictRequest) -> Response[PredictResponse]:
     received = datetime.now(UTC)
     cfg = settings()
     refused = timeguard.request_refusal(
@@ -235,7 +267,9 @@ def predict(request: PredictRequest) -> PredictResponse:
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
     _publish(request, received, min(PUBLISH_TIMEOUT_SECONDS, remaining))
     freeze_startup_objects()
-    return response
+    # the body as Powertools' response validation serialized the model (its dict for the JSON)
+    body: Any = response.model_dump(mode="json")
+    return Response(HTTPStatus.OK.value, content_types.APPLICATION_JSON, body)
 
 
 def _publish(request: PredictRequest, received: datetime, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:

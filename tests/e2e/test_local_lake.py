@@ -1,9 +1,11 @@
 """The local stack's event lake: events published to the local broker are archived by the real
 archiver (its own process, its own consumer group) into the local S3, every event once across the
-archiver's redelivery, and the lake is still there after the stack went down and came up."""
+archiver's redelivery, and the lake is still there after the stack went down and came up (the
+local S3 keeps it on disk)."""
 
 import io
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -82,8 +84,10 @@ def test_the_lake_lives_in_the_local_s3_and_survives_a_restart(stack_config: Sta
     finally:
         stack.down()
     assert (stack_config.s3_snapshot_dir / LAKE_BUCKET / "archive" / "events").is_dir()
+    # (the copy of the last `down` is for reading only: the local S3 keeps its objects on disk)
+    shutil.rmtree(stack_config.s3_snapshot_dir)
 
-    # when the stack comes up again (a new, empty moto server)
+    # when the stack comes up again (a new S3 server process on the same folder)
     stack = LocalStack(stack_config).up()
     try:
         # then the lake is back, unchanged
