@@ -1,4 +1,5 @@
-"""Shared bench helpers: timing statistics, result tables, JSON output, the Lambda environment."""
+"""Shared bench helpers: timing statistics, result tables, JSON output, the Lambda environment,
+and the processes of a process tree (from /proc)."""
 
 import argparse
 import json
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,3 +252,76 @@ def lambda_env(redis_port: int, workdir: Path, label_delay: int, timeout_ms: int
                 os.environ[key] = value
         bootstrap.reset()
         predict.scorer.cache_clear()
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (``fields[1]`` is the parent's pid,
+    ``fields[11:13]`` user and system CPU ticks); OSError when the process is gone."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, following each process's parent link in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            children.setdefault(int(_proc_stat(int(entry))[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(_proc_stat(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_usage(pid: int) -> tuple[int, float] | None:
+    """(RSS bytes, user + system CPU seconds of all its threads) of one process; None if gone."""
+    try:
+        fields = _proc_stat(pid)
+        with open(f"/proc/{pid}/statm") as statm:
+            rss = int(statm.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+    return rss, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+# What a process of the local stack is, from its command line: (label, a word of its argv).
+_STACK_PROCESSES = (
+    ("redis-server", "redis-server"),
+    ("broker (tansu)", "tansu"),
+    ("S3 (moto)", "moto.server"),
+    ("MLflow", "mlflow"),
+    ("archiver", "archiver_main"),
+    ("API worker", "multiprocessing.spawn"),
+    ("multiprocessing resource tracker", "resource_tracker"),
+    ("API process (bench server)", "--serve"),
+)
+
+
+def process_label(pid: int) -> str:
+    """A readable name of a local-stack process (``_STACK_PROCESSES``), else its executable's."""
+    argv = process_cmdline(pid)
+    for label, word in _STACK_PROCESSES:
+        if any(word in part for part in argv):
+            return label
+    return Path(argv[0]).name if argv else "?"

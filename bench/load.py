@@ -1,11 +1,31 @@
 """Load test of the local API at twice the target rate (default 400 requests/s for 3 minutes),
 or (``--sweep``) an overload sweep: open-loop phases at each rate, then a burst and a probe.
 
-The same setup as ``bench.http_latency`` (API process with the local stack, a trained champion,
-Redis holding ~1,200 cards), then one open-loop run at ``--rate`` on keep-alive connections.
-Reported: errors (must be 0, including requests never sent because every connection was still
-busy at the end), achieved rate, latency percentiles per ``--window`` seconds (must stay stable),
-and the RSS and CPU of the API process sampled every ``--rss-interval`` seconds (must not grow).
+The same setup as ``bench.http_latency`` (``bench.http.server``: the API process with the local
+stack, a trained champion, Redis holding ~1,200 cards), then one open-loop run at ``--rate`` on
+keep-alive connections. Reported: errors (must be 0, including requests never sent because
+every connection was still busy at the end), achieved rate, latency percentiles per ``--window``
+seconds (HTTP from send, and the handler's own time from the answers' ``Server-Timing``; must
+stay stable), and the RSS and CPU of every process of the stack -- the API process and all its
+descendants (redis-server, the tansu broker, the moto S3 server, the archiver, API workers,
+MLflow if any), found by their parent links in /proc at each sample -- every
+``--rss-interval`` seconds (must not grow).
+
+The rules, fixed before any run:
+
+* a process's memory is *flat* when the least-squares slope of its RSS over the last
+  ``FLAT_MINUTES`` (20) minutes of the run (over all of it after the first window when the run is
+  shorter than that plus one window), times that span, is less than ``FLAT_SHARE`` (5 %) of its
+  mean RSS over the span, or less than ``FLAT_FLOOR_MB`` (5 MB) when that is larger; reported per
+  process: RSS at the end of the first window and at the end, growth between them, slope (MB/min);
+* the handler p99 is *flat* when no window after the first has a handler p99 above
+  ``P99_FLAT_FACTOR`` (1.5) times the median window's, plus 1 ms (the first window holds the
+  warm-up of a fresh process); the HTTP p99's verdict (``latency_stable``) is max < 2 x min + 1 ms.
+
+The soak (issue 19's proof: 30 minutes at a rate well below the knee of one API process)::
+
+    uv run python -m bench.load --rate 100 --minutes 30 --window 300 --api-workers 1 \
+        --publish-mode background --profile-seconds 0 --json soak.json
 
 With ``--profile-seconds N`` (default 20) and py-spy on the PATH
 (``uv run --with py-spy python -m bench.load``), py-spy samples the threads of the API process
@@ -27,6 +47,7 @@ a 200, or slower than ``--good-ms`` from its scheduled time); 0 when the probe n
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -36,31 +57,22 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import write_json
-from bench.http_latency import (
-    Run,
-    Server,
-    add_server_args,
-    api_server,
-    cpu_seconds,
-    machine,
-    open_loop,
-    phase_row,
-    rss_mb,
-    server_options,
-    table,
-    warm_up,
-    workdir_of,
-)
+from bench.common import environment, process_label, process_tree, process_usage, write_json
+from bench.http.analysis import Run, machine, phase_row, table
+from bench.http.client import open_loop, warm_up
+from bench.http.server import Server, add_server_args, api_server, rss_mb, server_options, workdir_of
 
-MAX_MINUTES = 15.0
-RSS_GROWTH_LIMIT_MB = 20.0  # from the end of the first window to the end of the run
+MAX_MINUTES = 60.0
+FLAT_MINUTES = 20.0  # memory: the slope is taken over the run's last 20 minutes
+FLAT_SHARE = 0.05  # ... and times that span must stay under 5 % of the level
+FLAT_FLOOR_MB = 5.0  # ... or under 5 MB, whichever is larger
+P99_FLAT_FACTOR = 1.5  # handler p99: no window after the first above 1.5 x the median window + 1 ms
 # Where the API process spends its GIL time: (label, frame name as printed by py-spy).
 PROFILE_GROUPS = (
     (
@@ -86,24 +98,41 @@ PROFILE_GROUPS = (
 
 
 class Sampler:
-    """RSS and CPU time of a process every ``interval`` seconds, in a thread."""
+    """RSS and CPU time of every process in the tree under ``root`` (the API process and all its
+    descendants) every ``interval`` seconds, in a thread; and the 1-minute load average."""
 
-    def __init__(self, pid: int, interval: float) -> None:
-        self.pid, self.interval = pid, interval
-        self.samples: list[dict[str, float]] = []
+    def __init__(self, root: int, interval: float) -> None:
+        self.root, self.interval = root, interval
+        self.series: dict[int, dict[str, Any]] = {}  # pid -> label, t_s, rss_mb, cpu_s
+        self.samples: list[dict[str, float]] = []  # the API process and its API workers, summed
+        self.loadavg: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._t0 = time.perf_counter()
 
+    def _sample(self) -> None:
+        t = time.perf_counter() - self._t0
+        api_rss = api_cpu = 0.0
+        for pid in process_tree(self.root):
+            usage = process_usage(pid)
+            if usage is None:
+                continue
+            series = self.series.get(pid)
+            if series is None:
+                series = {"pid": pid, "label": process_label(pid), "t_s": [], "rss_mb": [], "cpu_s": []}
+                self.series[pid] = series
+            series["t_s"].append(t)
+            series["rss_mb"].append(usage[0] / 2**20)
+            series["cpu_s"].append(usage[1])
+            if pid == self.root or series["label"] == "API worker":
+                api_rss += usage[0] / 2**20
+                api_cpu += usage[1]
+        self.samples.append({"t_s": t, "rss_mb": api_rss, "cpu_s": api_cpu})
+        self.loadavg.append(os.getloadavg()[0])
+
     def _run(self) -> None:
         while True:
-            self.samples.append(
-                {
-                    "t_s": time.perf_counter() - self._t0,
-                    "rss_mb": rss_mb(self.pid),
-                    "cpu_s": cpu_seconds(self.pid),
-                }
-            )
+            self._sample()
             if self._stop.wait(self.interval):
                 return
 
@@ -117,25 +146,68 @@ class Sampler:
         self._thread.join(10)
 
     def summary(self, first_window: float) -> dict[str, Any]:
-        t = np.array([s["t_s"] for s in self.samples])
-        rss = np.array([s["rss_mb"] for s in self.samples])
-        cpu = np.array([s["cpu_s"] for s in self.samples])
-        if len(t) < 2:
-            return {"samples": len(t)}
-        after = rss[t >= first_window]
-        baseline = float(after[0]) if len(after) else float(rss[0])
-        slope = float(np.polyfit(t[t >= first_window], after, 1)[0] * 60) if len(after) >= 3 else float("nan")
+        """The API process with its workers (``rss``), every process (``processes``), the load."""
+        t = [s["t_s"] for s in self.samples]
+        processes = [
+            {"label": s["label"], "pid": s["pid"]}
+            | memory_summary(s["t_s"], s["rss_mb"], s["cpu_s"], first_window)
+            for s in sorted(self.series.values(), key=lambda s: (s["label"], s["pid"]))
+        ]
+        load = np.asarray(self.loadavg) if self.loadavg else np.asarray([np.nan])
         return {
-            "samples": len(t),
-            "interval_s": self.interval,
-            "rss_start_mb": float(rss[0]),
-            "rss_after_first_window_mb": baseline,
-            "rss_end_mb": float(rss[-1]),
-            "rss_max_mb": float(rss.max()),
-            "rss_growth_after_first_window_mb": float(rss[-1]) - baseline,
-            "rss_slope_after_first_window_mb_per_min": slope,
-            "cpu_pct_mean": float(100 * (cpu[-1] - cpu[0]) / (t[-1] - t[0])),
+            "rss": memory_summary(
+                t, [s["rss_mb"] for s in self.samples], [s["cpu_s"] for s in self.samples], first_window
+            ),
+            "processes": processes,
+            "loadavg_1m": {
+                "first": float(load[0]),
+                "median": float(np.median(load)),
+                "max": float(load.max()),
+                "last": float(load[-1]),
+            },
         }
+
+
+def memory_summary(
+    times: Sequence[float], rss_mb: Sequence[float], cpu_s: Sequence[float], first_window: float
+) -> dict[str, Any]:
+    """RSS at the end of the first window, at the end, the growth between, the slope over the last
+    ``FLAT_MINUTES`` and whether it is flat (the module's rule); mean CPU."""
+    t, rss, cpu = (np.asarray(a, dtype=np.float64) for a in (times, rss_mb, cpu_s))
+    if len(t) < 2:
+        return {"samples": len(t)}
+    after = t >= min(first_window, t[-1])
+    baseline = float(rss[after][0])
+    span = (t >= max(first_window, t[-1] - 60 * FLAT_MINUTES)) if t[-1] > first_window else after
+    out: dict[str, Any] = {
+        "samples": len(t),
+        "seen_s": [float(t[0]), float(t[-1])],
+        "rss_start_mb": float(rss[0]),
+        "rss_after_first_window_mb": baseline,
+        "rss_end_mb": float(rss[-1]),
+        "rss_max_mb": float(rss.max()),
+        "rss_growth_after_first_window_mb": float(rss[-1]) - baseline,
+        "cpu_pct_mean": float(100 * (cpu[-1] - cpu[0]) / (t[-1] - t[0])),
+    }
+    if span.sum() >= 3:
+        minutes = float(t[span][-1] - t[span][0]) / 60
+        slope = float(np.polyfit(t[span] / 60, rss[span], 1)[0])  # MB per minute
+        limit = max(FLAT_SHARE * float(rss[span].mean()), FLAT_FLOOR_MB)
+        out |= {
+            "slope_span_min": minutes,
+            "rss_slope_mb_per_min": slope,
+            "flat_limit_mb": limit,
+            "flat": bool(abs(slope) * minutes < limit),
+        }
+    return out
+
+
+def handler_p99_flat(windows: Sequence[dict[str, Any]]) -> bool | None:
+    """The module's rule on the handler p99 per window; None without two windows that have it."""
+    p99s = [w["handler_p99_ms"] for w in windows if "handler_p99_ms" in w]
+    if len(p99s) < 2:
+        return None
+    return bool(max(p99s[1:]) <= P99_FLAT_FACTOR * float(np.median(p99s)) + 1.0)
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -290,83 +362,105 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--good-ms", type=float, default=250.0, help="sweep: a good answer is a 200 within this")
     add_server_args(p)
     args = p.parse_args(argv)
+    if args.minutes > MAX_MINUTES:
+        p.error(f"--minutes: at most {MAX_MINUTES:g}")
+    with started(args) as (workdir, server, results):
+        if args.sweep:
+            results.update(asyncio.run(sweep(server, args)))
+        else:
+            results.update(soak(server, workdir, args))
+        results["loadavg_1m_at_end"] = os.getloadavg()[0]
+        results["server_log_tail"] = server.log.read_text(errors="replace").splitlines()[-5:]
     if args.sweep:
-        return main_sweep(args)
-    duration = 60 * min(args.minutes, MAX_MINUTES)
+        print(table(results["phases"], SWEEP_KEYS))
+        recovery = results["recovery_s"]
+        print(f"recovery after the burst: {recovery:.2f} s (good: a 200 within {args.good_ms:g} ms)")
+    else:
+        report(results, args)
+    return write_json(args.json, results)
+
+
+@contextlib.contextmanager
+def started(args: argparse.Namespace) -> Iterator[tuple[Path, Server, dict[str, Any]]]:
+    """The API process with the local stack, ready and warmed up, and the results' header."""
     results: dict[str, Any] = {
         "machine": machine(),
+        "commit": environment()["commit"],
         "command": "uv run python -m bench.load " + " ".join(sys.argv[1:]),
     }
     with workdir_of(args) as workdir, api_server(server_options(args, workdir)) as server:
         results["setup"] = server.info
         print("setup:", json.dumps(server.info), flush=True)
         warm_up(server)
-        sampler = Sampler(server.pid, args.rss_interval).start()
-        raw = workdir / "profile.raw"
-        spy: subprocess.Popen[bytes] | None = None
+        yield workdir, server, results
 
-        def start_profile() -> None:
-            nonlocal spy
-            spy = profile(server.pid, min(args.profile_seconds, duration / 2), raw)
 
-        timer = threading.Timer(min(30.0, duration / 4), start_profile)
-        timer.start()
+def soak(server: Server, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One open-loop run at ``--rate`` for ``--minutes``, the stack's processes sampled."""
+    duration = 60 * args.minutes
+    sampler = Sampler(server.pid, args.rss_interval).start()
+    raw = workdir / "profile.raw"
+    spy: subprocess.Popen[bytes] | None = None
 
-        def tick(elapsed: float) -> None:
-            if int(elapsed) % 30 == 0:
-                print(f"  {elapsed:.0f} s, rss {rss_mb(server.pid):.0f} MB", flush=True)
+    def start_profile() -> None:
+        nonlocal spy
+        spy = profile(server.pid, min(args.profile_seconds, duration / 2), raw)
 
-        try:
-            run = asyncio.run(
-                open_loop(
-                    server, f"open loop {args.rate:g}/s", args.rate, duration, args.connections, on_tick=tick
-                )
-            )
-        finally:
-            timer.cancel()
-            sampler.stop()
-        if spy is not None:
-            spy.wait(60)
-        results["overall"] = phase_row(run)
-        results["windows"] = run.windows(args.window)
-        results["rss"] = sampler.summary(args.window)
-        results["rss_samples"] = sampler.samples
-        results["profile"] = summarize_profile(raw) if raw.exists() else {"samples": 0, "note": "no py-spy"}
-        results["server_log_tail"] = server.log.read_text(errors="replace").splitlines()[-5:]
-    overall, windows, rss = results["overall"], results["windows"], results["rss"]
+    timer = threading.Timer(min(30.0, duration / 4), start_profile)
+    timer.start()
+    every = 30 if duration <= 600 else 60
+
+    def tick(elapsed: float) -> None:
+        if int(elapsed) % every == 0:
+            load = os.getloadavg()[0]
+            print(f"  {elapsed:.0f} s, API rss {rss_mb(server.pid):.0f} MB, load {load:.2f}", flush=True)
+
+    try:
+        name = f"open loop {args.rate:g}/s"
+        run = asyncio.run(open_loop(server, name, args.rate, duration, args.connections, on_tick=tick))
+    finally:
+        timer.cancel()
+        sampler.stop()
+    if spy is not None:
+        spy.wait(60)
+    results: dict[str, Any] = {"overall": phase_row(run), "windows": run.windows(args.window)}
+    results |= sampler.summary(args.window)
+    results["rss_samples"] = sampler.samples
+    results["process_samples"] = list(sampler.series.values())
+    results["profile"] = summarize_profile(raw) if raw.exists() else {"samples": 0, "note": "no py-spy"}
+    overall, windows = results["overall"], results["windows"]
     p99s = [w["p99_ms"] for w in windows if "p99_ms" in w]
+    memory = [results["rss"], *results["processes"]]
     results["verdict"] = {
         "sustained_rate": bool(overall["achieved_rps"] >= 0.98 * args.rate),
         "zero_errors": overall["errors"] == 0,
-        "rss_flat": bool(
-            abs(rss.get("rss_growth_after_first_window_mb", float("inf"))) < RSS_GROWTH_LIMIT_MB
-        ),
+        "rss_flat": all(m.get("flat", False) for m in memory),
         "latency_stable": bool(p99s and max(p99s) < 2 * min(p99s) + 1.0),
+        "handler_p99_flat": handler_p99_flat(windows),
     }
-    print(
-        table(
-            [overall],
-            (
-                "phase",
-                "requests",
-                "errors",
-                "unsent",
-                "achieved_rps",
-                "p50_ms",
-                "p99_ms",
-                "max_ms",
-                "server_cpu_pct",
-                "server_cpu_ms_per_req",
-            ),
-        )
+    return results
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    overall_keys = (
+        *("phase", "requests", "errors", "unsent", "achieved_rps", "p50_ms", "p99_ms", "max_ms"),
+        *("handler_p99_ms", "server_cpu_pct", "server_cpu_ms_per_req"),
     )
+    print(table([results["overall"]], overall_keys))
     print(f"per {args.window:g} s window:")
-    print(
-        table(
-            windows, ("window", "requests", "errors", "achieved_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms")
-        )
+    window_keys = (
+        *("window", "requests", "errors", "achieved_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms"),
+        *("handler_p50_ms", "handler_p99_ms"),
     )
-    print("rss:", json.dumps(rss))
+    print(table(results["windows"], window_keys))
+    print("API process and its workers:", json.dumps(results["rss"]))
+    print("every process of the stack (RSS in MB, slope over the last minutes in MB/min):")
+    process_keys = (
+        *("label", "pid", "rss_after_first_window_mb", "rss_end_mb", "rss_growth_after_first_window_mb"),
+        *("rss_slope_mb_per_min", "slope_span_min", "flat_limit_mb", "flat", "cpu_pct_mean"),
+    )
+    print(table(results["processes"], process_keys))
+    print("load average (1 min) over the run:", json.dumps(results["loadavg_1m"]))
     prof = results["profile"]
     if prof.get("samples"):
         print(f"GIL profile ({prof['samples']} samples): share of GIL time")
@@ -375,24 +469,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for thread, pct in prof["threads_pct"].items():
             print(f"  {pct:5.1f}%  thread {thread}")
     print("verdict:", json.dumps(results["verdict"]))
-    return write_json(args.json, results)
-
-
-def main_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": "uv run python -m bench.load " + " ".join(sys.argv[1:]),
-    }
-    with workdir_of(args) as workdir, api_server(server_options(args, workdir)) as server:
-        results["setup"] = server.info
-        print("setup:", json.dumps(server.info), flush=True)
-        warm_up(server)
-        results |= asyncio.run(sweep(server, args))
-        results["loadavg_1m_at_end"] = os.getloadavg()[0]
-        results["server_log_tail"] = server.log.read_text(errors="replace").splitlines()[-5:]
-    print(table(results["phases"], SWEEP_KEYS))
-    print(f"recovery after the burst: {results['recovery_s']:.2f} s (good: a 200 within {args.good_ms:g} ms)")
-    return write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, Report, command_line, finish, parser
+from bench.common import REPO_ROOT, Report, command_line, finish, parser, process_tree, process_usage
 from fraud_core import spec
 
 RESULT = "BENCH_RESULT "
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def generate(folder: Path, chunks: int) -> dict[str, Any]:
@@ -59,38 +57,6 @@ def generate(folder: Path, chunks: int) -> dict[str, Any]:
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return out
-
-
-def _usage(pid: int) -> tuple[int, float] | None:
-    """(RSS bytes, CPU seconds) of one process."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{pid}/statm") as statm:
-            rss = int(statm.read().split()[1]) * PAGE
-    except OSError:
-        return None
-    return rss, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def measure(argv: list[str], memory_limit: int, timeout: float, sample: float) -> dict[str, Any]:
     """Run ``argv`` in its own process group; sample its tree; the child's result line, or why not."""
     load_before = os.getloadavg()[0]
@@ -101,8 +67,8 @@ def measure(argv: list[str], memory_limit: int, timeout: float, sample: float) -
     peak, cpu_by_pid, stopped = 0, {}, None
     while proc.poll() is None:
         total = 0
-        for pid in _tree(proc.pid):
-            usage = _usage(pid)
+        for pid in process_tree(proc.pid):
+            usage = process_usage(pid)
             if usage is not None:
                 total += usage[0]
                 cpu_by_pid[pid] = usage[1]

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from bench.http_latency import server_timing
+from bench.http.analysis import server_timing
 from fraud_adapters.store_marker import StoreMarker
 from handlers import bootstrap, predict
 from local_stack import api as local_api

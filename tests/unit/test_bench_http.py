@@ -1,11 +1,19 @@
-"""The HTTP benchmark's reading of ``Server-Timing`` and its per-phase split (pure functions)."""
+"""The HTTP benchmark's reading of ``Server-Timing`` and its per-phase split, the soak's memory and
+handler-p99 rules (pure functions), and the process-tree walk."""
 
 import math
+import os
+import subprocess
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
 
-from bench.http_latency import Run, refused_server_env, server_timing
+from bench.common import parent_pid, process_tree, process_usage
+from bench.http.analysis import Run, server_timing
+from bench.http.server import refused_server_env
+from bench.load import handler_p99_flat, memory_summary
 
 
 def test_server_timing_reads_each_duration_and_skips_what_it_cannot_read() -> None:
@@ -52,3 +60,45 @@ def test_server_env_may_not_set_what_the_stack_sets_for_the_handlers() -> None:
     given = ["PUBLISH_MODE=background", "STREAM_KIND=none", "OMP_NUM_THREADS=1"]  # pragma: allowlist secret
     assert refused_server_env(given) == ["PUBLISH_MODE", "STREAM_KIND"]
     assert refused_server_env(["POWERTOOLS_LOG_LEVEL=DEBUG", "OMP_NUM_THREADS=1"]) == []
+
+
+def test_the_soak_calls_memory_flat_by_its_slope_over_the_last_20_minutes() -> None:
+    # given 30 minutes of samples every 5 s: a process at 100 MB growing 0.1 MB/min (2 MB in 20
+    # minutes, under 5 % of the level), and one growing 9 MB/min (the broker without retention)
+    t = [5.0 * i for i in range(361)]
+    steady = [100.0 + 0.1 * s / 60 for s in t]
+    leaking = [20.0 + 9.0 * s / 60 for s in t]
+
+    flat = memory_summary(t, steady, [0.0] * len(t), first_window=300.0)
+    growing = memory_summary(t, leaking, [0.0] * len(t), first_window=300.0)
+
+    # then the slope is measured over the last 20 minutes and only the first process is flat
+    assert flat["slope_span_min"] == pytest.approx(20.0)
+    assert flat["rss_slope_mb_per_min"] == pytest.approx(0.1)
+    assert flat["flat"] is True
+    assert growing["rss_slope_mb_per_min"] == pytest.approx(9.0)
+    assert growing["rss_growth_after_first_window_mb"] == pytest.approx(9.0 * 25)
+    assert growing["flat"] is False
+
+
+def test_the_handler_p99_is_flat_unless_a_later_window_is_half_again_above_the_median() -> None:
+    def windows(*p99s: float) -> list[dict[str, Any]]:
+        return [{"handler_p99_ms": p} for p in p99s]
+
+    assert handler_p99_flat(windows(30.0, 8.0, 9.0, 8.5, 9.5, 10.0)) is True  # the warm-up window
+    assert handler_p99_flat(windows(8.0, 8.0, 9.0, 8.5, 9.5, 25.0)) is False
+    assert handler_p99_flat(windows(8.0)) is None
+
+
+def test_the_process_tree_holds_a_child_of_this_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid()
+        assert child.pid in tree
+        assert parent_pid(child.pid) == os.getpid()
+        usage = process_usage(child.pid)
+        assert usage is not None
+        assert usage[0] > 0
+    finally:
+        child.communicate(b"")
