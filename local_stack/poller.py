@@ -45,6 +45,10 @@ class PollerConfig:
     name: str = "updater"  # the function it stands in front of: logs, threads, dead-letter reasons
 
 
+#: how often a busy poller checks that it owns every partition of its topics
+PARTITION_CHECK_SECONDS = 5.0
+
+
 def consumer_options(cfg: PollerConfig) -> dict[str, Any]:
     """The poller's KafkaConsumer settings (valid for any batching window, 0 to 300 s)."""
     return {
@@ -52,8 +56,14 @@ def consumer_options(cfg: PollerConfig) -> dict[str, Any]:
         "group_id": cfg.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        # never create a topic by asking for it (the broker's default partitions): the stack
+        # creates them, as MSK's auto.create.topics.enable=false wants
+        "allow_auto_create_topics": False,
         "max_poll_records": cfg.batch_size,
         "request_timeout_ms": 30_000,
+        # the topics' partitions are re-read this often (``PARTITION_CHECK_SECONDS``): a topic
+        # re-created with more partitions (a broker that restarted without its log) is followed
+        "metadata_max_age_ms": int(PARTITION_CHECK_SECONDS * 1000),
         # Wait in the broker for a batch's worth of bytes (or FETCH_MAX_WAIT) instead of fetching
         # every few records: the local broker's fetch cost grows with its log, and hundreds of
         # fetches/s made it the busiest process on the machine (docs/benchmarks-http.md). The
@@ -77,6 +87,7 @@ class KafkaPoller:
         self.error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._idle_since: float | None = None
+        self._checked_at = 0.0  # when the topics' partitions were last compared with the assignment
         self._busy_since: float | None = None
         self.watchdog = threading.Thread(
             target=self._watch, name=f"kafka-poller-{cfg.name}-watchdog", daemon=True
@@ -133,15 +144,34 @@ class KafkaPoller:
             # request waits without a timeout, and a broker restart can leave it waiting forever,
             # so it runs under the watchdog like poll()
             self._consumer = consumer
-            partitions = []
             with self._consumer_call():
-                for topic in self.cfg.topics:
-                    ids = consumer.partitions_for_topic(topic)
-                    if not ids:
-                        raise RuntimeError(f"topic {topic} has no partitions yet")
-                    partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+                partitions = self._partitions(consumer)
             consumer.assign(partitions)
+            self._checked_at = time.monotonic()
         return self._consumer
+
+    def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        partitions = []
+        for topic in self.cfg.topics:
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                raise RuntimeError(f"topic {topic} has no partitions yet")
+            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        return partitions
+
+    def _follow_partitions(self, consumer: KafkaConsumer) -> None:
+        """Every ``PARTITION_CHECK_SECONDS``: own every partition the topics have now. An idle
+        poller is rebuilt anyway (``_when_idle``); a busy one would otherwise never read the
+        partitions of a topic re-created with more of them."""
+        now = time.monotonic()
+        if now - self._checked_at < PARTITION_CHECK_SECONDS:
+            return
+        self._checked_at = now
+        with self._consumer_call():
+            partitions = self._partitions(consumer)
+        if set(partitions) != consumer.assignment():
+            log.warning("%s: the topics' partitions changed; now reading %d", self.cfg.name, len(partitions))
+            self._close()  # a new consumer owns them all, from the committed offsets
 
     def _gather(self, consumer: KafkaConsumer) -> list[StreamRecord]:
         batch: list[StreamRecord] = []
@@ -247,6 +277,7 @@ class KafkaPoller:
                 self._commit(consumer, batch)
                 self.processed += len(batch)
                 self._lag(consumer)
+                self._follow_partitions(consumer)
             except Exception as exc:  # broker gone, rebalance...: reconnect and resume from committed offsets
                 if self._stop.is_set():  # stop() closed the consumer under a call: not a failure
                     log.debug("poller stopping: %s", exc)
