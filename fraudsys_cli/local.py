@@ -126,8 +126,8 @@ def local_replay(
     from rich.progress import Progress
 
     from handlers.bootstrap import kafka_publisher
-    from local_stack.replay import ConsumerProgress, replay
-    from local_stack.stack import LABELS_TOPIC, TRANSACTIONS_TOPIC, UPDATER_GROUP
+    from local_stack.replay import replay
+    from local_stack.stack import updater_progress
 
     if input_csv is not None:
         from training.data.kaggle import read_transactions_csv
@@ -141,8 +141,7 @@ def local_replay(
     if limit is not None:
         frame = frame.sort_values(["event_time", "trans_num"]).head(limit)
     publisher = kafka_publisher(bootstrap)
-    topics = (TRANSACTIONS_TOPIC, LABELS_TOPIC)
-    applied = ConsumerProgress(bootstrap, UPDATER_GROUP, topics) if follow else None
+    applied = updater_progress(bootstrap) if follow else None
     try:
         with Progress(console=console) as progress:
             task = progress.add_task("replaying", total=len(frame))

@@ -148,19 +148,17 @@ def replay(
     seconds older (event time) is still unhandled; ``TimeoutError`` if the updater makes no
     progress for ``stall_timeout`` seconds while the replay waits for it."""
     started = time.perf_counter()
-    sent_tx = sent_labels = 0
-    sent = 0  # records published
+    sent_tx = sent_labels = 0  # taken into the batch (all published once it is flushed)
     batch: list[Event] = []
+    last = 0  # event time of the batch's last record
     marks: deque[tuple[int, int]] = deque()  # (event time of a flush's last record, records sent up to it)
     need = done = 0  # records that must be handled before the next send; last reading of applied()
     held = 0.0
 
-    def flush(t: int) -> None:
-        nonlocal sent
+    def flush() -> None:
         if batch:
             publish(batch)
-            sent += len(batch)
-            marks.append((t, sent))
+            marks.append((last, sent_tx + sent_labels))
             batch.clear()
             if on_progress is not None:
                 on_progress(sent_tx, sent_labels)
@@ -185,7 +183,6 @@ def replay(
         done = now
         held += time.perf_counter() - began
 
-    last = 0
     for t, event in timeline(frame, label_delay):
         hold(t)
         batch.append(event)
@@ -194,11 +191,11 @@ def replay(
             sent_tx += 1
             ahead = started + sent_tx / rate - time.perf_counter()
             if ahead > 0.05:
-                flush(t)
+                flush()
                 time.sleep(ahead)
         else:
             sent_labels += 1
         if len(batch) >= chunk:
-            flush(t)
-    flush(last)
+            flush()
+    flush()
     return ReplayStats(sent_tx, sent_labels, time.perf_counter() - started, held)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from local_stack import s3_snapshot
@@ -37,6 +37,9 @@ from local_stack.services import (
     start_s3,
 )
 from local_stack.workers import ApiWorkers, ArchiverWorker
+
+if TYPE_CHECKING:
+    from cdk_app.config import StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,29 +159,42 @@ def cdk_updater_settings() -> tuple[int, float]:
     return cdk_consumer_settings("updater")
 
 
-def cdk_updater_redis_timeout_ms() -> int:
-    """The deployed updater's Redis timeout (cdk.json, stage dev; 1000 ms without it)."""
+def _cdk_dev_stage() -> "StageConfig | None":
+    """cdk.json's dev stage, whose settings the local stack mirrors; None when it cannot be read."""
     try:
         from cdk_app.config import CONTEXT_KEY, load_stage_configs, read_cdk_json_context
 
-        return load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0].updater.redis_timeout_ms
-    except Exception as exc:  # cdk.json missing or invalid
-        log.debug("cdk.json not read (%s); using 1000 ms", exc)
-        return 1000
+        return load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0]
+    except Exception as exc:  # cdk.json missing or invalid: the callers' defaults
+        log.debug("cdk.json not read (%s); using defaults", exc)
+        return None
+
+
+def cdk_updater_redis_timeout_ms() -> int:
+    """The deployed updater's Redis timeout (cdk.json, stage dev; without it the updater's own
+    default)."""
+    stage = _cdk_dev_stage()
+    if stage is None:
+        from handlers.update_features import UPDATER_REDIS_TIMEOUT_MS
+
+        return UPDATER_REDIS_TIMEOUT_MS
+    return stage.updater.redis_timeout_ms
 
 
 def cdk_consumer_settings(part: str) -> tuple[int, float]:
     """Batch size and batching window of a deployed stream consumer, ``updater`` or ``archiver``
-    (cdk.json, stage dev)."""
-    try:
-        from cdk_app.config import CONTEXT_KEY, load_stage_configs, read_cdk_json_context
-
-        stage = load_stage_configs(read_cdk_json_context().get(CONTEXT_KEY), "dev")[0]
-        consumer = stage.archiver if part == "archiver" else stage.updater
-        return consumer.batch_size, float(consumer.max_batching_window_seconds)
-    except Exception as exc:  # cdk.json missing or invalid: Lambda's MSK defaults
-        log.debug("cdk.json not read (%s); using defaults", exc)
+    (cdk.json, stage dev; without it Lambda's MSK defaults)."""
+    stage = _cdk_dev_stage()
+    if stage is None:
         return 100, 0.5
+    consumer = stage.archiver if part == "archiver" else stage.updater
+    return consumer.batch_size, float(consumer.max_batching_window_seconds)
+
+
+def updater_progress(bootstrap: str) -> ConsumerProgress:
+    """Records of both topics the updater's consumer group has handled since now (a replay's
+    guard, ``local_stack.replay``), on the broker at ``bootstrap``."""
+    return ConsumerProgress(bootstrap, UPDATER_GROUP, (TRANSACTIONS_TOPIC, LABELS_TOPIC))
 
 
 def handler_environment(cfg: StackConfig) -> dict[str, str]:
@@ -484,7 +500,7 @@ class LocalStack:
     def replay_progress(self) -> ConsumerProgress:
         """How many records the updater has handled of those published from now on (a replay's
         guard: ``local_stack.replay``)."""
-        return ConsumerProgress(self.cfg.kafka, UPDATER_GROUP, (TRANSACTIONS_TOPIC, LABELS_TOPIC))
+        return updater_progress(self.cfg.kafka)
 
     def endpoints(self) -> dict[str, str]:
         out = {
