@@ -14,7 +14,6 @@ stretches them).
 """
 
 import math
-import os
 import statistics
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow.compute as pc
 import redis
 
-from bench.common import Report, command_line, finish, parser
+from bench.common import Report, command_line, finish, load_average, parser
 from bench.synthetic import kaggle_like_frame, stream_payloads, to_events
 from fraud_adapters import bulk
 from fraud_adapters.blobs import LocalBlobStore
@@ -119,8 +118,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.index_buckets is None:
         args.index_buckets = 1 << max(0, math.ceil(math.log2(max(1, args.events / 64))))
     report = Report("Backfill throughput (per process)", command=command_line("bench.backfill", argv))
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     delay = spec.DEFAULT_LABEL_DELAY
     frame = kaggle_like_frame(args.events, args.cards, args.merchants, args.days, seed=args.seed)
     payloads = [payload for _, _, payload in stream_payloads(frame, delay)]
@@ -214,8 +212,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report.values["median including read_lake_tables (events/s)"] = round(
             n_events / (statistics.median(seconds) + read_seconds)
         )
-        one, five, fifteen = os.getloadavg()
-        report.values["load average at end (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+        report.values["load average at end (1/5/15 min)"] = load_average()
         client.close()
     return finish(report, args.json)
 

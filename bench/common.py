@@ -144,6 +144,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load average now, as the reports print it (``1.2 / 0.9 / 0.7``)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
 def _argv() -> list[str]:
     module = sys.modules["__main__"].__spec__
     name = module.name if module is not None else Path(sys.argv[0]).stem

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, Report, command_line, finish, parser
+from bench.common import REPO_ROOT, Report, command_line, finish, load_average, parser
 from bench.synthetic import KAGGLE_ROWS, kaggle_like_frame, kaggle_scale_frame
 from fraud_core import spec
 
@@ -168,8 +168,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Offline features: training.dataset.build_features",
         command=command_line("bench.features_offline", argv),
     )
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     results: dict[int, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

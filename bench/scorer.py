@@ -43,6 +43,7 @@ from bench.common import (
     command_line,
     finish,
     lambda_env,
+    load_average,
     parser,
     quiet_stdout,
     time_each,
@@ -289,11 +290,6 @@ def _t(request: PredictRequest) -> int:
     return int(request.transaction_time.timestamp() // 1)
 
 
-def _loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser("Scorer latency (warm, in-process) and cold start.")
     p.add_argument("--n", type=int, default=5000, help="timed requests per measured operation")
@@ -315,7 +311,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tests.support.events import FakeContext, api_gateway_event
 
     report = Report("Scorer latency (warm) and cold start", command=command_line("bench.scorer", argv))
-    report.values["load average at start (1/5/15 min)"] = _loadavg()
+    report.values["load average at start (1/5/15 min)"] = load_average()
     label_delay = spec.DEFAULT_LABEL_DELAY
     df = kaggle_like_frame(args.stream, args.cards, args.merchants, args.days, seed=args.seed)
     now = int(df["event_time"].max()) + 1
@@ -432,7 +428,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 report.values["profile"] = _profile(
                     lambda: [predict.handler(e, ctx) for e in timed_events[:1000]]
                 )
-            report.values["load average after warm runs (1/5/15 min)"] = _loadavg()
+            report.values["load average after warm runs (1/5/15 min)"] = load_average()
             event = api_gateway_event("POST", "/predict", raw_body=bodies[0])
             report.values.update(cold_start(env, event, args.cold_runs, workdir))
     # issue 3: the scorer *handler*, warm, in process, Redis read and inference included

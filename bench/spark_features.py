@@ -31,7 +31,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, Report, command_line, finish, parser, process_tree, process_usage
+from bench.common import (
+    REPO_ROOT,
+    Report,
+    command_line,
+    finish,
+    load_average,
+    parser,
+    process_tree,
+    process_usage,
+)
 from fraud_core import spec
 
 RESULT = "BENCH_RESULT "
@@ -182,8 +191,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Offline features: pandas against Spark (local mode)",
         command=command_line("bench.spark_features", argv),
     )
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     made = generate(data, args.chunks)
     report.values["spark sink"] = args.spark_sink
     report.values["data"] = (

@@ -14,7 +14,6 @@ the longest single script call while a large batch is applied.
     uv run python -m bench.store_cost [--json out.json]
 """
 
-import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Report, Samples, command_line, finish, parser
+from bench.common import Report, Samples, command_line, finish, load_average, parser
 from fraud_adapters.redis_store import TILE_THRESHOLD, CardHasher, RedisFeatureStore
 from fraud_core import spec
 from fraud_core.schemas import LabelEvent, TransactionEvent
@@ -94,8 +93,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--reads", type=int, default=300, help="timed reads per hot key")
     args = p.parse_args(argv)
     report = Report("Online store cost per key", command=command_line("bench.store_cost", argv))
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     rng = np.random.default_rng(args.seed)
 
     with redis_server() as service:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import Report, command_line, finish, parser
+from bench.common import Report, command_line, finish, load_average, parser
 from bench.spark_features import RESULT, generate, measure
 from fraud_core import spec
 
@@ -189,14 +189,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             child_spark(path, args)
         return {}
 
-    import os
-
     report = Report(
         "Training at scale: single node, sampled, SparkXGBClassifier",
         command=command_line("bench.train_scale", argv),
     )
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     made = generate(data, args.chunks)
     started = time.perf_counter()
     path = features_file(data, args.label_delay)

@@ -41,7 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Report, command_line, finish, lambda_env, parser, quiet_stdout, time_each
+from bench.common import (
+    Report,
+    command_line,
+    finish,
+    lambda_env,
+    load_average,
+    parser,
+    quiet_stdout,
+    time_each,
+)
 from bench.synthetic import batches, encode, kaggle_like_frame, stream_payloads, to_events
 from fraud_core import spec
 from tests.support.services import redis_server
@@ -113,8 +122,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tests.support.events import FakeContext, msk_event
 
     report = Report("Feature updater throughput (per process)", command=command_line("bench.updater", argv))
-    one, five, fifteen = os.getloadavg()
-    report.values["load average at start (1/5/15 min)"] = f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+    report.values["load average at start (1/5/15 min)"] = load_average()
     n_events = args.batches * args.batch_size
     label_delay = spec.DEFAULT_LABEL_DELAY
     df = kaggle_like_frame(n_events, args.cards, args.merchants, args.days, seed=args.seed)
