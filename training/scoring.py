@@ -56,6 +56,20 @@ def load_champion(store_uri: str, model_name: str) -> Champion:
     )
 
 
+def scores_of(model: "Champion", rows: pd.DataFrame) -> pd.DataFrame:
+    """``SCORE_COLUMNS`` of feature rows (``build_features``'s), in their order: the one place the
+    score table is laid out, for both engines."""
+    p = predict(model.booster, rows, model.feature_names)
+    return pd.DataFrame(
+        {
+            "trans_num": rows["trans_num"].to_numpy(),
+            "predicted_fraud": (p >= model.threshold).astype(np.int8),
+            "fraud_probability": p,
+            "model_version": model.version,
+        }
+    )
+
+
 def context_seconds(label_delay: int) -> int:
     """History every feature of a row needs: card windows, delayed merchant risk windows, a day's slack."""
     return max(spec.MAX_CARD_WINDOW, label_delay + spec.MAX_MERCHANT_RISK_WINDOW) + spec.DAY
@@ -91,15 +105,7 @@ def score_stream(
         if start is not None:
             rows = rows.loc[rows["event_time"].to_numpy() >= start]
         if len(rows):
-            p = predict(model.booster, rows, model.feature_names)
-            yield pd.DataFrame(
-                {
-                    "trans_num": rows["trans_num"].to_numpy(),
-                    "predicted_fraud": (p >= model.threshold).astype(np.int8),
-                    "fraud_probability": p,
-                    "model_version": model.version,
-                }
-            )
+            yield scores_of(model, rows)
 
     for raw in chunks:
         t = raw["event_time"].to_numpy(dtype=np.int64)

@@ -425,7 +425,7 @@ def score_rows(
     streams the file by day and gives the same scores, except that there a row without a date of
     birth takes its card's latest one only from within that history (here: from any earlier row)."""
     from training.scoring import context_seconds as history
-    from training.train import predict
+    from training.scoring import scores_of
 
     when = sf.col("event_time")
     if start is not None:
@@ -438,16 +438,7 @@ def score_rows(
 
     def scored(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for part in parts:
-            p = predict(model.booster, part, model.feature_names)
-            yield pd.DataFrame(
-                {
-                    "trans_num": part["trans_num"].to_numpy(),
-                    "predicted_fraud": (p >= model.threshold).astype(np.int8),
-                    "fraud_probability": p,
-                    "model_version": model.version,
-                    "event_time": part["event_time"].to_numpy(),
-                }
-            )
+            yield scores_of(model, part).assign(event_time=part["event_time"].to_numpy())
 
     schema = "trans_num string, predicted_fraud tinyint, fraud_probability double, model_version string, "
     return rows.mapInPandas(scored, schema=schema + "event_time bigint")
