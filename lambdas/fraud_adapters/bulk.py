@@ -53,6 +53,7 @@ from fraud_adapters.redis_store import (
     merchant_hash_codes,
 )
 from fraud_adapters.tx_index import BulkValues, TransactionIndex
+from fraud_core.online import NO_DOB
 from fraud_core.schemas import to_cents_array
 
 #: The columns ``BulkWriter.transactions`` reads (the lake's names and types,
@@ -361,6 +362,7 @@ class BulkWriter:
         # each card's events newest first: its first call knows its retention point, and a
         # listpack takes the members at its head
         order = _newest_first(columns.card_codes, columns.t)
+        order = self._recent(order, columns)
         codes = columns.card_codes[order]
         starts, ends = _groups(codes)
         sizes = np.subtract(ends, starts)
@@ -385,6 +387,27 @@ class BulkWriter:
             for first in range(0, len(rows), store.write_chunk):
                 self._apply_call(keys, view, at, first, min(first + store.write_chunk, len(rows)))
             yield True
+
+    def _recent(self, order: np.ndarray[Any, Any], columns: "_Columns") -> np.ndarray[Any, Any]:
+        """``order`` (rows grouped by card, newest first) without the rows the card's script would
+        trim at once: those below the card's retention point (its newest row's time minus
+        ``card_keep``; the set's newest member can only be newer, so they are trimmed whatever
+        the store holds). Counted as late, as the script counts them. A card keeps, of those rows,
+        the ones with a date of birth at their greatest time: the script derives the profile and
+        the older profile (latest dob by time, then trans_num) from them as from all of them."""
+        t = columns.t[order]
+        starts, ends = _groups(columns.card_codes[order])
+        group = np.repeat(np.arange(len(starts)), np.subtract(ends, starts))
+        below = t < t[starts][group] - self.store.card_keep
+        if not below.any():
+            return order
+        dob = below & (columns.dob_day[order] != NO_DOB)
+        best = np.full(len(starts), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(best, group[dob], t[dob])
+        kept = ~below | (dob & (t == best[group]))
+        dropped = len(kept) - int(np.count_nonzero(kept))
+        self._count(dropped, late=dropped)
+        return order[kept]
 
     def _merchants(self, columns: "_Columns") -> Iterator[bool]:
         order = _newest_first(columns.merchant_codes, columns.t)
@@ -590,6 +613,7 @@ class _Columns:
             merchant=merchant_hash_codes(self.merchants)[self.merchant_codes],
             dob_day=head["dob_day"],
         )
+        self.dob_day = head["dob_day"]
         self.trans_num = self.values.trans_num
         self.score = byte_rows.resp(self.values.time)
         self.member = byte_rows.resp(self.trans_num, b"\0", byte_rows.fixed(tails))
