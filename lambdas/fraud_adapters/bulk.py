@@ -47,6 +47,7 @@ from redis.crc import key_slot
 
 from fraud_adapters import byte_rows
 from fraud_adapters.redis_store import (
+    REDIS_SERVER_CONFIG,
     CorruptStateError,
     RedisFeatureStore,
     card_member_tails,
@@ -286,9 +287,13 @@ class BulkWriter:
         self._sha = {name: store.script(name)[1].encode() for name in ("apply_card", "apply_merchant")}
         self._head = {name: [str(x).encode() for x in store.script_head(name)] for name in self._sha}
         self._cluster = isinstance(store.client, RedisCluster)
-        for client in self._node_clients():
+        clients = self._node_clients()
+        for client in clients:
             for name in self._sha:
                 client.script_load(store.script(name)[0])
+        entries, value = _listpack_limits(clients[0])
+        self._listpack_entries = entries
+        self._wide = _bulk(b"\xff" * (value + 1))  # a member no listpack holds
 
     # ---- routing -------------------------------------------------------------------------------
 
@@ -407,7 +412,7 @@ class BulkWriter:
         kept = ~below | (dob & (t == best[group]))
         dropped = len(kept) - int(np.count_nonzero(kept))
         self._count(dropped, late=dropped)
-        return order[kept]
+        return cast(np.ndarray[Any, Any], order[kept])
 
     def _merchants(self, columns: "_Columns") -> Iterator[bool]:
         order = _newest_first(columns.merchant_codes, columns.t)
@@ -521,9 +526,23 @@ class BulkWriter:
         """MULTI, one ZADD per key's piece, the script in bulk mode for those keys, EXEC."""
         parts: list[bytes | memoryview] = [b"*1\r\n$5\r\nMULTI\r\n"]
         n_keys = events = 0
+        zadds: list[int] = []  # the ZADDs' places in EXEC's reply
+        commands = 0
         for keys, first, last in batch:
+            # more members than a listpack holds: the set starts as a skiplist (a first member
+            # too long for a listpack, removed right after) rather than becoming one after as
+            # many listpack inserts, each a scan of the whole listpack
+            wide = last - first > self._listpack_entries
+            if wide:
+                parts.append(b"*4\r\n$4\r\nZADD\r\n" + keys.zadd + b"$1\r\n0\r\n" + self._wide)
+                commands += 1
+            zadds.append(commands)
             parts.append(b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * (last - first)) + keys.zadd)
             parts.append(data[offsets[first] : offsets[last]])
+            commands += 1
+            if wide:
+                parts.append(b"*3\r\n$4\r\nZREM\r\n" + keys.zadd + self._wide)
+                commands += 1
             n_keys += keys.count
             events += last - first
         # per key: a card's -1 (its new members are in its set), a merchant's 0 transactions, 0 labels
@@ -532,21 +551,22 @@ class BulkWriter:
         parts.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % n_args + _bulk(self._sha[name]) + _bulk(b"%d" % n_keys))
         parts += [keys.script for keys, _, _ in batch]
         parts.append(b"".join(map(_bulk, self._head[name])) + per_key * len(batch) + b"*1\r\n$4\r\nEXEC\r\n")
+        commands += 1
         counted = name == "apply_card"  # (a transaction counts by its card)
 
         def done(replies: list[Any]) -> None:
             _raise_errors(replies)
             results = replies[-1]
-            if not isinstance(results, list) or len(results) != len(batch) + 1:
+            if not isinstance(results, list) or len(results) != commands:
                 raise redis.ResponseError(f"unexpected EXEC reply {results!r:.200}")
             if counted:  # members trimmed at once count as late (some may be older members of the key)
-                added = sum(results[:-1])
+                added = sum(results[z] for z in zadds)
                 late = min(results[-1].count(b"l"), added)
                 self._count(events, applied=added - late, duplicates=events - added, late=late)
             else:
                 self._count(events)
 
-        self._pipe(batch[0][0].first).submit(b"".join(parts), len(batch) + 3, done)
+        self._pipe(batch[0][0].first).submit(b"".join(parts), commands + 2, done)
         self._report()
 
     def _apply_call(self, keys: _Keys, data: memoryview, offsets: list[int], first: int, last: int) -> None:
@@ -621,6 +641,17 @@ class _Columns:
     def dobs(self) -> byte_rows.Texts:
         """The dob argument of ``apply_card``: ISO (``date.isoformat``), '' when unknown."""
         return byte_rows.texts(pc.fill_null(self.table["dob"].combine_chunks().cast(pa.string()), ""))
+
+
+def _listpack_limits(client: "redis.Redis") -> tuple[int, int]:
+    """The server's ``zset-max-listpack-entries`` and ``-value``: Redis' defaults (128, and the
+    value of ``REDIS_SERVER_CONFIG``) where ``CONFIG`` is not allowed (ElastiCache). They only
+    decide when a set starts as a skiplist (``BulkWriter._bulk_call``): never what it holds."""
+    limits = [128, int(REDIS_SERVER_CONFIG["zset-max-listpack-value"])]
+    for i, name in enumerate(("zset-max-listpack-entries", "zset-max-listpack-value")):
+        with contextlib.suppress(redis.RedisError, KeyError, ValueError):
+            limits[i] = int(cast(str, client.config_get(name)[name]))
+    return limits[0], limits[1]
 
 
 def _slabs(sizes: list[int]) -> Iterator[list[int]]:
