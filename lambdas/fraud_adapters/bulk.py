@@ -12,6 +12,15 @@ event inside the scripts). This writer builds the same state from Arrow columns:
   mode (``-1`` events) derives the rest from the set (profile, older profile, trim, tiles, TTLs),
   in the same ``MULTI``/``EXEC``: no other client (the live updater) runs between the two, so
   the result is the one the updater's script builds whatever interleaves with the stream;
+- a card's rows below its retention point (its newest row's time minus ``card_keep``) are not
+  sent, as the script would trim them at once (the set's newest member is never older than the
+  card's newest row), but for those with a date of birth at their greatest time: the profile and
+  the older profile come from them as from all (they are counted late, as the script counts them);
+- a ``ZADD`` of more members than a listpack holds (``zset-max-listpack-entries``) starts its set
+  as a skiplist (a first member too long for a listpack, removed in the same ``MULTI``): a
+  listpack looks each new member up in the whole set, so filling one up to the limit before the
+  conversion costs a scan per member (the limit read with ``CONFIG GET``, Redis' default 128 where
+  ``CONFIG`` is not allowed; it decides the encoding, never the content);
 - a card with more than the store's ``write_chunk`` events (a busy card, whose tiles are kept
   event by event) goes through ``apply_card`` with pre-encoded arguments, ``write_chunk`` per call;
 - a merchant's transactions go in with one ``ZADD``, then ``apply_merchant`` with no event trims
@@ -77,6 +86,8 @@ TRANSACTION_SCHEMA = pa.schema(
 )
 TRANSACTION_COLUMNS = tuple(TRANSACTION_SCHEMA.names)
 
+#: The longest member sent to start a set as a skiplist (``BulkWriter._bulk_call``).
+_WIDEST = 1 << 16
 #: Events per ``MULTI``/``EXEC``: ~1-2 ms of the server (docs/benchmarks.md).
 CHUNK = 512
 #: Rows encoded at once: the work goes to Redis slab by slab, cards, merchants and index in turn.
@@ -273,7 +284,10 @@ class BulkWriter:
         index: TransactionIndex | None = None,
         chunk: int = CHUNK,
         on_progress: Callable[[int], None] | None = None,
+        listpack_entries: int | None = None,
     ) -> None:
+        """``listpack_entries``: a ZADD of more members starts its set as a skiplist (default:
+        the server's ``zset-max-listpack-entries``)."""
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         self.store = store
@@ -292,7 +306,9 @@ class BulkWriter:
             for name in self._sha:
                 client.script_load(store.script(name)[0])
         entries, value = _listpack_limits(clients[0])
-        self._listpack_entries = entries
+        if value >= _WIDEST:  # no member worth sending is too long for a listpack: never wide
+            entries, value = 1 << 62, 0
+        self._listpack_entries = entries if listpack_entries is None else listpack_entries
         self._wide = _bulk(b"\xff" * (value + 1))  # a member no listpack holds
 
     # ---- routing -------------------------------------------------------------------------------

@@ -361,10 +361,16 @@ def bulk_table(transactions: Sequence[TransactionEvent]) -> pa.Table:
     stream=streams(days=70),
     write_chunk=st.sampled_from((2, WRITE_CHUNK)),
     chunk=st.sampled_from((1, 3, 1024)),
+    listpack_entries=st.sampled_from((None, 1)),
     data=st.data(),
 )
 def test_the_bulk_writer_builds_the_state_of_the_apply_path(
-    any_redis: AnyRedis, stream: Stream, write_chunk: int, chunk: int, data: st.DataObject
+    any_redis: AnyRedis,
+    stream: Stream,
+    write_chunk: int,
+    chunk: int,
+    listpack_entries: int | None,
+    data: st.DataObject,
 ) -> None:
     # given the state the updater's write path builds from the stream's events
     store = new_store(any_redis, stream.label_delay, write_chunk)
@@ -374,11 +380,12 @@ def test_the_bulk_writer_builds_the_state_of_the_apply_path(
     states = read_all(store, points)
 
     # when the bulk writer writes its transactions into an empty store (cards with more than
-    # `write_chunk` events through the script's own path, at most `chunk` events per MULTI),
-    # with labels through the store and events of the live stream applied before and after
+    # `write_chunk` events through the script's own path, at most `chunk` events per MULTI; a
+    # ZADD of more than `listpack_entries` members starting its set as a skiplist), with labels
+    # through the store and events of the live stream applied before and after
     store = new_store(any_redis, stream.label_delay, write_chunk)
     apply(store, data.draw(st.lists(st.sampled_from(events), max_size=8), label="streamed before"))
-    writer = BulkWriter(store, chunk=chunk)
+    writer = BulkWriter(store, chunk=chunk, listpack_entries=listpack_entries)
     writer.transactions(bulk_table([e for e in events if isinstance(e, TransactionEvent)]))
     counts = writer.close()
     store.apply([], [e for e in events if isinstance(e, LabelEvent)])
