@@ -500,10 +500,12 @@ def _worst_case_model(report: Report, rows: list[F64], model: Any) -> None:
     for row in sample[:50]:
         big.inplace_predict(row)
     report.add("worst-case model (400 trees, depth 8): " + INPLACE, time_each(big.inplace_predict, sample))
-    for name, approx in ((PREDICT, False), (PREDICT_APPROX, True)):
+    for approx in (False, True):
         loaded = dataclasses.replace(model, booster=big, approx_reasons=approx)
+        name = PREDICT_APPROX
         if not approx:
             report.values.update({f"worst-case model: {k}": v for k, v in _path_table(loaded).items()})
+            name = PREDICT if loaded.contributions.table is not None else PREDICT_XGBOOST
 
         def score_row(row: F64, m: Any = loaded) -> object:
             return m.predict(row, False)
