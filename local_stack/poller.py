@@ -7,6 +7,15 @@ seconds, invokes the handler, and commits the offsets only after success. A fail
 (the handler raised, or reported failed items) is retried with backoff from the same offsets;
 after ``max_retries`` the batch goes to the dead-letter store (the on-failure destination) and
 the stream goes on.
+
+The local broker keeps its log in memory: restarted, it is a new, empty log (a new *incarnation*,
+told apart by its cluster id: ``local_stack.services.start_kafka``). A consumer kept across that
+would go on from its position in the old log and skip the new log's first records, and its
+commit would store that position in the new broker. So the poller reads the cluster id before
+and after each commit: a consumer never commits to an incarnation other than the one it was
+built on (it is rebuilt instead), and the first consumer built on a new incarnation reads the
+new log from its beginning and commits that at once (overwriting a commit of the old position
+that reached the new broker while the check and the commit raced).
 """
 
 import logging
@@ -17,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from local_stack import metrics
@@ -84,6 +94,10 @@ class KafkaPoller:
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"kafka-poller-{cfg.name}", daemon=True)
         self.processed = 0
+        self.incarnations = 0  # broker incarnations seen after the first (restarts without their log)
+        self._cluster: str | None = None  # the broker incarnation the consumer reads
+        admin: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers, "logger": log}
+        self._admin = AdminClient(admin)
         self.error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._idle_since: float | None = None
@@ -139,6 +153,7 @@ class KafkaPoller:
         local poller needs no group membership, so a broker restart leaves no stale member
         holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
         if self._consumer is None:
+            cluster = self.cluster_id()
             consumer = KafkaConsumer(**consumer_options(self.cfg))
             # owned (and closed by _close on failure) before its first blocking call: the metadata
             # request waits without a timeout, and a broker restart can leave it waiting forever,
@@ -147,8 +162,33 @@ class KafkaPoller:
             with self._consumer_call():
                 partitions = self._partitions(consumer)
             consumer.assign(partitions)
+            if self._cluster is not None and cluster != self._cluster:
+                self._from_the_beginning(consumer, partitions, cluster)
+            self._cluster = cluster
             self._checked_at = time.monotonic()
         return self._consumer
+
+    def cluster_id(self) -> str:
+        """The cluster id of the broker answering now (a new one per start of the local broker)."""
+        metadata = self._admin.list_topics(timeout=5)
+        return str(metadata.cluster_id)
+
+    def _from_the_beginning(
+        self, consumer: KafkaConsumer, partitions: list[TopicPartition], cluster: str
+    ) -> None:
+        """A new broker incarnation: its log from the start, whatever was committed there."""
+        self.incarnations += 1
+        log.warning(
+            "%s: a new broker incarnation (%s, was %s): reading its log from the beginning",
+            self.cfg.name,
+            cluster,
+            self._cluster,
+        )
+        with self._consumer_call():
+            start = consumer.beginning_offsets(partitions)
+            consumer.commit({tp: OffsetAndMetadata(start[tp], "", -1) for tp in partitions})
+        for tp in partitions:
+            consumer.seek(tp, start[tp])
 
     def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
         partitions = []
@@ -220,13 +260,24 @@ class KafkaPoller:
             metrics.BATCHES.labels(outcome="partial").inc()
         return reason
 
-    def _commit(self, consumer: KafkaConsumer, batch: list[StreamRecord]) -> None:
+    def _commit(self, consumer: KafkaConsumer, batch: list[StreamRecord]) -> bool:
+        """Commit past ``batch``, on the broker incarnation it was read from only; False (and the
+        consumer closed: the next one starts afresh) when the broker changed."""
         offsets: dict[TopicPartition, int] = {}
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        if self.cluster_id() != self._cluster:
+            log.warning("%s: the broker restarted without its log; the batch is not committed", self.cfg.name)
+            self._close()
+            return False
         with self._consumer_call():
             consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        if self.cluster_id() != self._cluster:  # the commit may have reached the new broker
+            log.warning("%s: the broker restarted during a commit", self.cfg.name)
+            self._close()
+            return False
+        return True
 
     def _lag(self, consumer: KafkaConsumer) -> int:
         """Records behind the end of the assigned partitions (also exported to /metrics)."""
@@ -274,10 +325,11 @@ class KafkaPoller:
                         batch, f"{self.cfg.name} failed after {self.cfg.max_retries} retries: {reason}"
                     )
                     metrics.DEAD_LETTERED_BATCHES.inc()
-                self._commit(consumer, batch)
+                committed = self._commit(consumer, batch)
                 self.processed += len(batch)
-                self._lag(consumer)
-                self._follow_partitions(consumer)
+                if committed:
+                    self._lag(consumer)
+                    self._follow_partitions(consumer)
             except Exception as exc:  # broker gone, rebalance...: reconnect and resume from committed offsets
                 if self._stop.is_set():  # stop() closed the consumer under a call: not a failure
                     log.debug("poller stopping: %s", exc)

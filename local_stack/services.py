@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -225,13 +226,21 @@ def start_redis(
 
 
 def start_kafka(
-    port: int, log_dir: Path | None = None, storage: str = "memory://tansu/", s3_endpoint: str | None = None
+    port: int,
+    log_dir: Path | None = None,
+    storage: str = "memory://tansu/",
+    s3_endpoint: str | None = None,
+    cluster_id: str | None = None,
 ) -> Service:
-    """The tansu broker. ``storage`` ``s3://bucket/`` (on the local S3) survives broker restarts."""
+    """The tansu broker. ``storage`` ``s3://bucket/`` (on the local S3) survives broker restarts.
+    ``cluster_id`` (default: a new one per start) tells clients which incarnation of the broker
+    answers them: an in-memory broker restarted is a new, empty log (``local_stack.relay``)."""
     url = f"tcp://127.0.0.1:{port}"
     argv = [
         tansu_binary(),
         "broker",
+        "--cluster-id",
+        cluster_id or new_cluster_id(),
         "--listener-url",
         url,
         "--advertised-listener-url",
@@ -249,6 +258,11 @@ def start_kafka(
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         }
     return _start("kafka", argv, port, log_dir, 30, env)
+
+
+def new_cluster_id() -> str:
+    """A broker incarnation's cluster id (in every metadata answer)."""
+    return f"fraudsys-{secrets.token_hex(8)}"
 
 
 def start_s3(port: int, data_dir: Path, log_dir: Path | None = None) -> Service:

@@ -1,6 +1,7 @@
 """The local MSK event source (``local_stack.poller``) on the real broker."""
 
 import gc
+import os
 import time
 from typing import Any
 
@@ -112,12 +113,79 @@ def test_a_busy_poller_follows_a_topic_re_created_with_more_partitions() -> None
                 producer.produce(topic, value, partition=int(value[1:2]))
             assert producer.flush(10) == 0
             # then records on every partition are handled
-            gained = {v for v in expected if not v.startswith(b"p0-")}
+            # (partition 0 too: a new broker incarnation is read from its first record)
             deadline = time.monotonic() + 90
-            while not gained <= seen and time.monotonic() < deadline:
+            while not expected <= seen and time.monotonic() < deadline:
                 time.sleep(0.1)
-            # (partition 0 is not checked: the consumer keeps its position in the old log across
-            # a broker that lost it, and may skip the new log's first records: docs/architecture.md)
-            assert gained - seen == set()
+            assert expected - seen == set()
         finally:
             poller.stop()
+
+
+def test_a_poller_reads_a_new_broker_incarnation_from_its_first_record() -> None:
+    # given a poller that has read 50 records of an in-memory broker and is still handling them
+    import base64
+    import signal
+    import threading
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from local_stack.services import free_port, start_kafka
+
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    topic = "reborn"
+    seen: list[bytes] = []
+    reached, release = threading.Event(), threading.Event()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        values = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
+        seen.extend(values)
+        if b"old-49" in values:  # the old log's last record: hold the batch (and its commit)
+            reached.set()
+            release.wait(60)
+        return {"batchItemFailures": []}
+
+    def dead_letter(records: list[StreamRecord], reason: str) -> None:
+        raise AssertionError(f"dead-lettered: {reason}")
+
+    def create() -> None:
+        admin = KafkaAdminClient(bootstrap_servers=servers)
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.close()
+
+    def produce(prefix: str, count: int) -> None:
+        producer = Producer({"bootstrap.servers": servers})
+        for k in range(count):
+            producer.produce(topic, f"{prefix}-{k}".encode(), partition=0)
+        assert producer.flush(10) == 0
+
+    cfg = PollerConfig(servers, (topic,), group_id="reborn", batch_size=100, batching_window=0.5)
+    old = start_kafka(port)
+    create()
+    produce("old", 50)
+    poller = KafkaPoller(cfg, handler, dead_letter).start()
+    new = None
+    try:
+        assert reached.wait(60)
+        # when the broker is killed and comes back empty (a new incarnation, a new cluster id), and
+        # the new log is longer than the old position (50) before the batch is committed
+        os.killpg(old.process.pid, signal.SIGKILL)
+        old.process.wait(10)
+        new = start_kafka(port)
+        create()
+        produce("new", 120)
+        release.set()
+        # then the poller reads the new log from its first record: none of it is skipped
+        expected = {f"new-{k}".encode() for k in range(120)}
+        deadline = time.monotonic() + 90
+        while not expected <= set(seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(expected - set(seen)) == []
+        assert poller.incarnations == 1
+    finally:
+        release.set()
+        poller.stop()
+        old.stop()
+        if new is not None:
+            new.stop()
