@@ -5,12 +5,14 @@ keyed hash (``CardHasher``), never the card number: keys show up in broker tooli
 metrics and consumer logs that payload encryption does not cover. Labels are keyed by merchant.
 """
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fraud_adapters.journal import Journal, Span
 from fraud_core.schemas import LabelEvent, TransactionEvent
 
 if TYPE_CHECKING:
@@ -69,16 +71,20 @@ class NullPublisher:
 
 
 class _Deliveries:
-    """Delivery reports of one ``publish`` call (a late report of an earlier call lands in its own)."""
+    """Delivery reports of one ``publish`` call (a late report of an earlier call lands in its own):
+    where each of its records landed, (partition, offset) by position."""
 
     def __init__(self, pending: int) -> None:
         self.pending = pending
         self.failures: list[str] = []
+        self.offsets: list[tuple[int, int]] = [(-1, -1)] * pending
 
-    def delivered(self, error: Any, message: Any) -> None:
+    def delivered(self, i: int, error: Any, message: Any) -> None:
         self.pending -= 1
         if error is not None:
             self.failures.append(f"{message.topic()}: {error}")
+        else:
+            self.offsets[i] = (message.partition(), message.offset())
 
 
 class KafkaPublisher:
@@ -87,7 +93,11 @@ class KafkaPublisher:
 
     ``background=True`` (``PUBLISH_MODE=background``): ``publish`` queues and returns; librdkafka
     gathers records for ``linger_ms`` into one produce request and delivers from its own threads;
-    failures reported later are logged and counted (``take_late_failures``); ``close`` flushes."""
+    failures reported later are logged and counted (``take_late_failures``); ``close`` flushes.
+
+    ``journal`` (the local stack, ``fraud_adapters.journal``): each call's records are appended to
+    it before they are sent (one write), and the broker's answer is marked there afterwards; a
+    record the broker lost or refused is sent again by the stack's relay (``local_stack.relay``)."""
 
     def __init__(
         self,
@@ -98,10 +108,12 @@ class KafkaPublisher:
         card_key: CardKey,
         background: bool = False,
         linger_ms: int = 100,
+        journal: Journal | None = None,
         **config: Any,
     ) -> None:
         from confluent_kafka import Producer
 
+        self.journal = journal
         self.background = background
         self.linger_ms = linger_ms if background else 0
         self._late_failures = 0
@@ -141,16 +153,28 @@ class KafkaPublisher:
 
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Send and wait for this call's acknowledgements only (not the rest of the queue);
-        in background mode, queue and return (a full queue raises)."""
+        in background mode, queue and return (a full queue raises). With a journal, the records
+        are in it before anything is sent (and stay there when this raises)."""
+        records = [self.record(event) for event in events]
+        span = self.journal.append(records) if self.journal is not None and records else None
         if self.background:
-            self._produce(events, self._delivered_late)
+            self._produce(records, span, None)
             self.producer.poll(0)  # serves the reports of earlier records
             return
-        outcome = _Deliveries(len(events))
-        self._produce(events, outcome.delivered)
-        deadline = time.monotonic() + timeout
-        while outcome.pending and (left := deadline - time.monotonic()) > 0:
-            self.producer.poll(left)  # serves delivery callbacks
+        outcome = _Deliveries(len(records))
+        try:
+            self._produce(records, None, outcome)
+            deadline = time.monotonic() + timeout
+            while outcome.pending and (left := deadline - time.monotonic()) > 0:
+                self.producer.poll(left)  # serves delivery callbacks
+        except BaseException:
+            self._failed(span)
+            raise
+        if span is not None and self.journal is not None:
+            if outcome.failures or outcome.pending:
+                self.journal.failed(span)
+            else:
+                self.journal.acknowledged(span, outcome.offsets)
         if outcome.failures:
             raise RuntimeError("Kafka refused records: " + "; ".join(outcome.failures))
         if outcome.pending:
@@ -158,14 +182,42 @@ class KafkaPublisher:
                 f"{outcome.pending} of {len(events)} records not acknowledged by Kafka within {timeout} s"
             )
 
-    def _produce(self, events: Sequence[Event], on_delivery: Callable[[Any, Any], None]) -> None:
-        for event in events:
-            self.producer.produce(
-                self.topics[type(event)],
-                value=_payload(event),
-                key=partition_key(event, self.card_key).encode(),
-                on_delivery=on_delivery,
-            )
+    def record(self, event: Event) -> tuple[str, bytes, bytes]:
+        """The topic, key and value the broker gets for ``event``."""
+        return self.topics[type(event)], partition_key(event, self.card_key).encode(), _payload(event)
+
+    def _failed(self, span: Span | None) -> None:
+        if span is not None and self.journal is not None:
+            self.journal.failed(span)
+
+    def _produce(
+        self,
+        records: Sequence[tuple[str, bytes, bytes]],
+        span: Span | None,
+        outcome: _Deliveries | None,
+    ) -> None:
+        """Queue ``records``; each one's report goes to ``outcome`` (sync), else (background) it is
+        logged, counted and, with a journal, marked there (record ``span.first + i``)."""
+        for i, (topic, key, value) in enumerate(records):
+            callback: Callable[[Any, Any], None]
+            if outcome is not None:
+                callback = functools.partial(outcome.delivered, i)
+            else:
+                callback = self._delivered_late if span is None else self._late_report(span, i)
+            self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+
+    def _late_report(self, span: Span, i: int) -> Callable[[Any, Any], None]:
+        def delivered(error: Any, message: Any) -> None:
+            self._delivered_late(error, message)
+            if self.journal is None:
+                return
+            one = Span(span.segment, span.first + i, 1)
+            if error is None:
+                self.journal.acknowledged(one, [(message.partition(), message.offset())])
+            else:
+                self.journal.failed(one)
+
+        return delivered
 
     def _delivered_late(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -182,6 +234,8 @@ class KafkaPublisher:
         left = self.producer.flush(5)
         if left:
             log.error("%d Kafka records not delivered at close", left)
+        if self.journal is not None:
+            self.journal.close()
 
 
 class KinesisPublisher:

@@ -5,6 +5,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import redis
 from redis.cluster import RedisCluster
@@ -12,6 +13,7 @@ from redis.credentials import CredentialProvider
 
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.dead_letters import DeadLetterStore
+from fraud_adapters.journal import Journal
 from fraud_adapters.lake import LakeWriter
 from fraud_adapters.model_store import ModelStore
 from fraud_adapters.publisher import (
@@ -154,6 +156,7 @@ def publisher() -> Publisher:
             card_key=card_hasher(cfg),
             background=cfg.publish_mode == "background",
             linger_ms=cfg.publish_linger_ms,
+            journal=journal(cfg),
             **kafka_security_config(),
         )
     if cfg.stream_kind == "kinesis":
@@ -163,11 +166,20 @@ def publisher() -> Publisher:
     return NullPublisher()
 
 
-def kafka_publisher(bootstrap_servers: str) -> KafkaPublisher:
-    """A Kafka publisher for local tools (replay, demo, tests): topics and keys as the scorer's."""
+def journal(cfg: Settings) -> Journal | None:
+    """A new writer of the producer journal (``PUBLISH_JOURNAL_DIR``), or None without one."""
+    if not cfg.publish_journal_dir:
+        return None
+    return Journal(Path(cfg.publish_journal_dir), fsync=cfg.publish_journal_fsync)
+
+
+def kafka_publisher(bootstrap_servers: str, journal_dir: Path | None = None) -> KafkaPublisher:
+    """A Kafka publisher for local tools (replay, demo, tests): topics and keys as the scorer's;
+    its records journaled in ``journal_dir`` (default ``PUBLISH_JOURNAL_DIR``, if set)."""
     cfg = settings()
+    writer = Journal(journal_dir, fsync=cfg.publish_journal_fsync) if journal_dir else journal(cfg)
     return KafkaPublisher(
-        bootstrap_servers, cfg.transactions_topic, cfg.labels_topic, card_key=card_hasher(cfg)
+        bootstrap_servers, cfg.transactions_topic, cfg.labels_topic, card_key=card_hasher(cfg), journal=writer
     )
 
 

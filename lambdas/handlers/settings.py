@@ -45,6 +45,11 @@ class Settings(BaseModel):
     #: every request it has stored: docs/benchmarks-http.md); it delays freshness by at most this.
     publish_linger_ms: int = Field(default=100, ge=0, le=1000)
     kafka_bootstrap_servers: str | None = None
+    #: Kafka only (the local stack sets it): every record is appended to a producer journal in this
+    #: folder before it is sent (``fraud_adapters.journal``); the stack's relay re-sends what a
+    #: broker lost. ``publish_journal_fsync``: an ``fdatasync`` per publish call too.
+    publish_journal_dir: str | None = None
+    publish_journal_fsync: bool = False
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"
     kinesis_stream_name: str | None = None
