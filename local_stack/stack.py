@@ -1,11 +1,13 @@
 """``fraudsys local up``: the whole system on 127.0.0.1, on real parts.
 
 redis-server (feature store), the local S3 (``local_stack.s3_server``, objects on disk: model
-store, dead letters, the event lake), tansu (Kafka protocol, its log in memory unless
-``durable_broker``, topics created), optionally the MLflow server, the local API Gateway in front of
-the real scorer handler, the local MSK event source mapping in front of the real updater handler
-and, in a process of its own with its own consumer group, the one in front of the real archiver
-(``handlers.archive_events``: the event lake). Only the archiver has ``LAKE_URI``.
+store, dead letters, the event lake), tansu (Kafka protocol, its log in memory, topics created;
+with ``durable_broker`` every producer journals its records on disk first and a relay sends again
+what a restarted broker lost: ``local_stack.relay``), optionally the MLflow server, the local API
+Gateway in front of the real scorer handler, the local MSK event source mapping in front of the
+real updater handler and, in a process of its own with its own consumer group, the one in front
+of the real archiver (``handlers.archive_events``: the event lake). Only the archiver has
+``LAKE_URI``.
 """
 
 import contextlib
@@ -23,6 +25,7 @@ from local_stack import s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
+from local_stack.relay import JournalRelay
 from local_stack.replay import ConsumerProgress
 from local_stack.services import (
     RedisTls,
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 
 MODELS_BUCKET = "fraudsys-models"
 DEAD_LETTER_BUCKET = "fraudsys-dead-letters"
-BROKER_BUCKET = "fraudsys-broker"
 LAKE_BUCKET = "fraudsys-lake"
 # Buckets copied to <run_dir>/s3 at `down` (local_stack.s3_snapshot: a folder of plain files to read
 # the lake from), and restored from there into a new local S3; not the broker's log.
@@ -76,12 +78,16 @@ class StackConfig:
     batching_window: float | None = None
     max_retries: int = 5
     session_timeout_ms: int = 6000
-    # True: the broker keeps its log in the local S3 from its first start (tansu's s3:// engine, the
-    # only durable one in this build). Off by default: measured on this stack it does not keep up
-    # (a 3,000-transaction replay: >129 s with produce timeouts, against 3 s in memory) and, after
-    # a kill -9 mid-stream, a reader from offset 0 got 52 of 3,397 records (docs/architecture.md).
-    # False: in memory; a broker killed loses what it acknowledged and nobody consumed yet.
-    durable_broker: bool = False
+    # True: what the broker acknowledged survives its crash. Its log stays in memory (tansu's only
+    # durable engine in this build, s3://, measured unusable: docs/architecture.md), but every
+    # producer of the stack appends each record to a journal on disk (<run_dir>/journal) before it
+    # sends it, and the stack's relay sends again what a restarted broker lost, what failed, and
+    # deletes what every consumer group has consumed (local_stack.relay). False: no journal; a
+    # broker killed loses what it acknowledged and nobody consumed yet.
+    durable_broker: bool = True
+    # an fdatasync of the journal per publish call (survives an operating-system crash too); off:
+    # one write per call, which a killed process does not lose (docs/benchmarks-http.md: the cost)
+    journal_fsync: bool = False
     redis_password: str | None = None  # redis-server --requirepass; in REDIS_URL (local only)
     redis_tls: RedisTls | None = None  # TLS-only redis-server; rediss:// with the CA in REDIS_URL
     # redis-server keeps an append-only file in <run_dir>/redis (fsync every second): the feature
@@ -130,6 +136,11 @@ class StackConfig:
     def lake_uri(self) -> str:
         """The event lake in the local S3 (the deployed stack's is ``s3://<lake bucket>/archive``)."""
         return f"s3://{LAKE_BUCKET}/archive"
+
+    @property
+    def journal_dir(self) -> Path:
+        """The producers' journal (``fraud_adapters.journal``), when ``durable_broker``."""
+        return self.run_dir / "journal"
 
     @property
     def s3_snapshot_dir(self) -> Path:
@@ -222,6 +233,17 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
         "POWERTOOLS_SERVICE_NAME": "fraudsys",
+        **journal_environment(cfg),
+    }
+
+
+def journal_environment(cfg: StackConfig) -> dict[str, str]:
+    """Where the stack's producers journal their records (``durable_broker``), else nothing."""
+    if not cfg.durable_broker:
+        return {}
+    return {
+        "PUBLISH_JOURNAL_DIR": str(cfg.journal_dir.resolve()),
+        "PUBLISH_JOURNAL_FSYNC": str(cfg.journal_fsync).lower(),
     }
 
 
@@ -257,7 +279,7 @@ def create_buckets() -> None:
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    for bucket in (*PERSISTENT_BUCKETS, BROKER_BUCKET):
+    for bucket in PERSISTENT_BUCKETS:
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
 
@@ -271,6 +293,7 @@ class LocalStack:
     saved_switch_interval: float | None = None
     poller: KafkaPoller | None = None
     archiver: ArchiverWorker | None = None
+    relay: JournalRelay | None = None
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
     champion_report: "ChampionReport | None" = None
@@ -304,7 +327,6 @@ class LocalStack:
             self._set_environment(handler_environment(cfg), unset=("LAKE_URI",))
             sup = self.supervisor
             sup.add(self._start_redis(), "redis", self._start_redis, self._after_redis_restart)
-            # the local S3 first: a durable broker keeps its log there from its first start
             new_s3 = not cfg.s3_data_dir.exists()
             sup.add(self._start_s3(), "s3", self._start_s3, self._after_s3_restart)
             if new_s3:  # a run folder of a stack from before the S3 on disk: its last `down`'s copy
@@ -321,6 +343,9 @@ class LocalStack:
                     lambda: start_mlflow(cfg.mlflow_port, cfg.run_dir / "mlflow", logs),
                 )
             create_topics(cfg.kafka, cfg.partitions)
+            if cfg.durable_broker:  # first: what the journal kept of an earlier run is sent again
+                topics, groups = (TRANSACTIONS_TOPIC, LABELS_TOPIC), (UPDATER_GROUP, ARCHIVER_GROUP)
+                self.relay = JournalRelay(cfg.journal_dir, cfg.kafka, topics, groups).start()
             self.store_report = store_state(cfg)
             if cfg.champion:
                 self.champion_report = ensure_champion(
@@ -417,15 +442,8 @@ class LocalStack:
         self.s3_restored = False
 
     def _start_kafka(self) -> Service:
-        cfg = self.cfg
-        if cfg.durable_broker:
-            return start_kafka(
-                cfg.kafka_port,
-                cfg.run_dir / "logs",
-                f"s3://{BROKER_BUCKET}/",
-                f"http://127.0.0.1:{cfg.s3_port}",
-            )
-        return start_kafka(cfg.kafka_port, cfg.run_dir / "logs")
+        """The broker, in memory, with a new cluster id: each start is a new incarnation."""
+        return start_kafka(self.cfg.kafka_port, self.cfg.run_dir / "logs")
 
     def _poller_config(self, part: str, group_id: str) -> PollerConfig:
         batch, window = cdk_consumer_settings(part)
@@ -532,6 +550,9 @@ class LocalStack:
             bootstrap.publisher().close()
         except Exception as exc:
             log.debug("publisher close: %s", exc)
+        if self.relay is not None:  # what it has not sent yet stays in the journal: the next `up`
+            self.relay.stop()
+            self.relay = None
         self._save_s3()
         self.supervisor.stop()
         self._restore_environment()

@@ -1,0 +1,200 @@
+"""The producer journal and its relay (``fraud_adapters.journal``, ``local_stack.relay``) on the
+real broker, which these tests start, kill and start again themselves: a publish that failed is
+sent again, so is what a restarted broker lost, and a segment is deleted only once every consumer
+group has consumed it, in the broker incarnation that holds it."""
+
+import gc
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from fraud_adapters import journal
+from fraud_adapters.journal import Journal
+from fraud_adapters.publisher import KafkaPublisher
+from fraud_core.schemas import TransactionEvent
+from local_stack.relay import JournalRelay
+from local_stack.services import Service, free_port, start_kafka
+
+pytestmark = pytest.mark.integration
+
+TOPICS = ("j.transactions", "j.labels")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def broker(port: int) -> Service:
+    service = start_kafka(port)
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+    try:
+        admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in TOPICS])
+    finally:
+        admin.close()
+    return service
+
+
+def kill(service: Service) -> None:
+    os.killpg(service.process.pid, signal.SIGKILL)
+    service.process.wait(10)
+
+
+def event(i: int) -> TransactionEvent:
+    return TransactionEvent.model_validate(
+        {
+            "trans_num": f"tx-{i}",
+            "cc_num": f"40000000000{i % 7:05d}",
+            "merchant": "m",
+            "category": "misc_net",
+            "amt": 1.0,
+            "transaction_time": "2020-06-21T12:00:00Z",
+            "lat": 0.0,
+            "long": 0.0,
+            "city_pop": 1,
+            "merch_lat": 0.0,
+            "merch_long": 0.0,
+        }
+    )
+
+
+def publisher(servers: str, writer: Journal) -> KafkaPublisher:
+    return KafkaPublisher(servers, *TOPICS, card_key=lambda cc: cc, journal=writer)
+
+
+def consume(servers: str, group: str, want: int, timeout: float = 60.0) -> list[str]:
+    """Read both topics as ``group`` from its committed offsets (else the start) until ``want``
+    records, commit, and return their transaction ids."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    try:
+        parts = [TopicPartition(t, p) for t in TOPICS for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(parts)
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(seen) < want and time.monotonic() < deadline:
+            for records in consumer.poll(500).values():
+                seen += [r.value.decode().split('"trans_num":"')[1].split('"')[0] for r in records]
+        consumer.commit({tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in parts})
+        return seen
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def relay_of(
+    directory: Path, servers: str, groups: tuple[str, ...], **options: float
+) -> Iterator[JournalRelay]:
+    relay = JournalRelay(directory, servers, TOPICS, groups, interval=0.2, **options).start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def test_a_publish_that_failed_or_was_never_answered_is_sent_again_by_the_relay(tmp_path: Path) -> None:
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    service = broker(port)
+    try:
+        with relay_of(tmp_path, servers, ("g",)) as relay:
+            wait_until(lambda: relay.rounds >= 2, "the relay's first rounds (an empty journal)")
+            # given a publish that fails (its producer reaches no broker; its segment stays open)
+            writer = Journal(tmp_path)
+            nowhere = publisher(f"127.0.0.1:{free_port()}", writer)
+            with pytest.raises((TimeoutError, RuntimeError)):
+                nowhere.publish([event(i) for i in range(5)], timeout=0.5)
+            del nowhere
+            gc.collect()
+            # then the relay sends its records, and the stream has them
+            wait_until(lambda: relay.resent == 5, "the failed records sent again")
+            assert sorted(consume(servers, "reader", 5)) == sorted(f"tx-{i}" for i in range(5))
+
+            # given records journaled by a writer that died before any answer (no mark)
+            dead = Journal(tmp_path)
+            dead.append([publisher(servers, dead).record(event(i)) for i in range(5, 8)])
+            wait_until(lambda: relay.journaled() == 8, "read")
+            assert relay.resent == 5  # its segment is open: the answer may still come
+            dead.close()  # (what a killed process's segment looks like: closed, unanswered)
+            wait_until(lambda: relay.resent == 8, "the unanswered records sent")
+            assert sorted(consume(servers, "reader", 3)) == ["tx-5", "tx-6", "tx-7"]
+        writer.close()
+    finally:
+        service.stop()
+
+
+def test_what_a_restarted_broker_lost_is_sent_again_and_trimmed_once_consumed_there(tmp_path: Path) -> None:
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    service = broker(port)
+    try:
+        # given 40 records acknowledged by the broker and consumed by the group "g" (whose writer
+        # has closed its segments: each publish call its own segment)
+        writer = Journal(tmp_path, segment_bytes=1)
+        sender = publisher(servers, writer)
+        for i in range(0, 40, 10):
+            sender.publish([event(k) for k in range(i, i + 10)], timeout=10)
+        sender.close()
+        assert len(journal.segments(tmp_path)) == 4
+        with relay_of(tmp_path, servers, ("g",), confirm_seconds=3600.0) as relay:
+            # (its first round sends the journal again: the broker is new to it, as at `up`)
+            wait_until(lambda: relay.resent == 40, "the relay's first round")
+            assert set(consume(servers, "g", 80)) == {f"tx-{i}" for i in range(40)}
+            assert relay.trimmed == 0  # consumed, but not yet confirmed (an hour)
+
+            # when the broker is killed and comes back empty (a new incarnation)
+            kill(service)
+            service = broker(port)
+
+            # then the relay sends the journal again, and the group's commits of the old broker
+            # count for nothing: the records stay until the group consumes them there
+            wait_until(lambda: relay.incarnations == 1 and relay.resent == 80, "the journal sent again")
+            assert relay.journaled() == 40
+        with relay_of(tmp_path, servers, ("g",), confirm_seconds=0.5) as relay:
+            # (a new relay: its first round sends the journal again, a duplicate the consumers absorb)
+            wait_until(lambda: relay.resent == 40 and relay.rounds >= 3, "rounds on the new broker")
+            assert relay.trimmed == 0
+            assert len(journal.segments(tmp_path)) == 4
+            # and once "g" consumed the new log, every segment is deleted
+            assert set(consume(servers, "g", 80)) == {f"tx-{i}" for i in range(40)}
+            wait_until(lambda: relay.trimmed == 40, "the journal trimmed")
+            assert journal.segments(tmp_path) == []
+    finally:
+        service.stop()
+
+
+def test_segments_are_kept_until_every_group_has_consumed_them(tmp_path: Path) -> None:
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    service = broker(port)
+    try:
+        writer = Journal(tmp_path, segment_bytes=1)
+        sender = publisher(servers, writer)
+        for i in range(0, 30, 10):
+            sender.publish([event(k) for k in range(i, i + 10)], timeout=10)
+        # the writer's open (last) segment is never deleted: 20 records in closed segments
+        with relay_of(tmp_path, servers, ("updater", "archiver"), confirm_seconds=0.5) as relay:
+            wait_until(lambda: relay.resent == 30, "the relay's first round")  # (as at `up`)
+            assert len(consume(servers, "updater", 60)) == 60
+            wait_until(lambda: relay.rounds >= 10, "rounds")
+            assert relay.trimmed == 0  # the archiver has not consumed them
+            assert len(consume(servers, "archiver", 60)) == 60
+            wait_until(lambda: relay.trimmed == 20, "the closed segments trimmed")
+            assert relay.resent == 30  # nothing was lost or failed since
+            sender.close()  # its last segment closes: consumed already, it goes too
+            wait_until(lambda: relay.trimmed == 30, "the last segment trimmed")
+        assert journal.segments(tmp_path) == []
+    finally:
+        service.stop()
