@@ -339,6 +339,104 @@ def test_a_killed_broker_is_restarted_and_the_stream_resumes(stack: LocalStack) 
     stack.check()
 
 
+def test_a_broker_killed_mid_replay_and_mid_scoring_loses_no_acknowledged_event(stack: LocalStack) -> None:
+    # Given a stream of 3,000 transactions (150 cards of their own, 30 merchants, two days), and
+    # POST /predict answered meanwhile for 10 cards of their own
+    frame = kaggle_like_frame(
+        3_000,
+        n_cards=150,
+        n_merchants=30,
+        days=2,
+        seed=91,
+        fraud_rate=0.0,
+        start=int(T0.timestamp()) + 5 * 86400,
+    )
+    frame["trans_num"] = "brk-" + frame["trans_num"]
+    frame["cc_num"] = (4_300_000_000_000_000 + frame["cc_num"].astype("int64") % 1_000_000).astype(str)
+    assert stack.relay is not None
+    incarnations = stack.relay.incarnations
+    publisher = bootstrap.kafka_publisher(stack.cfg.kafka)  # journaled, as every producer of the stack
+    acknowledged: list[str] = []
+    scored: dict[str, list[str]] = {}  # card -> transaction ids answered 200 (their publish done)
+    requests = [0]
+    kills: dict[str, int] = {}
+    replaying = threading.Event()
+    replaying.set()
+
+    def score() -> None:
+        i = 0
+        while replaying.is_set() or i < 150:
+            card = f"45000000000000{i % 10:02d}"
+            transaction_id = f"brk-api-{i}"
+            try:
+                status, _, _ = post(stack, body(transaction_id, card, 3000 + i))
+            except (OSError, http.client.HTTPException):
+                status = 0
+            if status == 200:  # answered: scored and its publish done (journaled, maybe failed)
+                scored.setdefault(card, []).append(transaction_id)
+            i += 1
+        requests[0] = i
+
+    def publish(events: list[Event]) -> None:
+        while True:
+            try:
+                publisher.publish(events, timeout=10)
+                break
+            except (RuntimeError, TimeoutError):
+                time.sleep(0.2)
+        acknowledged.extend(e.trans_num for e in events)
+        # the broker is killed a third of the way, while the API scores and publishes too
+        if len(acknowledged) >= 1_000 and "kafka" not in kills:
+            kills["kafka"] = kill(stack, "kafka")
+
+    # When it is replayed in batches of 100 and the broker is killed with SIGKILL in the middle
+    scorer = threading.Thread(target=score, name="chaos-scoring")
+    scorer.start()
+    try:
+        replay(frame, publish, 1_000.0, 7 * 86400, chunk=100)
+    finally:
+        publisher.close()
+        replaying.clear()
+        scorer.join(300)
+
+    # Then the supervisor restarted it (a new incarnation, which the relay noticed) and the stack
+    # serves in full again
+    wait_until(lambda: restarted(stack, "kafka", kills["kafka"]), "the broker restarted")
+    wait_until(lambda: stack.relay is not None and stack.relay.incarnations > incarnations, "the relay")
+    probe = lambda: scores_in_full(stack, f"probe-{time.monotonic_ns()}", "4000000000000011", 3500)  # noqa: E731
+    wait_until(probe, "a full score", timeout=120)
+    stack.check()
+    # and every acknowledged event was applied to Redis exactly once: each is indexed, and every
+    # card holds as many events as it was sent (a record applied twice would count twice)
+    answered = [t for ids in scored.values() for t in ids]
+    assert sorted(set(acknowledged)) == sorted(frame["trans_num"])
+    assert len(answered) >= 100
+    every = [*acknowledged, *answered]
+    wait_until(
+        lambda: len(bootstrap.transaction_index().get(every)) == len(every),
+        "every acknowledged transaction applied",
+        timeout=240,
+    )
+    end = int(frame["event_time"].max()) + 60
+    held = {
+        card: card_events_of(frame[frame["cc_num"] == card].iloc[-1].to_dict(), end)
+        for card in frame["cc_num"].unique()
+    }
+    assert held == frame["cc_num"].value_counts().to_dict()
+    assert {card: card_events(card, 4000) for card in scored} == {
+        card: len(ids) for card, ids in scored.items()
+    }
+
+    # and archived in the lake, each once as the lake reads
+    def lake_ids() -> pd.Series:
+        ids = read_lake(stack.cfg.lake_uri).transactions["trans_num"]
+        return ids[ids.str.startswith("brk-")]
+
+    wait_until(lambda: len(set(lake_ids())) == len(every), "the lake", timeout=240)
+    assert sorted(lake_ids()) == sorted(every)
+    assert stack.dead_letters() == {}
+
+
 def test_a_stopped_dependency_degrades_health_until_it_is_back(stack: LocalStack) -> None:
     stack.supervisor.hold("kafka")
     try:
