@@ -121,6 +121,16 @@ def local_replay(
             "retention; --no-follow when no updater consumes the broker"
         ),
     ] = True,
+    run_dir: Annotated[
+        Path, typer.Option(help="the local stack's folder: its producer journal is <run-dir>/journal")
+    ] = Path("data/local"),
+    journal: Annotated[
+        bool,
+        typer.Option(
+            help="journal every record in <run-dir>/journal before sending it (when the stack made "
+            "that folder: `durable_broker`), so that the stack's relay sends again what a broker lost"
+        ),
+    ] = True,
 ) -> None:
     """Produce a transaction stream (and delayed labels) into the broker at a given rate."""
     from rich.progress import Progress
@@ -140,7 +150,10 @@ def local_replay(
         frame = run(SimulatorConfig(seed=seed))
     if limit is not None:
         frame = frame.sort_values(["event_time", "trans_num"]).head(limit)
-    publisher = kafka_publisher(bootstrap)
+    journal_dir = run_dir / "journal"
+    if journal and not journal_dir.is_dir():
+        console.print(f"no journal: {journal_dir} does not exist (a broker killed can lose this replay)")
+    publisher = kafka_publisher(bootstrap, journal_dir if journal and journal_dir.is_dir() else None)
     applied = updater_progress(bootstrap) if follow else None
     try:
         with Progress(console=console) as progress:

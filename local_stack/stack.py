@@ -344,6 +344,7 @@ class LocalStack:
                 )
             create_topics(cfg.kafka, cfg.partitions)
             if cfg.durable_broker:  # first: what the journal kept of an earlier run is sent again
+                cfg.journal_dir.mkdir(parents=True, exist_ok=True)
                 topics, groups = (TRANSACTIONS_TOPIC, LABELS_TOPIC), (UPDATER_GROUP, ARCHIVER_GROUP)
                 self.relay = JournalRelay(cfg.journal_dir, cfg.kafka, topics, groups).start()
             self.store_report = store_state(cfg)
