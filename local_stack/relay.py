@@ -38,8 +38,9 @@ from fraud_adapters import journal
 
 log = logging.getLogger(__name__)
 
+# a record's state in the relay: sent by its writer, no answer read yet; acknowledged there;
+# to be sent (again) by the relay; sent by the relay, no answer yet; acknowledged to the relay
 PENDING, ACKED, DUE, SENDING, RELAYED = range(5)
-DELIVERED = (ACKED, RELAYED)
 
 
 @dataclass
@@ -149,10 +150,8 @@ class JournalRelay:
         if cluster != self.cluster:
             self._new_incarnation(cluster)
         for segment in self.segments.values():
-            if segment.closed:  # never answered: its writer died or rolled over first
-                for i, state in enumerate(segment.status):
-                    if state == PENDING:
-                        segment.status[i] = DUE
+            if segment.closed and PENDING in segment.status:  # its writer died or rolled over first
+                segment.status = segment.status.replace(bytes([PENDING]), bytes([DUE]))
         self._send()
         self._trim(cluster)
 
@@ -251,7 +250,9 @@ class JournalRelay:
 
     def _trim(self, cluster: str) -> None:
         done = [
-            s for s in self.segments.values() if s.closed and all(state in DELIVERED for state in s.status)
+            s
+            for s in self.segments.values()
+            if s.closed and s.status.count(ACKED) + s.status.count(RELAYED) == len(s.status)
         ]
         if not done:
             return
