@@ -153,7 +153,7 @@ class KafkaPoller:
         local poller needs no group membership, so a broker restart leaves no stale member
         holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
         if self._consumer is None:
-            cluster = self.cluster_id()
+            cluster = self.cluster_id(require_topics=True)
             consumer = KafkaConsumer(**consumer_options(self.cfg))
             # owned (and closed by _close on failure) before its first blocking call: the metadata
             # request waits without a timeout, and a broker restart can leave it waiting forever,
@@ -168,9 +168,15 @@ class KafkaPoller:
             self._checked_at = time.monotonic()
         return self._consumer
 
-    def cluster_id(self) -> str:
-        """The cluster id of the broker answering now (a new one per start of the local broker)."""
+    def cluster_id(self, require_topics: bool = False) -> str:
+        """The cluster id of the broker answering now (a new one per start of the local broker).
+        ``require_topics``: raise while one of the topics does not exist (a new broker before the
+        stack created them): a consumer asking for it could have tansu create it with its default
+        partition count (it does not always honour ``allow_auto_create_topics=False``)."""
         metadata = self._admin.list_topics(timeout=5)
+        missing = [t for t in self.cfg.topics if t not in metadata.topics] if require_topics else []
+        if missing:
+            raise RuntimeError(f"topic(s) {', '.join(missing)} not created yet")
         return str(metadata.cluster_id)
 
     def _from_the_beginning(
@@ -297,7 +303,8 @@ class KafkaPoller:
     def _when_idle(self, consumer: KafkaConsumer) -> None:
         """Export the lag; after ``idle_rebuild_seconds`` without records, rebuild the consumer.
         kafka-python can keep polling a restarted broker without ever fetching again (topic ids
-        change); a fresh consumer resumes from the committed offsets. Cheap: no group join."""
+        change); a fresh consumer resumes from the committed offsets. Cheap: no group join. At once
+        when the broker is a new incarnation (its log from the start)."""
         now = time.monotonic()
         if self._idle_since is None:
             self._idle_since = now
@@ -305,7 +312,7 @@ class KafkaPoller:
             self._lag(consumer)
         except Exception as exc:
             log.debug("poller lag: %s", exc)
-        if now - self._idle_since > self.cfg.idle_rebuild_seconds:
+        if now - self._idle_since > self.cfg.idle_rebuild_seconds or self.cluster_id() != self._cluster:
             self._idle_since = None
             self._close()
 
