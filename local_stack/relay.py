@@ -29,7 +29,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # a record's state in the relay: sent by its writer, no answer read yet; acknowledged there;
 # to be sent (again) by the relay; sent by the relay, no answer yet; acknowledged to the relay
 PENDING, ACKED, DUE, SENDING, RELAYED = range(5)
+#: how often (in rounds) the relay compares the broker's log with ``roll_records``
+ROLL_CHECK_ROUNDS = 10
 
 
 @dataclass
@@ -69,6 +71,8 @@ class JournalRelay:
         groups: Sequence[str],
         interval: float = 0.5,
         confirm_seconds: float = 2.0,
+        roll_records: int | None = None,
+        roll: Callable[[], None] | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -78,6 +82,11 @@ class JournalRelay:
         self.groups = tuple(groups)
         self.interval = interval
         self.confirm_seconds = confirm_seconds
+        # the in-memory broker deletes nothing: once its log holds ``roll_records`` and the journal
+        # (what would be sent again) less than half that, ``roll`` restarts it (a new, empty log)
+        self.roll_records = roll_records
+        self.roll = roll
+        self.rolls = 0
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -154,6 +163,40 @@ class JournalRelay:
                 segment.status = segment.status.replace(bytes([PENDING]), bytes([DUE]))
         self._send()
         self._trim(cluster)
+        if self.roll_records and self.roll is not None and self.rounds % ROLL_CHECK_ROUNDS == 0:
+            self._roll_when_full()
+
+    def broker_records(self) -> int:
+        """Records in the broker's log (its partitions' high watermarks: tansu's count a last
+        batch as one record, close enough for a bound)."""
+        from confluent_kafka import TopicPartition
+
+        metadata = self.producer.list_topics(timeout=5)
+        consumer = self._consumer(self.groups[0])
+        total = 0
+        for topic in self.topics:
+            for partition in metadata.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                total += max(high, 0)
+        return total
+
+    def _roll_when_full(self) -> None:
+        assert self.roll_records is not None
+        assert self.roll is not None
+        if self.journaled() > self.roll_records // 2:
+            return
+        held = self.broker_records()
+        if held < self.roll_records:
+            return
+        log.warning(
+            "journal relay: the broker holds %d records (bound %d), %d of them in the journal: "
+            "rolling it (a new, empty log; the journal's records are sent again)",
+            held,
+            self.roll_records,
+            self.journaled(),
+        )
+        self.roll()
+        self.rolls += 1
 
     def _new_incarnation(self, cluster: str) -> None:
         records = sum(len(s.status) for s in self.segments.values())
@@ -277,10 +320,17 @@ class JournalRelay:
                 self.trimmed += len(segment.status)
 
     def _committed(self, group: str, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
         if not partitions:
             return {}
+        answer = self._consumer(group).committed([TopicPartition(t, p) for t, p in partitions], timeout=5)
+        return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.error is None}
+
+    def _consumer(self, group: str) -> Any:
+        """A consumer of ``group`` that never subscribes: it reads the group's offsets."""
+        from confluent_kafka import Consumer
+
         consumer = self._consumers.get(group)
         if consumer is None:
             consumer = self._consumers[group] = Consumer(
@@ -291,8 +341,7 @@ class JournalRelay:
                     "logger": logging.getLogger("fraudsys.kafka"),
                 }
             )
-        answer = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=5)
-        return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.error is None}
+        return consumer
 
     # ---------------------------------------------------------------------------------- state
 

@@ -88,6 +88,11 @@ class StackConfig:
     # an fdatasync of the journal per publish call (survives an operating-system crash too); off:
     # one write per call, which a killed process does not lose (docs/benchmarks-http.md: the cost)
     journal_fsync: bool = False
+    # with durable_broker: restart ("roll") the in-memory broker once its log holds this many
+    # records and the journal less than half that (what is not yet consumed is sent again to the
+    # new, empty log); None: never, and the broker's memory grows while the stack is up (tansu
+    # 0.6 deletes nothing)
+    broker_roll_records: int | None = None
     redis_password: str | None = None  # redis-server --requirepass; in REDIS_URL (local only)
     redis_tls: RedisTls | None = None  # TLS-only redis-server; rediss:// with the CA in REDIS_URL
     # redis-server keeps an append-only file in <run_dir>/redis (fsync every second): the feature
@@ -346,7 +351,14 @@ class LocalStack:
             if cfg.durable_broker:  # first: what the journal kept of an earlier run is sent again
                 cfg.journal_dir.mkdir(parents=True, exist_ok=True)
                 topics, groups = (TRANSACTIONS_TOPIC, LABELS_TOPIC), (UPDATER_GROUP, ARCHIVER_GROUP)
-                self.relay = JournalRelay(cfg.journal_dir, cfg.kafka, topics, groups).start()
+                self.relay = JournalRelay(
+                    cfg.journal_dir,
+                    cfg.kafka,
+                    topics,
+                    groups,
+                    roll_records=cfg.broker_roll_records,
+                    roll=lambda: self.restart("kafka"),
+                ).start()
             self.store_report = store_state(cfg)
             if cfg.champion:
                 self.champion_report = ensure_champion(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
@@ -95,7 +96,7 @@ def consume(servers: str, group: str, want: int, timeout: float = 60.0) -> list[
 
 @contextmanager
 def relay_of(
-    directory: Path, servers: str, groups: tuple[str, ...], **options: float
+    directory: Path, servers: str, groups: tuple[str, ...], **options: Any
 ) -> Iterator[JournalRelay]:
     relay = JournalRelay(directory, servers, TOPICS, groups, interval=0.2, **options).start()
     try:
@@ -198,3 +199,39 @@ def test_segments_are_kept_until_every_group_has_consumed_them(tmp_path: Path) -
         assert journal.segments(tmp_path) == []
     finally:
         service.stop()
+
+
+def test_a_full_broker_is_rolled_and_gets_only_what_is_not_consumed(tmp_path: Path) -> None:
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    services = [broker(port)]
+
+    def roll() -> None:  # what the stack does: the broker restarted (a new, empty log)
+        kill(services[-1])
+        services.append(broker(port))
+
+    try:
+        with relay_of(tmp_path, servers, ("g",), confirm_seconds=0.5, roll_records=6, roll=roll) as relay:
+            wait_until(lambda: relay.rounds >= 2, "the relay's first rounds (an empty journal)")
+            # given 40 records in the broker, consumed (their writer closed: its segments trimmed)
+            first = Journal(tmp_path, segment_bytes=1)
+            sender = publisher(servers, first)
+            for i in range(0, 40, 5):
+                sender.publish([event(k) for k in range(i, i + 5)], timeout=10)
+            sender.close()
+            assert len(consume(servers, "g", 40)) == 40
+            # and 2 records of a writer still open, not consumed
+            second = Journal(tmp_path)
+            other = publisher(servers, second)
+            other.publish([event(40), event(41)], timeout=10)
+            # when the broker's log passes the bound (6 records) and the journal holds less than
+            # half of it: then the broker is rolled once, and only the 2 unconsumed records are
+            # sent to the new log
+            wait_until(lambda: relay.rolls == 1, "the broker rolled", timeout=120)
+            wait_until(lambda: relay.incarnations == 1 and relay.resent == 2, "the journal sent again")
+            assert relay.trimmed == 40
+            assert sorted(consume(servers, "g", 2)) == ["tx-40", "tx-41"]
+            other.close()
+    finally:
+        for service in services:
+            service.stop()
