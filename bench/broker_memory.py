@@ -83,7 +83,8 @@ def run(argv: Sequence[str] | None = None) -> None:
             time.sleep(10)  # a last sample or two after the replay
             stop.set()
             relay = stack.relay
-            assert relay is not None
+            if relay is None:
+                raise RuntimeError("no journal relay: durable_broker is off")
             print(
                 f"broker_roll_records={args.roll or None}: {stats.transactions:,} transactions in "
                 f"{stats.seconds:.0f} s; applied {applied:,} of {len(ids):,}; rolls {relay.rolls}; "

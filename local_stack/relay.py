@@ -164,7 +164,7 @@ class JournalRelay:
         self._send()
         self._trim(cluster)
         if self.roll_records and self.roll is not None and self.rounds % ROLL_CHECK_ROUNDS == 0:
-            self._roll_when_full()
+            self._roll_when_full(self.roll_records, self.roll)
 
     def broker_records(self) -> int:
         """Records in the broker's log (its partitions' high watermarks: tansu's count a last
@@ -180,22 +180,20 @@ class JournalRelay:
                 total += max(high, 0)
         return total
 
-    def _roll_when_full(self) -> None:
-        assert self.roll_records is not None
-        assert self.roll is not None
-        if self.journaled() > self.roll_records // 2:
+    def _roll_when_full(self, bound: int, roll: Callable[[], None]) -> None:
+        if self.journaled() > bound // 2:
             return
         held = self.broker_records()
-        if held < self.roll_records:
+        if held < bound:
             return
         log.warning(
             "journal relay: the broker holds %d records (bound %d), %d of them in the journal: "
             "rolling it (a new, empty log; the journal's records are sent again)",
             held,
-            self.roll_records,
+            bound,
             self.journaled(),
         )
-        self.roll()
+        roll()
         self.rolls += 1
 
     def _new_incarnation(self, cluster: str) -> None:
@@ -238,8 +236,7 @@ class JournalRelay:
         end = 0
         for entry in journal.read_entries(data, 0, len(segment.status)):
             end = entry.end
-            if entry.kind == journal.RECORD:
-                assert entry.record is not None
+            if entry.record is not None:  # a record
                 segment.status.append(PENDING)
                 segment.topics.append(entry.record[0])
             elif entry.kind == journal.ACKED:
@@ -261,11 +258,10 @@ class JournalRelay:
             except FileNotFoundError:
                 continue
             for entry in journal.read_entries(data, 0, 0):
-                if entry.kind != journal.RECORD or entry.index >= len(segment.status):
-                    continue
+                if entry.record is None or entry.index >= len(segment.status):
+                    continue  # a marker, or a record read after this round's scan
                 if segment.status[entry.index] != DUE:
                     continue
-                assert entry.record is not None
                 topic, key, value = entry.record
                 segment.status[entry.index] = SENDING
                 report = functools.partial(self._delivered, segment, entry.index, self.epoch)

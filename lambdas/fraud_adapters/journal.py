@@ -97,7 +97,7 @@ class Journal:
     def _path(self, segment: int) -> Path:
         return self.directory / f"{self.writer}-{segment:06d}{SUFFIX}"
 
-    def _open(self) -> None:
+    def _open(self) -> int:
         self._segment += 1
         final = self._path(self._segment)
         tmp = final.with_suffix(".tmp")
@@ -105,6 +105,7 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(tmp, final)
         self._fd, self._records, self._bytes, self._opened = fd, 0, 0, time.monotonic()
+        return fd
 
     def _close_segment(self) -> None:
         if self._fd is not None:
@@ -119,12 +120,10 @@ class Journal:
                 self._bytes >= self.segment_bytes or time.monotonic() - self._opened >= self.segment_seconds
             ):
                 self._close_segment()
-            if self._fd is None:
-                self._open()
-            assert self._fd is not None
-            _write_all(self._fd, data)
+            fd = self._fd if self._fd is not None else self._open()
+            _write_all(fd, data)
             if self.fsync:
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
             span = Span(self._segment, self._records, len(records))
             self._records += len(records)
             self._bytes += len(data)
