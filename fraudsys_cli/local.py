@@ -56,6 +56,14 @@ def local_up(
     max_queue: Annotated[
         int, typer.Option(min=1, help="requests each API process queues at most; beyond, a 503")
     ] = 128,
+    broker_roll_records: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="restart the in-memory broker (a new, empty log) once it holds this many records, "
+            "sending it again what is not yet consumed (the producer journal): bounds its memory",
+        ),
+    ] = None,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API, the updater's poller and
     the archiver's (the event lake)."""
@@ -78,6 +86,7 @@ def local_up(
         champion_model_stores=tuple(models_from or [Path("data/model_store")]),
         request_deadline_ms=deadline_ms,
         api_max_queue=max_queue,
+        broker_roll_records=broker_roll_records,
     )
     stack = LocalStack(cfg, on_step=step)
     try:
