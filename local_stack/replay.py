@@ -12,6 +12,7 @@ what the updater has applied, measured by the updater's committed offsets
 """
 
 import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ import pandas as pd
 
 from fraud_core import spec
 from fraud_core.schemas import LabelEvent, TransactionEvent
+
+log = logging.getLogger(__name__)
 
 Event = TransactionEvent | LabelEvent
 
@@ -96,7 +99,13 @@ def timeline(
 class ConsumerProgress:
     """Records of ``topics`` a consumer group has committed since this object was made (offsets
     past each partition's end at that moment): what the group has handled of what was published
-    after it. Other producers' records in the meantime count too (the measure is then generous)."""
+    after it. Other producers' records in the meantime count too (the measure is then generous).
+
+    A new broker incarnation (the in-memory broker restarted or rolled: a new cluster id, a new
+    log into which the journal's relay sends what was not consumed, ``local_stack.relay``) keeps
+    what was counted before and counts the new log's commits from its first offset: generous
+    again (records handled before and sent again count twice), never a count that stalls the
+    replay. While the broker cannot answer, the last count stands (no progress)."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -116,15 +125,32 @@ class ConsumerProgress:
             self._start: dict[Any, int] = dict(consumer.end_offsets(parts))
         finally:
             consumer.close()
+        self._cluster = self._cluster_id()
+        self._carried = 0  # counted in earlier incarnations
+        self._last = 0
+        self.incarnations = 0  # new incarnations seen
+
+    def _cluster_id(self) -> str:
+        return str(self._admin.describe_cluster()["cluster_id"])
 
     def __call__(self) -> int:
-        committed = self._admin.list_group_offsets({self.group: list(self._start)}).get(self.group, {})
-        done = 0
+        try:
+            cluster = self._cluster_id()
+            if cluster != self._cluster:
+                self._carried, self._cluster = self._last, cluster
+                self._start = dict.fromkeys(self._start, 0)
+                self.incarnations += 1
+            committed = self._admin.list_group_offsets({self.group: list(self._start)}).get(self.group, {})
+        except Exception as exc:  # the broker away (a restart): no progress until it answers
+            log.debug("replay guard: no reading: %s", exc)
+            return self._last
+        done = self._carried
         for tp, start in self._start.items():
             meta = committed.get(tp)
             if meta is not None and meta.offset >= 0:
                 done += max(meta.offset - start, 0)
-        return done
+        self._last = max(self._last, done)
+        return self._last
 
     def close(self) -> None:
         self._admin.close()

@@ -90,3 +90,63 @@ def test_the_replay_never_runs_more_than_the_slack_ahead_of_a_slow_updater(kafka
     # the guard did hold the replay back (the consumer is ten times slower), and every record came
     assert stats.held_seconds > 0.5
     assert handled == {rid for _, rid in sent}
+
+
+def test_the_guards_count_survives_a_new_broker_incarnation() -> None:
+    # given a guard that has counted 30 committed records of a broker, and the broker's group
+    # committing through a consumer (the updater's stand-in)
+    import os
+    import signal
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from local_stack.services import free_port, start_kafka
+
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    topic, group = "guarded", "guard-reborn"
+
+    def create() -> None:
+        admin = KafkaAdminClient(bootstrap_servers=servers)
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.close()
+
+    def produce_and_commit(count: int) -> None:
+        producer = Producer({"bootstrap.servers": servers})
+        for k in range(count):
+            producer.produce(topic, f"r-{k}".encode(), partition=0)
+        assert producer.flush(10) == 0
+        consumer = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, 0, count)], asynchronous=False)
+        finally:
+            consumer.close()
+
+    old = start_kafka(port)
+    new = None
+    progress: ConsumerProgress | None = None
+    try:
+        create()
+        progress = ConsumerProgress(servers, group, (topic,))
+        produce_and_commit(30)
+        assert progress() == 30
+        # when the broker is killed and comes back empty (a new cluster id)
+        os.killpg(old.process.pid, signal.SIGKILL)
+        old.process.wait(10)
+        # then while it is away the last count stands (no exception reaches the replay)
+        assert progress() == 30
+        new = start_kafka(port)
+        create()
+        # and the new log's commits count on top of what was counted, from its first offset
+        produce_and_commit(12)
+        deadline = time.monotonic() + 30
+        while progress() < 42 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert progress() == 42
+        assert progress.incarnations == 1
+    finally:
+        if progress is not None:
+            progress.close()
+        old.stop()
+        if new is not None:
+            new.stop()
