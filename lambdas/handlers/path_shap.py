@@ -11,10 +11,11 @@ cover ratios, ``sum_hessian`` child / parent) gives feature ``f_j``
 where ``o_l`` is 1 when the row satisfies every split on ``f_l`` along the path, else 0, and
 ``e_k`` is the coefficient of ``x^k``. Only the ``2^d`` patterns of ``o`` can occur, so each
 leaf's contributions are computed once per pattern when the model loads; a row then costs one
-comparison per path node, a lookup per leaf and a sum per feature (numpy, ~25x less).
+comparison per path node, a lookup per leaf and a sum per feature (numpy: 0.15 ms against
+XGBoost's 0.38-0.45 ms for the bench's champion, 2,658 leaves; docs/benchmarks.md).
 
 The table grows as leaves x 2^depth x depth: a model whose table would exceed ``MAX_TABLE_BYTES``
-(the tuner's deepest, 400 trees of depth 8: ~0.9 GB) keeps XGBoost's own computation, as does
+(the tuner's deepest, 400 trees of depth 8: ~0.47 GB) keeps XGBoost's own computation, as does
 any model this module does not describe (not ``gbtree``, categorical splits, vector leaves).
 ``from_model`` also checks the table against ``pred_contribs`` on probe rows and declines a
 model where they differ (``tests/handlers/test_path_shap.py``: equal within float32 rounding on
@@ -38,46 +39,112 @@ MAX_TABLE_BYTES = 64 * 2**20
 TOLERANCE = 1e-4
 
 
+#: the longest path the table takes (its size doubles per level)
+MAX_DEPTH = 8
+
+
 @dataclass(frozen=True)
-class _Leaf:
-    value: float
-    nodes: list[tuple[int, float, bool, bool, int]]  # feature, threshold, goes left, missing follows, slot
-    slots: list[tuple[int, float]]  # distinct feature, zero fraction
+class _Paths:
+    """Every leaf's path as arrays of (leaves, depth) path nodes, from the leaf's parent up to the
+    root, padded (a padding node is always satisfied), and its distinct features (slots)."""
+
+    feature: npt.NDArray[np.intp]
+    threshold: npt.NDArray[np.float32]  # XGBoost compares float32 values with float32 thresholds
+    right: npt.NDArray[np.bool_]  # the path takes the node's right branch
+    nan_flip: npt.NDArray[np.bool_]  # a missing value follows the path: (default branch) != right
+    pad: npt.NDArray[np.bool_]
+    slot: npt.NDArray[np.intp]  # the node's distinct feature on this path (-1: padding)
+    slot_feature: npt.NDArray[np.intp]  # (leaves, width): n_features where a leaf has fewer
+    zero: F64  # (leaves, width): the product of the slot's cover ratios (child / parent)
+    width: npt.NDArray[np.intp]  # distinct features per leaf
+    value: F64  # the leaves' values
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Leaves, depth (path nodes) and width (distinct features), at least 1 each."""
+        return len(self.value), self.feature.shape[1], self.slot_feature.shape[1]
 
 
-def _tree_leaves(tree: dict[str, Any]) -> list[_Leaf] | None:
-    left, right = tree["left_children"], tree["right_children"]
-    if any(tree.get("split_type") or []) or int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
-        return None  # categorical splits or vector leaves: not described here
-    feature, condition = tree["split_indices"], tree["split_conditions"]
-    default_left, cover = tree["default_left"], tree["sum_hessian"]
-    leaves: list[_Leaf] = []
-    # (node, path nodes, slots) depth first
-    stack: list[tuple[int, list[tuple[int, float, bool, bool, int]], list[tuple[int, float]]]] = [(0, [], [])]
-    while stack:
-        node, nodes, slots = stack.pop()
-        if left[node] == -1:
-            leaves.append(_Leaf(float(condition[node]), nodes, slots))
-            continue
-        f = int(feature[node])
-        for child, goes_left in ((left[node], True), (right[node], False)):
-            fraction = cover[child] / cover[node] if cover[node] > 0 else 0.0
-            new_slots = list(slots)
-            slot = next((i for i, (g, _) in enumerate(slots) if g == f), None)
-            if slot is None:
-                slot = len(new_slots)
-                new_slots.append((f, fraction))
-            else:
-                new_slots[slot] = (f, new_slots[slot][1] * fraction)
-            follows = bool(default_left[node]) == goes_left  # a missing value takes this branch
-            entry = (f, float(np.float32(condition[node])), goes_left, follows, slot)
-            stack.append((child, [*nodes, entry], new_slots))
-    return leaves
-
-
-def _shape(leaves: list[_Leaf]) -> tuple[int, int]:
-    """The longest path (nodes) and the most distinct features on one path, at least 1 each."""
-    return max(1, *(len(leaf.nodes) for leaf in leaves)), max(1, *(len(leaf.slots) for leaf in leaves))
+def _paths(trees: list[dict[str, Any]], n_features: int) -> _Paths | None:
+    """The leaves' paths of every tree (one array walk per level, all trees at once); None for
+    trees this module does not describe (categorical splits, vector leaves, paths deeper than
+    ``MAX_DEPTH``)."""
+    parts: dict[str, list[Any]] = {k: [] for k in ("left", "parent", "feature", "value", "default", "cover")}
+    offset = 0
+    for tree in trees:
+        if any(tree.get("split_type") or []) or int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
+            return None
+        left = np.asarray(tree["left_children"], dtype=np.intp)
+        right = np.asarray(tree["right_children"], dtype=np.intp)
+        inner = np.flatnonzero(left != -1)
+        parent = np.full(len(left), -1, dtype=np.intp)
+        parent[left[inner]] = inner + offset
+        parent[right[inner]] = inner + offset
+        parts["left"].append(np.where(left == -1, -1, left + offset))
+        parts["parent"].append(parent)
+        parts["feature"].append(np.asarray(tree["split_indices"], dtype=np.intp))
+        parts["value"].append(np.asarray(tree["split_conditions"], dtype=np.float64))
+        parts["default"].append(np.asarray(tree["default_left"], dtype=bool))
+        parts["cover"].append(np.asarray(tree["sum_hessian"], dtype=np.float64))
+        offset += len(left)
+    left_of, parent_of, feature_of, value_of, default_of, cover_of = (
+        np.concatenate(parts[k]) for k in ("left", "parent", "feature", "value", "default", "cover")
+    )
+    leaves = np.flatnonzero(left_of == -1)
+    current, active = leaves.copy(), np.ones(len(leaves), dtype=bool)
+    levels: list[tuple[Any, Any, Any, Any]] = []  # (node, valid, went left, cover ratio) per level
+    while True:
+        up = parent_of[current]
+        valid = active & (up >= 0)
+        if not valid.any():
+            break
+        if len(levels) == MAX_DEPTH:
+            return None
+        node = np.where(valid, up, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(cover_of[node] > 0, cover_of[current] / cover_of[node], 0.0)
+        levels.append((node, valid, left_of[node] == current, np.where(valid, ratio, 1.0)))
+        current, active = np.where(valid, up, current), valid
+    count = len(leaves)
+    if not levels:  # every tree is one leaf
+        levels.append(
+            (
+                np.zeros(count, dtype=np.intp),
+                np.zeros(count, dtype=bool),
+                np.ones(count, dtype=bool),
+                np.ones(count),
+            )
+        )
+    node, valid, went_left, ratio = (np.stack(level, axis=1) for level in zip(*levels, strict=True))
+    depth = node.shape[1]
+    pad = ~valid
+    right = ~went_left
+    follows = default_of[node] == went_left
+    # slots: a node's distinct feature is the first node of the path on the same feature
+    keyed = np.where(valid, feature_of[node], -1 - np.arange(depth)[None, :])  # paddings all differ
+    first = (keyed[:, :, None] == keyed[:, None, :]).argmax(axis=2)
+    is_first = (first == np.arange(depth)[None, :]) & valid
+    rank = np.cumsum(is_first, axis=1) - 1
+    slot = np.where(valid, np.take_along_axis(rank, first, axis=1), -1)
+    width = is_first.sum(axis=1)
+    slots = max(1, int(width.max()))
+    slot_feature = np.full((count, slots), n_features, dtype=np.intp)
+    rows, ks = np.nonzero(is_first)
+    slot_feature[rows, rank[rows, ks]] = feature_of[node[rows, ks]]
+    on_slot = slot[:, :, None] == np.arange(slots)[None, None, :]
+    zero = np.where(on_slot, ratio[:, :, None], 1.0).prod(axis=1)
+    return _Paths(
+        feature=np.where(valid, feature_of[node], 0),
+        threshold=np.where(valid, value_of[node], np.inf).astype(np.float32),
+        right=right & valid,
+        nan_flip=(follows != right) & valid,
+        pad=pad,
+        slot=slot,
+        slot_feature=slot_feature,
+        zero=zero,
+        width=width,
+        value=value_of[leaves],
+    )
 
 
 def _pattern_table(z: F64, v: F64) -> F64:
@@ -93,10 +160,12 @@ def _pattern_table(z: F64, v: F64) -> F64:
         poly = np.zeros((d, n, patterns))
         poly[0] = 1.0
         for degree, other in enumerate(x for x in range(d) if x != j):
-            z_l, o_l = z[:, other, None], ones[:, other]
+            z_l = z[:, other, None]
+            # the patterns as (n, high bits, bit ``other``, low bits): its 1s are a view
+            split = (n, 2 ** (d - 1 - other), 2, 2**other)
             for k in range(degree + 1, 0, -1):  # in place, highest degree first
                 poly[k] *= z_l
-                poly[k][:, o_l] += poly[k - 1][:, o_l]
+                poly[k].reshape(split)[:, :, 1] += poly[k - 1].reshape(split)[:, :, 1]
             poly[0] *= z_l
         total = sum(w * poly[k] for k, w in enumerate(weights))
         out[..., j] = v[:, None] * (ones[None, :, j] - z[:, None, j]) * total
@@ -106,62 +175,42 @@ def _pattern_table(z: F64, v: F64) -> F64:
 class PathShap:
     """Contributions of one float64 row (``n`` features, then the bias), as ``pred_contribs``."""
 
-    def __init__(self, leaves: list[_Leaf], n_features: int, bias: float) -> None:
-        depth, width = _shape(leaves)
-        if depth > 8:
-            raise ValueError("paths of more than 8 splits are not tabled")
-        count = len(leaves)
+    def __init__(self, paths: _Paths, n_features: int, bias: float) -> None:
+        count, depth, width = paths.shape
         self.n = n_features
         self.bias = bias
-        # per path node (padded to ``depth``): a padding node is always satisfied
-        self.node_feature = np.zeros((count, depth), dtype=np.intp)
-        self.node_threshold = np.full((count, depth), np.inf, dtype=np.float32)
-        self.node_right = np.zeros((count, depth), dtype=bool)  # the path takes the right branch
-        self.node_nan_flip = np.zeros((count, depth), dtype=bool)  # missing: follows ^ right
-        self.node_pad = np.ones((count, depth), dtype=bool)
-        # per leaf: the contributions of each distinct feature for every pattern of satisfied path
-        # nodes (bit k: node k), float32 like XGBoost's output
-        slot_feature = np.full((count, width), n_features, dtype=np.intp)
-        self.table = np.zeros((count, 2**depth, width), dtype=np.float32)
-        self.rows = np.arange(count) * 2**depth
-        by_width: dict[int, list[int]] = {}
-        for i, leaf in enumerate(leaves):
-            for k, (f, threshold, goes_left, follows, _) in enumerate(leaf.nodes):
-                self.node_feature[i, k], self.node_threshold[i, k] = f, threshold
-                self.node_right[i, k], self.node_pad[i, k] = not goes_left, False
-                self.node_nan_flip[i, k] = follows != (not goes_left)
-            for s, (f, _) in enumerate(leaf.slots):
-                slot_feature[i, s] = f
-            by_width.setdefault(len(leaf.slots), []).append(i)
         # a distinct feature is satisfied when every node on it is (padding nodes are always 1):
         # slot s's node mask, then per node pattern the pattern of satisfied distinct features
-        node_slot = np.full((count, depth), -1)
-        for i, leaf in enumerate(leaves):
-            node_slot[i, : len(leaf.nodes)] = [node[4] for node in leaf.nodes]
-        on_slot = node_slot[:, :, None] == np.arange(width)[None, None, :]  # (count, depth, width)
+        on_slot = paths.slot[:, :, None] == np.arange(width)[None, None, :]  # (count, depth, width)
         masks = (on_slot * (1 << np.arange(depth))[None, :, None]).sum(axis=1)  # (count, width)
         node_patterns = np.arange(2**depth)[None, :, None]
         met = (node_patterns & masks[:, None, :]) == masks[:, None, :]  # (count, 2^depth, width)
         slot_pattern = (met * (1 << np.arange(width))[None, None, :]).sum(axis=2)  # (count, 2^depth)
-        for d, members in by_width.items():
+        # per leaf: the contributions of each distinct feature for every pattern of satisfied path
+        # nodes (bit k: node k), float32 like XGBoost's output
+        table = np.zeros((count, 2**depth, width), dtype=np.float32)
+        for d in np.unique(paths.width):
             if d == 0:
                 continue  # a tree that is one leaf: its value is in the bias
-            z = np.array([[fraction for _, fraction in leaves[i].slots] for i in members])
-            v = np.array([leaves[i].value for i in members])
-            by_slots = _pattern_table(z, v)  # (n, 2^d, d)
+            members = np.flatnonzero(paths.width == d)
+            by_slots = _pattern_table(paths.zero[members, :d], paths.value[members])  # (n, 2^d, d)
             # these leaves have no slot d or above (an empty mask always matches): the low d bits
             index = slot_pattern[members] & (2**d - 1)
-            self.table[members, :, :d] = np.take_along_axis(by_slots, index[:, :, None], axis=1)
-        self.table = self.table.reshape(count * 2**depth, width)
+            table[members, :, :d] = np.take_along_axis(by_slots, index[:, :, None], axis=1)
+        self.table = table.reshape(count * 2**depth, width)
+        self.rows = np.arange(count) * 2**depth
         # node arrays as (depth, leaves): one contiguous row per path position
-        for name in ("node_feature", "node_threshold", "node_right", "node_nan_flip", "node_pad"):
-            setattr(self, name, np.ascontiguousarray(getattr(self, name).T))
-        self.slot_feature = slot_feature.ravel()  # feature of each (leaf, distinct feature)
+        self.node_feature = np.ascontiguousarray(paths.feature.T)
+        self.node_threshold = np.ascontiguousarray(paths.threshold.T)
+        self.node_right = np.ascontiguousarray(paths.right.T)
+        self.node_nan_flip = np.ascontiguousarray(paths.nan_flip.T)
+        self.node_pad = np.ascontiguousarray(paths.pad.T)
+        self.slot_feature = paths.slot_feature.ravel()  # feature of each (leaf, distinct feature)
 
-    @classmethod
-    def table_bytes(cls, leaves: list[_Leaf]) -> int:
-        depth, width = _shape(leaves)
-        return len(leaves) * 2**depth * width * 4 if depth <= 8 else 2**63
+    @staticmethod
+    def table_bytes(paths: _Paths) -> int:
+        count, depth, width = paths.shape
+        return int(count * 2**depth * width * 4)
 
     def __call__(self, row: F64) -> F64:
         x = row[0].astype(np.float32)  # XGBoost compares float32 values with float32 thresholds
@@ -192,16 +241,11 @@ class PathShap:
         booster, objective = learner["gradient_booster"]["name"], learner["objective"]["name"]
         if booster != "gbtree" or objective != "binary:logistic":
             return None
-        leaves: list[_Leaf] = []
-        for tree in learner["gradient_booster"]["model"]["trees"]:
-            tree_leaves = _tree_leaves(tree)
-            if tree_leaves is None:
-                return None
-            leaves += tree_leaves
-        if not leaves or cls.table_bytes(leaves) > MAX_TABLE_BYTES:
+        paths = _paths(learner["gradient_booster"]["model"]["trees"], n_features)
+        if paths is None or cls.table_bytes(paths) > MAX_TABLE_BYTES:
             return None
-        probes = _probe_rows(leaves, n_features)
-        table = cls(leaves, n_features, float(reference(probes[:1])[-1]))
+        probes = _probe_rows(paths, n_features)
+        table = cls(paths, n_features, float(reference(probes[:1])[-1]))
         for i in range(len(probes)):
             row = probes[i : i + 1]
             if not np.allclose(table(row), reference(row), rtol=0, atol=TOLERANCE):
@@ -209,17 +253,15 @@ class PathShap:
         return table
 
 
-def _probe_rows(leaves: list[_Leaf], n_features: int, count: int = 16) -> F64:
+def _probe_rows(paths: _Paths, n_features: int, count: int = 16) -> F64:
     """Rows that reach many leaves: each feature at one of its thresholds (exactly, just below,
     or missing) or a random value, drawn reproducibly."""
-    thresholds: dict[int, list[float]] = {}
-    for leaf in leaves:
-        for f, threshold, *_ in leaf.nodes:
-            thresholds.setdefault(f, []).append(threshold)
     rng = np.random.default_rng(0)
     rows = rng.normal(0, 100, (count, n_features))
-    for f, values in thresholds.items():
-        picks = np.asarray(values)[rng.integers(0, len(values), count)]
+    used = ~paths.pad
+    for f in np.unique(paths.feature[used]):
+        values = paths.threshold[used & (paths.feature == f)].astype(np.float64)
+        picks = values[rng.integers(0, len(values), count)]
         kind = rng.integers(0, 4, count)
         below = np.nextafter(picks.astype(np.float32), np.float32(-np.inf)).astype(np.float64)
         rows[:, f] = np.select([kind == 0, kind == 1, kind == 2], [picks, below, np.nan], rows[:, f])
