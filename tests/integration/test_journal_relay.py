@@ -52,6 +52,39 @@ def kill(service: Service) -> None:
     service.process.wait(10)
 
 
+class Broker:
+    """A broker of these tests on its own port; ``restart`` kills it and starts a new, empty one
+    there (a new incarnation), as the stack's supervisor or a roll does."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.servers = f"127.0.0.1:{self.port}"
+        self.services = [broker(self.port)]
+
+    def restart(self) -> None:
+        kill(self.services[-1])
+        self.services.append(broker(self.port))
+
+
+@contextmanager
+def running_broker() -> Iterator[Broker]:
+    started = Broker()
+    try:
+        yield started
+    finally:
+        for service in started.services:
+            service.stop()
+
+
+def journal_records(directory: Path, servers: str, count: int, per_call: int) -> KafkaPublisher:
+    """``count`` records published ``per_call`` at a time by a writer whose every publish call
+    closes its segment; returns its publisher (still open: its last segment too)."""
+    sender = publisher(servers, Journal(directory, segment_bytes=1))
+    for i in range(0, count, per_call):
+        sender.publish([event(k) for k in range(i, i + per_call)], timeout=10)
+    return sender
+
+
 def event(i: int) -> TransactionEvent:
     return TransactionEvent.model_validate(
         {
@@ -106,10 +139,8 @@ def relay_of(
 
 
 def test_a_publish_that_failed_or_was_never_answered_is_sent_again_by_the_relay(tmp_path: Path) -> None:
-    port = free_port()
-    servers = f"127.0.0.1:{port}"
-    service = broker(port)
-    try:
+    with running_broker() as live:
+        servers = live.servers
         with relay_of(tmp_path, servers, ("g",)) as relay:
             wait_until(lambda: relay.rounds >= 2, "the relay's first rounds (an empty journal)")
             # given a publish that fails (its producer reaches no broker; its segment stays open)
@@ -132,22 +163,14 @@ def test_a_publish_that_failed_or_was_never_answered_is_sent_again_by_the_relay(
             wait_until(lambda: relay.resent == 8, "the unanswered records sent")
             assert sorted(consume(servers, "reader", 3)) == ["tx-5", "tx-6", "tx-7"]
         writer.close()
-    finally:
-        service.stop()
 
 
 def test_what_a_restarted_broker_lost_is_sent_again_and_trimmed_once_consumed_there(tmp_path: Path) -> None:
-    port = free_port()
-    servers = f"127.0.0.1:{port}"
-    service = broker(port)
-    try:
+    with running_broker() as live:
+        servers = live.servers
         # given 40 records acknowledged by the broker and consumed by the group "g" (whose writer
         # has closed its segments: each publish call its own segment)
-        writer = Journal(tmp_path, segment_bytes=1)
-        sender = publisher(servers, writer)
-        for i in range(0, 40, 10):
-            sender.publish([event(k) for k in range(i, i + 10)], timeout=10)
-        sender.close()
+        journal_records(tmp_path, servers, 40, per_call=10).close()
         assert len(journal.segments(tmp_path)) == 4
         with relay_of(tmp_path, servers, ("g",), confirm_seconds=3600.0) as relay:
             # (its first round sends the journal again: the broker is new to it, as at `up`)
@@ -156,8 +179,7 @@ def test_what_a_restarted_broker_lost_is_sent_again_and_trimmed_once_consumed_th
             assert relay.trimmed == 0  # consumed, but not yet confirmed (an hour)
 
             # when the broker is killed and comes back empty (a new incarnation)
-            kill(service)
-            service = broker(port)
+            live.restart()
 
             # then the relay sends the journal again, and the group's commits of the old broker
             # count for nothing: the records stay until the group consumes them there
@@ -172,19 +194,12 @@ def test_what_a_restarted_broker_lost_is_sent_again_and_trimmed_once_consumed_th
             assert set(consume(servers, "g", 80)) == {f"tx-{i}" for i in range(40)}
             wait_until(lambda: relay.trimmed == 40, "the journal trimmed")
             assert journal.segments(tmp_path) == []
-    finally:
-        service.stop()
 
 
 def test_segments_are_kept_until_every_group_has_consumed_them(tmp_path: Path) -> None:
-    port = free_port()
-    servers = f"127.0.0.1:{port}"
-    service = broker(port)
-    try:
-        writer = Journal(tmp_path, segment_bytes=1)
-        sender = publisher(servers, writer)
-        for i in range(0, 30, 10):
-            sender.publish([event(k) for k in range(i, i + 10)], timeout=10)
+    with running_broker() as live:
+        servers = live.servers
+        sender = journal_records(tmp_path, servers, 30, per_call=10)
         # the writer's open (last) segment is never deleted: 20 records in closed segments
         with relay_of(tmp_path, servers, ("updater", "archiver"), confirm_seconds=0.5) as relay:
             wait_until(lambda: relay.resent == 30, "the relay's first round")  # (as at `up`)
@@ -197,28 +212,17 @@ def test_segments_are_kept_until_every_group_has_consumed_them(tmp_path: Path) -
             sender.close()  # its last segment closes: consumed already, it goes too
             wait_until(lambda: relay.trimmed == 30, "the last segment trimmed")
         assert journal.segments(tmp_path) == []
-    finally:
-        service.stop()
 
 
 def test_a_full_broker_is_rolled_and_gets_only_what_is_not_consumed(tmp_path: Path) -> None:
-    port = free_port()
-    servers = f"127.0.0.1:{port}"
-    services = [broker(port)]
-
-    def roll() -> None:  # what the stack does: the broker restarted (a new, empty log)
-        kill(services[-1])
-        services.append(broker(port))
-
-    try:
-        with relay_of(tmp_path, servers, ("g",), confirm_seconds=0.5, roll_records=6, roll=roll) as relay:
+    # (a roll is what the stack does: the broker restarted, a new, empty log)
+    with running_broker() as live:
+        servers = live.servers
+        options: dict[str, Any] = {"confirm_seconds": 0.5, "roll_records": 6, "roll": live.restart}
+        with relay_of(tmp_path, servers, ("g",), **options) as relay:
             wait_until(lambda: relay.rounds >= 2, "the relay's first rounds (an empty journal)")
             # given 40 records in the broker, consumed (their writer closed: its segments trimmed)
-            first = Journal(tmp_path, segment_bytes=1)
-            sender = publisher(servers, first)
-            for i in range(0, 40, 5):
-                sender.publish([event(k) for k in range(i, i + 5)], timeout=10)
-            sender.close()
+            journal_records(tmp_path, servers, 40, per_call=5).close()
             assert len(consume(servers, "g", 40)) == 40
             # and 2 records of a writer still open, not consumed
             second = Journal(tmp_path)
@@ -232,6 +236,3 @@ def test_a_full_broker_is_rolled_and_gets_only_what_is_not_consumed(tmp_path: Pa
             assert relay.trimmed == 40
             assert sorted(consume(servers, "g", 2)) == ["tx-40", "tx-41"]
             other.close()
-    finally:
-        for service in services:
-            service.stop()
