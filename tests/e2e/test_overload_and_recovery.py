@@ -269,19 +269,8 @@ def test_a_local_s3_killed_mid_replay_loses_no_acknowledged_event(stack: LocalSt
     acknowledged: list[str] = []
     kills: dict[str, int] = {}
 
-    def publish(events: list[Event]) -> None:
-        """What a producer does: send until the broker acknowledges (a retry may send a record
-        twice); only then the events count as acknowledged."""
-        while True:
-            try:
-                publisher.publish(events, timeout=10)
-                break
-            except (RuntimeError, TimeoutError):
-                time.sleep(0.2)
-        acknowledged.extend(e.trans_num for e in events)
-        # the local S3 (the lake, the dead letters) is killed a third of the way
-        if len(acknowledged) >= 1_000 and "s3" not in kills:
-            kills["s3"] = kill(stack, "s3")
+    # the local S3 (the lake, the dead letters) is killed a third of the way
+    publish = producer(publisher, acknowledged, lambda: kills.setdefault("s3", kill(stack, "s3")))
 
     # When it is replayed in batches of 100 and the S3 server is killed with SIGKILL in the middle
     try:
@@ -294,20 +283,9 @@ def test_a_local_s3_killed_mid_replay_loses_no_acknowledged_event(stack: LocalSt
     probe = lambda: scores_in_full(stack, f"probe-{time.monotonic_ns()}", "4000000000000010", 1000)  # noqa: E731
     wait_until(probe, "a full score")
     stack.check()
-    # and every acknowledged event was applied to Redis exactly once: each is indexed, and every
-    # card holds as many events as it was sent (a record applied twice would count twice)
+    # and every acknowledged event was applied to Redis exactly once
     assert sorted(set(acknowledged)) == sorted(frame["trans_num"])
-    wait_until(
-        lambda: len(bootstrap.transaction_index().get(acknowledged)) == len(frame),
-        "every acknowledged transaction applied",
-        timeout=180,
-    )
-    end = int(frame["event_time"].max()) + 60
-    held = {
-        card: card_events_of(frame[frame["cc_num"] == card].iloc[-1].to_dict(), end)
-        for card in frame["cc_num"].unique()
-    }
-    assert held == frame["cc_num"].value_counts().to_dict()
+    assert_applied_once(frame, acknowledged, timeout=180)
 
     # and archived in the lake (in the local S3 that was killed: the archiver retried the batches
     # it could not write), each once as the lake reads
@@ -318,6 +296,46 @@ def test_a_local_s3_killed_mid_replay_loses_no_acknowledged_event(stack: LocalSt
     archived = lake_ids()
     assert sorted(archived[archived.str.startswith("chaos-")]) == sorted(frame["trans_num"])
     assert stack.dead_letters() == {}
+
+
+def producer(
+    publisher: Any, acknowledged: list[str], at_a_third: Callable[[], object]
+) -> Callable[[list[Event]], None]:
+    """What a producer does: send until the broker acknowledges (a retry may send a record
+    twice); only then the events count as ``acknowledged``. ``at_a_third`` runs once, when 1,000
+    are (a third of the chaos tests' replays)."""
+    done: list[bool] = []
+
+    def publish(events: list[Event]) -> None:
+        while True:
+            try:
+                publisher.publish(events, timeout=10)
+                break
+            except (RuntimeError, TimeoutError):
+                time.sleep(0.2)
+        acknowledged.extend(e.trans_num for e in events)
+        if len(acknowledged) >= 1_000 and not done:
+            done.append(True)
+            at_a_third()
+
+    return publish
+
+
+def assert_applied_once(frame: pd.DataFrame, acknowledged: list[str], timeout: float) -> None:
+    """Each acknowledged transaction is indexed, and every card of ``frame`` holds as many events
+    as it was sent (a record applied twice would count twice)."""
+    ids = set(acknowledged)
+    wait_until(
+        lambda: len(bootstrap.transaction_index().get(ids)) == len(ids),
+        "every acknowledged transaction applied",
+        timeout=timeout,
+    )
+    end = int(frame["event_time"].max()) + 60
+    held = {
+        card: card_events_of(frame[frame["cc_num"] == card].iloc[-1].to_dict(), end)
+        for card in frame["cc_num"].unique()
+    }
+    assert held == frame["cc_num"].value_counts().to_dict()
 
 
 def card_events_of(row: dict[str, Any], t: int) -> int:
@@ -377,17 +395,8 @@ def test_a_broker_killed_mid_replay_and_mid_scoring_loses_no_acknowledged_event(
             i += 1
         requests[0] = i
 
-    def publish(events: list[Event]) -> None:
-        while True:
-            try:
-                publisher.publish(events, timeout=10)
-                break
-            except (RuntimeError, TimeoutError):
-                time.sleep(0.2)
-        acknowledged.extend(e.trans_num for e in events)
-        # the broker is killed a third of the way, while the API scores and publishes too
-        if len(acknowledged) >= 1_000 and "kafka" not in kills:
-            kills["kafka"] = kill(stack, "kafka")
+    # the broker is killed a third of the way, while the API scores and publishes too
+    publish = producer(publisher, acknowledged, lambda: kills.setdefault("kafka", kill(stack, "kafka")))
 
     # When it is replayed in batches of 100 and the broker is killed with SIGKILL in the middle
     scorer = threading.Thread(target=score, name="chaos-scoring")
@@ -406,23 +415,12 @@ def test_a_broker_killed_mid_replay_and_mid_scoring_loses_no_acknowledged_event(
     probe = lambda: scores_in_full(stack, f"probe-{time.monotonic_ns()}", "4000000000000011", 3500)  # noqa: E731
     wait_until(probe, "a full score", timeout=120)
     stack.check()
-    # and every acknowledged event was applied to Redis exactly once: each is indexed, and every
-    # card holds as many events as it was sent (a record applied twice would count twice)
+    # and every acknowledged event was applied to Redis exactly once
     answered = [t for ids in scored.values() for t in ids]
     assert sorted(set(acknowledged)) == sorted(frame["trans_num"])
     assert len(answered) >= 100
     every = [*acknowledged, *answered]
-    wait_until(
-        lambda: len(bootstrap.transaction_index().get(every)) == len(every),
-        "every acknowledged transaction applied",
-        timeout=240,
-    )
-    end = int(frame["event_time"].max()) + 60
-    held = {
-        card: card_events_of(frame[frame["cc_num"] == card].iloc[-1].to_dict(), end)
-        for card in frame["cc_num"].unique()
-    }
-    assert held == frame["cc_num"].value_counts().to_dict()
+    assert_applied_once(frame, every, timeout=240)
     assert {card: card_events(card, 4000) for card in scored} == {
         card: len(ids) for card, ids in scored.items()
     }
