@@ -102,9 +102,10 @@ def test_fresh_local_up_scores_the_readme_curl_at_once_and_ctrl_c_stops_everythi
         )
     api = f"http://127.0.0.1:{ports['api']}"
     try:
-        # when the stack reports its endpoints (it trains a quick champion first)
+        # when the stack reports its endpoints, its model and its store (it trains a quick
+        # champion first); the report's last line says how to stop it
         wait_until(
-            lambda: "api:" in output.read_text(errors="replace") or up.poll() is not None,
+            lambda: "Ctrl-C stops everything" in output.read_text(errors="replace") or up.poll() is not None,
             timeout=480,
             what="`fraudsys local up` to start",
         )
