@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-F64 = npt.NDArray[np.float64]
+from fraud_core.features import F64
 
-#: the largest table kept per model (float64); a larger one falls back to XGBoost's TreeSHAP
+#: the largest table kept per model (float32); a larger one falls back to XGBoost's TreeSHAP
 MAX_TABLE_BYTES = 64 * 2**20
 #: probe rows contributions must match XGBoost's on (absolute, float32 rounding of margins ~10)
 TOLERANCE = 1e-4
@@ -245,10 +245,10 @@ class PathShap:
         if paths is None or cls.table_bytes(paths) > MAX_TABLE_BYTES:
             return None
         probes = _probe_rows(paths, n_features)
-        table = cls(paths, n_features, float(reference(probes[:1])[-1]))
-        for i in range(len(probes)):
-            row = probes[i : i + 1]
-            if not np.allclose(table(row), reference(row), rtol=0, atol=TOLERANCE):
+        expected = [reference(probes[i : i + 1]) for i in range(len(probes))]
+        table = cls(paths, n_features, float(expected[0][-1]))
+        for i, want in enumerate(expected):
+            if not np.allclose(table(probes[i : i + 1]), want, rtol=0, atol=TOLERANCE):
                 return None
         return table
 

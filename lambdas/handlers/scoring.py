@@ -99,6 +99,14 @@ class RowContributions:
             raise RuntimeError(f"XGBoost: {self._lib.XGBGetLastError().decode()}")
 
 
+def load_booster(raw: bytes) -> Any:
+    """A booster from a saved model, predicting on one thread (one row at a time)."""
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    booster.set_param({"nthread": 1})
+    return booster
+
+
 def check_row(row: F64, n_features: int) -> None:
     if row.shape != (1, n_features) or row.dtype != np.float64 or not row.flags.c_contiguous:
         raise ValueError(f"expected one C-contiguous float64 row of {n_features} features")
@@ -127,9 +135,7 @@ class Contributions:
 
     def _build(self, raw: bytes, n_features: int) -> None:
         try:
-            booster = xgb.Booster()  # its own booster: an output buffer is not shared across threads
-            booster.load_model(bytearray(raw))
-            booster.set_param({"nthread": 1})
+            booster = load_booster(raw)  # its own: an output buffer is not shared across threads
             self.table = PathShap.from_model(raw, n_features, RowContributions(booster, n_features, False))
             if self.table is None:
                 logger.info("SHAP path table not used for this model: XGBoost's TreeSHAP serves")
@@ -181,9 +187,7 @@ class LoadedModel:
         version = files.manifest.version
 
         def load(raw: bytes, expected: list[str], what: str) -> Any:
-            booster = xgb.Booster()
-            booster.load_model(bytearray(raw))
-            booster.set_param({"nthread": 1})
+            booster = load_booster(raw)
             # predict() skips XGBoost's per-call name check: the columns are checked once, here
             if booster.feature_names is not None and list(booster.feature_names) != expected:
                 raise ModelNotFoundError(f"{what} of version {version} expects other feature columns")
