@@ -197,7 +197,7 @@ class JournalRelay:
         self.rolls += 1
 
     def _new_incarnation(self, cluster: str) -> None:
-        records = sum(len(s.status) for s in self.segments.values())
+        records = self.journaled()
         if self.cluster is not None:
             self.incarnations += 1
             log.warning(
