@@ -1,9 +1,10 @@
 """A local API Gateway: HTTP on 127.0.0.1 -> REST proxy events -> the real scorer handler
 (``POST /predict``, ``GET /health``, ``POST /labels``).
 
-Like one Lambda instance, it runs one invocation at a time, on its one handler thread (the
-Powertools resolver keeps the current event on the app object); the server's event loop
-(uvicorn: httptools parser, uvloop) keeps reading requests meanwhile, and admits them
+Like one Lambda instance, it runs one invocation at a time: in a scorer instance process of its
+own when it is given one (``instance``, ``local_stack.instance``: the stack's default), else on
+its one handler thread (the Powertools resolver keeps the current event on the app object); the
+server's event loop (uvicorn: httptools parser, uvloop) keeps reading requests meanwhile, and admits them
 (``Admission``): each request gets a deadline from its arrival (``deadline_ms``, default 250 ms),
 and one that would wait in a full queue (``max_queue`` requests admitted and not finished) or
 could not be answered by its deadline (the queued work, estimated from each route's recent
@@ -43,6 +44,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from local_stack import metrics
 from local_stack.events import LocalContext, api_gateway_event, quiet_lambda_metrics, warm_instance
+from local_stack.instance import (
+    Answer,
+    InstanceCrashedError,
+    InstanceError,
+    InstanceProcess,
+    InstanceUnavailableError,
+    Outcome,
+)
 
 LAMBDA_ROUTES = {("POST", "/predict"), ("GET", "/health"), ("POST", "/labels")}
 LOCAL_ROUTES = {"/metrics", "/openapi.json"}  # GET only, served here
@@ -142,6 +151,36 @@ ESTIMATE_WEIGHT = 0.1
 ADMIT_WITHIN = 0.5
 
 
+def _settle(future: "asyncio.Future[Outcome | BaseException]", outcome: "Outcome | BaseException") -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def run_invocation(
+    method: str, path: str, body: str | None, headers: dict[str, str], context: LocalContext
+) -> "Answer":
+    """The real handler on a REST proxy event: status, body, headers, the score's timings
+    (``handlers.predict.last_timings``) and the handler's time in seconds. Runs where the
+    handler lives: the instance process, or the API's handler thread."""
+    from handlers.predict import handler, last_timings
+
+    event = api_gateway_event(method, path, body, headers)
+    started = time.perf_counter()
+    last_timings.__dict__.clear()
+    try:
+        result = handler(event, context)
+    finally:
+        quiet_lambda_metrics()
+    added = dict(last_timings.__dict__)
+    elapsed = time.perf_counter() - started
+    status = int(result.get("statusCode", 500))
+    payload = (result.get("body") or "").encode()
+    # Powertools answers a REST event with multiValueHeaders (Retry-After, Allow...)
+    out_headers = {k: str(v[0]) for k, v in (result.get("multiValueHeaders") or {}).items() if v}
+    out_headers |= {k: str(v) for k, v in (result.get("headers") or {}).items()}
+    return status, payload, out_headers, added, elapsed
+
+
 @dataclass
 class Ticket:
     """One admitted request: its deadline (``time.monotonic()``), its handler time estimate, when
@@ -218,12 +257,17 @@ class LocalApi:
         deadline_ms: float = 250.0,
         max_queue: int = 128,
         max_connections: int = MAX_CONNECTIONS,
+        instance: InstanceProcess | None = None,
     ) -> None:
+        """``instance``: run the handler in that process (started by ``warm``), as a Lambda
+        instance runs apart from API Gateway; None: on this process's handler thread."""
         import uvicorn
 
         if deadline_ms <= 0 or max_queue < 1:
             raise ValueError("the deadline must be positive and the queue hold at least one request")
-        warm_instance()  # no ColdStart EMF line on the terminal
+        self.instance = instance
+        if instance is None:
+            warm_instance()  # no ColdStart EMF line on the terminal
         self.lock = threading.Lock()
         self.context = LocalContext("fraudsys-scorer")
         self.admission = Admission(deadline_ms, max_queue)
@@ -315,13 +359,27 @@ class LocalApi:
             await self._send_unavailable(send, ticket)
             return
         outcome: Invoked | str = "client_gone"
-        watcher = asyncio.ensure_future(self._watch_disconnect(receive, ticket))
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._invoke_admitted, ticket, method, path, body, headers
-            )
+            if self.instance is not None:
+                outcome = await self._in_instance(self.instance, ticket, method, path, body, headers, receive)
+            else:
+                watcher = asyncio.ensure_future(self._watch_disconnect(receive, ticket))
+                try:
+                    outcome = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self._invoke_admitted, ticket, method, path, body, headers
+                    )
+                finally:
+                    watcher.cancel()
+        except InstanceUnavailableError as exc:  # its instance is starting again: none to run it
+            metrics.SHED.labels(route=path, reason="no_instance").inc()
+            await self._send_unavailable(send, str(exc))
+            return
+        except (InstanceCrashedError, InstanceError) as exc:
+            # API Gateway answers a Lambda that crashed or raised with 502
+            status = HTTPStatus.BAD_GATEWAY
+            await self._send(send, status.value, _error(status, str(exc)))
+            return
         finally:
-            watcher.cancel()
             self.admission.finished(ticket, None if isinstance(outcome, str) else outcome[3])
         if isinstance(outcome, str):  # dropped before the handler ran
             metrics.SHED.labels(route=path, reason=outcome).inc()
@@ -333,14 +391,62 @@ class LocalApi:
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
         await self._send(send, code, payload, content_type, extra)
 
+    async def _in_instance(
+        self,
+        instance: InstanceProcess,
+        ticket: Ticket,
+        method: str,
+        path: str,
+        body: str | None,
+        headers: dict[str, str],
+        receive: Receive,
+    ) -> "Invoked | str":
+        """The request sent to the instance process at once (it takes them in order), its
+        outcome awaited: the answer, or why it was not run (``expired``, ``client_gone``)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome | BaseException] = loop.create_future()
+
+        def settle(outcome: Outcome | BaseException) -> None:  # on the instance's reader thread
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+        slot = instance.submit(method, path, body, headers, ticket.deadline, settle)
+        watcher = asyncio.ensure_future(
+            self._watch_disconnect(receive, ticket, lambda: instance.cancel(slot))
+        )
+        try:
+            try:
+                # its deadline passes before the instance takes it: answered now, and skipped there
+                remaining = ticket.deadline - time.monotonic()
+                result = await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.0))
+            except TimeoutError:
+                if not instance.taken(slot):
+                    instance.cancel(slot)
+                    return "expired"
+                result = await future  # running: its handler's own deadline checks end it
+        finally:
+            watcher.cancel()
+        if isinstance(result, BaseException):
+            raise result
+        ticket.started, answer = instance.checked(result)
+        if isinstance(answer, str):
+            return answer
+        code, payload, out_headers = self._record(path, answer)
+        queued = f"queue;dur={(ticket.started - ticket.arrived) * 1000:.3f}"
+        out_headers[SERVER_TIMING] = f"{queued}, {out_headers[SERVER_TIMING]}"
+        return code, payload, out_headers, answer[4] * 1000
+
     @staticmethod
-    async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
+    async def _watch_disconnect(
+        receive: Receive, ticket: Ticket, on_gone: Callable[[], None] | None = None
+    ) -> None:
         """Marks the ticket when the client goes away (the request's body has been read: the next
         message is the disconnect)."""
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 ticket.gone.set()
+                if on_gone is not None:
+                    on_gone()
                 return
 
     async def _send_unavailable(self, send: Send, message: str) -> None:
@@ -419,30 +525,26 @@ class LocalApi:
         headers: dict[str, str],
         context: LocalContext | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
-        from handlers.predict import handler, last_timings
+        """One invocation: in the instance process when there is one, else on this thread."""
+        context = context or self.context
+        if self.instance is not None:
+            answer = self.instance.invoke(method, path, body, headers, context.deadline)
+        else:
+            with self.lock:
+                answer = run_invocation(method, path, body, headers, context)
+        return self._record(path, answer)
 
-        event = api_gateway_event(method, path, body, headers)
-        started = time.perf_counter()
-        with self.lock:
-            last_timings.__dict__.clear()
-            try:
-                result = handler(event, context or self.context)
-            finally:
-                quiet_lambda_metrics()
-            added = dict(last_timings.__dict__)
-        elapsed = time.perf_counter() - started
-        status = int(result.get("statusCode", 500))
-        payload = (result.get("body") or "").encode()
+    @staticmethod
+    def _record(path: str, answer: "Answer") -> tuple[int, bytes, dict[str, str]]:
+        """The invocation's metrics (``/metrics``) and ``Server-Timing``; its status, body, headers."""
+        status, payload, out_headers, added, elapsed = answer
         metrics.REQUEST_LATENCY.labels(route=path, status=str(status)).observe(elapsed)
         if path == "/predict" and status == 200:
-            answer = json.loads(payload)
+            scored = json.loads(payload)
             metrics.DECISIONS.labels(
-                is_fraud=str(answer["is_fraud"]).lower(), degraded=str(answer["degraded"]).lower()
+                is_fraud=str(scored["is_fraud"]).lower(), degraded=str(scored["degraded"]).lower()
             ).inc()
-            metrics.FRAUD_PROBABILITY.observe(answer["fraud_probability"])
-        # Powertools answers a REST event with multiValueHeaders (Retry-After, Allow...)
-        out_headers = {k: str(v[0]) for k, v in (result.get("multiValueHeaders") or {}).items() if v}
-        out_headers |= {k: str(v) for k, v in (result.get("headers") or {}).items()}
+            metrics.FRAUD_PROBABILITY.observe(scored["fraud_probability"])
         timings = [f"handler;dur={elapsed * 1000:.3f}"]
         timings += [f"{name};dur={added[key]:.3f}" for name, key in TIMED if key in added]
         out_headers[SERVER_TIMING] = ", ".join(timings)
@@ -463,7 +565,12 @@ class LocalApi:
         self.port = int(sock.getsockname()[1])
 
     def warm(self) -> None:
-        """Cold start before serving: the champion, Redis (``GET /health``) and the Kafka producer."""
+        """Cold start before serving: the champion, Redis (``GET /health``) and the Kafka producer
+        (in the instance process, when there is one: it warms itself)."""
+        if self.instance is not None:
+            if not self.instance.alive():
+                self.instance.start()
+            return
         from handlers import bootstrap
 
         self.invoke("GET", "/health", None, {})
@@ -491,6 +598,8 @@ class LocalApi:
         elif self.socket is not None:
             self.socket.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.instance is not None:
+            self.instance.stop()
 
     @property
     def url(self) -> str:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from local_stack import s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
+from local_stack.instance import InstanceProcess
 from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
 from local_stack.relay import JournalRelay
 from local_stack.replay import ConsumerProgress
@@ -98,9 +99,14 @@ class StackConfig:
     # redis-server keeps an append-only file in <run_dir>/redis (fsync every second): the feature
     # store survives a crash, a restart and the next `up`
     redis_appendonly: bool = True
-    # 1: the API in this process (one invocation at a time, like one Lambda instance); N > 1:
+    # 1: the API in this process, its handler in an instance process (api_instance_process; one
+    # invocation at a time, like one Lambda instance); N > 1:
     # N worker processes on the same port (local_stack.workers), like N concurrent instances
     api_workers: int = 1
+    # with one API worker: the handler runs in a process of its own (local_stack.instance), as a
+    # Lambda instance runs apart from API Gateway, so the HTTP event loop (and the poller,
+    # updater and relay here) never hold its interpreter lock; False: on a thread of this process
+    api_instance_process: bool = True
     # sync: every answer waits for the broker's acknowledgement, as the Lambda does; background:
     # the API does not wait (handlers.settings.Settings.publish_mode)
     publish_mode: str = "sync"
@@ -386,11 +392,17 @@ class LocalStack:
             else:
                 # like each worker: warm (imports, champion, Redis, Kafka producer) before binding,
                 # so the first request costs what the next ones do
+                instance = (
+                    InstanceProcess(handler_environment(cfg), cfg.gil_switch_interval_ms / 1000)
+                    if cfg.api_instance_process
+                    else None
+                )
                 self.api = LocalApi(
                     port=cfg.api_port,
                     bind=False,
                     deadline_ms=cfg.request_deadline_ms,
                     max_queue=cfg.api_max_queue,
+                    instance=instance,
                 )
                 self.api.warm()
                 self.api.bind()

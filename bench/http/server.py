@@ -56,6 +56,7 @@ class ServerOptions:
     publish_mode: str = "sync"  # StackConfig.publish_mode: the scorer waits for Kafka, or not
     deadline_ms: float = 250.0  # StackConfig.request_deadline_ms: the API's deadline per request
     max_queue: int = 128  # StackConfig.api_max_queue: requests an API process queues at most
+    api_thread: bool = False  # not StackConfig.api_instance_process: the handler on the API's thread
 
     def argv(self) -> list[str]:
         out = [
@@ -86,6 +87,8 @@ class ServerOptions:
             out += ["--batch-size", str(self.batch_size)]
         out += ["--api-workers", str(self.api_workers), "--publish-mode", self.publish_mode]
         out += ["--deadline-ms", str(self.deadline_ms), "--max-queue", str(self.max_queue)]
+        if self.api_thread:
+            out.append("--api-thread")
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -135,6 +138,7 @@ def serve(opts: ServerOptions) -> None:
         publish_mode=opts.publish_mode,
         request_deadline_ms=opts.deadline_ms,
         api_max_queue=opts.max_queue,
+        api_instance_process=not opts.api_thread,
     )
     stack = LocalStack(cfg).up()
     try:
@@ -152,6 +156,7 @@ def serve(opts: ServerOptions) -> None:
         info["server_env"] = list(opts.env)
         info["publish_mode"] = opts.publish_mode
         info["deadline_ms"], info["max_queue"] = opts.deadline_ms, opts.max_queue
+        info["handler"] = "API thread" if opts.api_thread else "instance process"
         info["label_delay_s"] = cfg.label_delay_seconds
 
         started = time.perf_counter()
@@ -401,6 +406,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--deadline-ms", type=float, default=250.0, help="the API's deadline per request")
     p.add_argument("--max-queue", type=int, default=128, help="requests an API process queues at most")
+    p.add_argument(
+        "--api-thread",
+        action="store_true",
+        help="run the handler on the API process's own thread, not in an instance process of its own "
+        "(StackConfig.api_instance_process; with --api-workers 1)",
+    )
 
 
 def refused_server_env(env: Sequence[str]) -> list[str]:
@@ -434,6 +445,7 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         publish_mode=args.publish_mode,
         deadline_ms=args.deadline_ms,
         max_queue=args.max_queue,
+        api_thread=args.api_thread,
     )
 
 
