@@ -141,6 +141,21 @@ def fill_store(store: Any, df: pd.DataFrame, label_delay: int, until: int, batch
 
 
 @contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """``count`` processes that each keep one core busy (other work on the machine) meanwhile."""
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])  # nosec B603  # this interpreter
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+@contextmanager
 def step_timers(scorer: Any) -> Iterator[dict[str, Samples]]:
     """Time the steps of the real ``Scorer.score`` in sequence (wrappers cost ~1 us each)."""
     from handlers import scoring
@@ -303,6 +318,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cold-runs", type=int, default=5)
     p.add_argument("--timeout-ms", type=int, default=50, help="REDIS_TIMEOUT_MS (the scorer's default)")
     p.add_argument("--profile", action="store_true", help="cProfile 1,000 handler calls, print the top")
+    p.add_argument(
+        "--busy-loops",
+        type=int,
+        default=0,
+        help="run N busy-loop processes (one core each) during the timed loops: the same figures "
+        "with this many cores taken by other work",
+    )
     args = p.parse_args(argv)
     import xgboost as xgb
 
@@ -400,7 +422,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 RESOLVE: resolve,
                 HANDLER: lambda i: predict.handler(timed_events[i], ctx),
             }
-            with quiet_stdout():
+            with quiet_stdout(), busy_loops(args.busy_loops):
                 samples = _interleaved(ops, n, args.rounds)
                 answers = [predict.handler(e, ctx) for e in timed_events[:500]]
             for name, values in samples.items():
@@ -433,6 +455,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     lambda: [predict.handler(e, ctx) for e in timed_events[:1000]]
                 )
             report.values["load average after warm runs (1/5/15 min)"] = load_average()
+            report.values["busy-loop processes during the timed loops"] = args.busy_loops
             event = api_gateway_event("POST", "/predict", raw_body=bodies[0])
             report.values.update(cold_start(env, event, args.cold_runs, workdir))
     # issue 3: the scorer *handler*, warm, in process, Redis read and inference included
