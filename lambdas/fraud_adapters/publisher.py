@@ -8,6 +8,7 @@ metrics and consumer logs that payload encryption does not cover. Labels are key
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,6 +135,15 @@ class KafkaPublisher:
             }
         )
         self.producer.poll(0)  # serves an OAUTHBEARER token callback (MSK IAM) before the first send
+        self._reports: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        if background and journal is not None:
+            # the broker's reports marked in the journal as they come, not at the next publish: an
+            # API gone idle would otherwise leave its last records unmarked, and the relay would
+            # take them for lost and send them again
+            self._reports = threading.Thread(target=self._serve_reports, name="kafka-reports", daemon=True)
+            self._reports.start()
 
     def warm(self, timeout: float = 10.0) -> None:
         """Connect to the brokers and fetch both topics' metadata (librdkafka is lazy: without
@@ -219,19 +229,28 @@ class KafkaPublisher:
 
         return delivered
 
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self.producer.poll(0.5)  # returns at once when a report comes
+
     def _delivered_late(self, error: Any, message: Any) -> None:
         if error is not None:
-            self._late_failures += 1
+            with self._count_lock:
+                self._late_failures += 1
             log.error("Kafka refused a record after publish returned: %s: %s", message.topic(), error)
 
     def take_late_failures(self) -> int:
         if self.background:
             self.producer.poll(0)
-        failures, self._late_failures = self._late_failures, 0
+        with self._count_lock:
+            failures, self._late_failures = self._late_failures, 0
         return failures
 
     def close(self) -> None:
         left = self.producer.flush(5)
+        self._closed.set()
+        if self._reports is not None:
+            self._reports.join(2)
         if left:
             log.error("%d Kafka records not delivered at close", left)
         if self.journal is not None:

@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -12,6 +13,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from moto import mock_aws
 
+from fraud_adapters.journal import ACKED, Journal, read_entries, segments
 from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher, kafka_security_config, msk_iam_token
 from fraud_adapters.redis_store import CardHasher
 from fraud_core.schemas import LabelEvent, TransactionEvent
@@ -224,3 +226,34 @@ def test_the_scorer_environment_sets_the_publish_linger(
         assert publisher.linger_ms == expected
     finally:
         bootstrap.reset()
+
+
+def test_background_reports_reach_the_journal_while_the_publisher_is_idle(
+    kafka_service: Service, tmp_path: Path
+) -> None:
+    # given a background publisher that journals its records (the local stack's API)
+    run = uuid.uuid4().hex[:8]
+    publisher = KafkaPublisher(
+        f"127.0.0.1:{kafka_service.port}",
+        f"tx-{run}",
+        card_key=HASHER,
+        background=True,
+        journal=Journal(tmp_path),
+    )
+    try:
+        # when it publishes three records and then nothing more (an API gone idle)
+        for k in range(3):
+            publisher.publish([_transaction(f"{run}{k}")])
+
+        # then the broker's acknowledgements are marked in the journal without a further publish
+        # (else the relay would take the records for lost and send them again)
+        def acknowledged() -> int:
+            data = b"".join(path.read_bytes() for path in segments(tmp_path))
+            return sum(e.count for e in read_entries(data, 0, 0) if e.kind == ACKED)
+
+        deadline = time.monotonic() + 10
+        while acknowledged() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert acknowledged() == 3
+    finally:
+        publisher.close()
