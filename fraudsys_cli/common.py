@@ -142,7 +142,7 @@ def stack_config(
     mlflow_port: int,
     mlflow: bool,
     api_workers: int = 1,
-    publish_mode: str = "sync",
+    publish_mode: str = "background",
     **more: Any,
 ) -> "StackConfig":
     from local_stack.stack import StackConfig
@@ -187,5 +187,8 @@ class PublishMode(enum.StrEnum):
 
 PublishModeOption = Annotated[
     PublishMode,
-    typer.Option(help="sync: answers wait for the broker's ack (as deployed); background: they do not"),
+    typer.Option(
+        help="background: answers wait for the producer journal, not for the broker's ack; sync: they "
+        "also wait for the ack (as deployed on AWS, where there is no journal)"
+    ),
 ]

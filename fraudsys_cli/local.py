@@ -33,7 +33,7 @@ def local_up(
     mlflow_port: int = 5050,
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
     api_workers: ApiWorkers = 1,
-    publish_mode: PublishModeOption = PublishMode.sync,
+    publish_mode: PublishModeOption = PublishMode.background,
     champion: Annotated[
         bool,
         typer.Option(

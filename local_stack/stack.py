@@ -107,9 +107,13 @@ class StackConfig:
     # Lambda instance runs apart from API Gateway, so the HTTP event loop (and the poller,
     # updater and relay here) never hold its interpreter lock; False: on a thread of this process
     api_instance_process: bool = True
-    # sync: every answer waits for the broker's acknowledgement, as the Lambda does; background:
-    # the API does not wait (handlers.settings.Settings.publish_mode)
-    publish_mode: str = "sync"
+    # background (the default): the API answers once the record is in the producer journal
+    # (durable_broker) and queued, without waiting for the broker; sync: every answer also waits
+    # for the broker's acknowledgement, as the Lambda does (handlers.settings.Settings.publish_mode).
+    # With the journal, waiting adds no guarantee here (the broker's log is in memory; the relay
+    # sends whatever it did not acknowledge), only latency, and it caps one API process at the
+    # broker's pace: 300 answers/s against 672 (docs/benchmarks-http.md, overload)
+    publish_mode: str = "background"
     # admission control of each API process (local_stack.api.Admission): every request's deadline
     # from its arrival, and the most requests admitted and not finished; beyond either, a 503
     request_deadline_ms: float = 250.0

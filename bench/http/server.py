@@ -53,10 +53,11 @@ class ServerOptions:
     max_seconds: float = 3600.0  # the API process stops by itself after this
     env: tuple[str, ...] = ()  # extra KEY=VALUE environment of the API process
     api_workers: int = 1  # StackConfig.api_workers: scorer processes behind the API port
-    publish_mode: str = "sync"  # StackConfig.publish_mode: the scorer waits for Kafka, or not
+    publish_mode: str = "background"  # StackConfig.publish_mode: the scorer waits for Kafka (sync), or not
     deadline_ms: float = 250.0  # StackConfig.request_deadline_ms: the API's deadline per request
     max_queue: int = 128  # StackConfig.api_max_queue: requests an API process queues at most
     api_thread: bool = False  # not StackConfig.api_instance_process: the handler on the API's thread
+    broker_roll_records: int | None = None  # StackConfig.broker_roll_records: bound the broker's log
 
     def argv(self) -> list[str]:
         out = [
@@ -89,6 +90,8 @@ class ServerOptions:
         out += ["--deadline-ms", str(self.deadline_ms), "--max-queue", str(self.max_queue)]
         if self.api_thread:
             out.append("--api-thread")
+        if self.broker_roll_records is not None:
+            out += ["--broker-roll-records", str(self.broker_roll_records)]
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -139,6 +142,7 @@ def serve(opts: ServerOptions) -> None:
         request_deadline_ms=opts.deadline_ms,
         api_max_queue=opts.max_queue,
         api_instance_process=not opts.api_thread,
+        broker_roll_records=opts.broker_roll_records,
     )
     stack = LocalStack(cfg).up()
     try:
@@ -157,6 +161,7 @@ def serve(opts: ServerOptions) -> None:
         info["publish_mode"] = opts.publish_mode
         info["deadline_ms"], info["max_queue"] = opts.deadline_ms, opts.max_queue
         info["handler"] = "API thread" if opts.api_thread else "instance process"
+        info["broker_roll_records"] = opts.broker_roll_records
         info["label_delay_s"] = cfg.label_delay_seconds
 
         started = time.perf_counter()
@@ -401,11 +406,17 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--publish-mode",
         choices=("sync", "background"),
-        default="sync",
+        default="background",
         help="PUBLISH_MODE of the scorer (StackConfig.publish_mode)",
     )
     p.add_argument("--deadline-ms", type=float, default=250.0, help="the API's deadline per request")
     p.add_argument("--max-queue", type=int, default=128, help="requests an API process queues at most")
+    p.add_argument(
+        "--broker-roll-records",
+        type=int,
+        default=None,
+        help="restart the broker with an empty log past this many records (StackConfig.broker_roll_records)",
+    )
     p.add_argument(
         "--api-thread",
         action="store_true",
@@ -446,6 +457,7 @@ def server_options(args: argparse.Namespace, workdir: Path) -> ServerOptions:
         deadline_ms=args.deadline_ms,
         max_queue=args.max_queue,
         api_thread=args.api_thread,
+        broker_roll_records=args.broker_roll_records,
     )
 
 
