@@ -131,7 +131,10 @@ class Contributions:
             self.ready.set()
             return
         raw = bytes(booster.save_raw("json"))  # here: the thread never touches the serving booster
-        threading.Thread(target=self._build, args=(raw, n_features), name="path-shap", daemon=True).start()
+        # not a daemon: a process that exits while it builds (a tool, a cold-start probe) waits the
+        # ~0.1 s for it; a daemon thread inside XGBoost at interpreter exit aborted the process
+        # ("terminate called without an active exception")
+        threading.Thread(target=self._build, args=(raw, n_features), name="path-shap", daemon=False).start()
 
     def _build(self, raw: bytes, n_features: int) -> None:
         try:
