@@ -316,6 +316,8 @@ _STACK_PROCESSES = (
     ("redis-server", "redis-server"),
     ("broker (tansu)", "tansu"),
     ("S3 (moto)", "moto.server"),
+    ("S3 (local, on disk)", "local_stack.s3_server"),
+    ("scorer instance", "local_stack.instance"),
     ("MLflow", "mlflow"),
     ("archiver", "archiver_main"),
     ("API worker", "multiprocessing.spawn"),
