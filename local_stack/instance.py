@@ -7,8 +7,8 @@ back. The handler then has an interpreter lock of its own: the event loop's pars
 answering of requests (and the poller, updater and relay of ``fraudsys local up``) no longer take
 it from the handler, and the child goes from one request to the next without waiting for the
 API's process. Measured under overload (docs/benchmarks-http.md): the knee of one API process
-rose from 461 to 649 answers/s, and at 1,600 requests/s it still answered 618/s (376/s with the
-handler on the API's thread).
+rose from 462 to 656-672 answers/s, and at twice the knee it still answered 100 % of the knee's
+in time (81 % with the handler on the API's thread).
 
 Each request carries its deadline (``time.monotonic()``, the same clock in every process): the
 child does not run one whose deadline passed while it waited (``expired``), nor one whose client
@@ -19,8 +19,8 @@ the requests it held fail with ``InstanceCrashedError`` (the API answers 502, as
 answers a Lambda that crashed) and those that come while it restarts with
 ``InstanceUnavailableError`` (503 with ``Retry-After``).
 
-Nothing heavy is imported here at import time: the child is a spawned, fresh interpreter whose
-environment (the handlers' settings) must be set before the handlers are imported.
+Nothing heavy is imported here at import time: the child is a fresh interpreter (``main``) started
+with the handlers' settings in its environment, which must be set before the handlers are imported.
 """
 
 import contextlib
@@ -76,7 +76,7 @@ def main() -> None:
     conn_fd, flags_fd, slots, switch_interval = sys.argv[1:5]
     n = int(slots)
     flags = mmap.mmap(int(flags_fd), 2 * n)
-    _instance(Connection(int(conn_fd)), {}, float(switch_interval), _Flags(flags, 0), _Flags(flags, n))
+    _instance(Connection(int(conn_fd)), float(switch_interval), _Flags(flags, 0), _Flags(flags, n))
 
 
 class _Flags:
@@ -92,14 +92,13 @@ class _Flags:
         self.memory[self.offset + slot] = value
 
 
-def _instance(conn: Connection, env: dict[str, str], switch_interval: float, gone: Any, taken: Any) -> None:
+def _instance(conn: Connection, switch_interval: float, gone: Any, taken: Any) -> None:
     """The child: warm up, say ready, then take requests in order until the pipe closes. Each
     request is checked when taken (its client gone, its deadline passed: not run), then run with
     its deadline and its ``gone`` slot."""
     # Ctrl-C reaches the whole process group: the API's process ends this one (``stop``: the
     # pipe closes) after the requests in flight, as it stops everything else
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(env)
     sys.setswitchinterval(switch_interval)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     from handlers import bootstrap
