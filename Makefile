@@ -4,6 +4,12 @@
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 export CDK_DISABLE_CLI_TELEMETRY ?= true
 
+# scripts/bootstrap.sh installs uv with `pip install --user` when it is missing: the binary lands in
+# the user base's bin folder (~/.local/bin), which a fresh machine's PATH often lacks (root, CI).
+# Appended, so a uv already on PATH keeps precedence.
+PY_USER_BIN := $(shell python3 -m site --user-base 2>/dev/null)/bin
+export PATH := $(PATH):$(HOME)/.local/bin:$(PY_USER_BIN)
+
 setup:
 	bash scripts/bootstrap.sh --node --localstack
 
