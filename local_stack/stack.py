@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from local_stack import s3_snapshot
+from local_stack import DEFAULT_BROKER_ROLL_RECORDS, s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.instance import InstanceProcess
@@ -91,9 +91,10 @@ class StackConfig:
     journal_fsync: bool = False
     # with durable_broker: restart ("roll") the in-memory broker once its log holds this many
     # records and the journal less than half that (what is not yet consumed is sent again to the
-    # new, empty log); None: never, and the broker's memory grows while the stack is up (tansu
-    # 0.6 deletes nothing)
-    broker_roll_records: int | None = None
+    # new, empty log): tansu 0.6 deletes nothing, so this is what bounds the broker's memory
+    # (~100 MB at the default: docs/benchmarks-http.md); None: never, and it grows while the
+    # stack is up
+    broker_roll_records: int | None = DEFAULT_BROKER_ROLL_RECORDS
     redis_password: str | None = None  # redis-server --requirepass; in REDIS_URL (local only)
     redis_tls: RedisTls | None = None  # TLS-only redis-server; rediss:// with the CA in REDIS_URL
     # redis-server keeps an append-only file in <run_dir>/redis (fsync every second): the feature

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, parent_pid, process_cmdline, process_tree, process_usage
+from local_stack import DEFAULT_BROKER_ROLL_RECORDS
 
 LIVE_OFFSET = 3600  # live requests: between 1 h and 2 h after the last filled transaction
 FRESHNESS_OFFSET = 60  # freshness probes: 60 s + k after it (before every live request)
@@ -57,7 +58,7 @@ class ServerOptions:
     deadline_ms: float = 250.0  # StackConfig.request_deadline_ms: the API's deadline per request
     max_queue: int = 128  # StackConfig.api_max_queue: requests an API process queues at most
     api_thread: bool = False  # not StackConfig.api_instance_process: the handler on the API's thread
-    broker_roll_records: int | None = None  # StackConfig.broker_roll_records: bound the broker's log
+    broker_roll_records: int = DEFAULT_BROKER_ROLL_RECORDS  # StackConfig.broker_roll_records (0: never)
 
     def argv(self) -> list[str]:
         out = [
@@ -90,8 +91,7 @@ class ServerOptions:
         out += ["--deadline-ms", str(self.deadline_ms), "--max-queue", str(self.max_queue)]
         if self.api_thread:
             out.append("--api-thread")
-        if self.broker_roll_records is not None:
-            out += ["--broker-roll-records", str(self.broker_roll_records)]
+        out += ["--broker-roll-records", str(self.broker_roll_records)]
         for kv in self.env:
             out += ["--server-env", kv]
         return out
@@ -142,7 +142,7 @@ def serve(opts: ServerOptions) -> None:
         request_deadline_ms=opts.deadline_ms,
         api_max_queue=opts.max_queue,
         api_instance_process=not opts.api_thread,
-        broker_roll_records=opts.broker_roll_records,
+        broker_roll_records=opts.broker_roll_records or None,
     )
     stack = LocalStack(cfg).up()
     try:
@@ -414,8 +414,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker-roll-records",
         type=int,
-        default=None,
-        help="restart the broker with an empty log past this many records (StackConfig.broker_roll_records)",
+        default=DEFAULT_BROKER_ROLL_RECORDS,
+        help="restart the broker with an empty log past this many records "
+        "(StackConfig.broker_roll_records; 0: never)",
     )
     p.add_argument(
         "--api-thread",
