@@ -10,7 +10,7 @@ publishes ``tests.support.models.publish_test_model_to`` instead) on a simulated
 ``RedisFeatureStore.apply`` in 500-event batches (``--fill direct``, the default) or by replaying
 it into the broker for the poller and the updater handler (``--fill broker``).
 
-The client (``bench.http.client``: this process, asyncio, keep-alive HTTP/1.1 connections)
+The client (``bench.http.client``: this process, asyncio on uvloop, keep-alive HTTP/1.1 connections)
 then measures:
 
 * open loop: requests sent on a fixed schedule at ``--rate`` per second for ``--duration`` s,
@@ -34,7 +34,6 @@ publishes it, so the updater is applying the live stream during the measurements
 """
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from typing import Any
 
 from bench.common import write_json
 from bench.http.analysis import LATENCY_KEYS, machine, phase_row, table
-from bench.http.client import closed_loop, measure_freshness, open_loop, warm_up
+from bench.http.client import closed_loop, measure_freshness, open_loop, run_client, warm_up
 from bench.http.server import add_server_args, api_server, rss_mb, server_options, workdir_of
 
 TARGET_P99_MS = 5.0
@@ -71,15 +70,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print("setup:", json.dumps(server.info, indent=1), flush=True)
         warm_up(server)
         rows = []
-        run = asyncio.run(open_loop(server, f"open loop {args.rate:g}/s", args.rate, duration))
+        run = run_client(open_loop(server, f"open loop {args.rate:g}/s", args.rate, duration))
         rows.append(phase_row(run))
         results["open_loop_windows"] = run.windows(10.0)
         for rate in (float(r) for r in str(args.rate_sweep).split(",") if r):
             rows.append(
-                phase_row(asyncio.run(open_loop(server, f"open loop {rate:g}/s", rate, args.sweep_seconds)))
+                phase_row(run_client(open_loop(server, f"open loop {rate:g}/s", rate, args.sweep_seconds)))
             )
         for clients in (int(c) for c in str(args.concurrency).split(",") if c):
-            run = asyncio.run(
+            run = run_client(
                 closed_loop(server, f"closed loop x{clients}", clients, min(args.saturation_seconds, 120.0))
             )
             rows.append(phase_row(run))

@@ -65,7 +65,7 @@ import numpy as np
 
 from bench.common import environment, process_label, process_tree, process_usage, write_json
 from bench.http.analysis import Run, machine, phase_row, table
-from bench.http.client import open_loop, warm_up
+from bench.http.client import CLIENT_LOOPS, open_loop, run_client, warm_up
 from bench.http.server import Server, add_server_args, api_server, rss_mb, server_options, workdir_of
 
 MAX_MINUTES = 60.0
@@ -361,13 +361,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--burst", default="800:10", help="sweep: the burst, RATE:SECONDS")
     p.add_argument("--probe", default="100:30", help="sweep: the probe after the burst, RATE:SECONDS")
     p.add_argument("--good-ms", type=float, default=250.0, help="sweep: a good answer is a 200 within this")
+    p.add_argument("--client-loop", choices=CLIENT_LOOPS, default="uvloop", help="the client's event loop")
     add_server_args(p)
     args = p.parse_args(argv)
     if args.minutes > MAX_MINUTES:
         p.error(f"--minutes: at most {MAX_MINUTES:g}")
     with started(args) as (workdir, server, results):
         if args.sweep:
-            results.update(asyncio.run(sweep(server, args)))
+            results.update(run_client(sweep(server, args), args.client_loop))
         else:
             results.update(soak(server, workdir, args))
         results["loadavg_1m_at_end"] = os.getloadavg()[0]
@@ -388,6 +389,7 @@ def started(args: argparse.Namespace) -> Iterator[tuple[Path, Server, dict[str, 
         "machine": machine(),
         "commit": environment()["commit"],
         "command": "uv run python -m bench.load " + " ".join(sys.argv[1:]),
+        "client_loop": args.client_loop,
     }
     with workdir_of(args) as workdir, api_server(server_options(args, workdir)) as server:
         results["setup"] = server.info
@@ -418,7 +420,9 @@ def soak(server: Server, workdir: Path, args: argparse.Namespace) -> dict[str, A
 
     try:
         name = f"open loop {args.rate:g}/s"
-        run = asyncio.run(open_loop(server, name, args.rate, duration, args.connections, on_tick=tick))
+        run = run_client(
+            open_loop(server, name, args.rate, duration, args.connections, on_tick=tick), args.client_loop
+        )
     finally:
         timer.cancel()
         sampler.stop()

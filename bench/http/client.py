@@ -8,7 +8,7 @@ import json
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,20 @@ import numpy as np
 
 from bench.http.analysis import Run, server_timing
 from bench.http.server import Server, cpu_seconds
+
+#: the clients' event loop: "uvloop" (the server's too, and the default: the client shares the
+#: machine with the server it measures, so the less CPU it takes per request the less it is late
+#: at high rates), or "asyncio" (the standard library's)
+CLIENT_LOOPS = ("uvloop", "asyncio")
+
+
+def run_client[T](main: Coroutine[Any, Any, T], loop: str = "uvloop") -> T:
+    """Run a client coroutine on its own event loop (``CLIENT_LOOPS``)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return asyncio.run(main, loop_factory=uvloop.new_event_loop)
+    return asyncio.run(main)
 
 
 class HttpConnection:
@@ -242,4 +256,4 @@ def measure_freshness(server: Server, samples: int, timeout: float = 15.0, seed:
 
 
 def warm_up(server: Server, seconds: float = 5.0) -> None:
-    asyncio.run(open_loop(server, "warmup", 100.0, seconds))
+    run_client(open_loop(server, "warmup", 100.0, seconds))
