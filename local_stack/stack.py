@@ -102,11 +102,12 @@ class StackConfig:
     redis_appendonly: bool = True
     # 1: the API in this process, its handler in an instance process (api_instance_process; one
     # invocation at a time, like one Lambda instance); N > 1:
-    # N worker processes on the same port (local_stack.workers), like N concurrent instances
+    # N worker processes on the same port (local_stack.workers), like N concurrent instances,
+    # each with its own instance process
     api_workers: int = 1
-    # with one API worker: the handler runs in a process of its own (local_stack.instance), as a
-    # Lambda instance runs apart from API Gateway, so the HTTP event loop (and the poller,
-    # updater and relay here) never hold its interpreter lock; False: on a thread of this process
+    # the handler runs in a process of its own (local_stack.instance), as a Lambda instance runs
+    # apart from API Gateway, so the HTTP event loop (and the poller, updater and relay here)
+    # never hold its interpreter lock; False: on a thread of the API's process
     api_instance_process: bool = True
     # background (the default): the API answers once the record is in the producer journal
     # (durable_broker) and queued, without waiting for the broker; sync: every answer also waits
@@ -393,6 +394,7 @@ class LocalStack:
                     cfg.gil_switch_interval_ms / 1000,
                     cfg.request_deadline_ms,
                     cfg.api_max_queue,
+                    cfg.api_instance_process,
                 ).start()
             else:
                 # like each worker: warm (imports, champion, Redis, Kafka producer) before binding,

@@ -4,7 +4,9 @@ the archiver, the lake's own consumer of the stream, like its own function.
 One Lambda instance (and one ``LocalApi``) runs one invocation at a time under one GIL, so it
 uses at most one core. API Gateway scales out by running more instances; locally, ``ApiWorkers``
 starts ``count`` processes, each a ``LocalApi`` with its own handler, Redis and Kafka clients,
-all bound to the same port with ``SO_REUSEPORT`` (the kernel spreads connections over them).
+all bound to the same port with ``SO_REUSEPORT`` (the kernel spreads connections over them); each
+runs its handler in a scorer instance process of its own (``local_stack.instance``, unless
+``instance_process`` is off), as the one API process of the default stack does.
 
 Each worker warms up before it binds (``GET /health``: the champion model, Redis and the Kafka
 producer), like provisioned concurrency, and ``GET /metrics`` aggregates every worker
@@ -41,6 +43,7 @@ def _serve(
     env: dict[str, str],
     switch_interval: float,
     admission: tuple[float, int],
+    instance_process: bool,
     ready: Event,
     stop: Event,
 ) -> None:
@@ -48,9 +51,19 @@ def _serve(
     sys.setswitchinterval(switch_interval)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     from local_stack.api import LocalApi
+    from local_stack.instance import InstanceProcess
 
     deadline_ms, max_queue = admission
-    api = LocalApi(port=port, reuse_port=True, bind=False, deadline_ms=deadline_ms, max_queue=max_queue)
+    # each worker's handler in a scorer instance of its own, as with one API process
+    instance = InstanceProcess(env, switch_interval) if instance_process else None
+    api = LocalApi(
+        port=port,
+        reuse_port=True,
+        bind=False,
+        deadline_ms=deadline_ms,
+        max_queue=max_queue,
+        instance=instance,
+    )
     api.warm()  # before binding: the kernel hands connections only to warm workers
     api.bind()
     api.start()
@@ -74,6 +87,7 @@ class ApiWorkers:
         switch_interval: float,
         deadline_ms: float = 250.0,
         max_queue: int = 128,
+        instance_process: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError("at least one API worker")
@@ -83,6 +97,7 @@ class ApiWorkers:
         self.metrics_dir = metrics_dir
         self.switch_interval = switch_interval
         self.admission = (deadline_ms, max_queue)  # each worker's (local_stack.api.Admission)
+        self.instance_process = instance_process  # each worker's handler in its own process
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self.processes: list[Any] = []
@@ -95,7 +110,15 @@ class ApiWorkers:
             ready = self._context.Event()
             process = self._context.Process(
                 target=_serve,
-                args=(self.port, self.env, self.switch_interval, self.admission, ready, self._stop),
+                args=(
+                    self.port,
+                    self.env,
+                    self.switch_interval,
+                    self.admission,
+                    self.instance_process,
+                    ready,
+                    self._stop,
+                ),
                 name=f"fraudsys-api-{i}",
                 daemon=True,
             )

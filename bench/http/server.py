@@ -422,7 +422,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--api-thread",
         action="store_true",
         help="run the handler on the API process's own thread, not in an instance process of its own "
-        "(StackConfig.api_instance_process; with --api-workers 1)",
+        "(StackConfig.api_instance_process)",
     )
 
 

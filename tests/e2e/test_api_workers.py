@@ -1,12 +1,13 @@
 """The local API with several worker processes on one port (``StackConfig.api_workers``): every
-worker scores, the stream still reaches Redis once per transaction, ``/metrics`` adds the
-workers up, and ``down`` leaves no worker behind."""
+worker scores (in a scorer instance process of its own), the stream still reaches Redis once per
+transaction, ``/metrics`` adds the workers up, and ``down`` leaves no worker behind."""
 
 import re
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CARD = "4000123412341234"
 REQUESTS = 40
+
+
+def instances_of(pid: int) -> list[int]:
+    """The scorer instance processes (``local_stack.instance.main``) whose parent is ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == pid and b"from local_stack.instance import main" in cmdline:
+            found.append(int(proc.name))
+    return found
 
 
 def _body(i: int) -> dict[str, Any]:
@@ -81,6 +99,8 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
     metric_files = {p.name for p in (stack.cfg.run_dir / "metrics").iterdir()}
     served = {pid for pid in pids if any(f.endswith(f"_{pid}.db") for f in metric_files)}
     assert served == set(pids), metric_files
+    # and each worker ran them in a scorer instance process of its own (local_stack.instance)
+    assert {pid: len(instances_of(pid)) for pid in pids} == {pid: 1 for pid in pids}
     # and /metrics adds the workers up
     with urllib.request.urlopen(f"{stack.api_url}/metrics", timeout=5) as response:  # noqa: S310
         text = response.read().decode()
@@ -104,7 +124,11 @@ def test_down_stops_every_worker(tmp_path_factory: pytest.TempPathFactory) -> No
     local = LocalStack(cfg).up()
     assert local.workers is not None
     processes = list(local.workers.processes)
+    instances = [child for p in processes for child in instances_of(p.pid)]
+    assert len(instances) == 2
     status, health = get_json(f"{local.api_url}/health")
     local.down()
     assert not any(p.is_alive() for p in processes)
+    # and their scorer instances are gone too (reaped by the workers, or ended with their pipes)
+    wait_until(lambda: not any(Path(f"/proc/{child}").exists() for child in instances), what="instances")
     assert (status, health["status"]) == (503, "down")  # no champion: the workers answer, and say so
