@@ -23,12 +23,22 @@ TRANSACTIONS_TOPIC = "fraudsys.transactions"
 LABELS_TOPIC = "fraudsys.labels"
 
 Event = TransactionEvent | LabelEvent
+#: ``(topic, key, value)``: one stream record as a publisher builds it (on Kinesis, the topic is the
+#: stream's name); what the publish outbox keeps of a record whose publish failed
+Record = tuple[str, bytes, bytes]
 log = logging.getLogger("fraudsys.publisher")
 
 
 class Publisher(Protocol):
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Deliver ``events`` (keyed by card) or raise."""
+
+    def record(self, event: Event) -> Record:
+        """The topic, key and value the stream gets for ``event`` (what ``publish`` sends)."""
+
+    def publish_records(self, records: Sequence[Record], timeout: float = 2.0) -> list[str | None]:
+        """Send records built by ``record`` (the outbox's relay) and wait for them: per record,
+        None when the stream acknowledged it, else why not."""
 
     def take_late_failures(self) -> int:
         """Records that failed after ``publish`` returned (background delivery), since the last call."""
@@ -58,6 +68,12 @@ class NullPublisher:
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         return None
 
+    def record(self, event: Event) -> Record:
+        return "", b"", _payload(event)  # nothing is published, so nothing is ever kept
+
+    def publish_records(self, records: Sequence[Record], timeout: float = 2.0) -> list[str | None]:
+        raise RuntimeError("no stream (STREAM_KIND=none): nowhere to send outbox records")
+
     def take_late_failures(self) -> int:
         return 0
 
@@ -78,12 +94,14 @@ class _Deliveries:
     def __init__(self, pending: int) -> None:
         self.pending = pending
         self.failures: list[str] = []
+        self.errors: dict[int, str] = {}  # by position
         self.offsets: list[tuple[int, int]] = [(-1, -1)] * pending
 
     def delivered(self, i: int, error: Any, message: Any) -> None:
         self.pending -= 1
         if error is not None:
             self.failures.append(f"{message.topic()}: {error}")
+            self.errors[i] = f"{message.topic()}: {error}"
         else:
             self.offsets[i] = (message.partition(), message.offset())
 
@@ -192,9 +210,39 @@ class KafkaPublisher:
                 f"{outcome.pending} of {len(events)} records not acknowledged by Kafka within {timeout} s"
             )
 
-    def record(self, event: Event) -> tuple[str, bytes, bytes]:
+    def record(self, event: Event) -> Record:
         """The topic, key and value the broker gets for ``event``."""
         return self.topics[type(event)], partition_key(event, self.card_key).encode(), _payload(event)
+
+    def publish_records(self, records: Sequence[Record], timeout: float = 2.0) -> list[str | None]:
+        """Send records as they are (the outbox's relay: built by ``record`` in the scorer, the key
+        already hashed) and wait at most ``timeout`` for their acknowledgements, in either mode.
+        A record for a topic other than this publisher's two is refused, not sent. Not journaled
+        (the local stack's journal has a relay of its own)."""
+        known = set(self.topics.values())
+        errors: list[str | None] = [None] * len(records)
+        outcome = _Deliveries(len(records))
+        for i, (topic, key, value) in enumerate(records):
+            if topic not in known:
+                errors[i] = f"unknown topic {topic!r} (this publisher sends to {sorted(known)})"
+                outcome.pending -= 1
+                continue
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key, on_delivery=functools.partial(outcome.delivered, i)
+                )
+            except Exception as exc:  # BufferError (queue full), KafkaException
+                errors[i] = f"{topic}: not queued: {exc}"
+                outcome.pending -= 1
+        deadline = time.monotonic() + timeout
+        while outcome.pending and (left := deadline - time.monotonic()) > 0:
+            self.producer.poll(left)
+        for i in range(len(records)):
+            if errors[i] is None and i in outcome.errors:
+                errors[i] = outcome.errors[i]
+            elif errors[i] is None and outcome.offsets[i] == (-1, -1):
+                errors[i] = f"not acknowledged by Kafka within {timeout} s"
+        return errors
 
     def _failed(self, span: Span | None) -> None:
         if span is not None and self.journal is not None:
@@ -276,6 +324,27 @@ class KinesisPublisher:
         )
         if response.get("FailedRecordCount"):
             raise RuntimeError(f"{response['FailedRecordCount']} records were not accepted by Kinesis")
+
+    def record(self, event: Event) -> Record:
+        """The stream's name, the partition key and the data Kinesis gets for ``event``."""
+        return self.stream_name, partition_key(event, self.card_key).encode(), _payload(event)
+
+    def publish_records(self, records: Sequence[Record], timeout: float = 2.0) -> list[str | None]:
+        """Put records as they are (the outbox's relay) on this publisher's stream: one stream
+        carries both kinds of event (``kind`` in the payload), so the record's topic is not used."""
+        if not records:
+            return []
+        try:
+            response = self.client.put_records(
+                StreamName=self.stream_name,
+                Records=[{"Data": value, "PartitionKey": key.decode()} for _, key, value in records],
+            )
+        except Exception as exc:
+            return [f"kinesis: {type(exc).__name__}: {exc}"[:300]] * len(records)
+        return [
+            f"kinesis: {r['ErrorCode']}: {r.get('ErrorMessage', '')}" if r.get("ErrorCode") else None
+            for r in response["Records"]
+        ]
 
     def take_late_failures(self) -> int:
         return 0

@@ -16,6 +16,7 @@ from fraud_adapters.dead_letters import DeadLetterStore
 from fraud_adapters.journal import Journal
 from fraud_adapters.lake import LakeWriter
 from fraud_adapters.model_store import ModelStore
+from fraud_adapters.outbox import SqsOutbox
 from fraud_adapters.publisher import (
     KafkaPublisher,
     KinesisPublisher,
@@ -146,6 +147,32 @@ def lake_writer() -> LakeWriter | None:
 @lru_cache(maxsize=1)
 def publisher() -> Publisher:
     cfg = settings()
+    return _publisher(cfg, card_hasher(cfg) if cfg.stream_kind != "none" else _no_card_key)
+
+
+@lru_cache(maxsize=1)
+def relay_publisher() -> Publisher:
+    """The outbox relay's publisher (``handlers.relay_outbox``): the scorer's, for records whose
+    keys the scorer already hashed. It hashes no card, so it needs no card hash key; and it
+    refuses to run without a stream (an outbox record sent nowhere would be lost)."""
+    cfg = settings()
+    if cfg.stream_kind == "none":
+        raise RuntimeError("the outbox relay needs a stream: set STREAM_KIND to kafka or kinesis")
+    return _publisher(cfg, _no_card_key)
+
+
+def _no_card_key(card: str) -> str:
+    raise RuntimeError("this publisher sends records whose keys are hashed already: it hashes no card")
+
+
+@lru_cache(maxsize=1)
+def outbox() -> SqsOutbox | None:
+    """The publish outbox (``PUBLISH_OUTBOX_QUEUE_URL``), or None without one (locally)."""
+    url = settings().publish_outbox_queue_url
+    return SqsOutbox.open(url) if url else None
+
+
+def _publisher(cfg: Settings, card_key: Callable[[str], str]) -> Publisher:
     if cfg.stream_kind == "kafka":
         if not cfg.kafka_bootstrap_servers:
             raise ValueError("STREAM_KIND=kafka needs KAFKA_BOOTSTRAP_SERVERS")
@@ -153,7 +180,7 @@ def publisher() -> Publisher:
             cfg.kafka_bootstrap_servers,
             cfg.transactions_topic,
             cfg.labels_topic,
-            card_key=card_hasher(cfg),
+            card_key=card_key,
             background=cfg.publish_mode == "background",
             linger_ms=cfg.publish_linger_ms,
             journal=journal(cfg),
@@ -162,7 +189,7 @@ def publisher() -> Publisher:
     if cfg.stream_kind == "kinesis":
         if not cfg.kinesis_stream_name:
             raise ValueError("STREAM_KIND=kinesis needs KINESIS_STREAM_NAME")
-        return KinesisPublisher(cfg.kinesis_stream_name, card_key=card_hasher(cfg))
+        return KinesisPublisher(cfg.kinesis_stream_name, card_key=card_key)
     return NullPublisher()
 
 
@@ -193,6 +220,8 @@ def reset() -> None:
         dead_letter_store,
         lake_writer,
         publisher,
+        relay_publisher,
+        outbox,
         _hasher,
     ):
         factory.cache_clear()

@@ -33,6 +33,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fraud_adapters.publisher import Publisher
 from fraud_adapters.store_marker import EMPTY, MarkerCheck
 from fraud_core import timeguard
 from fraud_core.schemas import (
@@ -40,6 +41,7 @@ from fraud_core.schemas import (
     HealthResponse,
     PredictRequest,
     PredictResponse,
+    TransactionEvent,
     epoch_seconds,
 )
 from fraud_core.spec import FEATURE_SPEC_VERSION
@@ -52,6 +54,9 @@ from handlers.settings import settings
 #: the longest a synchronous publish waits for the broker's acknowledgement (less if the request's
 #: deadline comes first)
 PUBLISH_TIMEOUT_SECONDS = 2.0
+#: with an outbox, the publish leaves this much of the invocation's time for writing to it (SQS
+#: client: 0.25 s connect, 0.5 s read timeouts, 2 attempts at most; ``fraud_adapters.outbox``)
+OUTBOX_RESERVE_SECONDS = 1.5
 #: each probe of ``GET /health`` that has its own timeout (the stream's metadata round trip)
 HEALTH_PROBE_TIMEOUT_SECONDS = 0.25
 
@@ -265,6 +270,8 @@ def predict(request: PredictRequest) -> Response[PredictResponse]:
         },
     )
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
+    if cfg.publish_outbox_queue_url:  # time left for the outbox write, should the publish fail
+        remaining -= OUTBOX_RESERVE_SECONDS
     _publish(request, received, min(PUBLISH_TIMEOUT_SECONDS, remaining))
     freeze_startup_objects()
     # the body as Powertools' response validation serialized the model (its dict for the JSON)
@@ -273,17 +280,43 @@ def predict(request: PredictRequest) -> Response[PredictResponse]:
 
 
 def _publish(request: PredictRequest, received: datetime, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
-    """Send the scored transaction to the stream; a failure is logged and counted, the answer stands."""
+    """Send the scored transaction to the stream; a failure is logged and counted, the answer
+    stands. On AWS (``PUBLISH_OUTBOX_QUEUE_URL``) the record that failed goes to the publish
+    outbox, which the relay (``handlers.relay_outbox``) sends to the stream; nothing is sent there
+    when the publish succeeds."""
     publisher = bootstrap.publisher()
+    event = request.to_event(received_at=received)
     failures = 0
     try:
-        publisher.publish([request.to_event(received_at=received)], timeout=max(timeout, 0.001))
+        publisher.publish([event], timeout=max(timeout, 0.001))
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
         failures = 1
+        _to_outbox(publisher, event)
     failures += publisher.take_late_failures()  # background mode: records refused since the last call
     if failures:
         metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=failures)
+
+
+def _to_outbox(publisher: Publisher, event: TransactionEvent) -> None:
+    """Keep a record whose publish failed in the outbox (``OutboxWrites``). If SQS fails too, the
+    transaction reaches neither the stream nor the lake: logged at error and counted
+    (``OutboxFailures``, alarmed); the answer still stands, as the score is right and the
+    client's retry would be a second scoring of the same payment."""
+    outbox = bootstrap.outbox()
+    if outbox is None:  # locally: the producer journal's relay sends it again
+        return
+    try:
+        outbox.put([publisher.record(event)])
+    except Exception as exc:
+        logger.error(
+            "outbox write failed: the transaction is in neither the stream nor the outbox",
+            extra={"transaction_id": event.trans_num, "error": f"{type(exc).__name__}: {exc}"[:300]},
+        )
+        metrics.add_metric(name="OutboxFailures", unit=MetricUnit.Count, value=1)
+        return
+    logger.warning("sent to the publish outbox", extra={"transaction_id": event.trans_num})
+    metrics.add_metric(name="OutboxWrites", unit=MetricUnit.Count, value=1)
 
 
 def _probe(check: Callable[[], str]) -> DependencyStatus:

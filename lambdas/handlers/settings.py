@@ -53,6 +53,10 @@ class Settings(BaseModel):
     transactions_topic: str = "fraudsys.transactions"
     labels_topic: str = "fraudsys.labels"
     kinesis_stream_name: str | None = None
+    #: AWS: the SQS queue that keeps a scored transaction whose publish failed (the publish outbox,
+    #: ``fraud_adapters.outbox``); the relay (``handlers.relay_outbox``) sends it to the stream.
+    #: Unset: no outbox (locally the producer journal plays its part).
+    publish_outbox_queue_url: str | None = None
     dead_letter_uri: str = "data/dead_letters"
     #: The event archive (``s3://bucket/prefix`` or a local folder): the updater writes every
     #: accepted event there while applying it (``fraud_adapters.lake``); unset: no archive.

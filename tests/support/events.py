@@ -75,3 +75,34 @@ def a_request(**overrides: Any) -> PredictRequest:
         "merch_long": -75.1,
     }
     return PredictRequest.model_validate(fields | overrides)
+
+
+def sqs_event(
+    messages: Sequence[dict[str, Any]], queue_arn: str, region: str = "eu-west-1"
+) -> dict[str, Any]:
+    """The event an SQS event source mapping hands Lambda for ``messages`` as ``ReceiveMessage``
+    returned them (``MessageAttributeNames=["All"]``, ``AttributeNames=["All"]``)."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": dict(m.get("Attributes") or {}),
+                "messageAttributes": {
+                    name: {
+                        "stringValue": value.get("StringValue"),
+                        "stringListValues": [],
+                        "binaryListValues": [],
+                        "dataType": value["DataType"],
+                    }
+                    for name, value in (m.get("MessageAttributes") or {}).items()
+                },
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for m in messages
+        ]
+    }
