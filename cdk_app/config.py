@@ -189,6 +189,31 @@ class ArchiverConfig(StreamConsumerConfig):
     max_batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 10
 
 
+class OutboxConfig(_Frozen):
+    """The publish outbox (SQS) and its relay: a scored transaction whose publish failed waits in
+    the queue until the relay sends it to the stream (docs/architecture.md, "Stream events")."""
+
+    memory_mb: LambdaMemory = 256
+    timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 30
+    reserved_concurrency: PositiveInt | None = None
+    log_retention_days: RetentionDays = 30
+    batch_size: Annotated[int, Field(ge=1, le=100)] = 10
+    max_batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 1
+    #: concurrent relay invocations at most (the event source's scaling limit): a stream coming
+    #: back after an outage gets the backlog at this pace, not all at once
+    max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 2
+    #: receives of one message before SQS moves it to the outbox's dead-letter queue
+    max_receive_count: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: how long a message may wait in the outbox (and in its DLQ): SQS's maximum
+    retention_days: Annotated[int, Field(ge=1, le=14)] = 14
+
+    @model_validator(mode="after")
+    def _window(self) -> OutboxConfig:
+        if self.batch_size > 10 and self.max_batching_window_seconds < 1:
+            raise ValueError("an SQS batch of more than 10 messages needs a batching window of 1 s or more")
+        return self
+
+
 class LakeConfig(_Frozen):
     """The event archive's bucket: storage classes by object age, and how long it is kept."""
 
@@ -269,6 +294,8 @@ class AlarmConfig(_Frozen):
     iterator_age_ms: PositiveInt = 60_000
     offset_lag_records: PositiveInt = 10_000
     dead_letters_per_5_minutes: PositiveInt = 1
+    #: the publish outbox's oldest message (seconds): the relay is not getting records to the stream
+    outbox_oldest_message_seconds: PositiveInt = 900
     #: events refused by the time guard or older than their key's retention, per 5 minutes
     late_or_refused_events_per_5_minutes: PositiveInt = 1
     fraud_rate_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
@@ -327,6 +354,7 @@ class StageConfig(_Frozen):
     scorer: ScorerConfig = ScorerConfig()
     updater: UpdaterConfig = UpdaterConfig()
     archiver: ArchiverConfig = ArchiverConfig()
+    outbox: OutboxConfig = OutboxConfig()
     training: TrainingConfig = TrainingConfig()
     spark: SparkJobConfig = SparkJobConfig()
     lake: LakeConfig = LakeConfig()
@@ -346,13 +374,15 @@ class StageConfig(_Frozen):
             )
         if self.stream_kind == "msk" and self.msk.broker_count % self.vpc.max_azs != 0:
             raise ValueError("msk.broker_count must be a multiple of vpc.max_azs")
-        reserved = sum(part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver))
+        reserved = sum(
+            part.reserved_concurrency or 0 for part in (self.scorer, self.updater, self.archiver, self.outbox)
+        )
         quota = self.lambda_concurrency_quota
         if reserved and reserved > quota - min(100, quota):
             raise ValueError(
-                f"reserved concurrency {reserved} (scorer + updater + archiver) leaves less than AWS's "
-                f"minimum unreserved concurrency of the account's quota {quota}: raise the quota "
-                "(lambda_concurrency_quota) or set reserved_concurrency to null"
+                f"reserved concurrency {reserved} (scorer, updater, archiver, outbox relay) leaves "
+                f"less than AWS's minimum unreserved concurrency of the account's quota {quota}: raise "
+                "the quota (lambda_concurrency_quota) or set reserved_concurrency to null"
             )
         if self.account and self.region and self.vpc.availability_zones is None:
             raise ValueError("set vpc.availability_zones when account and region are set (offline synth)")

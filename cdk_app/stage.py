@@ -97,6 +97,9 @@ class FraudSysStage(cdk.Stage):
             stream=self.data.stream,
             failed_batches=self.serving.updater.failed_batches,
             archiver_failed_batches=self.serving.archiver.failed_batches,
+            outbox=self.serving.outbox.queue,
+            outbox_dead_letters=self.serving.outbox.dead_letters,
+            outbox_relay=self.serving.outbox.relay,
             dead_letter_bucket_name=self.data.storage.bucket_name("DeadLetters"),
         )
         self.observability = ObservabilityStack(

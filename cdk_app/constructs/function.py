@@ -1,4 +1,4 @@
-"""The FraudSys Lambda function shape shared by the scorer and the feature updater."""
+"""The FraudSys Lambda function shape shared by the scorer, the stream consumers and the outbox relay."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from cdk_app.config import REPO_ROOT, Architecture, ScorerConfig, StageConfig, StreamConsumerConfig
+from cdk_app.config import (
+    REPO_ROOT,
+    Architecture,
+    OutboxConfig,
+    ScorerConfig,
+    StageConfig,
+    StreamConsumerConfig,
+)
 from cdk_app.constructs.common import log_group
 from cdk_app.constructs.layer import FALLBACK_IMAGE, lambda_architecture
 from cdk_app.constructs.network import Network
@@ -104,7 +111,7 @@ def vpc_function(
     config: StageConfig,
     handler: str,
     description: str,
-    settings: ScorerConfig | StreamConsumerConfig,
+    settings: ScorerConfig | StreamConsumerConfig | OutboxConfig,
     layer: lambda_.ILayerVersion,
     network: Network | None,
     security_group: ec2.ISecurityGroup | None,

@@ -38,6 +38,9 @@ class Monitored:
     failed_batches: sqs.IQueue
     archiver_failed_batches: sqs.IQueue
     dead_letter_bucket_name: str
+    outbox: sqs.IQueue
+    outbox_dead_letters: sqs.IQueue
+    outbox_relay: lambda_.IFunction
 
 
 class Observability(Construct):
@@ -141,11 +144,12 @@ class Observability(Construct):
         lag_threshold = limits.offset_lag_records if m.stream.kind == "msk" else limits.iterator_age_ms
         lag_unit = "MSK OffsetLag (records)" if m.stream.kind == "msk" else "Kinesis IteratorAge (ms)"
         throttles = cloudwatch.MathExpression(
-            expression="FILL(scorer, 0) + FILL(updater, 0) + FILL(archiver, 0)",
+            expression="FILL(scorer, 0) + FILL(updater, 0) + FILL(archiver, 0) + FILL(relay, 0)",
             using_metrics={
                 "scorer": m.scorer.metric_throttles(statistic="Sum", period=ONE_MINUTE),
                 "updater": m.updater.metric_throttles(statistic="Sum", period=ONE_MINUTE),
                 "archiver": m.archiver.metric_throttles(statistic="Sum", period=ONE_MINUTE),
+                "relay": m.outbox_relay.metric_throttles(statistic="Sum", period=ONE_MINUTE),
             },
             label="Lambda throttles",
             period=ONE_MINUTE,
@@ -183,7 +187,7 @@ class Observability(Construct):
             "lambda-throttles",
             throttles,
             limits.throttles_per_minute,
-            "Scorer + updater + archiver throttles per minute",
+            "Scorer + updater + archiver + outbox relay throttles per minute",
         )
         alarm(
             "updater-errors",
@@ -237,6 +241,47 @@ class Observability(Construct):
             limits.late_or_refused_events_per_5_minutes,
             "Stream events dated in the future of their arrival, or older than the online retention "
             "(dead-lettered: a clock, a producer or a replay is wrong)",
+            periods=1,
+            datapoints=1,
+        )
+        # the publish outbox (docs/architecture.md, "Stream events"): a failed publish is an event
+        # late to the updater and the lake; one in the outbox's DLQ, or lost because SQS failed
+        # too, is missing from both until an operator acts
+        alarm(
+            "publish-failures",
+            custom("PublishFailures", period=FIVE_MINUTES),
+            1,
+            "Scored transactions whose publish to the stream failed (each went to the publish outbox, "
+            "or was lost: see outbox-write-failures)",
+            periods=1,
+            datapoints=1,
+        )
+        alarm(
+            "outbox-write-failures",
+            custom("OutboxFailures", period=FIVE_MINUTES),
+            1,
+            "Scored transactions in neither the stream nor the outbox (the publish and the SQS write "
+            "both failed): missing from the features and the lake; the scorer's error log names them",
+            periods=1,
+            datapoints=1,
+        )
+        alarm(
+            "outbox-dead-letters",
+            m.outbox_dead_letters.metric_approximate_number_of_messages_visible(
+                statistic="Maximum", period=FIVE_MINUTES
+            ),
+            1,
+            "Outbox messages the relay failed every time, moved to the outbox's DLQ: redrive them "
+            "once the stream takes records",
+            periods=1,
+            datapoints=1,
+        )
+        alarm(
+            "outbox-oldest-message",
+            m.outbox.metric_approximate_age_of_oldest_message(statistic="Maximum", period=FIVE_MINUTES),
+            limits.outbox_oldest_message_seconds,
+            "Age of the publish outbox's oldest message (s): the relay is not getting failed publishes "
+            "to the stream",
             periods=1,
             datapoints=1,
         )
@@ -301,6 +346,20 @@ class Observability(Construct):
                 title="Archiver: events archived, errors and lag",
                 left=[custom("ArchivedEvents"), m.archiver.metric_errors(statistic="Sum")],
                 right=[archive_lag],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Publish outbox: failed publishes, outbox writes, relayed; queued and DLQ",
+                left=[
+                    custom("PublishFailures"),
+                    custom("OutboxWrites"),
+                    custom("OutboxFailures"),
+                    custom("OutboxRelayed"),
+                ],
+                right=[
+                    m.outbox.metric_approximate_number_of_messages_visible(statistic="Maximum"),
+                    m.outbox_dead_letters.metric_approximate_number_of_messages_visible(statistic="Maximum"),
+                ],
                 width=8,
             ),
         )

@@ -18,6 +18,7 @@ from cdk_app.constructs.common import log_group
 from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.function import vpc_function
 from cdk_app.constructs.network import Network
+from cdk_app.constructs.outbox import PublishOutbox
 from cdk_app.constructs.storage import MODEL_STORE_PREFIX, Storage
 from cdk_app.constructs.stream import EventStream
 from cdk_app.nag import acknowledge
@@ -121,6 +122,7 @@ class ScorerApi(Construct):
         storage: Storage,
         feature_store: FeatureStore,
         stream: EventStream,
+        outbox: PublishOutbox,
     ) -> None:
         super().__init__(scope, construct_id)
         cfg = config.scorer
@@ -132,6 +134,8 @@ class ScorerApi(Construct):
             "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
             "REASONS_METHOD": cfg.reasons_method,
             **stream.scorer_environment(),
+            # a scored transaction whose publish failed is kept there (the relay sends it on)
+            "PUBLISH_OUTBOX_QUEUE_URL": outbox.queue_url,
         }
         self.function = vpc_function(
             self,
@@ -148,6 +152,7 @@ class ScorerApi(Construct):
         feature_store.grant_connect(self.function)
         storage.grant_objects(self.function, "Models", MODEL_STORE_PREFIX, read=True)
         stream.grant_publish(self.function)
+        outbox.grant_send(self.function)
         self.alias = lambda_.Alias(
             self,
             "Live",

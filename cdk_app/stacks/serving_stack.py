@@ -11,15 +11,18 @@ from cdk_app.constructs.feature_store import FeatureStore
 from cdk_app.constructs.feature_updater import FeatureUpdater
 from cdk_app.constructs.layer import ArrowLayer, SlimXGBoostLayer
 from cdk_app.constructs.network import Network
+from cdk_app.constructs.outbox import PublishOutbox
 from cdk_app.constructs.scorer_api import ScorerApi
 from cdk_app.constructs.storage import Storage
 from cdk_app.constructs.stream import EventStream
 
 
 class ServingStack(cdk.Stack):
-    """The online path: layers, scorer API, and the stream's two consumers with their event source
-    mappings: the feature updater (Redis) and the archiver (the event lake)."""
+    """The online path: layers, scorer API with its publish outbox and relay, and the stream's two
+    consumers with their event source mappings: the feature updater (Redis) and the archiver (the
+    event lake)."""
 
+    outbox: PublishOutbox
     scorer: ScorerApi
     updater: FeatureUpdater
     archiver: EventArchiver
@@ -38,6 +41,15 @@ class ServingStack(cdk.Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         layer = SlimXGBoostLayer(self, "Layer", arch=config.architecture).layer
+        self.outbox = PublishOutbox(
+            self,
+            "Outbox",
+            config=config,
+            network=network,
+            layer=layer,
+            stream=stream,
+            key=storage.key,
+        )
         self.scorer = ScorerApi(
             self,
             "Scorer",
@@ -47,6 +59,7 @@ class ServingStack(cdk.Stack):
             storage=storage,
             feature_store=feature_store,
             stream=stream,
+            outbox=self.outbox,
         )
         self.updater = FeatureUpdater(
             self,

@@ -12,7 +12,10 @@ For each stage of cdk.json (synthesized offline, bundling skipped), in moto:
 3. the updater, with its function's environment: the records the scorer published plus a poison
    record (dead letter);
 4. the archiver, with its function's environment (no Redis): the same records, archived to the lake;
-5. the event source mappings' pollers and the Kafka producer, which are not our code: the calls AWS
+5. the scorer again with its stream unreachable (its publisher's publish raises): the transaction
+   goes to the publish outbox (SQS), and the outbox relay, with its function's environment, sends
+   the outbox's message to the stream (Kinesis stages; on MSK its producer is declared, below);
+6. the event source mappings' pollers and the Kafka producer, which are not our code: the calls AWS
    documents for them, checked against the same roles.
 
 Every botocore call is recorded (``before-call`` on every client), every MLflow REST request is
@@ -36,7 +39,7 @@ from typing import Any
 import pytest
 
 from local_stack.services import Service, free_port, start_redis
-from tests.support.events import FakeContext, api_gateway_event, kinesis_event
+from tests.support.events import FakeContext, api_gateway_event, kinesis_event, sqs_event
 from tests.support.iam import (
     ACCOUNT,
     PARTITION,
@@ -153,6 +156,7 @@ class Checked:
     stream_keys: dict[str, str]
     mlflow_arn: str
     declared: dict[str, list[Permission]]
+    queue_keys: dict[str, str]
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
@@ -192,6 +196,9 @@ def checked(
                 kinesis.create_stream(
                     StreamName=stage.resolver.physical[(stack.name, lid)]["Ref"], ShardCount=1
                 )
+            sqs = boto3.client("sqs", region_name=REGION)
+            for _, lid, _ in stage.of_type("AWS::SQS::Queue"):
+                sqs.create_queue(QueueName=lid)
             token = secrets.token_hex(24)
             secret_values = {"AuthToken": {"token": token}, "CardHashKey": {"key": secrets.token_hex(16)}}
             sm = boto3.client("secretsmanager", region_name=REGION)
@@ -216,10 +223,18 @@ def checked(
                     _run_updater(stage, redis_service, published)
                 with recorder.component("archiver"):
                     _run_archiver(stage, published)
+                with recorder.component("scorer"):
+                    _run_scorer_with_the_stream_down(stage, redis_service)
+                outbox = _outbox_event(stage)  # the event source mapping's receive: not our code
+                with recorder.component("relay"):
+                    _run_relay(stage, outbox)
             mlflow.stop()
             roles = _roles(stage)
             declared = _declared_permissions(stage, mlflow_arn)
-            yield Checked(stage, recorder.calls, roles, bucket_keys, stream_keys, mlflow_arn, declared)
+            queue_keys = _queue_keys(stage)
+            yield Checked(
+                stage, recorder.calls, roles, bucket_keys, stream_keys, mlflow_arn, declared, queue_keys
+            )
     finally:
         if redis_service is not None:
             redis_service.stop()
@@ -399,12 +414,104 @@ def _run_archiver(stage: Stage, published: list[bytes]) -> None:
     assert result == {"batchItemFailures": []}, result
 
 
+class _StreamDown:
+    """The stage's publisher with the stream unreachable: publish raises; the records are the ones
+    the stage's stream would get (topic from the settings, the card's keyed hash, the payload)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def publish(self, events: Any, timeout: float = 2.0) -> None:
+        raise ConnectionError("the stream is unreachable (test)")
+
+    def record(self, event: Any) -> tuple[str, bytes, bytes]:
+        from fraud_adapters.publisher import partition_key
+        from handlers import bootstrap
+        from handlers.settings import settings
+
+        cfg = settings()
+        key = partition_key(event, bootstrap.card_hasher(cfg)).encode()
+        return cfg.transactions_topic, key, event.model_dump_json().encode()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _run_scorer_with_the_stream_down(stage: Stage, redis_service: Service) -> None:
+    from handlers import bootstrap, predict
+
+    stack, function = _function(stage, "handlers.predict.handler")
+    env = _environment(stage, stack, function["Properties"]["Environment"]["Variables"])
+    env |= {"REDIS_URL": f"redis://127.0.0.1:{redis_service.port}/0", "REDIS_CLUSTER": "false"}
+    if env["STREAM_KIND"] == "kafka":
+        env["STREAM_KIND"] = "none"
+    os.environ.update(env)
+    bootstrap.reset()
+    predict.scorer.cache_clear()
+    real = bootstrap.publisher
+    down = _StreamDown(real())
+    bootstrap.publisher = lambda: down  # type: ignore[assignment]
+    try:
+        when = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+        scored = predict.handler(
+            api_gateway_event("POST", "/predict", {**PREDICT_BODY, "transaction_time": when}), FakeContext()
+        )
+    finally:
+        bootstrap.publisher = real
+    assert scored["statusCode"] == 200, scored
+
+
+def _outbox_queue(stage: Stage) -> tuple[str, str]:
+    """The outbox's URL and ARN (the queue with a redrive policy)."""
+    [lid] = [lid for _, lid, res in stage.of_type("AWS::SQS::Queue") if "RedrivePolicy" in res["Properties"]]
+    physical = next(v for (_, queue), v in stage.resolver.physical.items() if queue == lid)
+    return physical["Ref"], physical["Arn"]
+
+
+def _outbox_event(stage: Stage) -> dict[str, Any]:
+    """What the relay's event source mapping hands it: the outbox's message."""
+    import boto3
+
+    url, arn = _outbox_queue(stage)
+    messages = boto3.client("sqs").receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], AttributeNames=["All"]
+    )["Messages"]
+    assert len(messages) == 1, messages
+    return sqs_event(messages, arn, REGION)
+
+
+def _run_relay(stage: Stage, event: dict[str, Any]) -> None:
+    from handlers import bootstrap, relay_outbox
+
+    stack, function = _function(stage, "handlers.relay_outbox.handler")
+    env = _environment(stage, stack, function["Properties"]["Environment"]["Variables"])
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "REDIS_AUTH_SECRET_ARN", "CARD_HASH_KEY_SECRET_ARN"):
+        os.environ.pop(name, None)  # the scorer's: the relay has none of them
+    os.environ.update(env)
+    bootstrap.reset()
+    if env["STREAM_KIND"] == "kafka":
+        return  # no broker here: its producer's permissions are declared below
+    result = relay_outbox.handler(event, FakeContext())
+    assert result == {"batchItemFailures": []}, result
+
+
+def _queue_keys(stage: Stage) -> dict[str, str]:
+    """Queue name -> the key ARN of each KMS-encrypted queue."""
+    keys = {}
+    for stack, lid, res in stage.of_type("AWS::SQS::Queue"):
+        key = res["Properties"].get("KmsMasterKeyId")
+        if key is not None:
+            keys[lid] = str(stage.resolver.resolve(key, stack.name))
+    return keys
+
+
 def _roles(stage: Stage) -> dict[str, RolePolicy]:
     roles = {}
     for part, handler in (
         ("scorer", "handlers.predict.handler"),
         ("updater", "handlers.update_features.handler"),
         ("archiver", "handlers.archive_events.handler"),
+        ("relay", "handlers.relay_outbox.handler"),
     ):
         stack, function = _function(stage, handler)
         roles[part] = _role_of(stage, stack, function["Properties"]["Role"])
@@ -419,7 +526,20 @@ def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Perm
     scorer."""
     r = stage.resolver
     consumers = ("updater", "archiver")
-    declared: dict[str, list[Permission]] = {"scorer": [], "training": [], **{c: [] for c in consumers}}
+    declared: dict[str, list[Permission]] = {
+        "scorer": [],
+        "training": [],
+        "relay": [],
+        **{c: [] for c in consumers},
+    }
+    # the relay's event source mapping polls the outbox with the relay's role (the queue's key too)
+    _, outbox = _outbox_queue(stage)
+    for action in ("ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility", "GetQueueAttributes"):
+        declared["relay"].append(Permission(f"sqs:{action}", outbox, why="SQS poller"))
+    outbox_lid = outbox.rsplit(":", 1)[-1]
+    declared["relay"].append(
+        Permission("kms:Decrypt", _queue_keys(stage)[outbox_lid], why="SQS poller, SSE-KMS")
+    )
     # the scheduled retraining (TRAINING_SOURCE=lake) reads the lake with pyarrow's own S3 client,
     # which botocore hooks do not see: its requests, as S3 authorizes them
     lake = _environment_of_task(stage)["LAKE_URI"].removeprefix("s3://")
@@ -470,7 +590,8 @@ def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Perm
                 declared[consumer].append(Permission(f"kafka-cluster:{action}", cluster, why="MSK poller"))
             declared[consumer].append(Permission("kafka:DescribeClusterV2", cluster, why="MSK poller"))
             declared[consumer].append(Permission("kafka:GetBootstrapBrokers", cluster, why="MSK poller"))
-        declared["scorer"].append(Permission("kafka-cluster:Connect", cluster, why="MSK IAM producer"))
+        for producer in ("scorer", "relay"):
+            declared[producer].append(Permission("kafka-cluster:Connect", cluster, why="MSK IAM producer"))
         for topic in topics:
             topic_arn = f"{base}:topic/{name}/{uuid}/{topic}"
             for consumer in consumers:  # each consumer's own group per topic
@@ -484,9 +605,10 @@ def _declared_permissions(stage: Stage, _mlflow_arn: str) -> dict[str, list[Perm
                 for action in ("DescribeGroup", "AlterGroup"):
                     declared[consumer].append(Permission(f"kafka-cluster:{action}", group, why="MSK poller"))
             for action in ("WriteData", "DescribeTopic"):
-                declared["scorer"].append(
-                    Permission(f"kafka-cluster:{action}", topic_arn, why="MSK IAM producer")
-                )
+                for producer in ("scorer", "relay"):
+                    declared[producer].append(
+                        Permission(f"kafka-cluster:{action}", topic_arn, why="MSK IAM producer")
+                    )
     return declared
 
 
@@ -501,6 +623,7 @@ def _denied(checked: Checked, component: str) -> list[str]:
             stream_keys=checked.stream_keys,
             mlflow_arn=checked.mlflow_arn,
             routes=routes,
+            queue_keys=checked.queue_keys,
         ):
             if problem := unknown_action(need.action, need.resource):
                 denied.append(f"{problem} ({call.service} {call.operation})")
@@ -517,7 +640,7 @@ def _denied(checked: Checked, component: str) -> list[str]:
     return sorted(set(denied))
 
 
-@pytest.mark.parametrize("component", ["training", "scorer", "updater", "archiver"])
+@pytest.mark.parametrize("component", ["training", "scorer", "updater", "archiver", "relay"])
 def test_every_call_is_allowed_by_the_role_of_its_component(checked: Checked, component: str) -> None:
     assert _denied(checked, component) == []
 
@@ -550,7 +673,9 @@ def test_the_recording_saw_the_real_paths(checked: Checked) -> None:
         ("updater", "secretsmanager", "GetSecretValue"),
         ("archiver", "s3", "PutObject"),  # the lake
         ("archiver", "secretsmanager", "GetSecretValue"),  # the card hash key
+        ("scorer", "sqs", "SendMessageBatch"),  # the publish outbox, the stream unreachable
     } <= seen, sorted(seen)
+    assert not any(c.origin == "relay" and c.service == "secretsmanager" for c in checked.calls)
     # the updater no longer writes the lake; the archiver writes nothing else and opens no Redis
     puts = {(c.origin, str(c.param("Bucket"))) for c in checked.calls if c.operation == "PutObject"}
     assert {bucket for origin, bucket in puts if origin == "archiver"} == {
@@ -559,6 +684,7 @@ def test_the_recording_saw_the_real_paths(checked: Checked) -> None:
     assert not any("-lake-" in bucket for origin, bucket in puts if origin == "updater")
     if checked.stage.name == "dev":
         assert ("scorer", "kinesis", "PutRecord") in seen or ("scorer", "kinesis", "PutRecords") in seen
+        assert ("relay", "kinesis", "PutRecords") in seen  # the outbox's record, sent on
 
 
 def test_the_evaluator_refuses_what_a_role_does_not_grant(checked: Checked) -> None:

@@ -30,6 +30,7 @@ def test_its_functions_run_outside_a_vpc_and_reach_the_configured_redis(
         "handlers.predict.handler",
         "handlers.update_features.handler",
         "handlers.archive_events.handler",
+        "handlers.relay_outbox.handler",
     }
     for handler, props in handlers.items():
         assert "VpcConfig" not in props, handler
@@ -40,7 +41,7 @@ def test_its_functions_run_outside_a_vpc_and_reach_the_configured_redis(
         assert env["REDIS_CLUSTER"] == "false"
         assert "REDIS_AUTH_SECRET_ARN" not in env
         assert "CARD_HASH_KEY_SECRET_ARN" in env  # a generated secret, as on AWS
-    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 2)  # updater and archiver
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 3)  # updater, archiver, outbox relay
 
 
 def test_it_keeps_the_apis_key_and_request_model_but_has_no_waf(stages: dict[str, Synthesized]) -> None:

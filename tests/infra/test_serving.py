@@ -197,7 +197,7 @@ def _mapped_function(mapping: Mapping[str, Any]) -> str:
 def test_msk_event_source_mappings_one_per_topic_and_consumer_with_error_handling(msk: Synthesized) -> None:
     serving = msk.template("serving")
 
-    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 4)
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 5)  # 4 on the topics + the outbox's
     for topic in ("fraudsys.transactions", "fraudsys.labels"):
         serving.has_resource_properties(
             "AWS::Lambda::EventSourceMapping",
@@ -232,9 +232,14 @@ def test_msk_event_source_mappings_one_per_topic_and_consumer_with_error_handlin
                 "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
             },
         )
-    serving.resource_count_is("AWS::SQS::Queue", 2)  # each consumer's failed batches
+    serving.resource_count_is("AWS::SQS::Queue", 4)  # each consumer's failed batches, the outbox + its DLQ
     serving.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
-    mappings = serving.find_resources("AWS::Lambda::EventSourceMapping").values()
+    mappings = [
+        m
+        for m in serving.find_resources("AWS::Lambda::EventSourceMapping").values()
+        if "Topics" in m["Properties"]
+    ]
+    assert len(mappings) == 4
     destinations = {_mapped_function(m): json.dumps(m["Properties"]["DestinationConfig"]) for m in mappings}
     assert len(destinations) == 2  # two functions, each with its own queue
     assert len(set(destinations.values())) == 2
@@ -256,8 +261,12 @@ def test_msk_event_source_mappings_one_per_topic_and_consumer_with_error_handlin
 def test_kinesis_event_source_mappings_one_per_consumer_with_error_handling(kinesis: Synthesized) -> None:
     serving = kinesis.template("serving")
 
-    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
-    mappings = list(serving.find_resources("AWS::Lambda::EventSourceMapping").values())
+    serving.resource_count_is("AWS::Lambda::EventSourceMapping", 3)  # 2 on the stream + the outbox's
+    mappings = [
+        m
+        for m in serving.find_resources("AWS::Lambda::EventSourceMapping").values()
+        if "StartingPosition" in m["Properties"]
+    ]
     assert len({_mapped_function(m) for m in mappings}) == 2
     assert len({json.dumps(m["Properties"]["EventSourceArn"]) for m in mappings}) == 1  # the same stream
     serving.has_resource_properties(

@@ -147,6 +147,10 @@ def test_alarms_cover_latency_errors_throttles_lag_dead_letters_fraud_rate(msk: 
         "dead-letters",
         "late-or-refused-events",
         "fraud-rate-spike",
+        "publish-failures",
+        "outbox-write-failures",
+        "outbox-dead-letters",
+        "outbox-oldest-message",
     }
     alarms = observability.find_resources("AWS::CloudWatch::Alarm")
     names = {str(a["Properties"]["AlarmName"]).removeprefix("fraudsys-tmsk-") for a in alarms.values()}

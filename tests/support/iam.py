@@ -339,6 +339,7 @@ def permissions(
     stream_keys: Mapping[str, str],
     mlflow_arn: str | None,
     routes: list[tuple[str, re.Pattern[str], str]] | None = None,
+    queue_keys: Mapping[str, str] | None = None,
 ) -> list[Permission]:
     """The IAM checks one recorded call needs (including the KMS use implied by SSE-KMS buckets and
     streams: ``bucket_keys``/``stream_keys`` name each one's key ARN). Unknown calls raise, so a new
@@ -378,6 +379,16 @@ def permissions(
         out = [Permission(f"kinesis:{call.operation}", arn)]
         if call.operation in {"PutRecord", "PutRecords"} and name in stream_keys:
             out.append(Permission("kms:GenerateDataKey", stream_keys[name], why=f"KMS stream {name}"))
+        return out
+    if call.service == "sqs" and call.operation in {"SendMessage", "SendMessageBatch"}:
+        # https://sqs.<region>.amazonaws.com/<account>/<name>; SendMessageBatch is authorized as
+        # SendMessage; an SSE-KMS queue's producer needs GenerateDataKey and Decrypt on its key
+        name = (call.param("QueueUrl") or "").rstrip("/").rsplit("/", 1)[-1]
+        out = [Permission("sqs:SendMessage", f"{arn_prefix}:sqs:{REGION}:{ACCOUNT}:{name}")]
+        key = (queue_keys or {}).get(name)
+        if key:
+            out.append(Permission("kms:GenerateDataKey", key, why=f"SSE-KMS queue {name}"))
+            out.append(Permission("kms:Decrypt", key, why=f"SSE-KMS queue {name}"))
         return out
     if call.service == "secretsmanager" and call.operation in {"GetSecretValue", "DescribeSecret"}:
         return [Permission(f"secretsmanager:{call.operation}", call.param("SecretId") or "")]
