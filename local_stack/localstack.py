@@ -39,11 +39,12 @@ DUMMY_AWS = "test"
 ACCOUNT = "000000000000"  # LocalStack's account for the access key "test"
 #: the host executor plugin (localstack_host/pyproject.toml's entry point)
 HOST_EXECUTOR = "fraudsys-host"
-REQUIRED_SERVICES = frozenset({"cloudformation", "s3", "lambda", "apigateway", "kinesis", "iam"})
+REQUIRED_SERVICES = frozenset({"cloudformation", "s3", "lambda", "apigateway", "kinesis", "iam", "sqs"})
 HANDLERS = {
     "handlers.predict.handler": "scorer",
     "handlers.update_features.handler": "updater",
     "handlers.archive_events.handler": "archiver",
+    "handlers.relay_outbox.handler": "relay",
 }
 
 
@@ -197,7 +198,7 @@ class Deployment:
     api_id: str
     api_stage: str
     api_key: str
-    functions: dict[str, str]  # scorer/updater/archiver -> function name
+    functions: dict[str, str]  # scorer/updater/archiver/relay -> function name
     stream_name: str
     buckets: dict[str, str]  # models, deadletters, lake, ... -> bucket name
     environment: dict[str, str] = field(default_factory=dict)  # the scorer's

@@ -152,14 +152,15 @@ def scored(deployment: Deployment) -> tuple[str, dict[str, Any]]:
     return transaction_id, body
 
 
-def test_the_stage_deploys_all_three_functions_and_the_api(deployment: Deployment) -> None:
-    assert set(deployment.functions) == {"scorer", "updater", "archiver"}
+def test_the_stage_deploys_all_four_functions_and_the_api(deployment: Deployment) -> None:
+    assert set(deployment.functions) == {"scorer", "updater", "archiver", "relay"}
     assert {"models", "deadletters", "lake"} <= set(deployment.buckets)
     env = deployment.environment
     assert env["STREAM_KIND"] == "kinesis"
     assert env["KINESIS_STREAM_NAME"] == deployment.stream_name
     assert env["REDIS_CLUSTER"] == "false"
     assert env["MODEL_STORE_URI"].startswith(f"s3://{deployment.buckets['models']}/")
+    assert env["PUBLISH_OUTBOX_QUEUE_URL"].startswith("http")  # the publish outbox (SQS)
 
 
 def test_predict_through_api_gateway_answers_with_the_champion(
@@ -244,6 +245,38 @@ def test_labels_for_a_scored_transaction_are_accepted(
     wait_until(accepted, "the label to be accepted", timeout=30)
     _, unknown = call(deployment, "labels", {"transaction_id": "ls-never-scored", "is_fraud": True})
     assert unknown["results"] == [{"transaction_id": "ls-never-scored", "status": "unknown_transaction"}]
+
+
+def test_an_outbox_message_reaches_redis_through_the_relay(
+    deployment: Deployment, store: redis.Redis
+) -> None:
+    """The publish outbox's path as deployed: a record the scorer could not publish, in the outbox
+    queue (as ``handlers.predict`` writes it), is sent to Kinesis by the relay (its SQS event
+    source mapping) and applied by the updater; the queue is left empty."""
+    from fraud_adapters.outbox import SqsOutbox
+    from fraud_core.schemas import PredictRequest
+
+    transaction_id = f"ls-outbox-{uuid.uuid4().hex[:8]}"
+    event = PredictRequest.model_validate(transaction(transaction_id)).to_event(received_at=datetime.now(UTC))
+    record = (deployment.stream_name, b"0123456789abcdef0123456789abcdef", event.model_dump_json().encode())
+    url = deployment.environment["PUBLISH_OUTBOX_QUEUE_URL"]
+    sqs = localstack.client("sqs", deployment.endpoint)
+
+    SqsOutbox(url, sqs).put([record])
+
+    wait_until(
+        lambda: store.zscore(merchant_set(MERCHANT), transaction_id) is not None,
+        "the relay and the updater to apply the outbox's transaction",
+    )
+
+    def drained() -> bool:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return all(int(attributes[name]) == 0 for name in attributes)
+
+    wait_until(drained, "the relay to delete the outbox's message", timeout=30)
 
 
 def test_a_poison_record_goes_to_the_dead_letter_bucket(deployment: Deployment) -> None:
