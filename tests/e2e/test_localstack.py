@@ -258,7 +258,8 @@ def test_an_outbox_message_reaches_redis_through_the_relay(
 
     transaction_id = f"ls-outbox-{uuid.uuid4().hex[:8]}"
     event = PredictRequest.model_validate(transaction(transaction_id)).to_event(received_at=datetime.now(UTC))
-    record = (deployment.stream_name, b"0123456789abcdef0123456789abcdef", event.model_dump_json().encode())
+    # the partition key only places the record (the scorer's is the card's keyed hash)
+    record = (deployment.stream_name, b"outbox-e2e-partition-key", event.model_dump_json().encode())
     url = deployment.environment["PUBLISH_OUTBOX_QUEUE_URL"]
     sqs = localstack.client("sqs", deployment.endpoint)
 
