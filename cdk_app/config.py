@@ -123,7 +123,9 @@ class KinesisConfig(_Frozen):
 
 class ScorerConfig(_Frozen):
     memory_mb: LambdaMemory = 1024
-    timeout_seconds: Annotated[int, Field(ge=1, le=29)] = 5
+    #: at least 4 s: a failed publish waits up to 2 s for the stream, then the outbox write has
+    #: 1.5 s (handlers.predict); shorter, every publish would get less than its 2 s
+    timeout_seconds: Annotated[int, Field(ge=4, le=29)] = 5
     reserved_concurrency: PositiveInt | None = None
     provisioned_concurrency: Annotated[int, Field(ge=0)] = 0
     redis_timeout_ms: PositiveInt = 50
