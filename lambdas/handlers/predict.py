@@ -303,10 +303,10 @@ def _to_outbox(publisher: Publisher, event: TransactionEvent) -> None:
     transaction reaches neither the stream nor the lake: logged at error and counted
     (``OutboxFailures``, alarmed); the answer still stands, as the score is right and the
     client's retry would be a second scoring of the same payment."""
-    outbox = bootstrap.outbox()
-    if outbox is None:  # locally: the producer journal's relay sends it again
-        return
     try:
+        outbox = bootstrap.outbox()  # its client is built on the first failed publish
+        if outbox is None:  # locally: the producer journal's relay sends it again
+            return
         outbox.put([publisher.record(event)])
     except Exception as exc:
         logger.error(
