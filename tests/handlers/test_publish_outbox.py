@@ -278,6 +278,8 @@ def test_a_relayed_transaction_gives_the_features_of_a_direct_publish_even_relay
     assert len(twice) == 2
     _apply(f"tx-{run}", [v for _, v in twice])
     np.testing.assert_array_equal(_features_of_next(later), direct)
+    dead = lambda_env / "dead"
+    assert not dead.exists() or not any(p.is_file() for p in dead.rglob("*"))  # a duplicate, not a conflict
 
 
 def test_with_the_stream_down_the_relay_reports_each_message_failed(
