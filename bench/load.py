@@ -272,6 +272,9 @@ def overload_row(run: Run, seconds: float, good_ms: float) -> dict[str, Any]:
         "refused_503": int(refused.sum()),
         "other_errors": int((~ok & ~refused).sum()),
         "statuses": dict(run.statuses),
+        # share of one core over the phase: the API (front and instance) and the client
+        "api_cpu_pct": 100 * run.server_cpu_s / seconds if seconds > 0 else float("nan"),
+        "client_cpu_pct": 100 * run.client_cpu_s / seconds if seconds > 0 else float("nan"),
     }
     if ok.any():
         p50, p99 = np.percentile(latency[ok], [50, 99])
@@ -344,6 +347,8 @@ SWEEP_KEYS = (
     "queue_p50_ms",
     "handler_p50_ms",
     "handler_p99_ms",
+    "api_cpu_pct",
+    "client_cpu_pct",
 )
 
 

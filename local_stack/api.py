@@ -76,10 +76,29 @@ class BodyTooLargeError(Exception):
     pass
 
 
-def _guarded_protocol() -> type[asyncio.Protocol]:
+def _unavailable_response(message: str, keep_alive: bool) -> bytes:
+    """A whole 503 answer (``Retry-After``, the API's error body), as bytes for the transport."""
+    from handlers.deadline import retry_after
+
+    body = _error(HTTPStatus.SERVICE_UNAVAILABLE, message)
+    head = [b"HTTP/1.1 503 Service Unavailable", b"content-type: application/json"]
+    head += [f"{k.lower()}: {v}".encode("latin-1") for k, v in retry_after().items()]
+    head += [b"content-length: " + str(len(body)).encode()]
+    if not keep_alive:
+        head.append(b"connection: close")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with a header deadline (``HEADER_TIMEOUT``): a connection that
     has not completed a request's headers in time (nothing sent, or a slow trickle) is answered
-    408 and closed, so slow clients cannot hold connections open."""
+    408 and closed, so slow clients cannot hold connections open.
+
+    With ``admission``: a request to a Lambda route that admission would refuse is answered 503
+    as soon as its headers are parsed, in the protocol itself (the refusal the ASGI app would
+    give, without building the ASGI request, its task and its messages: under overload most
+    requests are refused, and this is their cost); its body is read and dropped. Not for a
+    request that waits for ``100 Continue`` or follows an unanswered one on its connection."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     answer = _error(HTTPStatus.REQUEST_TIMEOUT, f"request headers not received within {HEADER_TIMEOUT:.0f} s")
@@ -104,10 +123,48 @@ def _guarded_protocol() -> type[asyncio.Protocol]:
             self.begun = True
             self._arm()
 
+        refusing = False  # a request answered 503 at its headers: its body is being dropped
+
         def on_headers_complete(self) -> None:
             self.begun = False
             self._disarm()
+            if admission is not None and self._refused_at_once(admission):
+                return
             super().on_headers_complete()
+
+        def _refused_at_once(self, admission: "Admission") -> bool:
+            if self.expect_100_continue or self.pipeline or self.parser.should_upgrade():
+                return False
+            if self.cycle is not None and not self.cycle.response_complete:
+                return False  # its answer must go first
+            method = self.parser.get_method().decode("ascii", "replace")
+            path = self.url.decode("latin-1")
+            if (method, path) not in LAMBDA_ROUTES:
+                return False
+            reason = admission.refusal(path, time.monotonic())
+            if reason is None:
+                return False
+            metrics.SHED.labels(route=path, reason="refused").inc()
+            keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+            self.transport.write(_unavailable_response(reason, keep_alive))
+            if not keep_alive:
+                self.transport.close()
+                return True
+            self.refusing = True
+            self._arm()  # a body that never ends closes the connection at HEADER_TIMEOUT
+            return True
+
+        def on_body(self, body: bytes) -> None:
+            if not self.refusing:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self.refusing:
+                super().on_message_complete()
+                return
+            self.refusing = False
+            self._disarm()
+            self.on_response_complete()  # keep-alive timer, next pipelined request
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -124,6 +181,9 @@ def _guarded_protocol() -> type[asyncio.Protocol]:
 
         def _headers_too_slow(self) -> None:
             self.header_timer = None
+            if self.refusing:  # answered already; its body did not come whole in time
+                self.transport.close()
+                return
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # a request is being answered (its headers came): the body has its own timeout
             if not self.transport.is_closing():
@@ -217,20 +277,28 @@ class Admission:
     last_started: float | None = None
 
     def admit(self, route: str, arrived: float) -> Ticket | str:
-        now = time.monotonic()
+        reason = self.refusal(route, arrived)
+        if reason is not None:
+            return reason
+        self.outstanding += 1
         estimate = self.estimates_ms.get(route, FIRST_ESTIMATE_MS)
-        deadline = arrived + self.deadline_ms / 1000
+        return Ticket(route, arrived, arrived + self.deadline_ms / 1000, estimate)
+
+    def refusal(self, route: str, arrived: float) -> str | None:
+        """Why a request arrived at ``arrived`` would be refused now, or None (nothing changes)."""
         if self.outstanding >= self.max_queue:
             return f"overloaded: {self.outstanding} requests queued"
+        if not self.outstanding:
+            return None
+        estimate = self.estimates_ms.get(route, FIRST_ESTIMATE_MS)
         ahead_ms = self.outstanding * self.drain_ms
         admit_by = arrived + ADMIT_WITHIN * self.deadline_ms / 1000
-        if self.outstanding and now + (ahead_ms + estimate) / 1000 > admit_by:
+        if time.monotonic() + (ahead_ms + estimate) / 1000 > admit_by:
             return (
                 f"overloaded: the {self.outstanding} requests queued (~{ahead_ms:.0f} ms) leave "
                 f"no time to answer within the {self.deadline_ms:g} ms deadline"
             )
-        self.outstanding += 1
-        return Ticket(route, arrived, deadline, estimate)
+        return None
 
     def finished(self, ticket: Ticket, handler_ms: float | None) -> None:
         """``handler_ms``: the invocation's time, None if the request was dropped before it.
@@ -281,7 +349,7 @@ class LocalApi:
             uvicorn.Config(
                 self.asgi,
                 loop="uvloop",
-                http=_guarded_protocol(),
+                http=_guarded_protocol(self.admission),
                 limit_concurrency=max_connections,
                 interface="asgi3",
                 lifespan="off",

@@ -44,6 +44,7 @@ class Run:
     started: float = 0.0
     finished: float = 0.0
     server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0  # this process (the client's event loop), while the run lasted
     unsent: int = 0
 
     def record(

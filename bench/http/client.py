@@ -133,7 +133,7 @@ async def open_loop(
             pool.put_nowait(conn)
             run.record(scheduled, sent, time.perf_counter(), status, timing)
 
-    cpu0 = cpu_seconds(server.pid)
+    cpu0, client_cpu0 = cpu_seconds(server.pid), time.process_time()
     run.started = start = time.perf_counter() + 0.01
     last_tick = start
     for i in range(n):
@@ -156,6 +156,7 @@ async def open_loop(
     run.unsent = run.statuses["unsent"]
     run.finished = time.perf_counter()
     run.server_cpu_s = cpu_seconds(server.pid) - cpu0
+    run.client_cpu_s = time.process_time() - client_cpu0
     while not pool.empty():
         pool.get_nowait().close()
     return run

@@ -360,23 +360,32 @@ def api_server(opts: ServerOptions, ready_timeout: float = 900.0) -> Iterator[Se
 
 
 def api_pids(pid: int) -> list[int]:
-    """The API process and its API worker processes (``local_stack.workers``, spawned children);
-    not redis-server, the broker or moto, which it also starts."""
-    return [pid] + [
+    """The API process, its API worker processes (``local_stack.workers``, spawned children) and
+    their scorer instance processes (``local_stack.instance``): the API Gateway and the Lambda;
+    not redis-server, the broker, the local S3 or the archiver, which it also starts."""
+    workers = [
         p
         for p in process_tree(pid)
         if p != pid and parent_pid(p) == pid and "multiprocessing.spawn" in " ".join(process_cmdline(p))
     ]
+    fronts = {pid, *workers}
+    instances = [
+        p
+        for p in process_tree(pid)
+        if parent_pid(p) in fronts and "local_stack.instance" in " ".join(process_cmdline(p))
+    ]
+    return [pid, *workers, *instances]
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of the API process and its workers."""
+    """Resident memory of the API process, its workers and their instances (``api_pids``)."""
     total = sum(usage[0] for p in api_pids(pid) if (usage := process_usage(p)) is not None)
     return total / 2**20 if total else float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the API process and its workers (all their threads)."""
+    """User + system CPU time of the API process, its workers and their instances (``api_pids``:
+    all their threads)."""
     return sum(usage[1] for p in api_pids(pid) if (usage := process_usage(p)) is not None)
 
 

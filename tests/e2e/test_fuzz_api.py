@@ -14,6 +14,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from bench.http.analysis import server_timing
 from fraud_adapters.store_marker import StoreMarker
 from handlers import bootstrap, predict
 from local_stack import api as local_api
+from local_stack import metrics as local_metrics
 from local_stack.api import MAX_BODY_BYTES, LocalApi
 from local_stack.services import free_port
 from tests.support.events import a_request
@@ -376,3 +378,91 @@ def test_connections_past_the_cap_are_refused_with_503() -> None:
         for sock in idle:
             sock.close()
         capped.stop()
+
+
+@contextmanager
+def full_queue(api: LocalApi) -> Iterator[None]:
+    """Admission sees its queue full (as under overload): every Lambda route is refused."""
+    api.admission.outstanding += api.admission.max_queue
+    try:
+        yield
+    finally:
+        api.admission.outstanding -= api.admission.max_queue
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """One answer read off a keep-alive connection: status, headers, JSON body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    assert len(rest) == length, "more bytes than one answer"
+    return int(lines[0].split()[1]), headers, json.loads(rest)
+
+
+def test_a_refused_request_is_answered_at_its_headers_and_its_connection_stays_in_step(api: LocalApi) -> None:
+    body = json.dumps({**VALID, "transaction_id": "refused-at-once"}).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    shed_before, invoked_before = shed(), invocations()
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+    try:
+        with full_queue(api):
+            # given an overloaded API, when a request's headers arrive (its body not yet sent)
+            sock.sendall(head)
+            # then it is answered 503 with Retry-After at once, in the API's error body
+            status, headers, answer = _answer(sock)
+            assert status == 503
+            assert headers["retry-after"] == "1"
+            assert answer["statusCode"] == 503
+            assert answer["message"].startswith("overloaded")
+            # and its body, sent later, is read and dropped: the next request on the connection
+            # is parsed from its own first byte (refused again, then scored once there is room)
+            sock.sendall(body + head + body)
+            assert _answer(sock)[0] == 503
+            # and what is not a Lambda route is not held up by admission
+            sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _answer(sock)[0] == 200
+        sock.sendall(head + body)
+        status, _, answer = _answer(sock)
+        assert status == 200, answer
+        assert answer["transaction_id"] == "refused-at-once"
+    finally:
+        sock.close()
+    # and the two refused never reached the handler: counted as shed, one invocation in all
+    assert shed() == shed_before + 2
+    assert invocations() == invoked_before + 1
+
+
+def shed() -> float:
+    return (
+        local_metrics.REGISTRY.get_sample_value(
+            "fraudsys_shed_requests_total", {"route": "/predict", "reason": "refused"}
+        )
+        or 0.0
+    )
+
+
+def invocations() -> float:
+    """``POST /predict`` invocations of the handler (each records its latency, whatever its status)."""
+    return sum(
+        sample.value
+        for metric in local_metrics.REGISTRY.collect()
+        if metric.name == "fraudsys_request_latency_seconds"
+        for sample in metric.samples
+        if sample.name.endswith("_count") and sample.labels.get("route") == "/predict"
+    )
+
+
+def test_a_refused_request_that_asks_to_close_gets_its_answer_and_the_close(api: LocalApi) -> None:
+    with full_queue(api):
+        status, body = raw_request(api, post("/predict", json.dumps(VALID).encode()))
+    assert status == 503
+    assert json.loads(body)["statusCode"] == 503
