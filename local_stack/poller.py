@@ -9,13 +9,22 @@ after ``max_retries`` the batch goes to the dead-letter store (the on-failure de
 the stream goes on.
 
 The local broker keeps its log in memory: restarted, it is a new, empty log (a new *incarnation*,
-told apart by its cluster id: ``local_stack.services.start_kafka``). A consumer kept across that
-would go on from its position in the old log and skip the new log's first records, and its
-commit would store that position in the new broker. So the poller reads the cluster id before
-and after each commit: a consumer never commits to an incarnation other than the one it was
-built on (it is rebuilt instead), and the first consumer built on a new incarnation reads the
-new log from its beginning and commits that at once (overwriting a commit of the old position
-that reached the new broker while the check and the commit raced).
+told apart by its cluster id: ``local_stack.services.start_kafka``). Each consumer is built for
+one incarnation, the one whose cluster id it read before it was made (so before any of its
+fetches), and commits under that incarnation's name of the group, ``group_of(group_id, cluster)``
+(``local_stack.incarnation``; tansu drops commit metadata, so the label is the name). Hence:
+
+* a consumer built on a new incarnation finds no commit of its own there and reads the new log
+  from its first record (``auto_offset_reset``);
+* a commit that reaches a newer incarnation than its consumer's (kafka-python reconnects
+  transparently, so a commit can race a restart) is stored under the older incarnation's name,
+  where nobody reads it: neither the next consumer nor the journal's relay, which deletes
+  journaled records only once every group has committed past them under the current
+  incarnation's name (``local_stack.relay``);
+* the cluster id is read again before each commit, only so that a consumer whose broker changed
+  is rebuilt at once (it would go on fetching the new log from the old log's positions); no check
+  is needed after the commit, nor a re-commit of the new log's start: whatever a raced commit
+  stored is under the old name.
 """
 
 import logging
@@ -31,6 +40,7 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from local_stack import metrics
 from local_stack.events import LocalContext, StreamRecord, msk_event, quiet_lambda_metrics
+from local_stack.incarnation import cluster_id, group_of
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -59,12 +69,14 @@ class PollerConfig:
 PARTITION_CHECK_SECONDS = 5.0
 
 
-def consumer_options(cfg: PollerConfig) -> dict[str, Any]:
-    """The poller's KafkaConsumer settings (valid for any batching window, 0 to 300 s)."""
+def consumer_options(cfg: PollerConfig, cluster: str) -> dict[str, Any]:
+    """The poller's KafkaConsumer settings (valid for any batching window, 0 to 300 s) for the
+    broker incarnation ``cluster``: its group's offsets there are under ``group_of``."""
     return {
         "bootstrap_servers": cfg.bootstrap_servers.split(","),
-        "group_id": cfg.group_id,
+        "group_id": group_of(cfg.group_id, cluster),
         "enable_auto_commit": False,
+        # no commit under this incarnation's name: a new log, read from its first record
         "auto_offset_reset": "earliest",
         # never create a topic by asking for it (the broker's default partitions): the stack
         # creates them, as MSK's auto.create.topics.enable=false wants
@@ -151,20 +163,27 @@ class KafkaPoller:
     def _consumer_or_new(self) -> KafkaConsumer:
         """One consumer owning every partition of the topics (assigned, not subscribed: a single
         local poller needs no group membership, so a broker restart leaves no stale member
-        holding partitions). Offsets are still committed to, and resumed from, ``group_id``."""
+        holding partitions). Offsets are still committed to, and resumed from, the group: under
+        its name for the incarnation whose cluster id is read here, before the consumer exists."""
         if self._consumer is None:
             cluster = self.cluster_id(require_topics=True)
-            consumer = KafkaConsumer(**consumer_options(self.cfg))
+            if self._cluster is not None and cluster != self._cluster:
+                self.incarnations += 1
+                log.warning(
+                    "%s: a new broker incarnation (%s, was %s): reading its log from the beginning",
+                    self.cfg.name,
+                    cluster,
+                    self._cluster,
+                )
+            consumer = KafkaConsumer(**consumer_options(self.cfg, cluster))
             # owned (and closed by _close on failure) before its first blocking call: the metadata
             # request waits without a timeout, and a broker restart can leave it waiting forever,
             # so it runs under the watchdog like poll()
             self._consumer = consumer
+            self._cluster = cluster
             with self._consumer_call():
                 partitions = self._partitions(consumer)
             consumer.assign(partitions)
-            if self._cluster is not None and cluster != self._cluster:
-                self._from_the_beginning(consumer, partitions, cluster)
-            self._cluster = cluster
             self._checked_at = time.monotonic()
         return self._consumer
 
@@ -173,28 +192,7 @@ class KafkaPoller:
         ``require_topics``: raise while one of the topics does not exist (a new broker before the
         stack created them): a consumer asking for it could have tansu create it with its default
         partition count (it does not always honour ``allow_auto_create_topics=False``)."""
-        metadata = self._admin.list_topics(timeout=5)
-        missing = [t for t in self.cfg.topics if t not in metadata.topics] if require_topics else []
-        if missing:
-            raise RuntimeError(f"topic(s) {', '.join(missing)} not created yet")
-        return str(metadata.cluster_id)
-
-    def _from_the_beginning(
-        self, consumer: KafkaConsumer, partitions: list[TopicPartition], cluster: str
-    ) -> None:
-        """A new broker incarnation: its log from the start, whatever was committed there."""
-        self.incarnations += 1
-        log.warning(
-            "%s: a new broker incarnation (%s, was %s): reading its log from the beginning",
-            self.cfg.name,
-            cluster,
-            self._cluster,
-        )
-        with self._consumer_call():
-            start = consumer.beginning_offsets(partitions)
-            consumer.commit({tp: OffsetAndMetadata(start[tp], "", -1) for tp in partitions})
-        for tp in partitions:
-            consumer.seek(tp, start[tp])
+        return cluster_id(self._admin, self.cfg.topics if require_topics else (), timeout=5)
 
     def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
         partitions = []
@@ -267,8 +265,10 @@ class KafkaPoller:
         return reason
 
     def _commit(self, consumer: KafkaConsumer, batch: list[StreamRecord]) -> bool:
-        """Commit past ``batch``, on the broker incarnation it was read from only; False (and the
-        consumer closed: the next one starts afresh) when the broker changed."""
+        """Commit past ``batch`` under the group's name for the consumer's incarnation. False (and
+        the consumer closed: the next one reads the new log from its start) when the broker is
+        another incarnation already. The commit can still race a restart and land in the new
+        broker, under the old incarnation's name: ignored there (the module's docstring)."""
         offsets: dict[TopicPartition, int] = {}
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
@@ -279,10 +279,6 @@ class KafkaPoller:
             return False
         with self._consumer_call():
             consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        if self.cluster_id() != self._cluster:  # the commit may have reached the new broker
-            log.warning("%s: the broker restarted during a commit", self.cfg.name)
-            self._close()
-            return False
         return True
 
     def _lag(self, consumer: KafkaConsumer) -> int:

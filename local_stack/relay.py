@@ -14,9 +14,21 @@ stack's process, every ``interval`` seconds:
    or rolled over before the answer came); it counts a record it sent as delivered once the
    broker acknowledges it, in this incarnation;
 5. deletes a closed segment once each of its records is delivered in this incarnation and every
-   consumer group (the updater, the archiver) has committed past its offset, in two rounds at
-   least ``confirm_seconds`` apart with the same cluster id (a poller that committed an old
-   position to a new broker puts that right at once: ``local_stack.poller``).
+   consumer group (the updater, the archiver) has committed past its offset *as this
+   incarnation's*: under the group's name for it, ``group_of(group, cluster)``
+   (``local_stack.incarnation``), read between two reads of the same cluster id, in two rounds
+   at least ``confirm_seconds`` apart.
+
+Why the name: a poller's commit can race a broker restart and land in the new incarnation with
+the old log's position, past the offsets the relay sent the new log; counted, it would have the
+relay delete records nobody consumed. Such a commit is stored under the old incarnation's name
+(the poller names its group with the cluster id it read before fetching: ``local_stack.poller``),
+which the relay does not read. A commit found under the current name in the current incarnation
+was made by a consumer that read this cluster id before its fetches and committed into this
+incarnation after them, so it fetched from this log: a true position here. (Kafka's commit
+metadata would carry the same label without renaming the group; tansu does not keep it.) The
+second round is no longer what keeps that race out; it only delays a deletion by
+``confirm_seconds``.
 
 Re-sending is safe: the updater applies a transaction or a label once (the transaction index),
 the lake keeps one copy of each event as it reads. A record is deleted only once consumed by
@@ -35,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud_adapters import journal
+from local_stack.incarnation import cluster_id, group_of
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +143,9 @@ class JournalRelay:
             self._thread.join(60)
             self._thread = None
         self.producer.flush(5)
+        self._close_consumers()
+
+    def _close_consumers(self) -> None:
         for consumer in self._consumers.values():
             with contextlib.suppress(Exception):
                 consumer.close()
@@ -140,15 +156,10 @@ class JournalRelay:
     def cluster_id(self) -> str | None:
         """The broker's cluster id, or None while it (or one of the topics) is missing."""
         try:
-            metadata = self.producer.list_topics(timeout=2)
+            return cluster_id(self.producer, self.topics, timeout=2)
         except Exception as exc:
-            log.debug("journal relay: no broker: %s", exc)
+            log.debug("journal relay: no broker (or no topics): %s", exc)
             return None
-        for topic in self.topics:
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None or not found.partitions:
-                return None
-        return str(metadata.cluster_id)
 
     def run_once(self) -> None:
         cluster = self.cluster_id()
@@ -172,7 +183,7 @@ class JournalRelay:
         from confluent_kafka import TopicPartition
 
         metadata = self.producer.list_topics(timeout=5)
-        consumer = self._consumer(self.groups[0])
+        consumer = self._consumer(group_of(self.groups[0], self.cluster or ""))
         total = 0
         for topic in self.topics:
             for partition in metadata.topics[topic].partitions:
@@ -210,6 +221,7 @@ class JournalRelay:
         elif records:
             log.info("journal relay: %d records in the journal: sending them to the new broker", records)
         self.cluster, self.epoch = cluster, self.epoch + 1
+        self._close_consumers()  # of the older incarnation's group names
         for segment in self.segments.values():
             segment.status[:] = bytes([DUE]) * len(segment.status)
             segment.ends.clear()
@@ -296,9 +308,11 @@ class JournalRelay:
         if not done:
             return
         partitions = sorted({tp for s in done for tp in s.ends})
-        committed = {group: self._committed(group, partitions) for group in self.groups}
+        # each group's commits as this incarnation's (a raced commit of an older one is under
+        # another name), read from this incarnation (the same cluster id before and after)
+        committed = {group: self._committed(group_of(group, cluster), partitions) for group in self.groups}
         if self.cluster_id() != cluster:
-            return  # the offsets may be another incarnation's
+            return  # read from a newer incarnation: what is there under this name may be anything
         now = time.monotonic()
         for segment in done:
             consumed = all(
@@ -324,7 +338,8 @@ class JournalRelay:
         return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.error is None}
 
     def _consumer(self, group: str) -> Any:
-        """A consumer of ``group`` that never subscribes: it reads the group's offsets."""
+        """A consumer of ``group`` (a group's name for an incarnation) that never subscribes: it
+        reads the group's offsets."""
         from confluent_kafka import Consumer
 
         consumer = self._consumers.get(group)

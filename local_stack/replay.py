@@ -24,6 +24,7 @@ import pandas as pd
 
 from fraud_core import spec
 from fraud_core.schemas import LabelEvent, TransactionEvent
+from local_stack.incarnation import cluster_id, group_of
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,19 @@ class ConsumerProgress:
     log into which the journal's relay sends what was not consumed, ``local_stack.relay``) keeps
     what was counted before and counts the new log's commits from its first offset: generous
     again (records handled before and sent again count twice), never a count that stalls the
-    replay. While the broker cannot answer, the last count stands (no progress)."""
+    replay. The group's commits are read under its name for the incarnation answering
+    (``local_stack.incarnation.group_of``), the name the poller commits under. While the broker
+    cannot answer, the last count stands (no progress)."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
+        from confluent_kafka.admin import AdminClient
         from kafka import KafkaConsumer, TopicPartition
         from kafka.admin import KafkaAdminClient
 
         self.group = group
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="fraudsys-replay")
+        metadata: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
+        self._metadata = AdminClient(metadata)
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         try:
             parts = [
@@ -131,7 +137,7 @@ class ConsumerProgress:
         self.incarnations = 0  # new incarnations seen
 
     def _cluster_id(self) -> str:
-        return str(self._admin.describe_cluster()["cluster_id"])
+        return cluster_id(self._metadata)
 
     def __call__(self) -> int:
         try:
@@ -140,7 +146,8 @@ class ConsumerProgress:
                 self._carried, self._cluster = self._last, cluster
                 self._start = dict.fromkeys(self._start, 0)
                 self.incarnations += 1
-            committed = self._admin.list_group_offsets({self.group: list(self._start)}).get(self.group, {})
+            group = group_of(self.group, cluster)
+            committed = self._admin.list_group_offsets({group: list(self._start)}).get(group, {})
         except Exception as exc:  # the broker away (a restart): no progress until it answers
             log.debug("replay guard: no reading: %s", exc)
             return self._last

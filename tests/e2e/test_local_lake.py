@@ -115,10 +115,15 @@ def _lake_rows(stack: LocalStack) -> int:
 
 def _rewind(bootstrap_servers: str, group: str, to: int) -> None:
     """The group's committed offsets moved back to ``to`` on every partition: what a crash between
-    the archive's write and the offsets' commit leaves."""
+    the archive's write and the offsets' commit leaves (under the group's name for the broker
+    incarnation answering, where its poller commits: ``local_stack.incarnation``)."""
+    from confluent_kafka.admin import AdminClient
     from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    from local_stack.incarnation import cluster_id, group_of
+
+    named = group_of(group, cluster_id(AdminClient({"bootstrap.servers": bootstrap_servers})))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=named, enable_auto_commit=False)
     try:
         partitions = [
             TopicPartition(topic, p)

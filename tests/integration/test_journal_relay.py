@@ -20,6 +20,9 @@ from fraud_adapters import journal
 from fraud_adapters.journal import Journal
 from fraud_adapters.publisher import KafkaPublisher
 from fraud_core.schemas import TransactionEvent
+from local_stack.events import StreamRecord
+from local_stack.incarnation import cluster_id, group_of
+from local_stack.poller import KafkaPoller, PollerConfig
 from local_stack.relay import JournalRelay
 from local_stack.services import Service, free_port, start_kafka
 
@@ -107,11 +110,22 @@ def publisher(servers: str, writer: Journal) -> KafkaPublisher:
     return KafkaPublisher(servers, *TOPICS, card_key=lambda cc: cc, journal=writer)
 
 
+def incarnation(servers: str) -> str:
+    """The cluster id of the broker answering at ``servers`` now."""
+    from confluent_kafka.admin import AdminClient
+
+    return cluster_id(AdminClient({"bootstrap.servers": servers}), TOPICS)
+
+
 def consume(servers: str, group: str, want: int, timeout: float = 60.0) -> list[str]:
     """Read both topics as ``group`` from its committed offsets (else the start) until ``want``
-    records, commit, and return their transaction ids."""
+    records, commit, and return their transaction ids; as the poller does, under the group's name
+    for the broker incarnation read before the first fetch (``local_stack.incarnation``)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=servers,
+        group_id=group_of(group, incarnation(servers)),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     try:
         parts = [TopicPartition(t, p) for t in TOPICS for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -236,3 +250,80 @@ def test_a_full_broker_is_rolled_and_gets_only_what_is_not_consumed(tmp_path: Pa
             assert relay.trimmed == 40
             assert sorted(consume(servers, "g", 2)) == ["tx-40", "tx-41"]
             other.close()
+
+
+def test_a_commit_of_the_old_broker_that_reaches_the_new_one_trims_nothing(tmp_path: Path) -> None:
+    """The race a poller's commit runs with a broker restart: it read incarnation A, the broker
+    came back as B on the same port, and its commit of A's position (kafka-python reconnects
+    transparently) landed in B. A's position is past every record the relay sends B again."""
+    groups = ("updater", "archiver")
+    with running_broker() as live:
+        servers = live.servers
+        # given 20 records acknowledged by incarnation A (in closed segments), each group's
+        # position in A past all of them
+        journal_records(tmp_path, servers, 20, per_call=10).close()
+        old = incarnation(servers)
+        reader = KafkaConsumer(bootstrap_servers=servers)
+        ends = reader.end_offsets([TopicPartition(t, p) for t in TOPICS for p in (0, 1)])
+        reader.close()
+        assert sum(ends.values()) == 20
+        # when the broker restarts as B, and every group's commit of its A position, made as
+        # incarnation A's (its id read before the fetch), reaches B
+        live.restart()
+        new = incarnation(servers)
+        assert new != old
+        for group in groups:
+            raced = KafkaConsumer(
+                bootstrap_servers=servers, group_id=group_of(group, old), enable_auto_commit=False
+            )
+            raced.assign(list(ends))
+            raced.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
+            raced.close(autocommit=False)
+        with relay_of(tmp_path, servers, groups, confirm_seconds=0.5) as relay:
+            # then the relay sends the 20 records to B (at offsets below A's positions) and,
+            # many rounds past the confirmation, deletes none of them: not consumed in B
+            wait_until(lambda: relay.resent == 20, "the journal sent to B")
+            settled = relay.rounds
+            wait_until(lambda: relay.rounds >= settled + 10, "rounds past confirm_seconds")
+            assert relay.trimmed == 0
+            assert len(journal.segments(tmp_path)) == 2
+
+            # and the pollers on B read them from B's first record, commit as B's, and then
+            # (and only then) the segments are deleted
+            seen: dict[str, list[str]] = {group: [] for group in groups}
+            options: dict[str, Any] = {"batch_size": 50, "batching_window": 0.05}
+            pollers = [
+                KafkaPoller(
+                    PollerConfig(servers, TOPICS, group_id=group, name=group, **options),
+                    collect(seen[group]),
+                    refuse,
+                ).start()
+                for group in groups
+            ]
+            try:
+                wait_until(lambda: relay.trimmed == 20, "the journal trimmed once consumed in B")
+            finally:
+                for poller in pollers:
+                    poller.stop()
+            for group in groups:
+                assert sorted(set(seen[group])) == sorted(f"tx-{i}" for i in range(20)), group
+            assert journal.segments(tmp_path) == []
+            assert incarnation(servers) == new
+
+
+def collect(into: list[str]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """A handler recording the transaction ids of its batches."""
+    import base64
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        for records in event["records"].values():
+            into.extend(
+                base64.b64decode(r["value"]).decode().split('"trans_num":"')[1].split('"')[0] for r in records
+            )
+        return {"batchItemFailures": []}
+
+    return handler
+
+
+def refuse(records: list[StreamRecord], reason: str) -> None:
+    raise AssertionError(f"dead-lettered: {reason}")

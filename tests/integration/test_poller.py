@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_consumer_options_are_valid_for_every_batching_window(kafka_service: Service, window: float) -> None:
     # given the poller's consumer settings for a batching window CDK allows (0-300 s)
     options = consumer_options(
-        PollerConfig(f"127.0.0.1:{kafka_service.port}", ("t",), batching_window=window)
+        PollerConfig(f"127.0.0.1:{kafka_service.port}", ("t",), batching_window=window), "fraudsys-c"
     )
 
     # then kafka-python accepts them, and a fetch never waits longer than the window or 0.25 s

@@ -99,7 +99,9 @@ def test_the_guards_count_survives_a_new_broker_incarnation() -> None:
     import signal
 
     from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
 
+    from local_stack.incarnation import cluster_id, group_of
     from local_stack.services import free_port, start_kafka
 
     port = free_port()
@@ -116,7 +118,9 @@ def test_the_guards_count_survives_a_new_broker_incarnation() -> None:
         for k in range(count):
             producer.produce(topic, f"r-{k}".encode(), partition=0)
         assert producer.flush(10) == 0
-        consumer = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+        # (under the group's name for the incarnation answering, as the poller commits)
+        named = group_of(group, cluster_id(AdminClient({"bootstrap.servers": servers})))
+        consumer = Consumer({"bootstrap.servers": servers, "group.id": named, "enable.auto.commit": False})
         try:
             consumer.commit(offsets=[TopicPartition(topic, 0, count)], asynchronous=False)
         finally:
