@@ -14,7 +14,6 @@ import boto3
 import numpy as np
 import pytest
 import redis
-from kafka import KafkaConsumer, TopicPartition
 from moto import mock_aws
 
 from fraud_adapters.store_marker import StoreMarker
@@ -27,6 +26,7 @@ from tests.support.events import (
     msk_event,
     sqs_event,
 )
+from tests.support.kafka import consume
 from tests.support.models import publish_test_model
 from tests.support.services import Service, free_port
 
@@ -118,22 +118,6 @@ def _outbox_messages(url: str) -> list[dict[str, Any]]:
     )
     messages: list[dict[str, Any]] = answer.get("Messages", [])
     return messages
-
-
-def _consume(port: int, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
-    consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", consumer_timeout_ms=5000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[tuple[bytes, bytes]] = []
-        for record in consumer:
-            records.append((record.key, record.value))
-            if len(records) >= expected:
-                break
-        return records
-    finally:
-        consumer.close()
 
 
 def _apply(topic: str, values: list[bytes]) -> None:
@@ -246,7 +230,7 @@ def test_a_relayed_transaction_gives_the_features_of_a_direct_publish_even_relay
     run = uuid.uuid4().hex[:8]
     _kafka(monkeypatch, broker, run)
     _predict("tx-A", T0, amount=310.0)
-    _apply(f"tx-{run}", [v for _, v in _consume(kafka_service.port, f"tx-{run}", 1)])
+    _apply(f"tx-{run}", [v for _, v in consume(kafka_service.port, f"tx-{run}", 1)])
     direct = _features_of_next(later)
 
     # and a fresh store, the broker unreachable while the same transaction is scored
@@ -266,7 +250,7 @@ def test_a_relayed_transaction_gives_the_features_of_a_direct_publish_even_relay
     assert relay_outbox.handler(event, FakeContext()) == {"batchItemFailures": []}
 
     # then the stream has the record the scorer would have published, under the card's hash key
-    [(key, value)] = _consume(kafka_service.port, f"tx-{run}", 1)
+    [(key, value)] = consume(kafka_service.port, f"tx-{run}", 1)
     assert key.decode() == messages[0]["MessageAttributes"]["key"]["StringValue"]
     assert value.decode() == messages[0]["Body"]
     _apply(f"tx-{run}", [value])
@@ -274,7 +258,7 @@ def test_a_relayed_transaction_gives_the_features_of_a_direct_publish_even_relay
 
     # and relayed again (SQS delivers at least once): applied once
     assert relay_outbox.handler(event, FakeContext()) == {"batchItemFailures": []}
-    twice = _consume(kafka_service.port, f"tx-{run}", 2)
+    twice = consume(kafka_service.port, f"tx-{run}", 2)
     assert len(twice) == 2
     _apply(f"tx-{run}", [v for _, v in twice])
     np.testing.assert_array_equal(_features_of_next(later), direct)
@@ -332,7 +316,7 @@ def test_a_partial_batch_fails_only_the_messages_not_relayed(
 
     # then only the message that is not an outbox record goes back (to the DLQ in the end)
     assert result == {"batchItemFailures": [{"itemIdentifier": bad}]}
-    [(_, value)] = _consume(kafka_service.port, f"tx-{run}", 1)
+    [(_, value)] = consume(kafka_service.port, f"tx-{run}", 1)
     assert json.loads(value)["trans_num"] == "tx-D"
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from moto import mock_aws
 
 from fraud_adapters.journal import ACKED, Journal, read_entries, segments
@@ -18,6 +17,7 @@ from fraud_adapters.publisher import KafkaPublisher, KinesisPublisher, kafka_sec
 from fraud_adapters.redis_store import CardHasher
 from fraud_core.schemas import LabelEvent, TransactionEvent
 from tests.support.events import a_request
+from tests.support.kafka import consume
 from tests.support.services import Service
 
 pytestmark = pytest.mark.integration
@@ -40,22 +40,6 @@ def _label(trans_num: str) -> LabelEvent:
     )
 
 
-def _consume(port: int, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
-    consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", consumer_timeout_ms=5000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[tuple[bytes, bytes]] = []
-        for record in consumer:
-            records.append((record.key, record.value))
-            if len(records) >= expected:
-                break
-        return records
-    finally:
-        consumer.close()
-
-
 def test_kafka_keys_are_card_hashes_and_payloads_round_trip(kafka_service: Service) -> None:
     # given a publisher on fresh topics
     run = uuid.uuid4().hex[:8]
@@ -75,7 +59,7 @@ def test_kafka_keys_are_card_hashes_and_payloads_round_trip(kafka_service: Servi
         publisher.close()
 
     # then each transaction is keyed by its card's hash, never the card number
-    records = _consume(kafka_service.port, f"tx-{run}", len(sent))
+    records = consume(kafka_service.port, f"tx-{run}", len(sent))
     received = {TransactionEvent.model_validate_json(value).trans_num: (key, value) for key, value in records}
     assert sorted(received) == sorted(e.trans_num for e in sent)
     for event in sent:
@@ -84,7 +68,7 @@ def test_kafka_keys_are_card_hashes_and_payloads_round_trip(kafka_service: Servi
         assert key == HASHER(event.cc_num).encode()
     assert all(CARD.encode() not in key for key, _ in records)
     # and labels by merchant
-    labels = _consume(kafka_service.port, f"labels-{run}", 1)
+    labels = consume(kafka_service.port, f"labels-{run}", 1)
     assert labels[0][0] == b"fraud_Kirlin and Sons"
 
 
@@ -135,7 +119,7 @@ def test_background_publish_returns_before_the_ack_and_close_delivers(kafka_serv
     assert len(publisher.producer) == 0
 
     # and every record reached the topic, keyed by its card's hash, with no late failure
-    records = _consume(kafka_service.port, f"tx-{run}", len(sent))
+    records = consume(kafka_service.port, f"tx-{run}", len(sent))
     assert sorted(TransactionEvent.model_validate_json(v).trans_num for _, v in records) == sorted(
         e.trans_num for e in sent
     )
@@ -163,7 +147,7 @@ def test_background_publish_gathers_records_for_the_linger_then_delivers(kafka_s
         assert publisher.take_late_failures() == 0
     finally:
         publisher.close()
-    assert len(_consume(kafka_service.port, f"tx-{run}", 1)) == 1
+    assert len(consume(kafka_service.port, f"tx-{run}", 1)) == 1
 
 
 def test_background_publish_counts_records_the_broker_never_took() -> None:
