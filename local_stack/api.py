@@ -124,6 +124,7 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
             self._arm()
 
         refusing = False  # a request answered 503 at its headers: its body is being dropped
+        refusal_keeps_alive = True  # ... and its connection stays open after it
 
         def on_headers_complete(self) -> None:
             self.begun = False
@@ -145,11 +146,11 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
             if reason is None:
                 return False
             metrics.SHED.labels(route=path, reason="refused").inc()
-            keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
-            self.transport.write(_unavailable_response(reason, keep_alive))
-            if not keep_alive:
-                self.transport.close()
-                return True
+            http_11 = self.parser.get_http_version() == "1.1"
+            self.refusal_keeps_alive = http_11 and self.parser.should_keep_alive()
+            self.transport.write(_unavailable_response(reason, self.refusal_keeps_alive))
+            # the connection is closed (if asked) once the body is read: closed with unread data,
+            # it would be reset, and the client could lose the answer
             self.refusing = True
             self._arm()  # a body that never ends closes the connection at HEADER_TIMEOUT
             return True
@@ -164,6 +165,9 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
                 return
             self.refusing = False
             self._disarm()
+            if not self.refusal_keeps_alive:
+                self.transport.close()
+                return
             self.on_response_complete()  # keep-alive timer, next pipelined request
 
         def connection_lost(self, exc: Exception | None) -> None:

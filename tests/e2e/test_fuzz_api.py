@@ -464,5 +464,18 @@ def invocations() -> float:
 def test_a_refused_request_that_asks_to_close_gets_its_answer_and_the_close(api: LocalApi) -> None:
     with full_queue(api):
         status, body = raw_request(api, post("/predict", json.dumps(VALID).encode()))
-    assert status == 503
-    assert json.loads(body)["statusCode"] == 503
+        assert status == 503
+        assert json.loads(body)["statusCode"] == 503
+        # and one whose body comes after its answer: the connection closes once the body is read
+        # (closed with the body unread, the connection would be reset under the client)
+        request = post("/predict", json.dumps(VALID).encode())
+        head, _, rest = request.partition(b"\r\n\r\n")
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+        try:
+            sock.sendall(head + b"\r\n\r\n")
+            status, headers, _ = _answer(sock)
+            assert (status, headers["connection"]) == (503, "close")
+            sock.sendall(rest)
+            assert sock.recv(1) == b""  # the server's close, not a reset
+        finally:
+            sock.close()
