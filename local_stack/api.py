@@ -97,8 +97,8 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
     With ``admission``: a request to a Lambda route that admission would refuse is answered 503
     as soon as its headers are parsed, in the protocol itself (the refusal the ASGI app would
     give, without building the ASGI request, its task and its messages: under overload most
-    requests are refused, and this is their cost); its body is read and dropped. Not for a
-    request that waits for ``100 Continue`` or follows an unanswered one on its connection."""
+    requests are refused, and this is their cost); its body is read and dropped, and a connection
+    to close is closed after it. Not where uvicorn must answer (``_answerable_here``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     answer = _error(HTTPStatus.REQUEST_TIMEOUT, f"request headers not received within {HEADER_TIMEOUT:.0f} s")
@@ -120,6 +120,9 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            # a refusal re-arms the keep-alive timer inside the read; a request that follows in
+            # the same read must not run under it
+            self._unset_keepalive_if_required()
             self.begun = True
             self._arm()
 
@@ -129,15 +132,28 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
         def on_headers_complete(self) -> None:
             self.begun = False
             self._disarm()
+            if self.transport.is_closing():  # after a refusal that closed: nothing more is served
+                self.refusing, self.refusal_keeps_alive = True, False
+                return
             if admission is not None and self._refused_at_once(admission):
                 return
             super().on_headers_complete()
 
-        def _refused_at_once(self, admission: "Admission") -> bool:
+        def _answerable_here(self) -> bool:
+            """Whether this request may be answered from the protocol: not one that waits for
+            ``100 Continue``, an upgrade, one behind an unanswered request (its answer goes
+            first), one for a client that does not read (uvicorn's send waits for it), nor one
+            past the connection cap (uvicorn answers it 503 and closes the connection)."""
             if self.expect_100_continue or self.pipeline or self.parser.should_upgrade():
                 return False
-            if self.cycle is not None and not self.cycle.response_complete:
-                return False  # its answer must go first
+            if (self.cycle is not None and not self.cycle.response_complete) or self.flow.write_paused:
+                return False
+            cap = self.limit_concurrency
+            return cap is None or (len(self.connections) < cap and len(self.tasks) < cap)
+
+        def _refused_at_once(self, admission: "Admission") -> bool:
+            if not self._answerable_here():
+                return False
             method = self.parser.get_method().decode("ascii", "replace")
             path = self.url.decode("latin-1")
             if (method, path) not in LAMBDA_ROUTES:
@@ -166,9 +182,16 @@ def _guarded_protocol(admission: "Admission | None" = None) -> type[asyncio.Prot
             self.refusing = False
             self._disarm()
             if not self.refusal_keeps_alive:
+                self.server_state.total_requests += 1
                 self.transport.close()
                 return
             self.on_response_complete()  # keep-alive timer, next pipelined request
+
+        def shutdown(self) -> None:
+            if self.refusing:  # closed once the refused request's body is read (or at its timer)
+                self.refusal_keeps_alive = False
+                return
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
