@@ -18,7 +18,6 @@ from fraudsys_cli.common import (
     stack_config,
     step,
 )
-from local_stack import DEFAULT_BROKER_ROLL_RECORDS
 
 local_app = typer.Typer(no_args_is_help=True, help="The local stack on 127.0.0.1 (no Docker, no cloud).")
 app.add_typer(local_app, name="local")
@@ -58,14 +57,15 @@ def local_up(
         int, typer.Option(min=1, help="requests each API process queues at most; beyond, a 503")
     ] = 128,
     broker_roll_records: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="restart the in-memory broker (a new, empty log) once it holds this many records, "
             "sending it again what is not yet consumed (the producer journal): bounds its memory; "
-            "0: never (it grows while the stack is up)",
+            "0: never (it grows while the stack is up); default: the stack's, 100,000",
+            show_default=False,
         ),
-    ] = DEFAULT_BROKER_ROLL_RECORDS,
+    ] = None,
 ) -> None:
     """Start redis, the Kafka broker, S3 (moto), MLflow, the local API, the updater's poller and
     the archiver's (the event lake)."""
@@ -88,7 +88,8 @@ def local_up(
         champion_model_stores=tuple(models_from or [Path("data/model_store")]),
         request_deadline_ms=deadline_ms,
         api_max_queue=max_queue,
-        broker_roll_records=broker_roll_records or None,
+        # None: StackConfig's default (the CLI does not import the stack: the training image lacks it)
+        **({} if broker_roll_records is None else {"broker_roll_records": broker_roll_records or None}),
     )
     stack = LocalStack(cfg, on_step=step)
     try:

@@ -159,3 +159,13 @@ def test_weekly_as_of_retraining_publishes_the_refit_and_gates_on_the_test_days(
     reason = " ".join(second.output.split())
     assert "on the test days, part of which the champion was fit on (until 2019-03-10)" in reason
     assert store.champion_version() == "1"
+
+
+def test_local_up_states_the_stacks_broker_roll_default_without_importing_the_stack() -> None:
+    # the CLI module does not import local_stack (the training image has only the training side),
+    # so its help names the stack's default itself: it must be the stack's
+    from local_stack import DEFAULT_BROKER_ROLL_RECORDS
+
+    result = runner.invoke(app, ["local", "up", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert f"default: the stack's, {DEFAULT_BROKER_ROLL_RECORDS:,}" in " ".join(result.output.split())
