@@ -22,8 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: ``(topic, key, value)``: one stream record, as ``Publisher.record`` builds it
-Record = tuple[str, bytes, bytes]
+from fraud_adapters.publisher import Record
 
 TOPIC_ATTRIBUTE = "topic"
 KEY_ATTRIBUTE = "key"

@@ -93,14 +93,12 @@ class _Deliveries:
 
     def __init__(self, pending: int) -> None:
         self.pending = pending
-        self.failures: list[str] = []
-        self.errors: dict[int, str] = {}  # by position
+        self.errors: dict[int, str] = {}  # why a record was refused, by its position
         self.offsets: list[tuple[int, int]] = [(-1, -1)] * pending
 
     def delivered(self, i: int, error: Any, message: Any) -> None:
         self.pending -= 1
         if error is not None:
-            self.failures.append(f"{message.topic()}: {error}")
             self.errors[i] = f"{message.topic()}: {error}"
         else:
             self.offsets[i] = (message.partition(), message.offset())
@@ -199,12 +197,12 @@ class KafkaPublisher:
             self._failed(span)
             raise
         if span is not None and self.journal is not None:
-            if outcome.failures or outcome.pending:
+            if outcome.errors or outcome.pending:
                 self.journal.failed(span)
             else:
                 self.journal.acknowledged(span, outcome.offsets)
-        if outcome.failures:
-            raise RuntimeError("Kafka refused records: " + "; ".join(outcome.failures))
+        if outcome.errors:
+            raise RuntimeError("Kafka refused records: " + "; ".join(outcome.errors.values()))
         if outcome.pending:
             raise TimeoutError(
                 f"{outcome.pending} of {len(events)} records not acknowledged by Kafka within {timeout} s"

@@ -21,7 +21,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fraud_adapters.outbox import Record, record_of
+from fraud_adapters.outbox import record_of
+from fraud_adapters.publisher import Record
 from handlers import bootstrap
 from handlers.observability import logger, metrics, tracer
 
