@@ -363,16 +363,12 @@ def api_pids(pid: int) -> list[int]:
     """The API process, its API worker processes (``local_stack.workers``, spawned children) and
     their scorer instance processes (``local_stack.instance``): the API Gateway and the Lambda;
     not redis-server, the broker, the local S3 or the archiver, which it also starts."""
-    workers = [
-        p
-        for p in process_tree(pid)
-        if p != pid and parent_pid(p) == pid and "multiprocessing.spawn" in " ".join(process_cmdline(p))
-    ]
+    parents = {p: parent_pid(p) for p in process_tree(pid) if p != pid}
+    commands = {p: " ".join(process_cmdline(p)) for p in parents}
+    workers = [p for p, parent in parents.items() if parent == pid and "multiprocessing.spawn" in commands[p]]
     fronts = {pid, *workers}
     instances = [
-        p
-        for p in process_tree(pid)
-        if parent_pid(p) in fronts and "local_stack.instance" in " ".join(process_cmdline(p))
+        p for p, parent in parents.items() if parent in fronts and "local_stack.instance" in commands[p]
     ]
     return [pid, *workers, *instances]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bench.common import parent_pid, process_cmdline, process_tree
 from fraud_adapters.blobs import open_blob_store
 from fraud_adapters.model_store import ChampionCache, ModelStore
 from handlers import bootstrap
@@ -28,19 +29,11 @@ REQUESTS = 40
 
 def instances_of(pid: int) -> list[int]:
     """The scorer instance processes (``local_stack.instance.main``) whose parent is ``pid``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        parent = int(stat.rpartition(")")[2].split()[1])
-        if parent == pid and b"from local_stack.instance import main" in cmdline:
-            found.append(int(proc.name))
-    return found
+    return [
+        p
+        for p in process_tree(pid)
+        if parent_pid(p) == pid and "from local_stack.instance import main" in " ".join(process_cmdline(p))
+    ]
 
 
 def _body(i: int) -> dict[str, Any]:
