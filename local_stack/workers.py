@@ -20,6 +20,7 @@ process of its own: on AWS it is a second function with its own event source map
 Parquet encoding never shares the updater's interpreter (docs/benchmarks.md, the event lake).
 """
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -67,6 +68,7 @@ def _serve(
     api.warm()  # before binding: the kernel hands connections only to warm workers
     api.bind()
     api.start()
+    gc.freeze()  # as the stack's own process does (local_stack.stack): no full collection stalls
     ready.set()
     try:
         stop.wait()
