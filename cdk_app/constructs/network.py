@@ -19,6 +19,7 @@ class Network(Construct):
     scorer_sg: ec2.SecurityGroup
     updater_sg: ec2.SecurityGroup
     archiver_sg: ec2.SecurityGroup
+    relay_sg: ec2.SecurityGroup
     training_sg: ec2.SecurityGroup
     redis_sg: ec2.SecurityGroup
     msk_sg: ec2.SecurityGroup | None
@@ -63,12 +64,15 @@ class Network(Construct):
         self.scorer_sg = group("ScorerSg", "FraudSys scorer Lambda")
         self.updater_sg = group("UpdaterSg", "FraudSys feature updater Lambda")
         self.archiver_sg = group("ArchiverSg", "FraudSys archiver Lambda (the event lake)")
+        # the publish outbox's relay: the stream only (no Redis), so not the scorer's group
+        self.relay_sg = group("RelaySg", "FraudSys publish outbox relay Lambda")
         self.training_sg = group("TrainingSg", "FraudSys training task (Fargate)")
         self.redis_sg = group("RedisSg", "FraudSys Redis feature store")
         self.endpoint_sg = group("EndpointSg", "FraudSys interface VPC endpoints")
         https = ec2.Port.tcp(443)
         redis_port = ec2.Port.tcp(config.redis.port)
-        for client in (self.scorer_sg, self.updater_sg, self.archiver_sg, self.training_sg):
+        clients = (self.scorer_sg, self.updater_sg, self.archiver_sg, self.relay_sg, self.training_sg)
+        for client in clients:
             # AWS APIs: through the interface endpoints, the S3 gateway endpoint, or the NAT gateway.
             client.add_egress_rule(ec2.Peer.any_ipv4(), https, "AWS APIs over HTTPS")
             self.endpoint_sg.add_ingress_rule(client, https, "HTTPS to the interface endpoints")
@@ -85,6 +89,8 @@ class Network(Construct):
             self.msk_sg.add_ingress_rule(self.msk_sg, kafka, "Lambda event pollers to the brokers")
             self.msk_sg.add_ingress_rule(self.scorer_sg, kafka, "Scorer publishes transactions")
             self.scorer_sg.add_egress_rule(self.msk_sg, kafka, "Kafka SASL/IAM")
+            self.msk_sg.add_ingress_rule(self.relay_sg, kafka, "Outbox relay publishes transactions")
+            self.relay_sg.add_egress_rule(self.msk_sg, kafka, "Kafka SASL/IAM")
 
         self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         services = {

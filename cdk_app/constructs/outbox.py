@@ -80,7 +80,7 @@ class PublishOutbox(Construct):
             "LABELS_TOPIC": config.labels_topic,
             **powertools_environment(config),
         }
-        # the scorer's network place: its security group is the one the brokers admit
+        # the scorer's subnets, its own security group: the brokers (MSK) admit it, Redis does not
         self.relay = vpc_function(
             self,
             "Relay",
@@ -90,7 +90,7 @@ class PublishOutbox(Construct):
             settings=cfg,
             layer=layer,
             network=network,
-            security_group=network.scorer_sg if network else None,
+            security_group=network.relay_sg if network else None,
             environment=environment,
         )
         stream.grant_publish(self.relay)

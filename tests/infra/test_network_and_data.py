@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -46,10 +47,13 @@ def test_redis_accepts_only_the_lambda_security_groups(msk: Synthesized) -> None
     network = msk.template("network")
 
     ingress = network.find_resources("AWS::EC2::SecurityGroupIngress", {"Properties": {"FromPort": 6380}})
-    assert len(ingress) == 2  # scorer and updater, nothing else
+    assert len(ingress) == 2  # scorer and updater, nothing else (not the outbox relay)
     for rule in ingress.values():
         assert "SourceSecurityGroupId" in rule["Properties"]
         assert "CidrIp" not in rule["Properties"]
+    sources = {str(r["Properties"]["SourceSecurityGroupId"]["Fn::GetAtt"][0]) for r in ingress.values()}
+    # logical ids: the construct path and CDK's 8-digit hash
+    assert {re.sub("[0-9A-F]{8}$", "", s) for s in sources} == {"NetworkScorerSg", "NetworkUpdaterSg"}
     network.has_resource_properties(
         "AWS::EC2::SecurityGroupIngress", {"FromPort": 9098, "ToPort": 9098, "IpProtocol": "tcp"}
     )

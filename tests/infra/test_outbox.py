@@ -115,12 +115,85 @@ def test_the_relay_is_fed_by_the_outbox_with_partial_batch_responses(
     assert scorer["Environment"]["Variables"]["PUBLISH_OUTBOX_QUEUE_URL"] == {"Ref": outbox_id}
 
 
-def test_the_relay_runs_where_the_scorer_does_to_reach_msk(msk: Synthesized) -> None:
-    serving = msk.template("serving")
+def _group_id(synthesized: Synthesized, function: dict[str, Any]) -> str:
+    """The network stack's logical id of ``function``'s one security group (the serving stack
+    reads it through the network stack's output)."""
+    [group] = function["VpcConfig"]["SecurityGroupIds"]
+    output = group["Fn::GetStackOutput"]["OutputName"]
+    value = synthesized.template("network").to_json()["Outputs"][output]["Value"]
+    assert value["Fn::GetAtt"][1] == "GroupId", value
+    return str(value["Fn::GetAtt"][0])
+
+
+def _group_by_description(network: Template, description: str) -> str:
+    [logical_id] = network.find_resources(
+        "AWS::EC2::SecurityGroup", {"Properties": {"GroupDescription": description}}
+    )
+    return logical_id
+
+
+def _rules(network: Template, kind: str, group: str) -> list[dict[str, Any]]:
+    """The ``AWS::EC2::SecurityGroup{Ingress,Egress}`` rules of ``group``."""
+    return [
+        dict(rule["Properties"])
+        for rule in network.find_resources(f"AWS::EC2::SecurityGroup{kind}").values()
+        if rule["Properties"]["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}
+    ]
+
+
+def _source(rule: dict[str, Any]) -> Any:
+    return rule.get("SourceSecurityGroupId", {}).get("Fn::GetAtt", [None])[0]
+
+
+@pytest.mark.parametrize("kind", ["msk", "kinesis"])
+def test_the_relay_runs_in_the_scorers_subnets_with_a_group_of_its_own_kept_out_of_redis(
+    stages: dict[str, Synthesized], kind: str
+) -> None:
+    synthesized = stages[kind]
+    serving, network = synthesized.template("serving"), synthesized.template("network")
     _, relay = _function(serving, RELAY)
     _, scorer = _function(serving, SCORER)
 
-    assert relay["VpcConfig"] == scorer["VpcConfig"]  # the subnets and the group MSK admits
+    # the scorer's subnets, not its group (the scorer's reaches Redis)
+    assert relay["VpcConfig"]["SubnetIds"] == scorer["VpcConfig"]["SubnetIds"]
+    relay_sg, scorer_sg = _group_id(synthesized, relay), _group_id(synthesized, scorer)
+    assert relay_sg != scorer_sg
+    assert relay_sg == _group_by_description(network, "FraudSys publish outbox relay Lambda")
+
+    # Redis admits the scorer (and the updater), never the relay; the relay has no rule towards it
+    redis_sg = _group_by_description(network, "FraudSys Redis feature store")
+    redis_sources = {_source(rule) for rule in _rules(network, "Ingress", redis_sg)}
+    assert scorer_sg in redis_sources
+    assert relay_sg not in redis_sources
+    relay_egress = _rules(network, "Egress", relay_sg)
+    assert not any(redis_sg in json.dumps(rule) for rule in relay_egress), relay_egress
+    assert not any(rule.get("FromPort") == synthesized.stage.config.redis.port for rule in relay_egress)
+    # nothing may connect to the relay
+    assert _rules(network, "Ingress", relay_sg) == []
+    assert "SecurityGroupIngress" not in network.to_json()["Resources"][relay_sg]["Properties"]
+
+    # the interface endpoints (the Kinesis one on a Kinesis stage) admit it on 443
+    endpoint_sg = _group_by_description(network, "FraudSys interface VPC endpoints")
+    assert {"FromPort": 443, "ToPort": 443, "IpProtocol": "tcp"}.items() <= next(
+        rule for rule in _rules(network, "Ingress", endpoint_sg) if _source(rule) == relay_sg
+    ).items()
+
+
+def test_the_relay_reaches_the_msk_brokers_with_its_own_group(msk: Synthesized) -> None:
+    serving, network = msk.template("serving"), msk.template("network")
+    _, relay = _function(serving, RELAY)
+    relay_sg = _group_id(msk, relay)
+    msk_sg = _group_by_description(network, "FraudSys MSK brokers and event pollers")
+
+    kafka = {"FromPort": 9098, "ToPort": 9098, "IpProtocol": "tcp"}
+    [ingress] = [r for r in _rules(network, "Ingress", msk_sg) if _source(r) == relay_sg]
+    assert kafka.items() <= ingress.items()
+    [egress] = [
+        r
+        for r in _rules(network, "Egress", relay_sg)
+        if r.get("DestinationSecurityGroupId") == {"Fn::GetAtt": [msk_sg, "GroupId"]}
+    ]
+    assert kafka.items() <= egress.items()
     assert relay["Environment"]["Variables"]["KAFKA_SASL_MECHANISM"] == "AWS_MSK_IAM"
     assert relay["Environment"]["Variables"]["TRANSACTIONS_TOPIC"] == MSK_CONFIG.transactions_topic
 
