@@ -96,6 +96,8 @@ class Network(Construct):
         services = {
             "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
             "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+            # the scorer's sends to the publish outbox (on a failed publish): not through the NAT
+            "Sqs": ec2.InterfaceVpcEndpointAwsService.SQS,
         }
         if config.stream_kind == "kinesis":
             services["Kinesis"] = ec2.InterfaceVpcEndpointAwsService.KINESIS_STREAMS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -22,14 +23,14 @@ def test_vpc_has_private_subnets_flow_logs_and_nat(msk: Synthesized) -> None:
     )
 
 
-def test_endpoints_s3_gateway_and_interfaces_the_lambdas_need(msk: Synthesized, kinesis: Synthesized) -> None:
-    def services(template_props: dict[str, dict[str, object]]) -> set[str]:
-        names = set()
-        for resource in template_props.values():
-            name = resource["Properties"]["ServiceName"]  # type: ignore[index]
-            names.add(str(name).rsplit(".", 1)[-1] if isinstance(name, str) else str(name))
-        return names
+def _service(endpoint: Mapping[str, Any]) -> str:
+    """``sqs`` for ``com.amazonaws.<region>.sqs`` (a Fn::Join of the region)."""
+    name = endpoint["Properties"]["ServiceName"]
+    last = name if isinstance(name, str) else name["Fn::Join"][1][-1]
+    return str(last).rsplit(".", 1)[-1]
 
+
+def test_endpoints_s3_gateway_and_interfaces_the_lambdas_need(msk: Synthesized, kinesis: Synthesized) -> None:
     for synthesized, expect_kinesis in ((msk, False), (kinesis, True)):
         network = synthesized.template("network")
         network.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
@@ -37,10 +38,32 @@ def test_endpoints_s3_gateway_and_interfaces_the_lambdas_need(msk: Synthesized, 
             "AWS::EC2::VPCEndpoint",
             {"Properties": {"VpcEndpointType": "Interface", "PrivateDnsEnabled": True}},
         )
-        rendered = str(interfaces)
-        assert "secretsmanager" in rendered
-        assert ".logs" in rendered
-        assert ("kinesis-streams" in rendered) is expect_kinesis
+        # SQS: the scorer's writes to the publish outbox reach it without the NAT gateway
+        expected = {"secretsmanager", "logs", "sqs"} | ({"kinesis-streams"} if expect_kinesis else set())
+        assert sorted(_service(e) for e in interfaces.values()) == sorted(expected)
+        network.has_resource_properties(
+            "AWS::EC2::VPCEndpoint",
+            {
+                "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".sqs"]]},
+                "VpcEndpointType": "Interface",
+                "PrivateDnsEnabled": True,
+                "SecurityGroupIds": [{"Fn::GetAtt": [Match.string_like_regexp("EndpointSg"), "GroupId"]}],
+            },
+        )
+        # the endpoints' group admits HTTPS from the scorer (the outbox's writer) and the relay
+        for client in ("ScorerSg", "RelaySg"):
+            network.has_resource_properties(
+                "AWS::EC2::SecurityGroupIngress",
+                {
+                    "GroupId": {"Fn::GetAtt": [Match.string_like_regexp("^NetworkEndpointSg"), "GroupId"]},
+                    "SourceSecurityGroupId": {
+                        "Fn::GetAtt": [Match.string_like_regexp(f"^Network{client}"), "GroupId"]
+                    },
+                    "FromPort": 443,
+                    "ToPort": 443,
+                    "IpProtocol": "tcp",
+                },
+            )
 
 
 def test_redis_accepts_only_the_lambda_security_groups(msk: Synthesized) -> None:
