@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from local_stack.api import FIRST_ESTIMATE_MS, Admission, Ticket
+from local_stack.api import ADMIT_WITHIN, FIRST_ESTIMATE_MS, Admission, Ticket
 from local_stack.events import LocalContext
 
 
@@ -19,7 +19,7 @@ def test_an_idle_handler_admits_any_request_even_one_estimated_past_its_deadline
 
 
 def test_a_request_whose_deadline_the_queued_work_leaves_out_of_reach_is_refused() -> None:
-    admission = Admission(deadline_ms=200, max_queue=100)  # admitted if done within 100 ms
+    admission = Admission(deadline_ms=100 / ADMIT_WITHIN, max_queue=100)  # admitted if done within 100 ms
     admission.estimates_ms["/predict"] = 15.0
     admission.drain_ms = 30.0
     now = time.monotonic()
