@@ -29,7 +29,15 @@ Record = tuple[str, bytes, bytes]
 log = logging.getLogger("fraudsys.publisher")
 
 
+class JournalWriteError(OSError):
+    """The producer journal could not take the records: they were neither kept nor sent."""
+
+
 class Publisher(Protocol):
+    #: whether a record whose ``publish`` raised is still kept and sent again later (the local
+    #: stack's producer journal), unless the error is a ``JournalWriteError``
+    keeps_failed: bool
+
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         """Deliver ``events`` (keyed by card) or raise."""
 
@@ -65,6 +73,8 @@ def partition_key(event: Event, card_key: CardKey) -> str:
 
 
 class NullPublisher:
+    keeps_failed = False
+
     def publish(self, events: Sequence[Event], timeout: float = 2.0) -> None:
         return None
 
@@ -131,6 +141,7 @@ class KafkaPublisher:
         from confluent_kafka import Producer
 
         self.journal = journal
+        self.keeps_failed = journal is not None
         self.background = background
         self.linger_ms = linger_ms if background else 0
         self._late_failures = 0
@@ -182,7 +193,10 @@ class KafkaPublisher:
         in background mode, queue and return (a full queue raises). With a journal, the records
         are in it before anything is sent (and stay there when this raises)."""
         records = [self.record(event) for event in events]
-        span = self.journal.append(records) if self.journal is not None and records else None
+        try:
+            span = self.journal.append(records) if self.journal is not None and records else None
+        except OSError as exc:  # a full or read-only disk: nothing kept, nothing sent
+            raise JournalWriteError(f"producer journal: {exc}") from exc
         if self.background:
             self._produce(records, span, None)
             self.producer.poll(0)  # serves the reports of earlier records
@@ -304,6 +318,8 @@ class KafkaPublisher:
 
 
 class KinesisPublisher:
+    keeps_failed = False
+
     def __init__(self, stream_name: str, *, card_key: CardKey, client: "KinesisClient | None" = None) -> None:
         import boto3
 

@@ -5,8 +5,9 @@ transaction to the stream. Redis unreachable, or the feature store without its f
 (``fraud_adapters.store_marker``: its data was lost): the request-only baseline model answers
 with ``degraded: true`` (timeouts are ``REDIS_TIMEOUT_MS``); no champion: 503. A request past its
 deadline (``handlers.deadline``) is dropped before the feature read or the publish: 503 with
-``Retry-After``. ``GET /health`` probes each dependency: Redis, the store's marker, the stream,
-the model store and the champion.
+``Retry-After``; so is a scored transaction that could not be recorded (the stream, the producer
+journal and the outbox all failed: ``ON_UNRECORDED``), as it was not acknowledged. ``GET /health``
+probes each dependency: Redis, the store's marker, the stream, the model store and the champion.
 """
 
 import gc
@@ -33,7 +34,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fraud_adapters.publisher import Publisher
+from fraud_adapters.publisher import JournalWriteError, Publisher
 from fraud_adapters.store_marker import EMPTY, MarkerCheck
 from fraud_core import timeguard
 from fraud_core.schemas import (
@@ -175,6 +176,22 @@ def _past_deadline(exc: deadline.DeadlineExceededError) -> Response[Any]:
     return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), headers=deadline.retry_after())
 
 
+class UnrecordedError(RuntimeError):
+    """The scored transaction reached neither the stream nor anything that sends it there later."""
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(
+            f"transaction {transaction_id} could not be recorded (the stream and the publish outbox "
+            "both failed): not acknowledged, retry later with the same transaction_id"
+        )
+
+
+@app.exception_handler(UnrecordedError)  # type: ignore[untyped-decorator]
+def _unrecorded(exc: UnrecordedError) -> Response[Any]:
+    metrics.add_metric(name="Unrecorded", unit=MetricUnit.Count, value=1)
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), headers=deadline.retry_after())
+
+
 class TimeGuardError(ValueError):
     """A request dated outside what the time guard accepts (``fraud_core.timeguard``)."""
 
@@ -224,7 +241,10 @@ def _predict_request(app: APIGatewayRestResolver, next_middleware: NextMiddlewar
     responses={
         200: {"description": "Scored"},
         422: {"description": "Invalid request, or transaction_time outside the time guard"},
-        503: {"description": "No champion model, or the request's deadline passed (Retry-After)"},
+        503: {
+            "description": "No champion model, the request's deadline passed, or the transaction "
+            "could not be recorded (Retry-After)"
+        },
     },
     enable_validation=False,  # _predict_request validates the body (the OpenAPI document is the same)
     middlewares=[_predict_request],
@@ -272,41 +292,47 @@ def predict(request: PredictRequest) -> Response[PredictResponse]:
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
     if cfg.publish_outbox_queue_url:  # time left for the outbox write, should the publish fail
         remaining -= OUTBOX_RESERVE_SECONDS
-    _publish(request, received, min(PUBLISH_TIMEOUT_SECONDS, remaining))
+    recorded = _publish(request, received, min(PUBLISH_TIMEOUT_SECONDS, remaining))
     freeze_startup_objects()
+    if not recorded and cfg.on_unrecorded == "refuse":
+        raise UnrecordedError(request.transaction_id)
     # the body as Powertools' response validation serialized the model (its dict for the JSON)
     body: Any = response.model_dump(mode="json")
     return Response(HTTPStatus.OK.value, content_types.APPLICATION_JSON, body)
 
 
-def _publish(request: PredictRequest, received: datetime, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
-    """Send the scored transaction to the stream; a failure is logged and counted, the answer
-    stands. On AWS (``PUBLISH_OUTBOX_QUEUE_URL``) the record that failed goes to the publish
-    outbox, which the relay (``handlers.relay_outbox``) sends to the stream; nothing is sent there
-    when the publish succeeds."""
+def _publish(request: PredictRequest, received: datetime, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> bool:
+    """Send the scored transaction to the stream; whether it is recorded: acknowledged, or kept to
+    be sent again. A failure is logged and counted. Locally the producer journal keeps what the
+    broker did not take (its relay sends it again); on AWS (``PUBLISH_OUTBOX_QUEUE_URL``) the
+    record goes to the publish outbox, which the relay (``handlers.relay_outbox``) sends to the
+    stream; nothing is sent there when the publish succeeds."""
     publisher = bootstrap.publisher()
     event = request.to_event(received_at=received)
     failures = 0
+    recorded = True
     try:
         publisher.publish([event], timeout=max(timeout, 0.001))
     except Exception as exc:
         logger.error("publish failed", extra={"transaction_id": request.transaction_id, "error": str(exc)})
         failures = 1
-        _to_outbox(publisher, event)
+        kept = publisher.keeps_failed and not isinstance(exc, JournalWriteError)
+        recorded = kept or _to_outbox(publisher, event)
     failures += publisher.take_late_failures()  # background mode: records refused since the last call
     if failures:
         metrics.add_metric(name="PublishFailures", unit=MetricUnit.Count, value=failures)
+    return recorded
 
 
-def _to_outbox(publisher: Publisher, event: TransactionEvent) -> None:
-    """Keep a record whose publish failed in the outbox (``OutboxWrites``). If SQS fails too, the
-    transaction reaches neither the stream nor the lake: logged at error and counted
-    (``OutboxFailures``, alarmed); the answer still stands, as the score is right and the
-    client's retry would be a second scoring of the same payment."""
+def _to_outbox(publisher: Publisher, event: TransactionEvent) -> bool:
+    """Keep a record whose publish failed in the outbox (``OutboxWrites``); whether it is there.
+    Without an outbox, or if SQS fails too, the transaction reaches neither the stream nor the
+    lake: logged at error and counted (``OutboxFailures``, alarmed); the answer is then a 503
+    (``ON_UNRECORDED=refuse``) or the score (``score``)."""
     try:
         outbox = bootstrap.outbox()  # its client is built on the first failed publish
-        if outbox is None:  # locally: the producer journal's relay sends it again
-            return
+        if outbox is None:
+            raise RuntimeError("no publish outbox (PUBLISH_OUTBOX_QUEUE_URL) and no producer journal")
         outbox.put([publisher.record(event)])
     except Exception as exc:
         logger.error(
@@ -314,9 +340,10 @@ def _to_outbox(publisher: Publisher, event: TransactionEvent) -> None:
             extra={"transaction_id": event.trans_num, "error": f"{type(exc).__name__}: {exc}"[:300]},
         )
         metrics.add_metric(name="OutboxFailures", unit=MetricUnit.Count, value=1)
-        return
+        return False
     logger.warning("sent to the publish outbox", extra={"transaction_id": event.trans_num})
     metrics.add_metric(name="OutboxWrites", unit=MetricUnit.Count, value=1)
+    return True
 
 
 def _probe(check: Callable[[], str]) -> DependencyStatus:

@@ -57,6 +57,12 @@ class Settings(BaseModel):
     #: ``fraud_adapters.outbox``); the relay (``handlers.relay_outbox``) sends it to the stream.
     #: Unset: no outbox (locally the producer journal plays its part).
     publish_outbox_queue_url: str | None = None
+    #: a scored transaction the system could not record (the stream refused it, and neither the
+    #: producer journal nor the outbox kept it): ``refuse`` answers 503 with ``Retry-After`` (not
+    #: acknowledged: the caller retries with the same ``transaction_id``, which the updater applies
+    #: once); ``score`` answers the score anyway (fail open) and the transaction never counts in
+    #: its card's and merchant's features. Both count ``OutboxFailures`` (alarmed on AWS).
+    on_unrecorded: Literal["refuse", "score"] = "refuse"
     dead_letter_uri: str = "data/dead_letters"
     #: The event archive (``s3://bucket/prefix`` or a local folder): the updater writes every
     #: accepted event there while applying it (``fraud_adapters.lake``); unset: no archive.

@@ -4,6 +4,7 @@ broker, or moto's Kinesis); the updater then holds the features it would have he
 publish succeeded. Handlers are called directly with events shaped as Lambda hands them."""
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -74,7 +75,8 @@ def _kafka(monkeypatch: pytest.MonkeyPatch, servers: str, run: str) -> None:
     predict.scorer.cache_clear()
 
 
-def _predict(transaction_id: str, when: datetime, amount: float = 42.0) -> dict[str, Any]:
+def _answer(transaction_id: str, when: datetime, amount: float = 42.0) -> dict[str, Any]:
+    """The scorer's answer to one transaction of the card, whatever its status."""
     body = {
         "transaction_id": transaction_id,
         "cc_num": CARD,
@@ -89,6 +91,11 @@ def _predict(transaction_id: str, when: datetime, amount: float = 42.0) -> dict[
         "merch_long": -75.1,
     }
     answer: dict[str, Any] = predict.handler(api_gateway_event("POST", "/predict", body), FakeContext())
+    return answer
+
+
+def _predict(transaction_id: str, when: datetime, amount: float = 42.0) -> dict[str, Any]:
+    answer = _answer(transaction_id, when, amount)
     assert answer["statusCode"] == 200, answer
     return answer
 
@@ -188,31 +195,99 @@ def test_with_the_stream_up_nothing_goes_to_the_outbox(
     assert "OutboxWrites" not in metrics
 
 
-def test_when_sqs_fails_too_the_loss_is_logged_and_counted_and_the_answer_stands(
+def test_when_sqs_fails_too_the_transaction_is_not_acknowledged(
     lambda_env: Path,
     aws: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # given a stream nobody listens on and an outbox queue that does not exist
     publish_test_model(str(lambda_env / "models"))
     _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
     monkeypatch.setenv("PUBLISH_OUTBOX_QUEUE_URL", aws["url"].replace("/outbox", "/no-such-queue"))
     bootstrap.reset()
     capsys.readouterr()
 
-    _predict("tx-lost-1", T0)
+    # when a transaction is scored
+    answer = _answer("tx-lost-1", T0)
 
+    # then it is not acknowledged: 503 with Retry-After, so the caller retries the same transaction
+    assert answer["statusCode"] == 503, answer
+    headers = {
+        **answer.get("headers", {}),
+        **{k: v[0] for k, v in answer.get("multiValueHeaders", {}).items()},
+    }
+    assert int(headers["Retry-After"]) > 0
+    message = json.loads(answer["body"])["message"]
+    assert "tx-lost-1 could not be recorded" in message
     out = capsys.readouterr().out
     metrics = _metrics(out)
     assert metrics["PublishFailures"] == 1
     assert metrics["OutboxFailures"] == 1
+    assert metrics["Unrecorded"] == 1
     assert "OutboxWrites" not in metrics
     [lost] = [r for r in caplog.records if r.getMessage().startswith("outbox write failed")]
     assert lost.levelname == "ERROR"
     assert getattr(lost, "transaction_id", None) == "tx-lost-1"
     assert CARD not in caplog.text
     assert CARD not in out
+    assert CARD not in answer["body"]
+
+
+def test_with_on_unrecorded_score_the_answer_stands_and_the_loss_is_counted(
+    lambda_env: Path,
+    aws: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given the same double failure, and an issuer that prefers a score to a retry (fail open)
+    publish_test_model(str(lambda_env / "models"))
+    _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
+    monkeypatch.setenv("PUBLISH_OUTBOX_QUEUE_URL", aws["url"].replace("/outbox", "/no-such-queue"))
+    monkeypatch.setenv("ON_UNRECORDED", "score")
+    bootstrap.reset()
+    capsys.readouterr()
+
+    answer = _predict("tx-lost-2", T0)
+
+    assert json.loads(answer["body"])["transaction_id"] == "tx-lost-2"
+    metrics = _metrics(capsys.readouterr().out)
+    assert metrics["OutboxFailures"] == 1
+    assert "Unrecorded" not in metrics
+
+
+def test_locally_the_journal_keeps_what_the_broker_did_not_take_and_a_failed_journal_is_a_503(
+    lambda_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given the local stack's arrangement: a producer journal, no outbox, a broker that is down
+    publish_test_model(str(lambda_env / "models"))
+    monkeypatch.delenv("PUBLISH_OUTBOX_QUEUE_URL", raising=False)
+    monkeypatch.setenv("PUBLISH_JOURNAL_DIR", str(tmp_path / "journal"))
+    _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
+
+    # when a transaction is scored, then it is acknowledged: the journal has it for the relay
+    _predict("tx-kept-1", T0)
+    journaled = b"".join(p.read_bytes() for p in (tmp_path / "journal").iterdir())
+    assert b"tx-kept-1" in journaled
+
+    # given a journal that cannot be written (its folder gone: a lost or full disk)
+    monkeypatch.setenv("PUBLISH_JOURNAL_DIR", str(tmp_path / "gone"))
+    bootstrap.reset()
+    bootstrap.publisher()  # the writer makes its folder
+    shutil.rmtree(tmp_path / "gone")
+    capsys.readouterr()
+
+    # when the next transaction is scored, then it is neither kept nor acknowledged
+    answer = _answer("tx-unkept-1", T0 + timedelta(minutes=1))
+    assert answer["statusCode"] == 503, answer
+    assert "tx-unkept-1 could not be recorded" in json.loads(answer["body"])["message"]
+    metrics = _metrics(capsys.readouterr().out)
+    assert metrics["Unrecorded"] == 1
+    assert metrics["OutboxFailures"] == 1
 
 
 def test_a_relayed_transaction_gives_the_features_of_a_direct_publish_even_relayed_twice(

@@ -418,6 +418,8 @@ class _StreamDown:
     """The stage's publisher with the stream unreachable: publish raises; the records are the ones
     the stage's stream would get (topic from the settings, the card's keyed hash, the payload)."""
 
+    keeps_failed = False  # no producer journal on AWS
+
     def __init__(self, real: Any) -> None:
         self.real = real
 
