@@ -195,6 +195,14 @@ def test_with_the_stream_up_nothing_goes_to_the_outbox(
     assert "OutboxWrites" not in metrics
 
 
+def _stream_and_outbox_down(lambda_env: Path, monkeypatch: pytest.MonkeyPatch, outbox_url: str) -> None:
+    """A champion, a broker nobody listens on and an outbox queue that does not exist."""
+    publish_test_model(str(lambda_env / "models"))
+    _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
+    monkeypatch.setenv("PUBLISH_OUTBOX_QUEUE_URL", outbox_url.replace("/outbox", "/no-such-queue"))
+    bootstrap.reset()
+
+
 def test_when_sqs_fails_too_the_transaction_is_not_acknowledged(
     lambda_env: Path,
     aws: dict[str, Any],
@@ -203,10 +211,7 @@ def test_when_sqs_fails_too_the_transaction_is_not_acknowledged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # given a stream nobody listens on and an outbox queue that does not exist
-    publish_test_model(str(lambda_env / "models"))
-    _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
-    monkeypatch.setenv("PUBLISH_OUTBOX_QUEUE_URL", aws["url"].replace("/outbox", "/no-such-queue"))
-    bootstrap.reset()
+    _stream_and_outbox_down(lambda_env, monkeypatch, aws["url"])
     capsys.readouterr()
 
     # when a transaction is scored
@@ -242,11 +247,8 @@ def test_with_on_unrecorded_score_the_answer_stands_and_the_loss_is_counted(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # given the same double failure, and an issuer that prefers a score to a retry (fail open)
-    publish_test_model(str(lambda_env / "models"))
-    _kafka(monkeypatch, f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8])
-    monkeypatch.setenv("PUBLISH_OUTBOX_QUEUE_URL", aws["url"].replace("/outbox", "/no-such-queue"))
     monkeypatch.setenv("ON_UNRECORDED", "score")
-    bootstrap.reset()
+    _stream_and_outbox_down(lambda_env, monkeypatch, aws["url"])
     capsys.readouterr()
 
     answer = _predict("tx-lost-2", T0)
