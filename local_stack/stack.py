@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from local_stack import DEFAULT_BROKER_ROLL_RECORDS, s3_snapshot
+from local_stack import DEFAULT_BROKER_ROLL_RECORDS, freeze_heap, s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.instance import InstanceProcess
@@ -419,11 +419,7 @@ class LocalStack:
             self.poller = self._start_poller()
             self.archiver = self._start_archiver()
             self.supervisor.watch()
-            # what this process holds now (the imports of the stack, the handlers, the clients; a
-            # caller's own data) is never garbage: out of the collector's sight, so that a full
-            # collection no longer stalls the API's event loop for 0.1-0.3 s (docs/benchmarks-http.md)
-            gc.collect()
-            gc.freeze()
+            freeze_heap()  # what this process holds now is never garbage: no full-collection stalls
             self.froze = True
         except BaseException:
             self.down()

@@ -20,7 +20,6 @@ process of its own: on AWS it is a second function with its own event source map
 Parquet encoding never shares the updater's interpreter (docs/benchmarks.md, the event lake).
 """
 
-import gc
 import multiprocessing
 import os
 import shutil
@@ -51,6 +50,7 @@ def _serve(
     os.environ.update(env)
     sys.setswitchinterval(switch_interval)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
+    from local_stack import freeze_heap
     from local_stack.api import LocalApi
     from local_stack.instance import InstanceProcess
 
@@ -68,7 +68,7 @@ def _serve(
     api.warm()  # before binding: the kernel hands connections only to warm workers
     api.bind()
     api.start()
-    gc.freeze()  # as the stack's own process does (local_stack.stack): no full collection stalls
+    freeze_heap()  # as the stack's own process does (local_stack.stack): no full-collection stalls
     ready.set()
     try:
         stop.wait()

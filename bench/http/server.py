@@ -15,7 +15,6 @@ until its stdin closes.
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, parent_pid, process_cmdline, process_tree, process_usage
-from local_stack import DEFAULT_BROKER_ROLL_RECORDS
+from local_stack import DEFAULT_BROKER_ROLL_RECORDS, freeze_heap
 
 LIVE_OFFSET = 3600  # live requests: between 1 h and 2 h after the last filled transaction
 FRESHNESS_OFFSET = 60  # freshness probes: 60 s + k after it (before every live request)
@@ -277,8 +276,7 @@ def serve(opts: ServerOptions) -> None:
         # the setup's data (the stream, the training run) is the bench's, not the stack's: out of
         # the collector's sight, as ``LocalStack.up`` puts its own, so that the API measured is
         # the one ``fraudsys local up`` runs
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
         (opts.workdir / "ready.json").write_text(json.dumps(info))
         print("ready", json.dumps(info), flush=True)
         deadline = time.monotonic() + opts.max_seconds
