@@ -181,8 +181,9 @@ class UnrecordedError(RuntimeError):
 
     def __init__(self, transaction_id: str) -> None:
         super().__init__(
-            f"transaction {transaction_id} could not be recorded (the stream and the publish outbox "
-            "both failed): not acknowledged, retry later with the same transaction_id"
+            f"transaction {transaction_id} could not be recorded (the stream refused it and neither "
+            "the producer journal nor the publish outbox kept it): not acknowledged, retry later with "
+            "the same transaction_id"
         )
 
 
@@ -332,7 +333,7 @@ def _to_outbox(publisher: Publisher, event: TransactionEvent) -> bool:
     try:
         outbox = bootstrap.outbox()  # its client is built on the first failed publish
         if outbox is None:
-            raise RuntimeError("no publish outbox (PUBLISH_OUTBOX_QUEUE_URL) and no producer journal")
+            raise RuntimeError("no publish outbox (PUBLISH_OUTBOX_QUEUE_URL) to keep it")
         outbox.put([publisher.record(event)])
     except Exception as exc:
         logger.error(
