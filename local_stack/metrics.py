@@ -1,6 +1,7 @@
 """Prometheus metrics of the local stack (``GET /metrics`` on the local API)."""
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -29,29 +30,49 @@ SHED = Counter(
     ["route", "reason"],
     registry=REGISTRY,
 )
+#: The poller's metrics, in the updater's process (``local_stack.workers.PollerWorker``), which
+#: writes them to a file that ``exposition`` appends (the two registries share no family).
+POLLER_REGISTRY = CollectorRegistry()
 CONSUMER_LAG = Gauge(
     "fraudsys_consumer_lag",
     "Records behind the end of each topic-partition",
     ["partition"],
-    registry=REGISTRY,
+    registry=POLLER_REGISTRY,
 )
 BATCHES = Counter(
-    "fraudsys_updater_batches_total", "Updater invocations by the poller", ["outcome"], registry=REGISTRY
+    "fraudsys_updater_batches_total",
+    "Updater invocations by the poller",
+    ["outcome"],
+    registry=POLLER_REGISTRY,
 )
-RECORDS = Counter("fraudsys_updater_records_total", "Records handed to the updater", registry=REGISTRY)
+RECORDS = Counter("fraudsys_updater_records_total", "Records handed to the updater", registry=POLLER_REGISTRY)
 DEAD_LETTERED_BATCHES = Counter(
     "fraudsys_updater_dead_lettered_batches_total",
     "Batches dead-lettered after the retries",
-    registry=REGISTRY,
+    registry=POLLER_REGISTRY,
 )
 
 
 def exposition() -> bytes:
-    """The Prometheus text of this process, or of every API worker (``local_stack.workers``)."""
+    """The Prometheus text of this process, or of every API worker (``local_stack.workers``), and
+    the updater's poller metrics from the file its process keeps
+    (``local_stack.workers.UPDATER_METRICS_ENV``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+        return generate_latest(registry) + _updater_metrics(multiprocess=True)
+    return generate_latest(REGISTRY) + _updater_metrics(multiprocess=False)
+
+
+def _updater_metrics(multiprocess: bool) -> bytes:
+    from local_stack.workers import UPDATER_METRICS_ENV
+
+    path = os.environ.get(UPDATER_METRICS_ENV)
+    if not path:  # no updater process: a poller of this process (tests), if any
+        return b"" if multiprocess else generate_latest(POLLER_REGISTRY)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:  # the updater has not written it yet
+        return b""

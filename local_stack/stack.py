@@ -4,10 +4,10 @@ redis-server (feature store), the local S3 (``local_stack.s3_server``, objects o
 store, dead letters, the event lake), tansu (Kafka protocol, its log in memory, topics created;
 with ``durable_broker`` every producer journals its records on disk first and a relay sends again
 what a restarted broker lost: ``local_stack.relay``), optionally the MLflow server, the local API
-Gateway in front of the real scorer handler, the local MSK event source mapping in front of the
-real updater handler and, in a process of its own with its own consumer group, the one in front
-of the real archiver (``handlers.archive_events``: the event lake). Only the archiver has
-``LAKE_URI``.
+Gateway in front of the real scorer handler and, each in a process of its own with its own
+consumer group (``local_stack.workers.PollerWorker``), the local MSK event source mappings in
+front of the real updater handler and of the real archiver (``handlers.archive_events``: the
+event lake). Only the archiver has ``LAKE_URI``.
 """
 
 import contextlib
@@ -26,7 +26,7 @@ from local_stack import DEFAULT_BROKER_ROLL_RECORDS, freeze_heap, s3_snapshot
 from local_stack.api import LocalApi
 from local_stack.champion import ChampionReport, ensure_champion
 from local_stack.instance import InstanceProcess
-from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
+from local_stack.poller import PollerConfig
 from local_stack.relay import JournalRelay
 from local_stack.replay import ConsumerProgress
 from local_stack.services import (
@@ -41,7 +41,7 @@ from local_stack.services import (
     start_redis,
     start_s3,
 )
-from local_stack.workers import ApiWorkers, ArchiverWorker
+from local_stack.workers import UPDATER_METRICS_ENV, ApiWorkers, PollerWorker
 
 if TYPE_CHECKING:
     from cdk_app.config import StageConfig
@@ -232,7 +232,7 @@ def handler_environment(cfg: StackConfig) -> dict[str, str]:
     return {
         "REDIS_URL": cfg.redis_url,
         "REDIS_TIMEOUT_MS": str(cfg.redis_timeout_ms),
-        # the updater runs in the scorer's process here: its own timeout, the deployed updater's
+        # the updater's own timeout, the deployed updater's (its process has this environment)
         "UPDATER_REDIS_TIMEOUT_MS": str(cdk_updater_redis_timeout_ms()),
         "MODEL_STORE_URI": cfg.model_store_uri,
         "MODEL_POINTER_TTL_SECONDS": str(cfg.model_pointer_ttl_seconds),
@@ -310,8 +310,8 @@ class LocalStack:
     workers: ApiWorkers | None = None
     saved_switch_interval: float | None = None
     froze: bool = False
-    poller: KafkaPoller | None = None
-    archiver: ArchiverWorker | None = None
+    poller: PollerWorker | None = None  # the updater's
+    archiver: PollerWorker | None = None
     relay: JournalRelay | None = None
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
@@ -341,9 +341,10 @@ class LocalStack:
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         logs = cfg.run_dir / "logs"
         try:
-            # this process runs the scorer and the updater: no LAKE_URI here, even one of the
-            # shell's (the updater would archive too); the archiver's process has it
+            # the processes started from here inherit this environment: no LAKE_URI, even one of
+            # the shell's (the updater would archive too); the archiver's process has it
             self._set_environment(handler_environment(cfg), unset=("LAKE_URI",))
+            self._set_environment({UPDATER_METRICS_ENV: str(self.updater_metrics)})  # GET /metrics
             sup = self.supervisor
             sup.add(self._start_redis(), "redis", self._start_redis, self._after_redis_restart)
             new_s3 = not cfg.s3_data_dir.exists()
@@ -498,15 +499,23 @@ class LocalStack:
             name=part,
         )
 
-    def _start_poller(self) -> KafkaPoller:
-        from handlers.update_features import handler
+    @property
+    def updater_metrics(self) -> Path:
+        """The file the updater's process keeps its poller metrics in, for ``GET /metrics``."""
+        return self.cfg.run_dir / "updater-metrics.prom"
 
-        return KafkaPoller(self._poller_config("updater", UPDATER_GROUP), handler, dead_letter_batch).start()
+    def _start_poller(self) -> PollerWorker:
+        """The updater in its own process, as on AWS (``local_stack.workers``)."""
+        cfg = self._poller_config("updater", UPDATER_GROUP)
+        self.updater_metrics.unlink(missing_ok=True)  # an earlier run's
+        env = handler_environment(self.cfg)
+        return PollerWorker(cfg, env, "handlers.update_features", metrics=self.updater_metrics).start()
 
-    def _start_archiver(self) -> ArchiverWorker:
+    def _start_archiver(self) -> PollerWorker:
         """The archiver in its own process, its own consumer group on the same topics."""
         cfg = self._poller_config("archiver", ARCHIVER_GROUP)
-        return ArchiverWorker(cfg, archiver_environment(self.cfg)).start()
+        env = archiver_environment(self.cfg)
+        return PollerWorker(cfg, env, "handlers.archive_events", warm=("pyarrow.parquet",)).start()
 
     @staticmethod
     def _reset_handlers() -> None:
@@ -532,6 +541,7 @@ class LocalStack:
         worker died; a service that exited once is restarted by the supervisor."""
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
         dead += self.archiver.dead() if self.archiver else []
+        dead += self.poller.dead() if self.poller else []
         if dead:
             raise ServiceError(
                 f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"

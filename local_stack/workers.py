@@ -14,10 +14,15 @@ producer), like provisioned concurrency, and ``GET /metrics`` aggregates every w
 the workers are spawned, fresh interpreters whose environment must be set before
 ``prometheus_client`` is imported.
 
-``ArchiverWorker`` runs the archiver (``handlers.archive_events``) behind its own local MSK event
-source (``local_stack.poller``, consumer group ``fraudsys-archiver`` on the updater's topics) in a
-process of its own: on AWS it is a second function with its own event source mapping, so its
-Parquet encoding never shares the updater's interpreter (docs/benchmarks.md, the event lake).
+``PollerWorker`` runs a consumer of the stream, a local MSK event source (``local_stack.poller``)
+in front of its handler, in a process of its own: the updater (``handlers.update_features``,
+consumer group ``fraudsys-updater``) and the archiver (``handlers.archive_events``,
+``fraudsys-archiver``, on the same topics). On AWS each is a function of its own with its own
+event source mapping, so neither shares the scorer's interpreter: the updater's record decoding
+and Redis writes held the API process's GIL and filled its collector's young generation, which
+doubled the refusal p99 at 4x the knee (docs/benchmarks-http.md); the archiver's Parquet encoding
+(docs/benchmarks.md, the event lake). The updater's poller metrics reach ``GET /metrics``
+through a text file it rewrites (``UPDATER_METRICS_ENV``).
 """
 
 import multiprocessing
@@ -149,23 +154,43 @@ class ApiWorkers:
         self.processes.clear()
 
 
-#: the archiver process's configuration (its ``PollerConfig`` as JSON), in its environment
-ARCHIVER_CONFIG_ENV = "FRAUDSYS_ARCHIVER_POLLER"
+#: a poller process's handler, configuration and metrics file (JSON), in its environment
+POLLER_ENV = "FRAUDSYS_POLLER"
+#: where the updater's poller process writes its metrics (Prometheus text), for ``GET /metrics``
+UPDATER_METRICS_ENV = "FRAUDSYS_UPDATER_METRICS"
+#: how often a poller process writes its metrics file and reports its count (seconds)
+REPORT_EVERY = 0.2
 
 
-def archiver_main() -> None:
-    """The archiver process: its poller until its stdin closes (the stack asks it to stop, or the
-    stack is gone). Reports ``ready`` and then ``processed <n>`` lines on stdout."""
+def _write_metrics(path: Path) -> None:
+    """The process's poller metrics (``local_stack.metrics.POLLER_REGISTRY``) as a Prometheus text
+    file, replaced whole (a reader never sees half of it): node_exporter's textfile convention."""
+    from prometheus_client import write_to_textfile
+
+    from local_stack import metrics
+
+    write_to_textfile(str(path), metrics.POLLER_REGISTRY)
+
+
+def poller_main() -> None:
+    """A poller process (the updater's, the archiver's): its local MSK event source in front of its
+    handler until its stdin closes (the stack asks it to stop, or the stack is gone). Reports
+    ``ready`` and then ``processed <n>`` lines on stdout."""
+    import importlib
     import json
 
     warnings.filterwarnings("ignore", message="No application metrics to publish")
-    import pyarrow.parquet  # noqa: F401  # the import the first batch would pay (~0.2-0.5 s)
+    spec = json.loads(os.environ[POLLER_ENV])
+    for module in spec["warm"]:  # imports the first batch would pay (pyarrow.parquet: ~0.2-0.5 s)
+        importlib.import_module(module)
+    handler = importlib.import_module(spec["handler"]).handler
 
-    from handlers.archive_events import handler
+    from local_stack import freeze_heap
     from local_stack.poller import KafkaPoller, PollerConfig, dead_letter_batch
 
-    fields = json.loads(os.environ[ARCHIVER_CONFIG_ENV])
+    fields = spec["config"]
     cfg = PollerConfig(**{**fields, "topics": tuple(fields["topics"])})
+    metrics_file = Path(spec["metrics"]) if spec["metrics"] else None
     stop = threading.Event()
 
     def until_stdin_closes() -> None:
@@ -174,26 +199,49 @@ def archiver_main() -> None:
 
     threading.Thread(target=until_stdin_closes, name="stdin", daemon=True).start()
     poller = KafkaPoller(cfg, handler, dead_letter_batch).start()
+    freeze_heap()  # the imports are never garbage: no full-collection stalls between batches
     print("ready", flush=True)
-    try:
-        while not stop.wait(0.2):
-            print(f"processed {poller.processed}", flush=True)
-    finally:
-        poller.stop()  # the batch under way is archived and committed
+
+    def report() -> None:
+        if metrics_file is not None:
+            _write_metrics(metrics_file)
         print(f"processed {poller.processed}", flush=True)
 
+    try:
+        while not stop.wait(REPORT_EVERY):
+            report()
+    finally:
+        poller.stop()  # the batch under way is handled and committed
+        report()
 
-class ArchiverWorker:
-    """The archiver's poller in a process of its own (``python -c ...archiver_main()``, in a session
-    of its own: the terminal's Ctrl-C reaches the stack, which stops it after the updater and
-    before it saves the local S3). ``processed`` counts the records it has archived (or skipped
-    as poison) and committed, redeliveries included; ``start`` again after ``stop`` (or a crash)
-    resumes from the group's committed offsets and counts on."""
 
-    def __init__(self, cfg: "PollerConfig", env: dict[str, str]) -> None:
+class PollerWorker:
+    """A local MSK event source and its handler in a process of its own (``python -c
+    ...poller_main()``, in a session of its own: the terminal's Ctrl-C reaches the stack, which
+    stops it): on AWS each consumer is a function of its own with its own event source mapping.
+    The updater runs in one (its decoding and Redis writes never share the API's interpreter: its
+    GIL, its garbage collector), the archiver in another (its Parquet encoding).
+
+    ``handler``: the module whose ``handler`` is invoked; ``warm``: modules imported before the
+    first batch; ``metrics``: the file the process keeps its poller metrics in (else none).
+    ``processed`` counts the records it has handled (or dead-lettered) and committed,
+    redeliveries included; ``start`` again after ``stop`` (or a crash) resumes from the group's
+    committed offsets and counts on."""
+
+    def __init__(
+        self,
+        cfg: "PollerConfig",
+        env: dict[str, str],
+        handler: str,
+        warm: tuple[str, ...] = (),
+        metrics: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.env = env
-        self.name = "fraudsys-archiver"
+        self.handler = handler
+        self.warm = warm
+        self.metrics = metrics
+        self.name = f"fraudsys-{cfg.name}"
         self.process: subprocess.Popen[bytes] | None = None
         self._before = 0  # processed by the earlier processes
         self._processed = 0
@@ -203,16 +251,24 @@ class ArchiverWorker:
     def processed(self) -> int:
         return self._before + self._processed
 
-    def start(self, timeout: float = 120.0) -> "ArchiverWorker":
+    def start(self, timeout: float = 120.0) -> "PollerWorker":
         import dataclasses
         import json
 
         self._before, self._processed = self.processed, 0
         ready = threading.Event()
-        config = json.dumps(dataclasses.asdict(self.cfg))
+        spec = {
+            "handler": self.handler,
+            "warm": list(self.warm),
+            "config": dataclasses.asdict(self.cfg),
+            "metrics": str(self.metrics) if self.metrics else "",
+        }
+        env = {**os.environ, **self.env, POLLER_ENV: json.dumps(spec)}
+        env.pop(METRICS_DIR_ENV, None)  # its metrics are its file's, not the API workers' shared ones
         process = subprocess.Popen(  # this interpreter, fixed arguments  # nosec B603
-            [sys.executable, "-c", "from local_stack.workers import archiver_main; archiver_main()"],
-            env={**os.environ, **self.env, ARCHIVER_CONFIG_ENV: config},
+            # the last argument only names the process (ps, bench.common.process_label)
+            [sys.executable, "-c", "from local_stack.workers import poller_main; poller_main()", self.name],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
@@ -227,21 +283,21 @@ class ArchiverWorker:
                 elif word == "processed":
                     self._processed = int(count)
 
-        self._reader = threading.Thread(target=read, name="archiver-stdout", daemon=True)
+        self._reader = threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.2):
             if process.poll() is not None or time.monotonic() > deadline:
                 code = process.poll()
                 self.stop()
-                raise RuntimeError(f"the archiver did not start (exit code {code})")
+                raise RuntimeError(f"the {self.cfg.name} did not start (exit code {code})")
         return self
 
     def dead(self) -> list[str]:
         return [self.name] if self.process is not None and self.process.poll() is not None else []
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the archiver to finish its batch and stop (its stdin closes); kill it after
+        """Ask the process to finish its batch and stop (its stdin closes); kill it after
         ``timeout`` seconds."""
         process, self.process = self.process, None
         if process is None:

@@ -102,6 +102,8 @@ def test_two_workers_share_the_port_score_and_feed_the_stream(stack: LocalStack)
     )
     assert counts, text[:2000]
     assert float(counts[0]) >= REQUESTS
+    # with the updater's poller metrics, from its own process (local_stack.workers.PollerWorker)
+    assert "fraudsys_updater_records_total" in text, text[-2000:]
 
     # and each published transaction reaches the card's state once
     t = int((datetime(2024, 3, 1, tzinfo=UTC) + timedelta(minutes=REQUESTS)).timestamp())

@@ -3,6 +3,8 @@ the local API Gateway over HTTP and the local MSK event source in front of the r
 
 import gc
 import json
+import os
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -149,6 +151,38 @@ def test_scored_transaction_flows_back_into_the_next_score(stack: LocalStack, fr
     after = _features(probe)
     assert after["card_sum_1h"] == pytest.approx(before["card_sum_1h"] + row["amt"])
     assert after["merch_cnt_24h"] == before["merch_cnt_24h"] + 1
+
+
+def test_the_updater_runs_in_its_own_process_and_reports_to_metrics(
+    stack: LocalStack, frame: pd.DataFrame
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # the updater is its own function on AWS: locally its own process, so its record decoding and
+    # Redis writes share neither the API's GIL nor its collector (the refusal tail under overload)
+    assert stack.poller is not None
+    assert stack.poller.process is not None
+    assert stack.poller.process.pid != os.getpid()
+    assert stack.poller.process.poll() is None
+    assert stack.poller.processed >= 1  # the transaction of the test above, at least
+    assert not any(t.name.startswith("kafka-poller") for t in threading.enumerate())
+
+    # and what its poller counts still reaches the API's /metrics, once per family
+    def families() -> dict[str, Any]:
+        assert stack.api is not None
+        with urllib.request.urlopen(f"{stack.api.url}/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        names = [f.name for f in text_string_to_metric_families(text)]
+        assert len(names) == len(set(names)), names
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def records() -> float:
+        family = families().get("fraudsys_updater_records")
+        return sum(s.value for s in family.samples if s.name.endswith("_total")) if family else 0.0
+
+    poller = stack.poller
+    wait_until(lambda: records() >= poller.processed >= 1, what="the updater's records in /metrics")
+    assert "fraudsys_request_latency_seconds" in families()
 
 
 def test_label_event_changes_the_merchant_fraud_rate(stack: LocalStack, frame: pd.DataFrame) -> None:
