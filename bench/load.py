@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 from bench.common import environment, process_label, process_tree, process_usage, write_json
 from bench.http.analysis import Run, machine, phase_row, table
@@ -94,16 +95,19 @@ PROFILE_GROUPS = (
     ("        RowContributions (XGBoost C API, until the table is built)", "RowContributions.__call__"),
     ("    _publish (KafkaPublisher.publish: send + flush)", "_publish (handlers/predict.py)"),
     ("    logger.info (scored)", "Logger.info"),
-    ("local MSK poller + updater handler", "KafkaPoller._run"),
 )
 
 
 class Sampler:
     """RSS and CPU time of every process in the tree under ``root`` (the API process and all its
-    descendants) every ``interval`` seconds, in a thread; and the 1-minute load average."""
+    descendants) every ``interval`` seconds, in a thread; the 1-minute load average; and, with
+    ``redis_port``, the size of redis-server's data (``INFO memory``: ``used_memory_dataset``), so
+    that its RSS can be told apart into the data the stream adds and the rest."""
 
-    def __init__(self, root: int, interval: float) -> None:
+    def __init__(self, root: int, interval: float, redis_port: int | None = None) -> None:
         self.root, self.interval = root, interval
+        self.redis = None if redis_port is None else redis.Redis(port=redis_port, socket_timeout=2)
+        self.redis_data: list[dict[str, float]] = []  # t_s, dataset_mb, rss_mb (redis-server's)
         self.series: dict[int, dict[str, Any]] = {}  # pid -> label, t_s, rss_mb, cpu_s
         self.samples: list[dict[str, float]] = []  # the API process and its API workers, summed
         self.loadavg: list[float] = []
@@ -129,6 +133,15 @@ class Sampler:
                 api_rss += usage[0] / 2**20
                 api_cpu += usage[1]
         self.samples.append({"t_s": t, "rss_mb": api_rss, "cpu_s": api_cpu})
+        if self.redis is not None:
+            try:
+                memory = self.redis.info("memory")
+            except redis.RedisError:
+                return
+            rss = float(memory["used_memory_rss"]) / 2**20
+            self.redis_data.append(
+                {"t_s": t, "dataset_mb": int(memory["used_memory_dataset"]) / 2**20, "rss_mb": rss}
+            )
         self.loadavg.append(os.getloadavg()[0])
 
     def _run(self) -> None:
@@ -155,7 +168,20 @@ class Sampler:
             for s in sorted(self.series.values(), key=lambda s: (s["label"], s["pid"]))
         ]
         load = np.asarray(self.loadavg) if self.loadavg else np.asarray([np.nan])
+        data: dict[str, Any] = {}
+        if len(self.redis_data) >= 2:
+            first, last = self.redis_data[0], self.redis_data[-1]
+            t_r = [s["t_s"] for s in self.redis_data]
+            outside = [s["rss_mb"] - s["dataset_mb"] for s in self.redis_data]
+            data = {
+                "dataset_start_mb": first["dataset_mb"],
+                "dataset_end_mb": last["dataset_mb"],
+                "dataset_growth_mb": last["dataset_mb"] - first["dataset_mb"],
+                # redis-server's RSS but its data set: overhead, buffers, fragmentation
+                "rss_outside_data": memory_summary(t_r, outside, [0.0] * len(t_r), first_window),
+            }
         return {
+            "redis_data": data,
             "rss": memory_summary(
                 t, [s["rss_mb"] for s in self.samples], [s["cpu_s"] for s in self.samples], first_window
             ),
@@ -406,7 +432,7 @@ def started(args: argparse.Namespace) -> Iterator[tuple[Path, Server, dict[str, 
 def soak(server: Server, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One open-loop run at ``--rate`` for ``--minutes``, the stack's processes sampled."""
     duration = 60 * args.minutes
-    sampler = Sampler(server.pid, args.rss_interval).start()
+    sampler = Sampler(server.pid, args.rss_interval, int(server.info["redis_port"])).start()
     raw = workdir / "profile.raw"
     spy: subprocess.Popen[bytes] | None = None
 
@@ -441,10 +467,19 @@ def soak(server: Server, workdir: Path, args: argparse.Namespace) -> dict[str, A
     overall, windows = results["overall"], results["windows"]
     p99s = [w["p99_ms"] for w in windows if "p99_ms" in w]
     memory = [results["rss"], *results["processes"]]
+    data = results["redis_data"]
+    scored = int(overall["statuses"].get("200", 0))
+    if data and scored:  # each 200 is a new transaction the updater adds to the store
+        data["bytes_per_scored_transaction"] = 2**20 * data["dataset_growth_mb"] / scored
+    # redis-server's RSS grows with its data while every transaction stays in its windows (the
+    # label delay + 30 days): what must not grow is the rest of it
+    but_data = [m for m in memory if m.get("label") != "redis-server"]
+    but_data.append(data.get("rss_outside_data", {}))
     results["verdict"] = {
         "sustained_rate": bool(overall["achieved_rps"] >= 0.98 * args.rate),
         "zero_errors": overall["errors"] == 0,
         "rss_flat": all(m.get("flat", False) for m in memory),
+        "rss_flat_but_redis_data": all(m.get("flat", False) for m in but_data),
         "latency_stable": bool(p99s and max(p99s) < 2 * min(p99s) + 1.0),
         "handler_p99_flat": handler_p99_flat(windows),
     }
@@ -470,6 +505,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         *("rss_slope_mb_per_min", "slope_span_min", "flat_limit_mb", "flat", "cpu_pct_mean"),
     )
     print(table(results["processes"], process_keys))
+    data = results.get("redis_data") or {}
+    if data:
+        outside = data["rss_outside_data"]
+        print(
+            f"redis-server's data set: {data['dataset_start_mb']:.1f} -> {data['dataset_end_mb']:.1f} MB"
+            f" ({data.get('bytes_per_scored_transaction', float('nan')):.0f} bytes per scored transaction);"
+            f" its RSS outside the data: {outside.get('rss_after_first_window_mb', float('nan')):.1f} ->"
+            f" {outside.get('rss_end_mb', float('nan')):.1f} MB, slope"
+            f" {outside.get('rss_slope_mb_per_min', float('nan')):.2f} MB/min, flat: {outside.get('flat')}"
+        )
     print("load average (1 min) over the run:", json.dumps(results["loadavg_1m"]))
     prof = results["profile"]
     if prof.get("samples"):

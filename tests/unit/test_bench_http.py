@@ -5,10 +5,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from bench.common import parent_pid, process_tree, process_usage
 from bench.http.analysis import Run, server_timing
@@ -102,3 +104,24 @@ def test_the_process_tree_holds_a_child_of_this_process() -> None:
         assert usage[0] > 0
     finally:
         child.communicate(b"")
+
+
+def test_the_soak_tells_redis_servers_data_from_the_rest_of_its_memory() -> None:
+    from bench.load import Sampler
+    from tests.support.services import redis_server
+
+    with redis_server() as service:
+        client = redis.Redis(port=service.port)
+        sampler = Sampler(service.process.pid, interval=3600.0, redis_port=service.port)
+        sampler._sample()
+        # when the store gets ~8 MB of data between two samples
+        client.mset({f"k{i}": b"x" * 1000 for i in range(8_000)})
+        time.sleep(0.5)  # redis-server refreshes its RSS figure in its cron (10 times a second)
+        sampler._sample()
+        data = sampler.summary(first_window=0.0)["redis_data"]
+        client.close()
+
+    # then the growth is counted as redis-server's data set, not as the rest of its memory
+    assert 7.0 < data["dataset_growth_mb"] < 10.0
+    assert data["dataset_end_mb"] > data["dataset_start_mb"]
+    assert abs(data["rss_outside_data"]["rss_growth_after_first_window_mb"]) < 5.0
