@@ -30,6 +30,8 @@ from local_stack.poller import PollerConfig
 from local_stack.relay import JournalRelay
 from local_stack.replay import ConsumerProgress
 from local_stack.services import (
+    MAX_RESTARTS,
+    RESTART_WINDOW_SECONDS,
     RedisTls,
     Service,
     ServiceError,
@@ -538,10 +540,19 @@ class LocalStack:
 
     def check(self) -> None:
         """Raise when a service was given up on (it kept exiting: ``Supervisor``) or an API
-        worker died; a service that exited once is restarted by the supervisor."""
+        worker died; a service that exited once is restarted by the supervisor, a consumer's
+        process (the updater's, the archiver's) here, by the same rule."""
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
-        dead += self.archiver.dead() if self.archiver else []
-        dead += self.poller.dead() if self.poller else []
+        for consumer in (self.poller, self.archiver):
+            if consumer is None or not consumer.dead():
+                continue
+            try:
+                revived = consumer.revive(MAX_RESTARTS, RESTART_WINDOW_SECONDS)
+            except RuntimeError as exc:  # it did not start again
+                log.error("%s: %s", consumer.name, exc)
+                revived = False
+            if not revived:
+                dead.append(consumer.name)
         if dead:
             raise ServiceError(
                 f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"

@@ -25,6 +25,8 @@ doubled the refusal p99 at 4x the knee (docs/benchmarks-http.md); the archiver's
 through a text file it rewrites (``UPDATER_METRICS_ENV``).
 """
 
+import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from local_stack.poller import PollerConfig
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger(__name__)
 
 
 def _serve(
@@ -246,10 +249,27 @@ class PollerWorker:
         self._before = 0  # processed by the earlier processes
         self._processed = 0
         self._reader: threading.Thread | None = None
+        self.exits: list[float] = []  # when ``revive`` found it exited (time.monotonic())
 
     @property
     def processed(self) -> int:
         return self._before + self._processed
+
+    def revive(self, max_restarts: int, window: float) -> bool:
+        """Start again a process that exited (a crash, a kill -9), unless it exited ``max_restarts``
+        times in the last ``window`` seconds: then False (given up), as the stack's supervisor
+        does with a service. The new process resumes from the group's committed offsets: the
+        batch the old one had not committed is delivered again (the handlers are idempotent)."""
+        now = time.monotonic()
+        self.exits = [t for t in self.exits if now - t < window]
+        if len(self.exits) >= max_restarts:
+            return False
+        self.exits.append(now)
+        code = self.process.returncode if self.process is not None else None
+        log.warning("%s exited (code %s): starting it again", self.name, code)
+        self.stop()
+        self.start()
+        return True
 
     def start(self, timeout: float = 120.0) -> "PollerWorker":
         import dataclasses
@@ -282,6 +302,12 @@ class PollerWorker:
                     ready.set()
                 elif word == "processed":
                     self._processed = int(count)
+                else:  # the handler's own output (Powertools' JSON log lines): the stack's stdout
+                    out = getattr(sys.stdout, "buffer", None)
+                    with contextlib.suppress(OSError, ValueError):
+                        if out is not None:
+                            out.write(line)
+                            out.flush()
 
         self._reader = threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True)
         self._reader.start()

@@ -441,6 +441,52 @@ def test_a_broker_killed_mid_replay_and_mid_scoring_loses_no_acknowledged_event(
     wait_until(lambda: relay.trimmed >= len(frame), "the journal trimmed", timeout=240)
 
 
+def test_a_killed_updater_is_started_again_and_applies_every_acknowledged_event_once(
+    stack: LocalStack,
+) -> None:
+    # Given a stream of 3,000 transactions (150 cards of their own, 30 merchants, two days)
+    frame = kaggle_like_frame(
+        3_000,
+        n_cards=150,
+        n_merchants=30,
+        days=2,
+        seed=47,
+        fraud_rate=0.0,
+        start=int(T0.timestamp()) + 9 * 86400,
+    )
+    frame["trans_num"] = "upd-" + frame["trans_num"]
+    frame["cc_num"] = (4_400_000_000_000_000 + frame["cc_num"].astype("int64") % 1_000_000).astype(str)
+    updater = stack.poller
+    assert updater is not None
+    assert updater.process is not None
+    killed = updater.process.pid
+    publisher = bootstrap.kafka_publisher(stack.cfg.kafka)
+    acknowledged: list[str] = []
+
+    # When the updater's process (its own, as the function is on AWS) is killed with SIGKILL a
+    # third of the way into the replay, in the middle of its batches
+    publish = producer(publisher, acknowledged, lambda: os.kill(killed, signal.SIGKILL))
+    try:
+        replay(frame, publish, 1_000.0, 7 * 86400, chunk=100)
+    finally:
+        publisher.close()
+
+    # Then the stack's check starts it again (what `fraudsys local up` runs every second) and
+    # stays up: nothing is given up
+    def started_again() -> bool:
+        stack.check()
+        return updater.process is not None and updater.process.pid != killed
+
+    wait_until(started_again, "the updater started again")
+    assert updater.process is not None
+    assert updater.process.poll() is None
+    # and every acknowledged event was applied to Redis exactly once (what the killed process had
+    # not committed was delivered again, and the transaction index kept it from counting twice)
+    assert sorted(set(acknowledged)) == sorted(frame["trans_num"])
+    assert_applied_once(frame, acknowledged, timeout=180)
+    assert stack.dead_letters() == {}
+
+
 def test_a_stopped_dependency_degrades_health_until_it_is_back(stack: LocalStack) -> None:
     stack.supervisor.hold("kafka")
     try:
