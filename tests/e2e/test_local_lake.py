@@ -17,7 +17,7 @@ from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
 from handlers.settings import settings
 from local_stack import s3_snapshot
-from local_stack.services import ServiceError, free_port, start_moto
+from local_stack.services import MAX_RESTARTS, ServiceError, free_port, start_moto
 from local_stack.stack import (
     ARCHIVER_GROUP,
     LABELS_TOPIC,
@@ -152,8 +152,8 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
         )
         for i, tx in enumerate(first[:3])
     ]
-    # given a running local stack: the updater in this process without LAKE_URI, the archiver in a
-    # process of its own
+    # given a running local stack: this process and the updater's without LAKE_URI, the archiver
+    # in a process of its own
     stack = LocalStack(stack_config).up()
     try:
         assert "LAKE_URI" not in os.environ
@@ -193,11 +193,30 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
             time.sleep(0.2)
         assert applied() == [5, 5, 5, 5]
 
-        # and an archiver that dies is reported like any other part of the stack
-        stack.archiver.process.kill()
-        stack.archiver.process.wait(10)
-        with pytest.raises(ServiceError, match="fraudsys-archiver"):
-            stack.check()
+        # and an archiver that dies (kill -9) is started again by the stack's check, and archives
+        archiver = stack.archiver
+        process = archiver.process
+        assert process is not None
+        killed = process.pid
+        process.kill()
+        process.wait(10)
+        stack.check()
+        assert archiver.process is not None
+        assert archiver.process.pid != killed
+        assert archiver.process.poll() is None
+        publisher = bootstrap.kafka_publisher(stack_config.kafka)
+        publisher.publish([_transaction(20, cards[0])])
+        publisher.close()
+        _wait_for_lake(stack_config.lake_uri, 21, 3, timeout=60)
+
+        # until it has exited MAX_RESTARTS times within the window: then it is given up and
+        # reported like any other part of the stack
+        with pytest.raises(ServiceError, match="fraudsys-archiver"):  # noqa: PT012
+            for _ in range(MAX_RESTARTS):
+                assert archiver.process is not None
+                archiver.process.kill()
+                archiver.process.wait(10)
+                stack.check()
     finally:
         stack.down()
 

@@ -298,6 +298,23 @@ def test_a_local_s3_killed_mid_replay_loses_no_acknowledged_event(stack: LocalSt
     assert stack.dead_letters() == {}
 
 
+def chaos_stream(seed: int, day: int, prefix: str, cards: int) -> pd.DataFrame:
+    """3,000 transactions of 150 cards and 30 merchants over two days from ``T0 + day`` days, their
+    ids prefixed and their card numbers moved to ``cards + ...``: a chaos test's own stream."""
+    frame = kaggle_like_frame(
+        3_000,
+        n_cards=150,
+        n_merchants=30,
+        days=2,
+        seed=seed,
+        fraud_rate=0.0,
+        start=int(T0.timestamp()) + day * 86400,
+    )
+    frame["trans_num"] = prefix + frame["trans_num"]
+    frame["cc_num"] = (cards + frame["cc_num"].astype("int64") % 1_000_000).astype(str)
+    return frame
+
+
 def producer(
     publisher: Any, acknowledged: list[str], at_a_third: Callable[[], object]
 ) -> Callable[[list[Event]], None]:
@@ -360,17 +377,7 @@ def test_a_killed_broker_is_restarted_and_the_stream_resumes(stack: LocalStack) 
 def test_a_broker_killed_mid_replay_and_mid_scoring_loses_no_acknowledged_event(stack: LocalStack) -> None:
     # Given a stream of 3,000 transactions (150 cards of their own, 30 merchants, two days), and
     # POST /predict answered meanwhile for 10 cards of their own
-    frame = kaggle_like_frame(
-        3_000,
-        n_cards=150,
-        n_merchants=30,
-        days=2,
-        seed=91,
-        fraud_rate=0.0,
-        start=int(T0.timestamp()) + 5 * 86400,
-    )
-    frame["trans_num"] = "brk-" + frame["trans_num"]
-    frame["cc_num"] = (4_300_000_000_000_000 + frame["cc_num"].astype("int64") % 1_000_000).astype(str)
+    frame = chaos_stream(seed=91, day=5, prefix="brk-", cards=4_300_000_000_000_000)
     assert stack.relay is not None
     incarnations = stack.relay.incarnations
     publisher = bootstrap.kafka_publisher(stack.cfg.kafka)  # journaled, as every producer of the stack
@@ -445,17 +452,7 @@ def test_a_killed_updater_is_started_again_and_applies_every_acknowledged_event_
     stack: LocalStack,
 ) -> None:
     # Given a stream of 3,000 transactions (150 cards of their own, 30 merchants, two days)
-    frame = kaggle_like_frame(
-        3_000,
-        n_cards=150,
-        n_merchants=30,
-        days=2,
-        seed=47,
-        fraud_rate=0.0,
-        start=int(T0.timestamp()) + 9 * 86400,
-    )
-    frame["trans_num"] = "upd-" + frame["trans_num"]
-    frame["cc_num"] = (4_400_000_000_000_000 + frame["cc_num"].astype("int64") % 1_000_000).astype(str)
+    frame = chaos_stream(seed=47, day=9, prefix="upd-", cards=4_400_000_000_000_000)
     updater = stack.poller
     assert updater is not None
     assert updater.process is not None
