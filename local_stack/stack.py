@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -315,6 +316,11 @@ class LocalStack:
     poller: PollerWorker | None = None  # the updater's
     archiver: PollerWorker | None = None
     relay: JournalRelay | None = None
+    # the consumers' watcher: starts again a consumer process that exited (``_revive_consumers``)
+    consumer_watch: threading.Thread | None = None
+    consumers_stop: threading.Event = field(default_factory=threading.Event)
+    consumers_lock: threading.Lock = field(default_factory=threading.Lock)
+    given_up: list[str] = field(default_factory=list)  # consumers that kept exiting
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
     champion_report: "ChampionReport | None" = None
@@ -421,6 +427,12 @@ class LocalStack:
                 self.api.start()
             self.poller = self._start_poller()
             self.archiver = self._start_archiver()
+            self.consumers_stop.clear()
+            self.given_up.clear()
+            self.consumer_watch = threading.Thread(
+                target=self._watch_consumers, name="consumers", daemon=True
+            )
+            self.consumer_watch.start()
             self.supervisor.watch()
             freeze_heap()  # what this process holds now is never garbage: no full-collection stalls
             self.froze = True
@@ -543,16 +555,7 @@ class LocalStack:
         worker died; a service that exited once is restarted by the supervisor, a consumer's
         process (the updater's, the archiver's) here, by the same rule."""
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
-        for consumer in (self.poller, self.archiver):
-            if consumer is None or not consumer.dead():
-                continue
-            try:
-                revived = consumer.revive(MAX_RESTARTS, RESTART_WINDOW_SECONDS)
-            except RuntimeError as exc:  # it did not start again
-                log.error("%s: %s", consumer.name, exc)
-                revived = False
-            if not revived:
-                dead.append(consumer.name)
+        dead += self._revive_consumers()
         if dead:
             raise ServiceError(
                 f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
@@ -588,7 +591,37 @@ class LocalStack:
             out["mlflow"] = f"http://127.0.0.1:{self.cfg.mlflow_port}"
         return out
 
+    def _watch_consumers(self) -> None:
+        """Every half second, as the supervisor watches the services: the stack keeps its
+        consumers running without anyone calling ``check``."""
+        while not self.consumers_stop.wait(0.5):
+            try:
+                self._revive_consumers()
+            except Exception:  # never let the watcher die; the next round tries again
+                log.exception("consumers' watcher round failed")
+
+    def _revive_consumers(self) -> list[str]:
+        """Start again a consumer process that exited, by the supervisor's rule (given up after
+        ``MAX_RESTARTS`` exits in ``RESTART_WINDOW_SECONDS``); the names of those given up."""
+        with self.consumers_lock:
+            for consumer in (self.poller, self.archiver):
+                if consumer is None or not consumer.dead() or consumer.name in self.given_up:
+                    continue
+                try:
+                    revived = consumer.revive(MAX_RESTARTS, RESTART_WINDOW_SECONDS)
+                except RuntimeError as exc:  # it did not start again
+                    log.error("%s: %s", consumer.name, exc)
+                    revived = False
+                if not revived:
+                    log.error("%s kept exiting: given up", consumer.name)
+                    self.given_up.append(consumer.name)
+            return list(self.given_up)
+
     def down(self) -> None:
+        self.consumers_stop.set()  # first: nothing starts a consumer that is being stopped
+        if self.consumer_watch is not None:
+            self.consumer_watch.join(150)
+            self.consumer_watch = None
         if self.poller is not None:
             self.poller.stop()
             self.poller = None

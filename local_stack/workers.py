@@ -296,15 +296,17 @@ class PollerWorker:
         self.process = process
 
         def read() -> None:
+            # drains the pipe until the process ends, whatever a line holds: a reader that stopped
+            # would leave the process blocked on its next write once the pipe is full
             for line in process.stdout or ():
-                word, _, count = line.decode().partition(" ")
+                word, _, count = line.decode(errors="replace").partition(" ")
                 if word.strip() == "ready":
                     ready.set()
-                elif word == "processed":
+                elif word == "processed" and count.strip().isdigit():
                     self._processed = int(count)
                 else:  # the handler's own output (Powertools' JSON log lines): the stack's stdout
                     out = getattr(sys.stdout, "buffer", None)
-                    with contextlib.suppress(OSError, ValueError):
+                    with contextlib.suppress(Exception):
                         if out is not None:
                             out.write(line)
                             out.flush()
