@@ -468,8 +468,8 @@ def test_a_killed_updater_is_started_again_and_applies_every_acknowledged_event_
     finally:
         publisher.close()
 
-    # Then the stack's check starts it again (what `fraudsys local up` runs every second) and
-    # stays up: nothing is given up
+    # Then the stack starts it again (its consumers' watcher; the check reports what was given
+    # up) and stays up: nothing is given up
     def started_again() -> bool:
         stack.check()
         return updater.process is not None and updater.process.pid != killed
