@@ -133,16 +133,16 @@ class Sampler:
                 api_rss += usage[0] / 2**20
                 api_cpu += usage[1]
         self.samples.append({"t_s": t, "rss_mb": api_rss, "cpu_s": api_cpu})
+        self.loadavg.append(os.getloadavg()[0])
         if self.redis is not None:
             try:
                 memory = self.redis.info("memory")
-            except redis.RedisError:
+            except redis.RedisError:  # this sample has no data-set figure; the others stand
                 return
             rss = float(memory["used_memory_rss"]) / 2**20
             self.redis_data.append(
                 {"t_s": t, "dataset_mb": int(memory["used_memory_dataset"]) / 2**20, "rss_mb": rss}
             )
-        self.loadavg.append(os.getloadavg()[0])
 
     def _run(self) -> None:
         while True:

@@ -317,6 +317,17 @@ RESTART_BACKOFF_SECONDS = 0.5
 RESTART_BACKOFF_MAX_SECONDS = 8.0
 
 
+def take_restart(attempts: list[float], now: float, max_restarts: int, window: float) -> bool:
+    """The supervisor's rule, for a service or a consumer process: drop from ``attempts`` (restart
+    times, ``time.monotonic()``) those older than ``window`` seconds; False (give up) when
+    ``max_restarts`` remain, else record ``now`` as one more and True."""
+    attempts[:] = [t for t in attempts if now - t < window]
+    if len(attempts) >= max_restarts:
+        return False
+    attempts.append(now)
+    return True
+
+
 @dataclass
 class Supervised:
     """One service under supervision. ``state``: ``up`` (its process runs), ``down`` (exited, a
@@ -452,14 +463,12 @@ class Supervisor:
             return
         if now < entry.next_attempt:
             return
-        entry.attempts = [t for t in entry.attempts if now - t < self.window]
-        if len(entry.attempts) >= self.max_restarts:
+        if not take_restart(entry.attempts, now, self.max_restarts, self.window):
             log.error(
                 "%s: %d restarts in %.0f s: giving up on it", entry.name, len(entry.attempts), self.window
             )
             entry.state = "failed"
             return
-        entry.attempts.append(now)
         try:
             entry.service = entry.start()
         except (ServiceError, OSError) as exc:

@@ -260,11 +260,10 @@ class PollerWorker:
         times in the last ``window`` seconds: then False (given up), as the stack's supervisor
         does with a service. The new process resumes from the group's committed offsets: the
         batch the old one had not committed is delivered again (the handlers are idempotent)."""
-        now = time.monotonic()
-        self.exits = [t for t in self.exits if now - t < window]
-        if len(self.exits) >= max_restarts:
+        from local_stack.services import take_restart
+
+        if not take_restart(self.exits, time.monotonic(), max_restarts, window):
             return False
-        self.exits.append(now)
         code = self.process.returncode if self.process is not None else None
         log.warning("%s exited (code %s): starting it again", self.name, code)
         self.stop()
