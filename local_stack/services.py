@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -328,18 +329,29 @@ def take_restart(attempts: list[float], now: float, max_restarts: int, window: f
     return True
 
 
+class Supervisable(Protocol):
+    """What the supervisor runs: a ``Service`` on its port, or a process without one (a stream
+    consumer: ``local_stack.workers.PollerWorker``)."""
+
+    @property
+    def process(self) -> "subprocess.Popen[bytes] | None": ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
 @dataclass
 class Supervised:
     """One service under supervision. ``state``: ``up`` (its process runs), ``down`` (exited, a
     restart due at ``next_attempt``), ``external`` (its port is served by a process started
     outside the stack: used, never stopped), ``held`` (stopped on purpose, not restarted) or
-    ``failed`` (too many restarts: given up)."""
+    ``failed`` (too many restarts: given up). ``port`` is None for a process that serves none
+    (a consumer): it is never ``external``."""
 
     name: str
-    port: int
-    start: Callable[[], Service]
+    port: int | None
+    start: Callable[[], Supervisable]
     after_restart: Callable[[], None] | None = None
-    service: Service | None = None
+    service: Supervisable | None = None
     state: str = "up"
     attempts: list[float] = field(default_factory=list)  # restart attempts in the window (monotonic)
     next_attempt: float = 0.0
@@ -399,11 +411,19 @@ class Supervisor:
             self.entries[key] = Supervised(key, service.port, start or cannot_restart, after_restart, service)
         return service
 
+    def add_process(self, name: str, process: Supervisable, start: Callable[[], Supervisable]) -> None:
+        """Supervise a process that serves no port (a stream consumer) by the same rule: ``start``
+        starts it again after an exit; ``hold`` stops it for good (before the services it
+        needs)."""
+        with self._lock:
+            self.entries[name] = Supervised(name, None, start, None, process)
+
     @property
     def services(self) -> dict[str, Service]:
-        """The processes the supervisor runs now, by name (not the external ones)."""
+        """The service processes the supervisor runs now, by name (not the external ones, not
+        the consumers)."""
         with self._lock:
-            return {name: e.service for name, e in self.entries.items() if e.service is not None}
+            return {name: e.service for name, e in self.entries.items() if isinstance(e.service, Service)}
 
     def states(self) -> dict[str, str]:
         with self._lock:
@@ -438,12 +458,17 @@ class Supervisor:
                     self._poll(entry, time.monotonic())
 
     def _poll(self, entry: Supervised, now: float) -> None:
-        if entry.state == "up" and entry.service is not None and entry.service.process.poll() is not None:
-            code = entry.service.process.returncode
+        process = entry.service.process if entry.service is not None else None
+        if (
+            entry.state == "up"
+            and entry.service is not None
+            and (process is None or process.poll() is not None)
+        ):
+            code = process.returncode if process is not None else None
             log.warning("%s exited (code %s): restarting it", entry.name, code)
             entry.service.stop(timeout=2.0)  # what is left of its process group (workers of a server)
             entry.state, entry.service, entry.next_attempt = "down", None, now + entry.backoff()
-        elif entry.state == "external" and not port_open(entry.port):
+        elif entry.state == "external" and (entry.port is None or not port_open(entry.port)):
             log.warning("%s: the process started outside the stack is gone: restarting it", entry.name)
             entry.state, entry.next_attempt = "down", now + entry.backoff()
         if entry.state == "down":
@@ -452,7 +477,7 @@ class Supervisor:
             self._after_restart(entry)
 
     def _restart(self, entry: Supervised, now: float) -> None:
-        if port_open(entry.port):
+        if entry.port is not None and port_open(entry.port):
             log.warning(
                 "%s: port %d answers: a process started outside the stack; using it (the stack "
                 "will neither restart nor stop it)",
@@ -477,11 +502,12 @@ class Supervisor:
             return
         entry.state, entry.hook_pending = "up", True
         entry.restarts += 1
+        process = entry.service.process
         log.warning(
-            "%s restarted on port %d (pid %d, restart %d)",
+            "%s restarted%s (pid %s, restart %d)",
             entry.name,
-            entry.port,
-            entry.service.process.pid,
+            f" on port {entry.port}" if entry.port is not None else "",
+            process.pid if process is not None else "?",
             entry.restarts,
         )
 
@@ -507,7 +533,7 @@ class Supervisor:
                 entry.service.stop()
             entry.state, entry.service = "held", None
 
-    def resume(self, name: str) -> Service:
+    def resume(self, name: str) -> Supervisable:
         """Start a held (or failed) service now, and run its ``after_restart``."""
         with self._lock:
             entry = self.entries[name]

@@ -15,7 +15,6 @@ import gc
 import logging
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,6 @@ from local_stack.poller import PollerConfig
 from local_stack.relay import JournalRelay
 from local_stack.replay import ConsumerProgress
 from local_stack.services import (
-    MAX_RESTARTS,
-    RESTART_WINDOW_SECONDS,
     RedisTls,
     Service,
     ServiceError,
@@ -316,11 +313,6 @@ class LocalStack:
     poller: PollerWorker | None = None  # the updater's
     archiver: PollerWorker | None = None
     relay: JournalRelay | None = None
-    # the consumers' watcher: starts again a consumer process that exited (``_revive_consumers``)
-    consumer_watch: threading.Thread | None = None
-    consumers_stop: threading.Event = field(default_factory=threading.Event)
-    consumers_lock: threading.Lock = field(default_factory=threading.Lock)
-    given_up: list[str] = field(default_factory=list)  # consumers that kept exiting
     saved_environment: dict[str, str | None] = field(default_factory=dict)
     s3_restored: bool = False
     champion_report: "ChampionReport | None" = None
@@ -425,14 +417,11 @@ class LocalStack:
                 self.api.warm()
                 self.api.bind()
                 self.api.start()
-            self.poller = self._start_poller()
-            self.archiver = self._start_archiver()
-            self.consumers_stop.clear()
-            self.given_up.clear()
-            self.consumer_watch = threading.Thread(
-                target=self._watch_consumers, name="consumers", daemon=True
-            )
-            self.consumer_watch.start()
+            # the consumers' processes: started again after an exit by the supervisor's rule
+            # (given up after MAX_RESTARTS exits in RESTART_WINDOW_SECONDS, as a service is); the
+            # new process resumes from its group's committed offsets (the handlers are idempotent)
+            for consumer in (self._start_poller(), self._start_archiver()):
+                self.supervisor.add_process(consumer.name, consumer, consumer.start)
             self.supervisor.watch()
             freeze_heap()  # what this process holds now is never garbage: no full-collection stalls
             self.froze = True
@@ -523,13 +512,15 @@ class LocalStack:
         cfg = self._poller_config("updater", UPDATER_GROUP)
         self.updater_metrics.unlink(missing_ok=True)  # an earlier run's
         env = handler_environment(self.cfg)
-        return PollerWorker(cfg, env, "handlers.update_features", metrics=self.updater_metrics).start()
+        self.poller = PollerWorker(cfg, env, "handlers.update_features", metrics=self.updater_metrics)
+        return self.poller.start()
 
     def _start_archiver(self) -> PollerWorker:
         """The archiver in its own process, its own consumer group on the same topics."""
         cfg = self._poller_config("archiver", ARCHIVER_GROUP)
         env = archiver_environment(self.cfg)
-        return PollerWorker(cfg, env, "handlers.archive_events", warm=("pyarrow.parquet",)).start()
+        self.archiver = PollerWorker(cfg, env, "handlers.archive_events", warm=("pyarrow.parquet",))
+        return self.archiver.start()
 
     @staticmethod
     def _reset_handlers() -> None:
@@ -551,11 +542,10 @@ class LocalStack:
         return self.api.url if self.api else ""
 
     def check(self) -> None:
-        """Raise when a service was given up on (it kept exiting: ``Supervisor``) or an API
-        worker died; a service that exited once is restarted by the supervisor, a consumer's
-        process (the updater's, the archiver's) here, by the same rule."""
+        """Raise when a service or a consumer's process (the updater's, the archiver's) was given
+        up on (it kept exiting: ``Supervisor``) or an API worker died; one that exited once is
+        restarted by the supervisor."""
         dead = self.supervisor.check() + (self.workers.dead() if self.workers else [])
-        dead += self._revive_consumers()
         if dead:
             raise ServiceError(
                 f"local services down: {', '.join(dead)} (logs in {self.cfg.run_dir / 'logs'})"
@@ -591,43 +581,18 @@ class LocalStack:
             out["mlflow"] = f"http://127.0.0.1:{self.cfg.mlflow_port}"
         return out
 
-    def _watch_consumers(self) -> None:
-        """Every half second, as the supervisor watches the services: the stack keeps its
-        consumers running without anyone calling ``check``."""
-        while not self.consumers_stop.wait(0.5):
-            try:
-                self._revive_consumers()
-            except Exception:  # never let the watcher die; the next round tries again
-                log.exception("consumers' watcher round failed")
-
-    def _revive_consumers(self) -> list[str]:
-        """Start again a consumer process that exited, by the supervisor's rule (given up after
-        ``MAX_RESTARTS`` exits in ``RESTART_WINDOW_SECONDS``); the names of those given up."""
-        with self.consumers_lock:
-            for consumer in (self.poller, self.archiver):
-                if consumer is None or not consumer.dead() or consumer.name in self.given_up:
-                    continue
-                try:
-                    revived = consumer.revive(MAX_RESTARTS, RESTART_WINDOW_SECONDS)
-                except RuntimeError as exc:  # it did not start again
-                    log.error("%s: %s", consumer.name, exc)
-                    revived = False
-                if not revived:
-                    log.error("%s kept exiting: given up", consumer.name)
-                    self.given_up.append(consumer.name)
-            return list(self.given_up)
-
     def down(self) -> None:
-        self.consumers_stop.set()  # first: nothing starts a consumer that is being stopped
-        if self.consumer_watch is not None:
-            self.consumer_watch.join(150)
-            self.consumer_watch = None
-        if self.poller is not None:
-            self.poller.stop()
-            self.poller = None
-        if self.archiver is not None:  # its last batch lands in the lake before the S3 is saved
-            self.archiver.stop()
-            self.archiver = None
+        # first the consumers, held (stopped, never started again) while their broker, Redis and
+        # S3 still run: each finishes its batch; the archiver's last one lands in the lake before
+        # the S3 is saved
+        for consumer in (self.poller, self.archiver):
+            if consumer is None:
+                continue
+            if consumer.name in self.supervisor.entries:
+                self.supervisor.hold(consumer.name)
+            else:  # up failed between its start and its supervision
+                consumer.stop()
+        self.poller = self.archiver = None
         if self.api is not None:
             self.api.stop()
             self.api = None

@@ -39,6 +39,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from local_stack.services import ServiceError
+
 if TYPE_CHECKING:
     from local_stack.poller import PollerConfig
 
@@ -249,26 +251,10 @@ class PollerWorker:
         self._before = 0  # processed by the earlier processes
         self._processed = 0
         self._reader: threading.Thread | None = None
-        self.exits: list[float] = []  # when ``revive`` found it exited (time.monotonic())
 
     @property
     def processed(self) -> int:
         return self._before + self._processed
-
-    def revive(self, max_restarts: int, window: float) -> bool:
-        """Start again a process that exited (a crash, a kill -9), unless it exited ``max_restarts``
-        times in the last ``window`` seconds: then False (given up), as the stack's supervisor
-        does with a service. The new process resumes from the group's committed offsets: the
-        batch the old one had not committed is delivered again (the handlers are idempotent)."""
-        from local_stack.services import take_restart
-
-        if not take_restart(self.exits, time.monotonic(), max_restarts, window):
-            return False
-        code = self.process.returncode if self.process is not None else None
-        log.warning("%s exited (code %s): starting it again", self.name, code)
-        self.stop()
-        self.start()
-        return True
 
     def start(self, timeout: float = 120.0) -> "PollerWorker":
         import dataclasses
@@ -317,7 +303,7 @@ class PollerWorker:
             if process.poll() is not None or time.monotonic() > deadline:
                 code = process.poll()
                 self.stop()
-                raise RuntimeError(f"the {self.cfg.name} did not start (exit code {code})")
+                raise ServiceError(f"the {self.cfg.name} did not start (exit code {code})")
         return self
 
     def dead(self) -> list[str]:

@@ -193,17 +193,26 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
             time.sleep(0.2)
         assert applied() == [5, 5, 5, 5]
 
-        # and an archiver that dies (kill -9) is started again by the stack's check, and archives
+        # and an archiver that dies (kill -9) is started again by the stack's supervisor, and
+        # archives
         archiver = stack.archiver
-        process = archiver.process
-        assert process is not None
-        killed = process.pid
-        process.kill()
-        process.wait(10)
-        stack.check()
-        assert archiver.process is not None
-        assert archiver.process.pid != killed
-        assert archiver.process.poll() is None
+        assert archiver is not None
+
+        def kill_and_wait_for_a_new_process() -> None:
+            process = archiver.process
+            assert process is not None
+            process.kill()
+            process.wait(10)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = archiver.process
+                if now is not None and now.pid != process.pid and now.poll() is None:
+                    return
+                stack.check()  # raises once it is given up
+                time.sleep(0.1)
+            raise AssertionError("the archiver was not started again")
+
+        kill_and_wait_for_a_new_process()
         publisher = bootstrap.kafka_publisher(stack_config.kafka)
         publisher.publish([_transaction(20, cards[0])])
         publisher.close()
@@ -213,10 +222,8 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
         # reported like any other part of the stack
         with pytest.raises(ServiceError, match="fraudsys-archiver"):  # noqa: PT012
             for _ in range(MAX_RESTARTS):
-                assert archiver.process is not None
-                archiver.process.kill()
-                archiver.process.wait(10)
-                stack.check()
+                kill_and_wait_for_a_new_process()
+        assert stack.supervisor.states()["fraudsys-archiver"] == "failed"
     finally:
         stack.down()
 

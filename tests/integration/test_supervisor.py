@@ -6,6 +6,7 @@ after the cap, and one stopped on purpose stays down. Rounds are driven by ``pol
 import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,3 +150,70 @@ def test_a_service_held_down_on_purpose_is_not_restarted(tmp_path: Path) -> None
         assert redis.Redis(port=port).ping()
     finally:
         supervisor.stop()
+
+
+class Sleeper:
+    """A process that serves no port, as a stream consumer's (``local_stack.workers.PollerWorker``):
+    started again in place, stopped by ``stop``."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> "Sleeper":
+        self.process = subprocess.Popen(["sleep", "600"])  # nosec B603 B607
+        self.starts += 1
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout)
+
+
+def test_a_process_without_a_port_is_restarted_given_up_and_held_like_a_service() -> None:
+    supervisor = Supervisor(max_restarts=2)
+    consumer, other = Sleeper().start(), Sleeper().start()
+    supervisor.add_process("consumer", consumer, consumer.start)
+    supervisor.add_process("other", other, other.start)
+    try:
+        # a consumer process that exits is started again, in place, at once
+        assert consumer.process is not None
+        first = consumer.process
+        first.kill()
+        first.wait(10)
+        poll_until(supervisor, lambda: consumer.starts == 2, "the first restart")
+        assert consumer.process is not None
+        assert consumer.process.pid != first.pid
+        assert consumer.process.poll() is None
+        assert supervisor.states() == {"consumer": "up", "other": "up"}
+        assert supervisor.services == {}  # the services by port: a consumer is none
+
+        # past the cap (2 restarts in the window) it is given up, and check names it
+        def kill() -> None:
+            assert consumer.process is not None
+            consumer.process.kill()
+            consumer.process.wait(10)
+
+        kill()
+        poll_until(supervisor, lambda: consumer.starts == 3, "the second restart")
+        kill()
+        poll_until(supervisor, lambda: supervisor.states()["consumer"] == "failed", "giving up")
+        assert consumer.starts == 3
+        assert supervisor.check() == ["consumer"]
+
+        # one held on purpose is stopped and stays down
+        assert other.process is not None
+        held = other.process
+        supervisor.hold("other")
+        assert held.poll() is not None
+        for _ in range(5):
+            supervisor.poll()
+        assert other.process is None
+        assert other.starts == 1
+        assert supervisor.states()["other"] == "held"
+    finally:
+        supervisor.stop()
+        consumer.stop()
+        other.stop()
