@@ -75,13 +75,17 @@ class Relay:
             raise NotRelayedError(error)
 
 
+#: every message failed (the stream is down): reported as such, not raised (an invocation error).
+#: At module level, as Powertools keeps it: an instance is a reference cycle, one per batch would
+#: leave each batch to the cyclic garbage collector (``handlers.update_features.PROCESSORS``).
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
 @tracer.capture_method(capture_response=False)
 def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
     messages: list[dict[str, Any]] = event["Records"]
     relay = Relay()
     relay.send(messages)
-    # every message failed (the stream is down): reported as such, not raised (an invocation error)
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     with processor(messages, relay.handle, context):
         processor.process()
     metrics.add_metric(name="OutboxRelayed", unit=MetricUnit.Count, value=relay.relayed)

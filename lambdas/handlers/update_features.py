@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -90,6 +90,14 @@ class BatchCollector:
         self.dead_lettered += 1
 
 
+#: One batch processor per event source for the container's life, at module level as Powertools
+#: keeps it: an instance is a reference cycle (its collector mapping holds its own bound methods),
+#: so one made per batch left every batch's records and events to the cyclic garbage collector;
+#: the updater's process grew 10-15 MB until its first full collection and stayed at that peak.
+PROCESSORS = {
+    kind: BatchProcessor(event_type=kind) for kind in (EventType.Kafka, EventType.KinesisDataStreams)
+}
+
 #: With ``LAKE_URI`` set (not deployed so: the archiver writes the lake), one thread writes a
 #: batch's archive while the handler applies it to Redis.
 _ARCHIVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
@@ -112,7 +120,7 @@ def archive(collector: BatchCollector) -> None:
 @tracer.capture_method(capture_response=False)
 def process(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
     kind = event_type(event)
-    processor = BatchProcessor(event_type=kind)
+    processor = PROCESSORS[kind]  # one batch at a time: a Lambda instance, a local poller's thread
     records = raw_records(event, kind)
     collector = BatchCollector()
     with processor(records, collector.handle, context):

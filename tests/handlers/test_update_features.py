@@ -1,8 +1,10 @@
 """The feature updater handler: MSK and Kinesis events, poison records, redelivery, Redis down."""
 
+import collections
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +197,35 @@ def test_a_failed_archive_write_fails_the_batch_and_its_redelivery_is_archived_a
     assert update_features.handler(event, FakeContext()) == {"batchItemFailures": []}
     assert read_lake(str(lambda_env / "lake")).transactions["trans_num"].tolist() == ["t-1"]
     assert _card_events() == 1
+
+
+@pytest.mark.parametrize("make_event", [msk_event, kinesis_event])
+def test_a_batch_leaves_no_reference_cycle_behind(lambda_env: Path, make_event: Any) -> None:
+    import gc
+
+    def batch(k: int) -> list[Any]:
+        raw = [json.dumps({**TX, "trans_num": f"gc-{k}-{i}"}).encode() for i in range(20)]
+        return (
+            make_event([("fraudsys.transactions", r) for r in raw])
+            if make_event is msk_event
+            else make_event(raw)
+        )
+
+    update_features.handler(batch(0), FakeContext())  # warm: imports, clients, caches
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        # when batches are applied one after the other
+        for k in range(1, 4):
+            assert update_features.handler(batch(k), FakeContext()) == {"batchItemFailures": []}
+        # then what they left is freed by reference counting: nothing of theirs waits for the
+        # cyclic collector (Powertools' processor is such a cycle: one per batch kept every batch's
+        # events in memory until a full collection, PROCESSORS)
+        gc.collect()
+        cyclic = collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic["TransactionEvent"] == 0
+    assert cyclic["BatchProcessor"] == 0
+    assert sum(cyclic.values()) < 20, cyclic
