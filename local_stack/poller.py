@@ -1,6 +1,6 @@
 """A local event source mapping: Kafka consumer group -> MSK-shaped events -> a real handler
 (the updater's, ``fraudsys-updater``; the archiver's, ``fraudsys-archiver``, in a process of its
-own: ``local_stack.workers.ArchiverWorker``).
+own: ``local_stack.workers.PollerWorker``).
 
 Like Lambda's MSK trigger it gathers up to ``batch_size`` records or waits ``batching_window``
 seconds, invokes the handler, and commits the offsets only after success. A failed invocation
@@ -48,6 +48,14 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 FETCH_BYTES_PER_RECORD = 512
 #: The longest a fetch waits in the broker for that many bytes (seconds).
 FETCH_MAX_WAIT = 0.25
+#: What one fetch may bring, in all and per partition: a few batches' worth (kafka-python's
+#: default is 50 MB, 1 MB per partition). After a catch-up the consumer's buffer of decoded records
+#: is what sets the process's memory for good (Python keeps its fragmented arenas): at a broker
+#: restart the journal's relay sends ~30 s of records again at once and the updater grew ~12 MB
+#: for good. At most Lambda's 6 MB invocation payload; a record larger than this still comes (the
+#: broker returns at least one record batch).
+FETCH_BATCHES = 4
+FETCH_MIN_BYTES, FETCH_MAX_BYTES = 256 << 10, 6 << 20
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,14 @@ def consumer_options(cfg: PollerConfig, cluster: str) -> dict[str, Any]:
         # wait adds at most FETCH_MAX_WAIT to freshness.
         "fetch_min_bytes": min(cfg.batch_size * FETCH_BYTES_PER_RECORD, 1 << 20),
         "fetch_max_wait_ms": max(1, int(min(cfg.batching_window, FETCH_MAX_WAIT) * 1000)),
+        "fetch_max_bytes": fetch_bytes(cfg.batch_size),
+        "max_partition_fetch_bytes": fetch_bytes(cfg.batch_size),
     }
+
+
+def fetch_bytes(batch_size: int) -> int:
+    """The most one fetch brings (``FETCH_BATCHES``)."""
+    return min(max(FETCH_BATCHES * batch_size * FETCH_BYTES_PER_RECORD, FETCH_MIN_BYTES), FETCH_MAX_BYTES)
 
 
 class KafkaPoller:

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer
 
 from local_stack.events import StreamRecord
-from local_stack.poller import KafkaPoller, PollerConfig, consumer_options
+from local_stack.poller import FETCH_MAX_BYTES, KafkaPoller, PollerConfig, consumer_options, fetch_bytes
 from tests.support.services import Service
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,52 @@ def test_consumer_options_are_valid_for_every_batching_window(kafka_service: Ser
     KafkaConsumer(**options).close()
     assert 1 <= options["fetch_max_wait_ms"] <= max(1, min(window, 0.25) * 1000)
     assert options["fetch_max_wait_ms"] < options["request_timeout_ms"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 100, 10_000])
+def test_a_fetch_brings_a_few_batches_at_most(batch_size: int) -> None:
+    # given the poller's settings for a batch size CDK allows (1-10,000)
+    options = consumer_options(PollerConfig("127.0.0.1:9092", ("t",), batch_size=batch_size), "c")
+
+    # then one fetch brings at most a few batches' worth (kafka-python's default is 50 MB): the
+    # decoded records it buffers are what a catch-up leaves the process holding for good
+    assert options["fetch_max_bytes"] == options["max_partition_fetch_bytes"] == fetch_bytes(batch_size)
+    assert options["fetch_max_bytes"] >= min(4 * batch_size * 512, FETCH_MAX_BYTES)
+    assert options["fetch_max_bytes"] <= FETCH_MAX_BYTES
+
+
+def test_a_record_larger_than_a_fetch_is_still_delivered(kafka_service: Service) -> None:
+    # given a topic whose first record is larger than the most one fetch may bring
+    servers = f"127.0.0.1:{kafka_service.port}"
+    topic = f"large-{time.monotonic_ns()}"
+    large = b"x" * (fetch_bytes(10) + 100_000)
+    producer = Producer({"bootstrap.servers": servers, "message.max.bytes": 2 << 20})
+    producer.produce(topic, large, partition=0)
+    for k in range(3):
+        producer.produce(topic, f"r{k}".encode(), partition=0)
+    assert producer.flush(10) == 0
+    seen: list[bytes] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        import base64
+
+        seen.extend(base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs)
+        return {"batchItemFailures": []}
+
+    def dead_letter(records: list[StreamRecord], reason: str) -> None:
+        raise AssertionError(f"dead-lettered: {reason}")
+
+    cfg = PollerConfig(servers, (topic,), group_id=topic, batch_size=10, batching_window=0.2)
+    poller = KafkaPoller(cfg, handler, dead_letter).start()
+    try:
+        # when the poller reads it, then the large record comes too (the broker returns at least
+        # one record batch whatever the limit), and the ones after it
+        deadline = time.monotonic() + 30
+        while len(seen) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        poller.stop()
+    assert seen == [large, b"r0", b"r1", b"r2"]
 
 
 def test_a_batching_window_of_zero_still_delivers(kafka_service: Service) -> None:
