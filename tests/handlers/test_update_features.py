@@ -203,7 +203,7 @@ def test_a_failed_archive_write_fails_the_batch_and_its_redelivery_is_archived_a
 def test_a_batch_leaves_no_reference_cycle_behind(lambda_env: Path, make_event: Any) -> None:
     import gc
 
-    def batch(k: int) -> list[Any]:
+    def batch(k: int) -> dict[str, Any]:
         raw = [json.dumps({**TX, "trans_num": f"gc-{k}-{i}"}).encode() for i in range(20)]
         return (
             make_event([("fraudsys.transactions", r) for r in raw])
