@@ -49,11 +49,12 @@ FETCH_BYTES_PER_RECORD = 512
 #: The longest a fetch waits in the broker for that many bytes (seconds).
 FETCH_MAX_WAIT = 0.25
 #: What one fetch may bring, in all and per partition: a few batches' worth (kafka-python's
-#: default is 50 MB, 1 MB per partition). After a catch-up the consumer's buffer of decoded records
-#: is what sets the process's memory for good (Python keeps its fragmented arenas): at a broker
-#: restart the journal's relay sends ~30 s of records again at once and the updater grew ~12 MB
-#: for good. At most Lambda's 6 MB invocation payload; a record larger than this still comes (the
-#: broker returns at least one record batch).
+#: default is 50 MB, 1 MB per partition), so the consumer buffers at most about this per partition
+#: it owns. After a catch-up that buffer of decoded records sets the process's memory for good
+#: (Python keeps its fragmented arenas): at a broker restart the journal's relay sends ~30 s of
+#: records again at once, and the updater stayed ~6 MB larger. At most Lambda's 6 MB invocation
+#: payload; a record batch larger than this still comes (the broker returns the first batch of
+#: the first partition with data, whatever the limit), others wait for the next fetch.
 FETCH_BATCHES = 4
 FETCH_MIN_BYTES, FETCH_MAX_BYTES = 256 << 10, 6 << 20
 

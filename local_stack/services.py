@@ -342,10 +342,10 @@ class Supervisable(Protocol):
 @dataclass
 class Supervised:
     """One service under supervision. ``state``: ``up`` (its process runs), ``down`` (exited, a
-    restart due at ``next_attempt``), ``external`` (its port is served by a process started
-    outside the stack: used, never stopped), ``held`` (stopped on purpose, not restarted) or
-    ``failed`` (too many restarts: given up). ``port`` is None for a process that serves none
-    (a consumer): it is never ``external``."""
+    restart due at ``next_attempt``), ``starting`` (a restart under way), ``external`` (its port
+    is served by a process started outside the stack: used, never stopped), ``held`` (stopped on
+    purpose, not restarted) or ``failed`` (too many restarts: given up). ``port`` is None for a
+    process that serves none (a consumer): it is never ``external``."""
 
     name: str
     port: int | None
@@ -452,19 +452,21 @@ class Supervisor:
 
     def poll(self) -> None:
         for name in list(self.entries):
-            with self._lock:
+            with self._lock:  # acquired once here: a restart releases it while its service starts
                 entry = self.entries.get(name)
                 if entry is not None and not self._stop.is_set():
                     self._poll(entry, time.monotonic())
 
     def _poll(self, entry: Supervised, now: float) -> None:
+        # a process that exited; not one stopped on purpose (a consumer's ``stop``: no process)
         process = entry.service.process if entry.service is not None else None
         if (
             entry.state == "up"
             and entry.service is not None
-            and (process is None or process.poll() is not None)
+            and process is not None
+            and process.poll() is not None
         ):
-            code = process.returncode if process is not None else None
+            code = process.returncode
             log.warning("%s exited (code %s): restarting it", entry.name, code)
             entry.service.stop(timeout=2.0)  # what is left of its process group (workers of a server)
             entry.state, entry.service, entry.next_attempt = "down", None, now + entry.backoff()
@@ -494,13 +496,25 @@ class Supervisor:
             )
             entry.state = "failed"
             return
+        # started without the lock (a consumer's process takes seconds to import its handler):
+        # meanwhile the other services are watched, and ``check``, ``hold`` and ``stop`` answer
+        entry.state = "starting"
+        self._lock.release()
         try:
-            entry.service = entry.start()
+            service = entry.start()
         except (ServiceError, OSError) as exc:
-            entry.next_attempt = time.monotonic() + entry.backoff()
-            log.warning("%s: restart failed (%s); next attempt in %.1f s", entry.name, exc, entry.backoff())
+            self._lock.acquire()
+            if entry.state == "starting":
+                entry.state, entry.next_attempt = "down", time.monotonic() + entry.backoff()
+                log.warning(
+                    "%s: restart failed (%s); next attempt in %.1f s", entry.name, exc, entry.backoff()
+                )
             return
-        entry.state, entry.hook_pending = "up", True
+        self._lock.acquire()
+        if entry.state != "starting" or self._stop.is_set():  # held or stopped meanwhile
+            service.stop()
+            return
+        entry.service, entry.state, entry.hook_pending = service, "up", True
         entry.restarts += 1
         process = entry.service.process
         log.warning(

@@ -260,6 +260,8 @@ class PollerWorker:
         import dataclasses
         import json
 
+        if self.process is not None and self.process.poll() is None:
+            raise ServiceError(f"the {self.cfg.name} runs already (pid {self.process.pid})")
         self._before, self._processed = self.processed, 0
         ready = threading.Event()
         spec = {

@@ -17,7 +17,7 @@ from fraud_core.schemas import LabelEvent, TransactionEvent
 from handlers import bootstrap
 from handlers.settings import settings
 from local_stack import s3_snapshot
-from local_stack.services import MAX_RESTARTS, ServiceError, free_port, start_moto
+from local_stack.services import MAX_RESTARTS, ServiceError, Supervisor, free_port, start_moto
 from local_stack.stack import (
     ARCHIVER_GROUP,
     LABELS_TOPIC,
@@ -153,8 +153,9 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
         for i, tx in enumerate(first[:3])
     ]
     # given a running local stack: this process and the updater's without LAKE_URI, the archiver
-    # in a process of its own
-    stack = LocalStack(stack_config).up()
+    # in a process of its own; its supervisor counts restarts over 10 minutes (a loaded machine
+    # can take longer than the default minute for the test's six)
+    stack = LocalStack(stack_config, supervisor=Supervisor(window=600.0)).up()
     try:
         assert "LAKE_URI" not in os.environ
         assert stack.archiver is not None
@@ -166,10 +167,11 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
         # when the archiver goes down after writing its batches but before committing them (its
         # offsets back at 3 on every partition: the records from there are delivered again, cut
         # into other batches), more events arrive meanwhile, and it comes back
-        stack.archiver.stop()
+        archiver_name = stack.archiver.name
+        stack.supervisor.hold(archiver_name)  # stopped on purpose: not started again meanwhile
         _rewind(stack_config.kafka, ARCHIVER_GROUP, to=3)
         publisher.publish(second)
-        stack.archiver.start()
+        stack.supervisor.resume(archiver_name)
         data = _wait_for_lake(stack_config.lake_uri, 20, 3)
         publisher.close()
 
@@ -203,12 +205,17 @@ def test_the_archiver_consumes_on_its_own_and_the_lake_reads_every_event_once_ac
             assert process is not None
             process.kill()
             process.wait(10)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                now = archiver.process
-                if now is not None and now.pid != process.pid and now.poll() is None:
-                    return
                 stack.check()  # raises once it is given up
+                now = archiver.process
+                if (
+                    stack.supervisor.states()[archiver.name] == "up"  # started: ready
+                    and now is not None
+                    and now.pid != process.pid
+                    and now.poll() is None
+                ):
+                    return
                 time.sleep(0.1)
             raise AssertionError("the archiver was not started again")
 

@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -217,3 +218,41 @@ def test_a_process_without_a_port_is_restarted_given_up_and_held_like_a_service(
         supervisor.stop()
         consumer.stop()
         other.stop()
+
+
+def test_a_process_stopped_on_purpose_is_not_restarted_and_a_restart_does_not_block_the_others() -> None:
+    supervisor = Supervisor()
+    consumer = Sleeper().start()
+    supervisor.add_process("consumer", consumer, consumer.start)
+    try:
+        # a consumer stopped by its owner (no process) is not taken for one that exited
+        consumer.stop()
+        for _ in range(5):
+            supervisor.poll()
+        assert consumer.starts == 1
+        assert supervisor.states() == {"consumer": "up"}
+
+        # a slow restart runs without the supervisor's lock: states and hold answer meanwhile,
+        # and a hold that came during the restart stops what it started
+        consumer.start()
+        gate = threading.Event()
+
+        def slow_start() -> Sleeper:
+            gate.wait(30)
+            return consumer.start()
+
+        supervisor.entries["consumer"].start = slow_start
+        assert consumer.process is not None
+        consumer.process.kill()
+        consumer.process.wait(10)
+        rounds = threading.Thread(target=supervisor.poll)
+        rounds.start()
+        poll_until(supervisor, lambda: supervisor.states()["consumer"] == "starting", "the restart", 10)
+        supervisor.hold("consumer")  # would wait for the restart if it held the lock
+        gate.set()
+        rounds.join(30)
+        assert supervisor.states() == {"consumer": "held"}
+        assert consumer.process is None  # what the restart started was stopped
+    finally:
+        supervisor.stop()
+        consumer.stop()
