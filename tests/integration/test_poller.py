@@ -42,6 +42,30 @@ def test_a_fetch_brings_a_few_batches_at_most(batch_size: int) -> None:
     assert options["fetch_max_bytes"] <= FETCH_MAX_BYTES
 
 
+def delivered(cfg: PollerConfig, count: int, timeout: float = 30.0) -> list[bytes]:
+    """The values a poller with ``cfg`` hands its handler, in order, once ``count`` came (or after
+    ``timeout``); a dead letter fails the test."""
+    import base64
+
+    seen: list[bytes] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        seen.extend(base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs)
+        return {"batchItemFailures": []}
+
+    def dead_letter(records: list[StreamRecord], reason: str) -> None:
+        raise AssertionError(f"dead-lettered: {reason}")
+
+    poller = KafkaPoller(cfg, handler, dead_letter).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while len(seen) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        poller.stop()
+    return seen
+
+
 def test_a_record_larger_than_a_fetch_is_still_delivered(kafka_service: Service) -> None:
     # given a topic whose first record is larger than the most one fetch may bring
     servers = f"127.0.0.1:{kafka_service.port}"
@@ -52,28 +76,11 @@ def test_a_record_larger_than_a_fetch_is_still_delivered(kafka_service: Service)
     for k in range(3):
         producer.produce(topic, f"r{k}".encode(), partition=0)
     assert producer.flush(10) == 0
-    seen: list[bytes] = []
 
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        import base64
-
-        seen.extend(base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs)
-        return {"batchItemFailures": []}
-
-    def dead_letter(records: list[StreamRecord], reason: str) -> None:
-        raise AssertionError(f"dead-lettered: {reason}")
-
+    # when a poller reads it, then the large record comes too (the broker returns the first
+    # record batch whatever the limit), and the ones after it
     cfg = PollerConfig(servers, (topic,), group_id=topic, batch_size=10, batching_window=0.2)
-    poller = KafkaPoller(cfg, handler, dead_letter).start()
-    try:
-        # when the poller reads it, then the large record comes too (the broker returns at least
-        # one record batch whatever the limit), and the ones after it
-        deadline = time.monotonic() + 30
-        while len(seen) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        poller.stop()
-    assert seen == [large, b"r0", b"r1", b"r2"]
+    assert delivered(cfg, 4) == [large, b"r0", b"r1", b"r2"]
 
 
 def test_a_batching_window_of_zero_still_delivers(kafka_service: Service) -> None:
@@ -84,27 +91,10 @@ def test_a_batching_window_of_zero_still_delivers(kafka_service: Service) -> Non
     for k in range(5):
         producer.produce(topic, f"r{k}".encode())
     assert producer.flush(10) == 0
-    seen: list[bytes] = []
 
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        import base64
-
-        seen.extend(base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs)
-        return {"batchItemFailures": []}
-
-    def dead_letter(records: list[StreamRecord], reason: str) -> None:
-        raise AssertionError(f"dead-lettered: {reason}")
-
+    # when it runs, then every record reaches the handler
     cfg = PollerConfig(servers, (topic,), group_id=topic, batch_size=100, batching_window=0.0)
-    poller = KafkaPoller(cfg, handler, dead_letter).start()
-    try:
-        # when it runs, then every record reaches the handler
-        deadline = time.monotonic() + 30
-        while len(seen) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        poller.stop()
-    assert sorted(seen) == [f"r{k}".encode() for k in range(5)]
+    assert sorted(delivered(cfg, 5)) == [f"r{k}".encode() for k in range(5)]
 
 
 def test_a_busy_poller_follows_a_topic_re_created_with_more_partitions() -> None:
