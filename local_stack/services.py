@@ -551,6 +551,10 @@ class Supervisor:
         """Start a held (or failed) service now, and run its ``after_restart``."""
         with self._lock:
             entry = self.entries[name]
+            while entry.state == "starting":  # a restart under way (without the lock): its end first
+                self._lock.release()
+                time.sleep(0.05)
+                self._lock.acquire()
             if entry.service is not None:
                 entry.service.stop()
             entry.service = entry.start()

@@ -472,12 +472,15 @@ def test_a_killed_updater_is_started_again_and_applies_every_acknowledged_event_
     # stack stays up: nothing is given up
     def started_again() -> bool:
         stack.check()
-        return updater.process is not None and updater.process.pid != killed
+        return (
+            stack.supervisor.states()[updater.name] == "up"  # its new process is ready
+            and updater.process is not None
+            and updater.process.pid != killed
+        )
 
     wait_until(started_again, "the updater started again")
     assert updater.process is not None
     assert updater.process.poll() is None
-    assert stack.supervisor.states()[updater.name] == "up"
     # and every acknowledged event was applied to Redis exactly once (what the killed process had
     # not committed was delivered again, and the transaction index kept it from counting twice)
     assert sorted(set(acknowledged)) == sorted(frame["trans_num"])
