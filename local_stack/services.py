@@ -543,18 +543,24 @@ class Supervisor:
         """Stop a service on purpose (fault drills): it stays down until ``resume``."""
         with self._lock:
             entry = self.entries[name]
+            self._wait_for_start(entry)
             if entry.service is not None:
                 entry.service.stop()
             entry.state, entry.service = "held", None
+
+    def _wait_for_start(self, entry: Supervised) -> None:
+        """A restart under way (it runs without the lock): its end first, so that a hold stops
+        what it started and a resume does not start a second one on its port."""
+        while entry.state == "starting":
+            self._lock.release()
+            time.sleep(0.05)
+            self._lock.acquire()
 
     def resume(self, name: str) -> Supervisable:
         """Start a held (or failed) service now, and run its ``after_restart``."""
         with self._lock:
             entry = self.entries[name]
-            while entry.state == "starting":  # a restart under way (without the lock): its end first
-                self._lock.release()
-                time.sleep(0.05)
-                self._lock.acquire()
+            self._wait_for_start(entry)
             if entry.service is not None:
                 entry.service.stop()
             entry.service = entry.start()

@@ -232,8 +232,8 @@ def test_a_process_stopped_on_purpose_is_not_restarted_and_a_restart_does_not_bl
         assert consumer.starts == 1
         assert supervisor.states() == {"consumer": "up"}
 
-        # a slow restart runs without the supervisor's lock: states and hold answer meanwhile,
-        # and a hold that came during the restart stops what it started
+        # a slow restart runs without the supervisor's lock: states answer meanwhile, and a hold
+        # that came during the restart waits for it and stops what it started
         consumer.start()
         gate = threading.Event()
 
@@ -248,8 +248,8 @@ def test_a_process_stopped_on_purpose_is_not_restarted_and_a_restart_does_not_bl
         rounds = threading.Thread(target=supervisor.poll)
         rounds.start()
         poll_until(supervisor, lambda: supervisor.states()["consumer"] == "starting", "the restart", 10)
-        supervisor.hold("consumer")  # would wait for the restart if it held the lock
-        gate.set()
+        threading.Timer(0.5, gate.set).start()
+        supervisor.hold("consumer")
         rounds.join(30)
         assert supervisor.states() == {"consumer": "held"}
         assert consumer.process is None  # what the restart started was stopped
